@@ -75,6 +75,11 @@ pub trait Communication: Send {
     }
     /// True for all-to-all strategies (they cannot take all-zero ranks in a chunk).
     fn is_alltoall(&self) -> bool;
+    /// True when the strategy gathers EPLB statistics itself during dispatch, so the
+    /// balancer must only count locally (`ignore_allreduce`).
+    fn gathers_eplb_statistics(&self) -> bool {
+        false
+    }
     fn prepare_dispatch(&mut self, _slots: &Tensor, _all_rank_num_tokens: &[usize]) -> Result<()> {
         Ok(())
     }

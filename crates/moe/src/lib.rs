@@ -1,1 +1,27 @@
-//! moe
+//! The MoE layer: the assembler [`ConfigurableMoe`] and the factory ([`resolve_moe_impl`],
+//! [`create_moe`]).
+//!
+//! This is the one crate that knows the concrete set of backends (the registry in
+//! `registry.rs`); the assembler itself works only through the `moe-core` traits.
+//!
+//! ```ignore
+//! let mut layer = moe::create_moe(config)?;
+//! layer.load_weights(&weights)?;
+//! let y = layer.forward(&x, &router_logits)?;
+//! println!("{}", layer.report());
+//! ```
+
+mod assembler;
+mod comm_slot;
+mod env;
+mod factory;
+mod registry;
+
+pub use assembler::{ConfigurableMoe, ForwardOptions, LayerParts};
+pub use env::probe_environment;
+pub use factory::{create_moe, create_moe_with, resolve_moe_impl, CreateOptions};
+pub use registry::{BackendEntry, BACKEND_NAMES, REGISTRY};
+
+/// Tensor operations on any storage, re-exported for model code around the layer (router
+/// gate linears, shared experts) so it does not reach into `moe-kernels`.
+pub use moe_kernels::ops;

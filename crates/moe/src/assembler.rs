@@ -1,0 +1,226 @@
+//! `ConfigurableMoe`, the assembler: it constructs the backend (from a registry entry), the
+//! scheduler and the communication slot, delegates the weight lifecycle, advances
+//! `repeat_idx` once per call, and hands each forward to the scheduler. It holds no compute
+//! and no policy of its own, and never branches on which backend it holds.
+
+use moe_core::{
+    Communication, Eligibility, ExpertPartition, ForwardArgs, LayerView, LoadBalancer, MoeBackend, MoeConfig,
+    MoeDeployment, MoeError, MoeProblem, MoeScheduler, RejectReason, ResolutionReport, Result, Tensor,
+    WeightSource,
+};
+use moe_eplb::{Placement, StaticBalancer};
+use moe_scheduler::create_moe_scheduler;
+
+use crate::comm_slot::{CommSlot, FallbackFactory};
+use crate::registry::BackendEntry;
+
+/// Communication and load balancing handed to the assembler by the caller.
+#[derive(Default)]
+pub struct LayerParts {
+    /// The layer's dispatch/combine strategy (required when the layer spans several ranks).
+    pub comm: Option<Box<dyn Communication>>,
+    /// Builds AllGather+ReduceScatter when an all-to-all strategy is infeasible.
+    pub comm_fallback: Option<FallbackFactory>,
+    pub balancer: Option<Box<dyn LoadBalancer>>,
+}
+
+/// Per-call options of [`ConfigurableMoe::forward_with`].
+#[derive(Clone, Debug, Default)]
+pub struct ForwardOptions {
+    /// Tokens on every rank under attention-DP.
+    pub all_rank_num_tokens: Option<Vec<usize>>,
+    /// The caller padded every rank's rows to the max.
+    pub use_dp_padding: bool,
+}
+
+/// One assembled MoE layer.
+pub struct ConfigurableMoe {
+    config: MoeConfig,
+    partition: ExpertPartition,
+    backend: Box<dyn MoeBackend>,
+    scheduler: Box<dyn MoeScheduler>,
+    comm: CommSlot,
+    balancer: Option<Box<dyn LoadBalancer>>,
+    repeat_idx: usize,
+    report: ResolutionReport,
+    weights_ready: bool,
+}
+
+impl std::fmt::Debug for ConfigurableMoe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigurableMoe")
+            .field("backend", &self.backend.name())
+            .field("comm", &self.comm.name())
+            .field("repeat_idx", &self.repeat_idx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigurableMoe {
+    /// The assembler is never an implementation of its own (TensorRT-LLM `NOT_AN_IMPL`).
+    pub fn can_implement(_problem: &MoeProblem, _deployment: &MoeDeployment) -> Eligibility {
+        Eligibility::no(RejectReason::NotAnImpl, "ConfigurableMoe assembles a backend; it does not compute")
+    }
+
+    pub(crate) fn assemble(
+        config: MoeConfig,
+        entry: &BackendEntry,
+        report: ResolutionReport,
+        parts: LayerParts,
+    ) -> Result<ConfigurableMoe> {
+        let caps = (entry.capabilities)();
+        let partition = ExpertPartition::compute(&config, caps.supports_non_divisible_ep)?;
+        if config.parallel.parallel_size() > 1 && parts.comm.is_none() {
+            return Err(MoeError::config(
+                "parallel",
+                format!(
+                    "the layer spans {} ranks but no communication strategy was given",
+                    config.parallel.parallel_size()
+                ),
+            ));
+        }
+        let mut backend = (entry.build)(&config, partition.clone())?;
+        let balancer = match (parts.balancer, &config.eplb) {
+            (Some(b), _) => Some(b),
+            (None, Some(eplb)) if eplb.layer_updates_per_iter == 0 => {
+                let placement = Placement::new(partition.initial_global_assignments.clone(), config.num_experts)?;
+                Some(Box::new(StaticBalancer::new(placement, config.parallel.ep_rank)) as Box<dyn LoadBalancer>)
+            }
+            (None, Some(_)) => {
+                return Err(MoeError::Unsupported {
+                    backend: backend.name().into(),
+                    reason: RejectReason::EplbUnsupported,
+                    detail: "dynamic EPLB (layer_updates_per_iter > 0) needs a dynamic balancer in LayerParts::balancer".into(),
+                })
+            }
+            (None, None) => None,
+        };
+        if balancer.is_some() && !backend.supports_load_balancer() {
+            return Err(MoeError::Unsupported {
+                backend: backend.name().into(),
+                reason: RejectReason::EplbUnsupported,
+                detail: "the backend routes inside its kernel, so a load balancer cannot rewrite expert ids".into(),
+            });
+        }
+        backend.validate_configurable_moe(&config)?;
+        let scheduler = create_moe_scheduler(backend.scheduler_kind())?;
+        backend.create_weights()?;
+        tracing::info!(layer = ?config.layer_idx, backend = backend.name(), "assembled MoE layer");
+        Ok(ConfigurableMoe {
+            config,
+            partition,
+            backend,
+            scheduler,
+            comm: CommSlot::new(parts.comm, parts.comm_fallback),
+            balancer,
+            repeat_idx: 0,
+            report,
+            weights_ready: false,
+        })
+    }
+
+    pub fn config(&self) -> &MoeConfig {
+        &self.config
+    }
+
+    pub fn partition(&self) -> &ExpertPartition {
+        &self.partition
+    }
+
+    /// How the backend was chosen.
+    pub fn report(&self) -> &ResolutionReport {
+        &self.report
+    }
+
+    pub fn backend_name(&self) -> &str {
+        self.backend.name()
+    }
+
+    /// The backend, read-only (tests and EPLB migration inspect its slot tensors).
+    pub fn backend(&self) -> &dyn MoeBackend {
+        self.backend.as_ref()
+    }
+
+    /// Name of the active communication strategy, if any.
+    pub fn comm_name(&self) -> Option<&'static str> {
+        self.comm.name()
+    }
+
+    /// How many times an infeasible all-to-all was replaced by the fallback strategy.
+    pub fn comm_fallbacks(&self) -> usize {
+        self.comm.fallbacks
+    }
+
+    pub fn repeat_idx(&self) -> usize {
+        self.repeat_idx
+    }
+
+    fn repeat_count(&self) -> usize {
+        self.balancer.as_ref().map_or(1, |b| b.repeat_count().max(1))
+    }
+
+    /// Loads every local slot from `src`, validates, folds scales and transforms: the layer is
+    /// ready to run afterwards, or unchanged-and-not-ready on error.
+    pub fn load_weights(&mut self, src: &dyn WeightSource) -> Result<()> {
+        self.weights_ready = false;
+        self.backend.load_weights(src, false)?;
+        self.finish_loading()
+    }
+
+    /// Loads whatever `src` holds; call [`ConfigurableMoe::finish_loading`] after the last part.
+    pub fn load_weights_partial(&mut self, src: &dyn WeightSource) -> Result<()> {
+        self.weights_ready = false;
+        self.backend.load_weights(src, true)
+    }
+
+    /// Completes a (partial) load: validation, scale folding, kernel-layout transforms.
+    pub fn finish_loading(&mut self) -> Result<()> {
+        self.backend.process_weights_after_loading()?;
+        self.backend.post_load_weights()?;
+        self.weights_ready = true;
+        Ok(())
+    }
+
+    /// Prepares the layer for new weights (clears derived state).
+    pub fn pre_reload_weights(&mut self) -> Result<()> {
+        self.weights_ready = false;
+        self.backend.pre_reload_weights()
+    }
+
+    /// Runs the layer on this rank's tokens: `x [T, H]` in the config dtype and
+    /// `router_logits [T, E]`; the output has `x`'s dtype.
+    pub fn forward(&mut self, x: &Tensor, router_logits: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, router_logits, &ForwardOptions::default())
+    }
+
+    /// [`ConfigurableMoe::forward`] with attention-DP token counts and padding.
+    pub fn forward_with(&mut self, x: &Tensor, router_logits: &Tensor, options: &ForwardOptions) -> Result<Tensor> {
+        if !self.weights_ready {
+            return Err(MoeError::lifecycle("forward called before the weights were loaded"));
+        }
+        let repeat_count = self.repeat_count();
+        let view = LayerView {
+            config: &self.config,
+            backend: self.backend.as_ref(),
+            comm: &mut self.comm,
+            balancer: self.balancer.as_deref_mut().map(|b| b as &mut dyn LoadBalancer),
+            repeat_idx: self.repeat_idx,
+            repeat_count,
+        };
+        let args = ForwardArgs {
+            x,
+            router_logits,
+            output_dtype: x.dtype(),
+            all_rank_num_tokens: options.all_rank_num_tokens.as_deref(),
+            use_dp_padding: options.use_dp_padding,
+        };
+        let out = self.scheduler.forward(view, args)?;
+        self.repeat_idx = (self.repeat_idx + 1) % repeat_count;
+        Ok(out)
+    }
+
+    /// Tears the communication strategy down (a collective: every rank calls it).
+    pub fn destroy(&mut self) -> Result<()> {
+        self.comm.destroy()
+    }
+}

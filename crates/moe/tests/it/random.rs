@@ -1,0 +1,43 @@
+//! Deterministic random layers for the assembler tests.
+
+use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::{DType, MemoryWeights, Tensor};
+
+/// splitmix64: tiny, seedable, and identical on every platform.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    pub fn tensor(&mut self, dtype: DType, shape: Vec<usize>, scale: f32) -> Tensor {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.uniform() * scale).collect();
+        Tensor::from_f32_as(dtype, shape, &v).unwrap()
+    }
+}
+
+/// Canonical expert weights for `e` experts of size `h` x `i`.
+pub fn expert_weights(rng: &mut Rng, e: usize, h: usize, i: usize, dtype: DType) -> MemoryWeights {
+    let mut w = MemoryWeights::new();
+    for x in 0..e {
+        w.insert(expert_tensor_name(x, Proj::W1, "weight"), rng.tensor(dtype, vec![i, h], 0.5));
+        w.insert(expert_tensor_name(x, Proj::W3, "weight"), rng.tensor(dtype, vec![i, h], 0.5));
+        w.insert(expert_tensor_name(x, Proj::W2, "weight"), rng.tensor(dtype, vec![h, i], 0.5));
+    }
+    w
+}
