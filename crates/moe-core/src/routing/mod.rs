@@ -7,9 +7,14 @@
 //! NaN policy: a NaN or `+inf` router logit is refused with `MoeError::NonFinite` naming the
 //! token and expert (a NaN would otherwise select an arbitrary expert silently); `-inf` is a
 //! valid logit meaning "never route here", but a row with fewer than `k` finite logits is
-//! refused the same way.
+//! refused the same way. (The sigmoid and softplus methods score a `-inf` logit as exactly 0,
+//! as the references do; with a bias such an expert can still be picked, with weight 0.)
 
+mod deepseek;
 mod methods;
+#[cfg(test)]
+mod tests;
+mod topk;
 
 use serde::{Deserialize, Serialize};
 
@@ -178,7 +183,7 @@ impl RoutingMethod {
         };
         match self {
             RoutingMethod::DeepSeekV3 { n_group, topk_group, e_score_correction_bias, routed_scaling_factor, .. } => {
-                if *n_group == 0 || num_experts % n_group != 0 {
+                if num_experts.checked_rem(*n_group) != Some(0) {
                     return Err(MoeError::config(
                         "routing.n_group",
                         format!("n_group {n_group} does not divide num_experts {num_experts}"),
@@ -208,10 +213,14 @@ impl RoutingMethod {
                 }
                 check_bias("routing.e_score_correction_bias", e_score_correction_bias)
             }
-            RoutingMethod::DeepSeekV4 { bias, .. } | RoutingMethod::SqrtSoftplus { bias, .. } => {
+            RoutingMethod::DeepSeekV4 { bias, routed_scaling_factor, .. }
+            | RoutingMethod::MiniMax2 { bias, routed_scaling_factor, .. } => {
+                if !routed_scaling_factor.is_finite() {
+                    return Err(MoeError::config("routing.routed_scaling_factor", "must be finite"));
+                }
                 check_bias("routing.bias", bias)
             }
-            RoutingMethod::MiniMax2 { bias, .. } => check_bias("routing.bias", bias),
+            RoutingMethod::SqrtSoftplus { bias, .. } => check_bias("routing.bias", bias),
             RoutingMethod::SparseMixer { eps, .. } => {
                 if !(eps.is_finite() && *eps >= 0.0) {
                     return Err(MoeError::config("routing.eps", format!("must be finite and >= 0, got {eps}")));
@@ -225,10 +234,8 @@ impl RoutingMethod {
                 if let Some(i) = ids.iter().position(|&e| e < 0 || e as usize >= num_experts) {
                     return Err(MoeError::config("routing.ids", format!("entry {i} = {} is not an expert id", ids[i])));
                 }
-                if let Some(s) = scales {
-                    if s.len() != ids.len() {
-                        return Err(MoeError::config("routing.scales", format!("{} scales for {} ids", s.len(), ids.len())));
-                    }
+                if let Some(s) = scales.as_ref().filter(|s| s.len() != ids.len()) {
+                    return Err(MoeError::config("routing.scales", format!("{} scales for {} ids", s.len(), ids.len())));
                 }
                 Ok(())
             }
@@ -238,7 +245,7 @@ impl RoutingMethod {
 
     /// Applies the method to f32 logits `[num_tokens, num_experts]` on the host.
     pub fn apply_host(&self, logits: &[f32], num_tokens: usize, num_experts: usize) -> Result<RoutingOutput> {
-        if logits.len() != num_tokens * num_experts {
+        if num_tokens.checked_mul(num_experts) != Some(logits.len()) {
             return Err(MoeError::shape(
                 "router_logits",
                 format!("[{num_tokens}, {num_experts}]"),
