@@ -1,0 +1,112 @@
+//! `moe run --model DIR`: the MoE block of one layer of a Hugging Face checkpoint on the rows
+//! of an input tensor, with the output written to a safetensors file.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use moe_core::{MoeConfig, Tensor};
+use moe_hf::{BlockOptions, HfConfig, MoeBlock};
+use serde_json::json;
+
+use crate::prng::SplitMix64;
+use crate::stats::{routed_flops, Balance};
+use crate::tensor_io::{read_tensor, write_tensor};
+use crate::Summary;
+
+/// Parameters of a checkpoint run.
+pub struct ModelRun<'a> {
+    pub dir: &'a Path,
+    pub layer: Option<usize>,
+    pub input: Option<&'a Path>,
+    pub input_key: &'a str,
+    pub output: Option<&'a Path>,
+    pub max_tokens_per_chunk: Option<usize>,
+    pub backend: Option<String>,
+    /// Rows of random input when there is no `input`.
+    pub tokens: usize,
+    pub seed: u64,
+}
+
+pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
+    let dir = r.dir;
+    let layer = match r.layer {
+        Some(l) => l,
+        None => {
+            let hf = HfConfig::from_dir(dir).with_context(|| format!("reading the config of `{}`", dir.display()))?;
+            *hf.moe_layers().first().with_context(|| format!("model `{}` has no MoE layer", dir.display()))?
+        }
+    };
+    let opts = BlockOptions { backend: r.backend.clone(), max_tokens_per_chunk: r.max_tokens_per_chunk, dtype: None };
+    let load_start = Instant::now();
+    let mut block = MoeBlock::load(dir, layer, opts)
+        .with_context(|| format!("loading the MoE block of layer {layer} of `{}`", dir.display()))?;
+    let load_s = load_start.elapsed().as_secs_f64();
+
+    let x = match r.input {
+        Some(path) => read_tensor(path, r.input_key)?,
+        None => {
+            let h = block.hidden_size();
+            let v = SplitMix64::new(r.seed).fill(r.tokens * h, 3f32.sqrt());
+            Tensor::from_f32_as(block.dtype(), vec![r.tokens, h], &v)?
+        }
+    };
+    let what = match r.input {
+        Some(p) => format!("input `{}` of `{}`", r.input_key, p.display()),
+        None => "random input".to_string(),
+    };
+    let start = Instant::now();
+    let y = block.forward(&x).with_context(|| format!("running the block on {what}"))?;
+    let wall = start.elapsed().as_secs_f64();
+    if let Some(path) = r.output {
+        write_tensor(path, "y", &y)?;
+    }
+
+    let config: &MoeConfig = block.config();
+    let t = x.rows();
+    let balance = Balance::from_logits(&config.routing, &block.router_logits(&x.to_dtype(block.dtype())?)?)?;
+    let flops = routed_flops(t, config.top_k(), config.hidden_size, config.intermediate_size);
+    let gflops = flops / wall.max(1e-9) / 1e9;
+    let mut text = format!(
+        "moe run: {} layer {layer} of {} (prefix {})\n\
+         layer: E={} k={} H={} I={} shared I={} dtype={} tokens={t} chunk={}\n",
+        block.family(),
+        dir.display(),
+        block.prefix(),
+        config.num_experts,
+        config.top_k(),
+        config.hidden_size,
+        config.intermediate_size,
+        block.shared_intermediate_size().map_or("-".into(), |s| s.to_string()),
+        block.dtype(),
+        r.max_tokens_per_chunk.map_or("unlimited".into(), |c| c.to_string()),
+    );
+    text.push_str(&block.report().to_string());
+    text.push_str(&balance.line());
+    text.push_str(&format!(
+        "load: {load_s:.3} s; forward: {t} tokens in {wall:.3} s, {:.3} GFLOP routed -> {gflops:.2} GFLOP/s\n",
+        flops / 1e9
+    ));
+    if let Some(path) = r.output {
+        text.push_str(&format!("wrote y {:?} {} to {}\n", y.shape(), y.dtype(), path.display()));
+    }
+    let json = json!({
+        "mode": "model",
+        "model": dir.display().to_string(),
+        "family": block.family().name(),
+        "layer": layer,
+        "prefix": block.prefix(),
+        "dtype": block.dtype(),
+        "backend": block.backend_name(),
+        "config": config,
+        "report": block.report(),
+        "tokens": t,
+        "balance": balance,
+        "load_s": load_s,
+        "wall_s": wall,
+        "gflop": flops / 1e9,
+        "gflop_per_s": gflops,
+        "output": r.output.map(|p| p.display().to_string()),
+    });
+    Ok(Summary { text, json })
+}

@@ -1,0 +1,212 @@
+//! [`MoeBlock`]: the whole Hugging Face MoE block of one layer — router gate, routed experts
+//! (a [`moe::ConfigurableMoe`] fed through [`ExpertSource`]) and shared experts — with the
+//! output `routed + shared`, as the family's transformers module computes it.
+//!
+//! Loading is all-or-nothing: every tensor is read and checked before the block is returned.
+
+use std::path::Path;
+
+use moe::ConfigurableMoe;
+use moe_core::{DType, MoeConfig, MoeError, QuantAlgo, ResolutionReport, Result, RoutingMethod, Tensor};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{Family, HfConfig};
+use crate::expert_source::ExpertSource;
+use crate::names::BlockNames;
+use crate::numerics::round_to;
+use crate::router::Router;
+use crate::shared_expert::SharedExpert;
+
+/// How to build a block.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// Backend family (`reference`, `cpu`, ...); `None` = automatic selection.
+    pub backend: Option<String>,
+    /// Largest number of tokens one chunk of the routed layer holds (`None` = unchunked).
+    pub max_tokens_per_chunk: Option<usize>,
+    /// Run in this dtype instead of the checkpoint's (weights are converted at load).
+    pub dtype: Option<DType>,
+}
+
+/// One layer's MoE block, loaded and ready to run.
+pub struct MoeBlock {
+    hf: HfConfig,
+    layer: usize,
+    dtype: DType,
+    names: BlockNames,
+    router: Router,
+    moe: ConfigurableMoe,
+    shared: Option<SharedExpert>,
+}
+
+impl std::fmt::Debug for MoeBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MoeBlock")
+            .field("family", &self.hf.family)
+            .field("layer", &self.layer)
+            .field("dtype", &self.dtype)
+            .field("prefix", &self.names.prefix)
+            .field("backend", &self.moe.backend_name())
+            .finish()
+    }
+}
+
+impl MoeBlock {
+    /// Loads layer `layer` of the checkpoint in `dir` (`config.json` + safetensors).
+    pub fn load(dir: impl AsRef<Path>, layer: usize, opts: BlockOptions) -> Result<MoeBlock> {
+        let dir = dir.as_ref();
+        // Config first: an unsupported family or dense layer is reported before any file is mapped.
+        let hf = HfConfig::from_dir(dir)?;
+        hf.check_layer(layer)?;
+        let ckpt = Checkpoint::open(dir)?;
+        MoeBlock::from_checkpoint(hf, &ckpt, layer, opts)
+    }
+
+    /// Builds the block of `layer` from a parsed config and an open checkpoint.
+    pub fn from_checkpoint(hf: HfConfig, ckpt: &Checkpoint, layer: usize, opts: BlockOptions) -> Result<MoeBlock> {
+        let dtype = match opts.dtype.or(hf.dtype) {
+            Some(d) => d,
+            None => infer_dtype(&hf, ckpt, layer)?,
+        };
+        let mut config: MoeConfig = hf.moe_config(layer, Some(dtype))?;
+        config.backend = opts.backend.clone();
+        config.moe_max_num_tokens = opts.max_tokens_per_chunk;
+        let names = BlockNames::resolve(hf.family, layer, ckpt)?;
+        let (e, h, i) = (hf.num_experts, hf.hidden_size, hf.expert_intermediate_size);
+
+        if let (RoutingMethod::DeepSeekV3 { e_score_correction_bias, .. }, Some(bias)) =
+            (&mut config.routing, names.score_correction_bias)
+        {
+            let name = names.full(bias);
+            let view = ckpt.tensor(&name)?;
+            view.expect_shape(&name, &[e])?;
+            *e_score_correction_bias = Some(view.to_f32_vec(&name)?);
+            config.validate()?;
+        }
+
+        let router = Router::load(
+            ckpt,
+            &names.full(names.router_weight),
+            names.router_bias.map(|b| names.full(b)).as_deref(),
+            e,
+            h,
+            dtype,
+            hf.family == Family::DeepseekV3,
+        )?;
+
+        let shared = match (&names.shared, hf.shared_intermediate_size) {
+            (Some(sn), Some(si)) => Some(SharedExpert::load(ckpt, &names.prefix, sn, h, si, dtype)?),
+            _ => None,
+        };
+
+        let src = ExpertSource::new(ckpt, &names, e, h, i).with_cast(Some(dtype));
+        if config.quant.algo == QuantAlgo::None {
+            src.check_complete(config.bias)?;
+        }
+        let mut moe = moe::create_moe(config)?;
+        moe.load_weights(&src)?;
+
+        Ok(MoeBlock { hf, layer, dtype, names, router, moe, shared })
+    }
+
+    /// Runs the block on `x` `[T, H]`; the output is `[T, H]` in the block dtype. An `x` of
+    /// another float dtype is converted first.
+    pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let h = self.hf.hidden_size;
+        if x.shape().len() != 2 || x.shape()[1] != h {
+            return Err(MoeError::shape("x", format!("[T, {h}]"), x.shape()));
+        }
+        if !x.dtype().is_float_activation() {
+            return Err(MoeError::DTypeMismatch {
+                what: "x".into(),
+                expected: self.dtype.to_string(),
+                actual: x.dtype().to_string(),
+            });
+        }
+        let t = x.rows();
+        if t == 0 {
+            return Ok(Tensor::zeros(self.dtype, vec![0, h]));
+        }
+        let converted;
+        let x = if x.dtype() == self.dtype {
+            x
+        } else {
+            converted = x.to_dtype(self.dtype)?;
+            &converted
+        };
+
+        let logits = self.router.logits(x)?;
+        let routed = self.moe.forward(x, &logits)?;
+        let Some(shared) = &self.shared else {
+            return Ok(routed);
+        };
+        let s = shared.forward(x)?;
+        let mut out = routed.to_f32_vec("routed output")?;
+        if out.len() != s.len() {
+            return Err(MoeError::shape("routed output", format!("[{t}, {h}]"), routed.shape()));
+        }
+        out.iter_mut().zip(&s).for_each(|(o, &s)| *o += s);
+        round_to(self.dtype, &mut out);
+        Tensor::from_f32_as(self.dtype, vec![t, h], &out)
+    }
+
+    /// Router logits `[T, E]` (f32 values, rounded as the family's reference rounds them).
+    pub fn router_logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.router.logits(x)
+    }
+
+    /// The parsed `config.json`.
+    pub fn hf_config(&self) -> &HfConfig {
+        &self.hf
+    }
+
+    /// The routed layer's configuration.
+    pub fn config(&self) -> &MoeConfig {
+        self.moe.config()
+    }
+
+    /// How the routed layer's backend was chosen.
+    pub fn report(&self) -> &ResolutionReport {
+        self.moe.report()
+    }
+
+    pub fn backend_name(&self) -> &str {
+        self.moe.backend_name()
+    }
+
+    pub fn family(&self) -> Family {
+        self.hf.family
+    }
+
+    pub fn layer(&self) -> usize {
+        self.layer
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.hf.hidden_size
+    }
+
+    /// Absolute tensor-name prefix of the block in the checkpoint.
+    pub fn prefix(&self) -> &str {
+        &self.names.prefix
+    }
+
+    /// Intermediate size of the shared expert, if the block has one.
+    pub fn shared_intermediate_size(&self) -> Option<usize> {
+        self.shared.as_ref().map(SharedExpert::intermediate_size)
+    }
+}
+
+/// The dtype of the router weight, for configs that declare none.
+fn infer_dtype(hf: &HfConfig, ckpt: &Checkpoint, layer: usize) -> Result<DType> {
+    let names = BlockNames::resolve(hf.family, layer, ckpt)?;
+    let w = names.full(names.router_weight);
+    match ckpt.info(&w) {
+        Some((d, _)) if d.is_float_activation() => Ok(d),
+        _ => Ok(DType::BF16),
+    }
+}

@@ -1,0 +1,101 @@
+//! Shared helpers: fixture paths, reading `io.safetensors`, relative L2 error, scratch copies
+//! of fixtures for the bad-input tests.
+
+use std::path::{Path, PathBuf};
+
+use moe_core::Tensor;
+use moe_hf::Checkpoint;
+
+/// Vendored fixtures (never `/work/shared`).
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixtures/hf");
+
+pub const FAMILIES: [&str; 7] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "llama4"];
+pub const TOKENS: [usize; 3] = [1, 7, 130];
+pub const BACKENDS: [&str; 2] = ["reference", "cpu"];
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+/// `x_T` / `y_T` of a fixture.
+pub fn io_tensor(dir: &Path, key: &str) -> Tensor {
+    let io = Checkpoint::open_file(dir.join("io.safetensors")).expect("io.safetensors opens");
+    io.tensor(key).and_then(|v| v.to_tensor(key)).unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+/// `||y - y_ref|| / ||y_ref||` in f64.
+pub fn rel_l2(y: &Tensor, y_ref: &Tensor) -> f64 {
+    assert_eq!(y.shape(), y_ref.shape(), "output shape");
+    let a = y.to_f32_vec("y").expect("float output");
+    let b = y_ref.to_f32_vec("y_ref").expect("float reference");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&a, &b) in a.iter().zip(&b) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        num += (a - b) * (a - b);
+        den += b * b;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Tolerance of the fixtures by dtype folder suffix.
+pub fn tolerance(fixture: &str) -> f64 {
+    if fixture.ends_with("bfloat16") { 3e-2 } else { 1e-5 }
+}
+
+/// A scratch directory unique to this process and `tag`, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("moe-hf-it-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    /// A scratch copy of fixture `name` (config, model, io).
+    pub fn copy_of(name: &str, tag: &str) -> Scratch {
+        let s = Scratch::new(tag);
+        for f in ["config.json", "model.safetensors", "io.safetensors"] {
+            std::fs::copy(fixture(name).join(f), s.0.join(f)).expect("copy fixture file");
+        }
+        s
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Rewrites `config.json` through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+        let p = self.0.join("config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        edit(v.as_object_mut().unwrap());
+        std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    }
+
+    /// Rewrites `model.safetensors`: `edit` gets (name, dtype, shape, bytes) entries to change.
+    pub fn edit_model(&self, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+        let p = self.0.join("model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut entries: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        edit(&mut entries);
+        let views: Vec<_> = entries
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let out = safetensors::serialize(views, None).unwrap();
+        std::fs::write(&p, out).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

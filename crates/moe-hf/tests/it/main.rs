@@ -1,0 +1,7 @@
+//! Integration tests of `moe-hf` (one binary): the 14 transformers oracle fixtures on every
+//! backend and chunk limit, sharded checkpoints, and the typed errors of broken inputs.
+
+mod common;
+mod errors;
+mod fixtures;
+mod sharded;
