@@ -1,1 +1,19 @@
-//! moe-backends
+//! MoE backends on the host: [`ReferenceBackend`] (`"reference"`), the plain-loop f64 oracle
+//! every other backend is tested against, and [`CpuBackend`] (`"cpu"`), the grouped-GEMM CPU
+//! backend (tokens permuted by slot, one GEMM per expert and row block for FC1 with the
+//! activation fused after it, one for FC2, weighted scatter-add back to token order).
+//!
+//! Both implement [`moe_core::MoeBackend`] with the same capabilities (unquantized f32/f16/
+//! bf16 experts, all activations, bias, TP, EP including uneven expert counts, EPLB slots)
+//! and share their capability gate ([`capabilities`]), the validation of `run_moe` inputs
+//! (`inputs`) and the weight lifecycle (`lifecycle`); they differ only in `run_moe`.
+
+pub mod capabilities;
+pub mod cpu;
+mod inputs;
+mod lifecycle;
+pub mod reference;
+mod views;
+
+pub use cpu::CpuBackend;
+pub use reference::ReferenceBackend;

@@ -4,6 +4,8 @@
 
 use moe_core::{DType, MoeError, Result, RoutingMethod, Storage, Tensor};
 
+use crate::cpu::float_slice::FloatSlice;
+
 /// Routing ids `[N, k]` (i32) and weights `[N, k]` (f32, `None` for a scale-less static table).
 #[derive(Clone, Debug)]
 pub struct Routed {
@@ -99,10 +101,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     }
     match (x.storage(), weight.storage()) {
         (Storage::Host(_), Storage::Host(_)) => {
-            let xv = x.to_f32_vec("linear input")?;
-            let wv = weight.to_f32_vec("linear weight")?;
-            let bv = bias.map(|b| b.to_f32_vec("linear bias")).transpose()?;
-            let out = crate::cpu::linear::linear_f32(&xv, &wv, bv.as_deref(), t, k, n);
+            let xv = match x.dtype() {
+                DType::F32 => std::borrow::Cow::Borrowed(x.as_f32("linear input")?),
+                _ => std::borrow::Cow::Owned(x.to_f32_vec("linear input")?),
+            };
+            let w = FloatSlice::from_tensor(weight, "linear weight")?;
+            let b = bias.map(|b| FloatSlice::from_tensor(b, "linear bias")).transpose()?;
+            let out = crate::cpu::linear::linear(&xv, w, b, t, k, n)?;
             Tensor::from_f32(vec![t, n], out)
         }
         _ => Err(device_unsupported("linear")),

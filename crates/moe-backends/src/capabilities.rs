@@ -1,0 +1,183 @@
+//! Capabilities of the host backends and the capability gate derived from them.
+//!
+//! `can_implement` checks a problem against the declared [`Capabilities`] data, so the
+//! capability table and the gate cannot disagree. The gate is pure: it reads only the problem
+//! and the deployment, never the machine, and abstains (accepts) on unknown (`None`) fields.
+
+use moe_core::{
+    Activation, Capabilities, DType, Eligibility, MoeDeployment, MoeProblem, QuantAlgo, RejectReason,
+};
+
+/// What the reference and CPU backends can run.
+pub fn host_capabilities() -> Capabilities {
+    Capabilities {
+        device: "cpu".into(),
+        quant: vec![QuantAlgo::None],
+        dtypes: vec![DType::F32, DType::F16, DType::BF16],
+        activations: [Activation::Swiglu, Activation::GPT_OSS, Activation::Relu2]
+            .iter()
+            .map(|a| a.name().to_string())
+            .collect(),
+        supports_bias: true,
+        // The scheduler scales the input and passes no routing weights; the experts need
+        // nothing special for it.
+        supports_apply_router_weight_on_input: true,
+        supports_eplb: true,
+        supports_non_divisible_ep: true,
+        supports_tp: true,
+    }
+}
+
+/// The verdict of a backend called `backend` with capabilities `caps` on a problem.
+pub fn check(backend: &str, caps: &Capabilities, problem: &MoeProblem, deployment: &MoeDeployment) -> Eligibility {
+    let list = |v: &[String]| v.join(", ");
+    if !caps.quant.contains(&problem.quant) {
+        let supported: Vec<String> = caps.quant.iter().map(|q| q.as_str().to_string()).collect();
+        return Eligibility::no(
+            RejectReason::QuantUnsupported,
+            format!(
+                "backend `{backend}` does not run quant format `{}` (supported: {})",
+                problem.quant.as_str(),
+                list(&supported)
+            ),
+        );
+    }
+    if !caps.dtypes.contains(&problem.dtype_act) {
+        let supported: Vec<String> = caps.dtypes.iter().map(|d| d.to_string()).collect();
+        return Eligibility::no(
+            RejectReason::DtypeUnsupported,
+            format!("backend `{backend}` does not run {} activations (supported: {})", problem.dtype_act, list(&supported)),
+        );
+    }
+    if !caps.activations.contains(&problem.activation) {
+        return Eligibility::no(
+            RejectReason::ActivationUnsupported,
+            format!(
+                "backend `{backend}` has no activation `{}` (supported: {})",
+                problem.activation,
+                list(&caps.activations)
+            ),
+        );
+    }
+    if problem.bias == Some(true) && !caps.supports_bias {
+        return Eligibility::no(RejectReason::PathNotEnabled, format!("backend `{backend}` has no expert bias"));
+    }
+    if problem.apply_router_weight_on_input && !caps.supports_apply_router_weight_on_input {
+        return Eligibility::no(
+            RejectReason::PathNotEnabled,
+            format!("backend `{backend}` cannot apply the router weight on the input"),
+        );
+    }
+    check_deployment(backend, caps, problem, deployment)
+}
+
+fn check_deployment(backend: &str, caps: &Capabilities, problem: &MoeProblem, d: &MoeDeployment) -> Eligibility {
+    if d.tp_size > 1 && !caps.supports_tp {
+        return Eligibility::no(RejectReason::TopologyUnsupported, format!("backend `{backend}` has no MoE TP"));
+    }
+    if let Some(i) = problem.intermediate_size.filter(|i| i.checked_rem(d.tp_size).is_some_and(|r| r > 0)) {
+        return Eligibility::no(
+            RejectReason::ShapeUnaligned,
+            format!("intermediate_size {i} does not divide by tp_size {}", d.tp_size),
+        );
+    }
+    if d.eplb_enabled && !caps.supports_eplb {
+        return Eligibility::no(RejectReason::EplbUnsupported, format!("backend `{backend}` has no EPLB slots"));
+    }
+    if d.ep_size > d.num_slots {
+        return Eligibility::no(
+            RejectReason::TopologyUnsupported,
+            format!("{} slots cannot be spread over {} EP ranks", d.num_slots, d.ep_size),
+        );
+    }
+    if d.num_slots.checked_rem(d.ep_size).is_some_and(|r| r > 0) {
+        // EPLB slot tables need equal shares; plain experts may be split unevenly if the
+        // backend opted in.
+        if d.eplb_enabled || !caps.supports_non_divisible_ep {
+            return Eligibility::no(
+                RejectReason::SlotsNotDivisibleByEp,
+                format!("{} slots do not divide by ep_size {}", d.num_slots, d.ep_size),
+            );
+        }
+    }
+    Eligibility::ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moe_core::{MoeConfig, MoeEnvironment, RoutingMethod};
+
+    fn env() -> MoeEnvironment {
+        MoeEnvironment { cpu_threads: 2, cuda_sm: None, available_deps: vec![] }
+    }
+
+    fn verdict(c: &MoeConfig) -> Eligibility {
+        check("cpu", &host_capabilities(), &MoeProblem::from_config(c), &MoeDeployment::from_config(c, env()))
+    }
+
+    fn reason(e: Eligibility) -> Option<RejectReason> {
+        match e {
+            Eligibility::Ok => None,
+            Eligibility::No { reason, .. } => Some(reason),
+        }
+    }
+
+    #[test]
+    fn declared_activations_are_the_three_names() {
+        assert_eq!(host_capabilities().activations, vec!["swiglu", "swiglu_gptoss", "relu2"]);
+    }
+
+    #[test]
+    fn gate_verdicts() {
+        let base = MoeConfig::new(8, 16, 32, DType::BF16, RoutingMethod::Renormalize { top_k: 2 });
+        assert_eq!(verdict(&base), Eligibility::Ok);
+
+        let mut c = base.clone();
+        c.quant.algo = QuantAlgo::Fp8Block;
+        match verdict(&c) {
+            Eligibility::No { reason, detail } => {
+                assert_eq!(reason, RejectReason::QuantUnsupported);
+                assert!(detail.contains("fp8_block"), "{detail}");
+            }
+            Eligibility::Ok => panic!("fp8_block must be rejected"),
+        }
+
+        let mut p = MoeProblem::from_config(&base);
+        p.dtype_act = DType::F8E4M3;
+        let d = MoeDeployment::from_config(&base, env());
+        assert_eq!(reason(check("cpu", &host_capabilities(), &p, &d)), Some(RejectReason::DtypeUnsupported));
+        p.dtype_act = DType::F16;
+        p.activation = "gelu".into();
+        assert_eq!(reason(check("cpu", &host_capabilities(), &p, &d)), Some(RejectReason::ActivationUnsupported));
+
+        // Uneven EP over plain experts is fine; uneven EPLB slot tables are not.
+        let mut c = base.clone();
+        c.parallel.ep_size = 3;
+        assert_eq!(verdict(&c), Eligibility::Ok);
+        c.eplb = Some(moe_core::EplbConfig { num_slots: 10, layer_updates_per_iter: 0, initial_global_assignments: None });
+        assert_eq!(reason(verdict(&c)), Some(RejectReason::SlotsNotDivisibleByEp));
+        c.parallel.ep_size = 16;
+        assert_eq!(reason(verdict(&c)), Some(RejectReason::TopologyUnsupported));
+
+        let mut c = base.clone();
+        c.parallel.tp_size = 3;
+        assert_eq!(reason(verdict(&c)), Some(RejectReason::ShapeUnaligned));
+        c.parallel.tp_size = 4;
+        c.bias = true;
+        c.activation = Activation::GPT_OSS;
+        assert_eq!(verdict(&c), Eligibility::Ok);
+    }
+
+    #[test]
+    fn unknown_fields_abstain() {
+        let base = MoeConfig::new(8, 16, 32, DType::F32, RoutingMethod::Renormalize { top_k: 2 });
+        let mut p = MoeProblem::from_config(&base);
+        p.intermediate_size = None;
+        p.bias = None;
+        p.num_experts = None;
+        let mut d = MoeDeployment::from_config(&base, env());
+        d.tp_size = 3;
+        assert_eq!(check("cpu", &host_capabilities(), &p, &d), Eligibility::Ok);
+    }
+}
