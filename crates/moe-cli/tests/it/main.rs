@@ -165,3 +165,30 @@ fn help_describes_run() {
         assert!(s.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// The whole oracle sweep through the binary: every fixture (seven families x f32/bf16),
+/// T in {1, 7, 130}, both CPU backends, chunk limits unlimited, 1 and 16.
+#[test]
+fn every_fixture_backend_and_chunk_limit_matches_oracle_through_the_cli() {
+    let mut names: Vec<String> = std::fs::read_dir(FIXTURES)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            e.path().join("config.json").exists().then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 14, "seven families x two dtypes: {names:?}");
+    for name in &names {
+        let tol = if name.ends_with("float32") { 1e-5 } else { 3e-2 };
+        for backend in ["reference", "cpu"] {
+            for chunk in [None, Some("1"), Some("16")] {
+                let mut extra = vec!["--backend", backend];
+                if let Some(c) = chunk {
+                    extra.extend(["--max-tokens-per-chunk", c]);
+                }
+                check_fixture(name, tol, &extra);
+            }
+        }
+    }
+}
