@@ -34,7 +34,7 @@ pub use eplb::LoadBalancer;
 pub use error::{MoeError, Result};
 pub use partition::ExpertPartition;
 pub use problem::{
-    Eligibility, EplbSupportStatus, MoeDeployment, MoeEnvironment, MoeProblem, RejectReason,
+    CommSelection, Eligibility, EplbSupportStatus, MoeDeployment, MoeEnvironment, MoeProblem, RejectReason,
     RejectedCandidate, ResolutionReport, SchedulerKind, SelectedBy,
 };
 pub use quant::{ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantMethod};

@@ -193,6 +193,17 @@ pub struct RejectedCandidate {
     pub detail: String,
 }
 
+/// Which communication strategy the layer got, and why the others were passed over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommSelection {
+    /// What the caller asked for (`auto` or a strategy name).
+    pub requested: String,
+    /// The strategy in use (`None` for a single rank).
+    pub chosen: Option<String>,
+    /// Why each strategy tried before the chosen one was not used.
+    pub passed_over: Vec<(String, String)>,
+}
+
 /// The factory's account of which backend was chosen and why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResolutionReport {
@@ -206,6 +217,9 @@ pub struct ResolutionReport {
     pub eligible: Vec<String>,
     pub rejected: Vec<RejectedCandidate>,
     pub env_fingerprint: String,
+    /// The communication strategy (multi-rank layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<CommSelection>,
 }
 
 impl ResolutionReport {
@@ -251,6 +265,12 @@ impl fmt::Display for ResolutionReport {
             self.deployment.num_slots,
             self.env_fingerprint
         )?;
+        if let Some(c) = &self.comm {
+            writeln!(f, "comm: {} (requested: {})", c.chosen.as_deref().unwrap_or("none"), c.requested)?;
+            for (name, why) in &c.passed_over {
+                writeln!(f, "comm passed over {name}: {why}")?;
+            }
+        }
         if !self.alternatives().is_empty() {
             writeln!(f, "also eligible: {}", self.alternatives().join(", "))?;
         }

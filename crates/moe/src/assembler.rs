@@ -3,25 +3,47 @@
 //! `repeat_idx` once per call, and hands each forward to the scheduler. It holds no compute
 //! and no policy of its own, and never branches on which backend it holds.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use moe_core::{
-    Communication, Eligibility, ExpertPartition, ForwardArgs, LayerView, LoadBalancer, MoeBackend, MoeConfig,
+    Communication, ProcessGroup, Eligibility, ExpertPartition, ForwardArgs, LayerView, LoadBalancer, MoeBackend, MoeConfig,
     MoeDeployment, MoeError, MoeProblem, MoeScheduler, RejectReason, ResolutionReport, Result, Tensor,
     WeightSource,
 };
 use moe_eplb::{Placement, StaticBalancer};
 use moe_scheduler::create_moe_scheduler;
 
+use crate::comm_factory::build_comm;
 use crate::comm_slot::{CommSlot, FallbackFactory};
 use crate::registry::BackendEntry;
 
 /// Communication and load balancing handed to the assembler by the caller.
-#[derive(Default)]
 pub struct LayerParts {
-    /// The layer's dispatch/combine strategy (required when the layer spans several ranks).
+    /// The process group of a multi-rank layer (required when it spans several ranks).
+    pub group: Option<Arc<dyn ProcessGroup>>,
+    /// Strategy over `group`: `auto` or one of [`crate::COMM_NAMES`].
+    pub comm_choice: String,
+    /// Deadline of every collective of the layer.
+    pub comm_timeout: Duration,
+    /// A strategy of the caller's own, used instead of building one over `group`.
     pub comm: Option<Box<dyn Communication>>,
-    /// Builds AllGather+ReduceScatter when an all-to-all strategy is infeasible.
+    /// Builds the replacement when the caller's all-to-all strategy is infeasible.
     pub comm_fallback: Option<FallbackFactory>,
     pub balancer: Option<Box<dyn LoadBalancer>>,
+}
+
+impl Default for LayerParts {
+    fn default() -> Self {
+        LayerParts {
+            group: None,
+            comm_choice: "auto".into(),
+            comm_timeout: Duration::from_secs(60),
+            comm: None,
+            comm_fallback: None,
+            balancer: None,
+        }
+    }
 }
 
 /// Per-call options of [`ConfigurableMoe::forward_with`].
@@ -65,20 +87,25 @@ impl ConfigurableMoe {
     pub(crate) fn assemble(
         config: MoeConfig,
         entry: &BackendEntry,
-        report: ResolutionReport,
+        mut report: ResolutionReport,
         parts: LayerParts,
     ) -> Result<ConfigurableMoe> {
         let caps = (entry.capabilities)();
         let partition = ExpertPartition::compute(&config, caps.supports_non_divisible_ep)?;
-        if config.parallel.parallel_size() > 1 && parts.comm.is_none() {
-            return Err(MoeError::config(
-                "parallel",
-                format!(
-                    "the layer spans {} ranks but no communication strategy was given",
-                    config.parallel.parallel_size()
-                ),
-            ));
-        }
+        let (comm, comm_fallback) = match parts.comm {
+            Some(custom) => (Some(custom), parts.comm_fallback),
+            None => {
+                let built = build_comm(
+                    &config,
+                    parts.group,
+                    &parts.comm_choice,
+                    parts.comm_timeout,
+                    caps.supports_non_divisible_ep,
+                )?;
+                report.comm = built.selection;
+                (built.strategy, built.fallback)
+            }
+        };
         let mut backend = (entry.build)(&config, partition.clone())?;
         let balancer = match (parts.balancer, &config.eplb) {
             (Some(b), _) => Some(b),
@@ -111,7 +138,7 @@ impl ConfigurableMoe {
             partition,
             backend,
             scheduler,
-            comm: CommSlot::new(parts.comm, parts.comm_fallback),
+            comm: CommSlot::new(comm, comm_fallback),
             balancer,
             repeat_idx: 0,
             report,

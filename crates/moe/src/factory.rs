@@ -91,6 +91,7 @@ pub(crate) fn resolve_in(
         selected_by,
         eligible,
         rejected,
+        comm: None,
     })
 }
 

@@ -12,12 +12,15 @@
 //! ```
 
 mod assembler;
+mod comm_factory;
 mod comm_slot;
 mod env;
 mod factory;
 mod registry;
 
 pub use assembler::{ConfigurableMoe, ForwardOptions, LayerParts};
+pub use comm_factory::COMM_NAMES;
+pub use comm_slot::FallbackFactory;
 pub use env::probe_environment;
 pub use factory::{create_moe, create_moe_with, resolve_moe_impl, CreateOptions};
 pub use registry::{BackendEntry, BACKEND_NAMES, REGISTRY};

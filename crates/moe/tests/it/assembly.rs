@@ -166,7 +166,7 @@ fn impossible_configurations_are_refused_with_the_field_named() {
     let mut c = config(None);
     c.parallel.ep_size = 2;
     let err = create_moe(c).unwrap_err().to_string();
-    assert!(err.contains("no communication strategy"), "{err}");
+    assert!(err.contains("no process group"), "{err}");
 
     let mut c = config(None);
     c.eplb = Some(EplbConfig { num_slots: 8, layer_updates_per_iter: 1, initial_global_assignments: None });

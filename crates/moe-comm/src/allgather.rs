@@ -1,0 +1,79 @@
+//! AllGather + ReduceScatter (always feasible): dispatch gathers every rank's tokens to every
+//! rank, each rank computes its slots' share for all of them, and combine sums the shares and
+//! returns each rank its own rows. Without attention-DP every rank already holds the same
+//! tokens, so dispatch is the identity and combine an all-reduce.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moe_core::{Communication, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor};
+
+/// The always-feasible strategy, and the fallback of the all-to-all ones.
+pub struct AllGatherReduceScatter {
+    group: Arc<dyn ProcessGroup>,
+    timeout: Duration,
+    /// Rows per rank of the last dispatch (`None`: replicated tokens, combine all-reduces).
+    counts: Option<Vec<usize>>,
+}
+
+impl AllGatherReduceScatter {
+    pub fn new(group: Arc<dyn ProcessGroup>, timeout: Duration) -> Self {
+        AllGatherReduceScatter { group, timeout, counts: None }
+    }
+
+    fn gather(&self, t: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
+        self.group.all_gather_v(t, counts, deadline)
+    }
+}
+
+impl Communication for AllGatherReduceScatter {
+    fn name(&self) -> &'static str {
+        "allgather"
+    }
+
+    fn is_platform_supported(&self) -> bool {
+        true
+    }
+
+    fn is_workload_feasible(&self, _: &[usize], _: usize) -> bool {
+        true
+    }
+
+    fn is_alltoall(&self) -> bool {
+        false
+    }
+
+    fn dispatch(&mut self, p: DispatchPayload, list: &[usize], use_dp_padding: bool) -> Result<DispatchPayload> {
+        if list.len() == 1 {
+            // Replicated tokens (no attention-DP): nothing to move.
+            self.counts = None;
+            return Ok(p);
+        }
+        if list.len() != self.group.size() {
+            return Err(MoeError::config("all_rank_num_tokens", format!("{} entries for {} ranks", list.len(), self.group.size())));
+        }
+        let max = list.iter().copied().max().unwrap_or(0);
+        let counts = if use_dp_padding { vec![max; list.len()] } else { list.to_vec() };
+        let deadline = Deadline::after(self.timeout);
+        let out = DispatchPayload {
+            x: self.gather(&p.x, &counts, deadline)?,
+            x_sf: p.x_sf.as_ref().map(|s| self.gather(s, &counts, deadline)).transpose()?,
+            slots: self.gather(&p.slots, &counts, deadline)?,
+            scales: p.scales.as_ref().map(|s| self.gather(s, &counts, deadline)).transpose()?,
+        };
+        self.counts = Some(counts);
+        Ok(out)
+    }
+
+    fn combine(&mut self, out: Tensor, _: usize) -> Result<Tensor> {
+        let deadline = Deadline::after(self.timeout);
+        match self.counts.take() {
+            Some(counts) => self.group.reduce_scatter_v(&out, &counts, deadline),
+            None => self.group.all_reduce_sum(&out, deadline),
+        }
+    }
+
+    fn destroy(&mut self) -> Result<()> {
+        self.group.barrier(Deadline::after(self.timeout))
+    }
+}
