@@ -9,20 +9,18 @@
 mod chunk_body;
 mod chunking;
 mod external;
+mod fused;
 
 pub use chunking::{calculate_num_chunks, split_chunk};
 pub use external::ExternalCommScheduler;
+pub use fused::FusedCommScheduler;
 
-use moe_core::{MoeError, MoeScheduler, Result, SchedulerKind};
+use moe_core::{MoeScheduler, Result, SchedulerKind};
 
 /// The scheduler a backend's [`SchedulerKind`] asks for.
 pub fn create_moe_scheduler(kind: SchedulerKind) -> Result<Box<dyn MoeScheduler>> {
     match kind {
         SchedulerKind::ExternalComm => Ok(Box::new(ExternalCommScheduler)),
-        SchedulerKind::FusedComm => Err(MoeError::Unsupported {
-            backend: "scheduler".into(),
-            reason: moe_core::RejectReason::PathNotEnabled,
-            detail: "the fused-communication scheduler is not part of this build; no backend declares FusedComm yet".into(),
-        }),
+        SchedulerKind::FusedComm => Ok(Box::new(FusedCommScheduler)),
     }
 }

@@ -5,3 +5,4 @@
 mod doubles;
 mod eplb_hooks;
 mod forward;
+mod fused;
