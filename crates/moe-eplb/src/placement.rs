@@ -1,6 +1,7 @@
-//! A placement: which expert every global slot serves, and the replicas of every expert.
+//! A placement: which expert every global slot serves, the replicas of every expert, and
+//! the expert-to-slot routing over them that static and dynamic balancers share.
 
-use moe_core::{MoeError, Result};
+use moe_core::{MoeError, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Slot -> expert table with its inverse (expert -> slots, ascending).
@@ -42,6 +43,29 @@ impl Placement {
     /// Slots serving `expert`, ascending.
     pub fn replicas(&self, expert: usize) -> &[i32] {
         &self.replicas[expert]
+    }
+
+    /// Maps expert ids (any shape, i32) to global slot ids of the same shape.
+    ///
+    /// The replica of flattened entry `i` is `(i + rank_offset) mod count`: round-robin over
+    /// the (token, k) pairs so one hot expert's tokens spread over its replicas, and with
+    /// attention-DP each rank passes its EP rank as `rank_offset`, so ranks start their
+    /// round-robin at different replicas (TensorRT-LLM's `offset_by_ep_rank`).
+    pub fn route(&self, expert_ids: &Tensor, rank_offset: usize) -> Result<Tensor> {
+        let ids = expert_ids.as_i32("expert ids")?;
+        let e = self.num_experts;
+        let slots = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let expert = usize::try_from(id).ok().filter(|&x| x < e).ok_or_else(|| {
+                    MoeError::config("expert ids", format!("entry {i} = {id} is not an expert id (0..{e})"))
+                })?;
+                let r = &self.replicas[expert];
+                Ok(r[(i + rank_offset) % r.len()])
+            })
+            .collect::<Result<Vec<i32>>>()?;
+        Tensor::from_i32(expert_ids.shape().to_vec(), slots)
     }
 }
 

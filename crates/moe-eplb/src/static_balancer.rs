@@ -2,7 +2,7 @@
 //! migration. Its only hook with an effect is `route`, which picks a replica per (token, k)
 //! round-robin, offset by the EP rank under attention-DP so ranks spread over replicas.
 
-use moe_core::{LoadBalancer, MoeError, Result, Tensor};
+use moe_core::{LoadBalancer, Result, Tensor};
 
 use crate::placement::Placement;
 
@@ -42,21 +42,7 @@ impl LoadBalancer for StaticBalancer {
     }
 
     fn route(&mut self, expert_ids: &Tensor, use_dp: bool) -> Result<Tensor> {
-        let ids = expert_ids.as_i32("expert ids")?;
-        let offset = if use_dp { self.ep_rank } else { 0 };
-        let e = self.placement.num_experts();
-        let slots = ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| {
-                let expert = usize::try_from(id).ok().filter(|&x| x < e).ok_or_else(|| {
-                    MoeError::config("expert ids", format!("entry {i} = {id} is not an expert id (0..{e})"))
-                })?;
-                let r = self.placement.replicas(expert);
-                Ok(r[(i + offset) % r.len()])
-            })
-            .collect::<Result<Vec<i32>>>()?;
-        Tensor::from_i32(expert_ids.shape().to_vec(), slots)
+        self.placement.route(expert_ids, if use_dp { self.ep_rank } else { 0 })
     }
 
     fn start_set_cpu_stage(&mut self) -> Result<()> {
