@@ -1,18 +1,42 @@
 //! Capabilities of the host backends and the capability gate derived from them.
 //!
-//! `can_implement` checks a problem against the declared [`Capabilities`] data, so the
-//! capability table and the gate cannot disagree. The gate is pure: it reads only the problem
-//! and the deployment, never the machine, and abstains (accepts) on unknown (`None`) fields.
+//! `can_implement` checks a problem against the declared [`Capabilities`] data and the
+//! per-format activation dtypes ([`QUANT_DTYPES`]), so the capability table and the gate
+//! cannot disagree. The gate is pure: it reads only the problem and the deployment, never the
+//! machine, and abstains (accepts) on unknown (`None`) fields.
 
 use moe_core::{
     Activation, Capabilities, DType, Eligibility, MoeDeployment, MoeProblem, QuantAlgo, RejectReason,
 };
 
+/// Activation dtypes the host backends run each quant format with. The host kernels compute
+/// in f32 whatever the format, so these follow the formats' models rather than a kernel limit:
+/// - FP8 block: f32 and bf16. TensorRT-LLM runs it on bf16 only (DeepSeek); f32 is accepted
+///   for full-precision reference runs; f16 is refused as there.
+/// - MXFP4 (W4A16, GPT-OSS): f32 and bf16; GPT-OSS runs in bf16, whose range its activations
+///   need (f16 is refused).
+/// - Everything else: f32, f16 and bf16 (FP8 per tensor and INT8 as TensorRT-LLM's CUTLASS
+///   table, NVFP4 and INT4 for fp16 checkpoints).
+pub const QUANT_DTYPES: &[(QuantAlgo, &[DType])] = &[
+    (QuantAlgo::None, &[DType::F32, DType::F16, DType::BF16]),
+    (QuantAlgo::Fp8PerTensor, &[DType::F32, DType::F16, DType::BF16]),
+    (QuantAlgo::Fp8Block, &[DType::F32, DType::BF16]),
+    (QuantAlgo::Nvfp4, &[DType::F32, DType::F16, DType::BF16]),
+    (QuantAlgo::W4A16Mxfp4, &[DType::F32, DType::BF16]),
+    (QuantAlgo::W4A16Int4, &[DType::F32, DType::F16, DType::BF16]),
+    (QuantAlgo::W8A16, &[DType::F32, DType::F16, DType::BF16]),
+];
+
+/// The activation dtypes of `algo` on the host backends (none for a format not listed).
+pub fn quant_dtypes(algo: QuantAlgo) -> &'static [DType] {
+    QUANT_DTYPES.iter().find(|(a, _)| *a == algo).map_or(&[], |(_, d)| d)
+}
+
 /// What the reference and CPU backends can run.
 pub fn host_capabilities() -> Capabilities {
     Capabilities {
         device: "cpu".into(),
-        quant: vec![QuantAlgo::None],
+        quant: QUANT_DTYPES.iter().map(|(q, _)| *q).collect(),
         dtypes: vec![DType::F32, DType::F16, DType::BF16],
         activations: [Activation::Swiglu, Activation::GPT_OSS, Activation::Relu2]
             .iter()
@@ -47,6 +71,19 @@ pub fn check(backend: &str, caps: &Capabilities, problem: &MoeProblem, deploymen
         return Eligibility::no(
             RejectReason::DtypeUnsupported,
             format!("backend `{backend}` does not run {} activations (supported: {})", problem.dtype_act, list(&supported)),
+        );
+    }
+    let format_dtypes = quant_dtypes(problem.quant);
+    if !format_dtypes.contains(&problem.dtype_act) {
+        let supported: Vec<String> = format_dtypes.iter().map(|d| d.to_string()).collect();
+        return Eligibility::no(
+            RejectReason::DtypeUnsupported,
+            format!(
+                "backend `{backend}` runs quant format `{}` on {} activations, not {}",
+                problem.quant.as_str(),
+                list(&supported),
+                problem.dtype_act
+            ),
         );
     }
     if !caps.activations.contains(&problem.activation) {
@@ -133,14 +170,21 @@ mod tests {
         let base = MoeConfig::new(8, 16, 32, DType::BF16, RoutingMethod::Renormalize { top_k: 2 });
         assert_eq!(verdict(&base), Eligibility::Ok);
 
-        let mut c = base.clone();
-        c.quant.algo = QuantAlgo::Fp8Block;
-        match verdict(&c) {
-            Eligibility::No { reason, detail } => {
-                assert_eq!(reason, RejectReason::QuantUnsupported);
-                assert!(detail.contains("fp8_block"), "{detail}");
+        // Every format on bf16; FP8 block and MXFP4 refuse f16, naming format and dtype.
+        for algo in QuantAlgo::ALL {
+            let mut c = base.clone();
+            c.quant.algo = algo;
+            assert_eq!(verdict(&c), Eligibility::Ok, "{algo:?}");
+            c.dtype = DType::F16;
+            let refused = matches!(algo, QuantAlgo::Fp8Block | QuantAlgo::W4A16Mxfp4);
+            match verdict(&c) {
+                Eligibility::No { reason, detail } => {
+                    assert!(refused, "{algo:?}: {detail}");
+                    assert_eq!(reason, RejectReason::DtypeUnsupported);
+                    assert!(detail.contains(algo.as_str()) && detail.contains("f16"), "{detail}");
+                }
+                Eligibility::Ok => assert!(!refused, "{algo:?} on f16 must be refused"),
             }
-            Eligibility::Ok => panic!("fp8_block must be rejected"),
         }
 
         let mut p = MoeProblem::from_config(&base);

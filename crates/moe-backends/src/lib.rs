@@ -4,9 +4,14 @@
 //! activation fused after it, one for FC2, weighted scatter-add back to token order).
 //!
 //! Both implement [`moe_core::MoeBackend`] with the same capabilities (unquantized f32/f16/
-//! bf16 experts, all activations, bias, TP, EP including uneven expert counts, EPLB slots)
-//! and share their capability gate ([`capabilities`]), the validation of `run_moe` inputs
-//! (`inputs`) and the weight lifecycle (`lifecycle`); they differ only in `run_moe`.
+//! bf16 experts and every quantized format of `moe-quant` — FP8 per tensor, FP8 block, NVFP4,
+//! MXFP4, INT4 group-wise, INT8 per channel — on the activation dtypes of
+//! [`capabilities::QUANT_DTYPES`]; all activations, bias, TP, EP including uneven expert
+//! counts, EPLB slots) and share their capability gate ([`capabilities`]), the validation of
+//! `run_moe` inputs (`inputs`), the weight lifecycle (`lifecycle`) and the per-slot views of
+//! the quant method (`views`); they differ only in `run_moe`. Quantized weights stay packed:
+//! the CPU backend's GEMMs decode them a block of rows at a time, the reference decodes one
+//! element at a time, and both apply the format's activation quantization.
 
 pub mod capabilities;
 pub mod cpu;

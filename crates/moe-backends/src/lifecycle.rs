@@ -14,8 +14,9 @@
 
 use moe_core::{
     Capabilities, Eligibility, ExpertPartition, ExpertWeights, LayerLayout, MoeConfig, MoeDeployment, MoeEnvironment,
-    MoeError, MoeProblem, QuantMethod, QuantizedInput, Result, Tensor, WeightSource,
+    MoeError, MoeProblem, QuantizedInput, Result, Tensor, WeightSource,
 };
+use moe_quant::HostQuantMethod;
 
 use crate::capabilities;
 
@@ -35,7 +36,8 @@ pub(crate) struct ExpertLayer {
     pub config: MoeConfig,
     pub partition: ExpertPartition,
     pub layout: LayerLayout,
-    pub quant: Box<dyn QuantMethod>,
+    /// The format's quant method, with the kernel view of each slot.
+    pub quant: Box<dyn HostQuantMethod>,
     pub weights: ExpertWeights,
     stage: Stage,
 }
@@ -81,7 +83,7 @@ impl ExpertLayer {
         {
             return Err(MoeError::Unsupported { backend: backend.into(), reason, detail });
         }
-        let quant = moe_quant::select_quant_method(&config.quant)?;
+        let quant = moe_quant::select_host_quant_method(&config.quant)?;
         let layout = LayerLayout::new(config, &partition);
         Ok(ExpertLayer {
             config: config.clone(),
@@ -201,7 +203,7 @@ macro_rules! delegate_to_expert_layer {
         }
 
         fn quant_method(&self) -> &dyn moe_core::QuantMethod {
-            self.layer.quant.as_ref()
+            self.layer.quant.as_quant_method()
         }
 
         fn layout(&self) -> &moe_core::LayerLayout {
@@ -234,16 +236,19 @@ mod tests {
     }
 
     #[test]
-    fn quantized_configs_are_refused_at_create() {
+    fn formats_are_gated_at_create_and_select_their_method() {
         let mut c = config();
         c.quant.algo = QuantAlgo::Nvfp4;
+        assert_eq!(layer(&c).unwrap().quant.algo(), QuantAlgo::Nvfp4);
+        c.quant.algo = QuantAlgo::Fp8Block;
+        c.dtype = DType::F16;
         match layer(&c) {
             Err(MoeError::Unsupported { reason, detail, .. }) => {
-                assert_eq!(reason, RejectReason::QuantUnsupported);
-                assert!(detail.contains("nvfp4"), "{detail}");
+                assert_eq!(reason, RejectReason::DtypeUnsupported);
+                assert!(detail.contains("fp8_block"), "{detail}");
             }
             Err(e) => panic!("unexpected error {e}"),
-            Ok(_) => panic!("nvfp4 must be refused"),
+            Ok(_) => panic!("fp8_block on f16 must be refused"),
         }
     }
 

@@ -6,11 +6,18 @@
 //! Everything accumulates in f64 and the result is rounded once to `ctx.output_dtype`. The
 //! activations are written out here again rather than shared with the kernels, so the CPU
 //! backend is checked against an independent implementation. Single-threaded on purpose.
+//!
+//! Quantized weights are decoded one element at a time (`WeightSlice::at`). A format that
+//! quantizes activations is applied as its definition: the token's input row is
+//! quantize-dequantized before FC1 and the activation output (rounded to f32) before FC2, with
+//! the same `qdq_rows` as the kernels, since that rounding is part of the format, not of an
+//! implementation.
 
 use moe_core::{
     Activation, Capabilities, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeProblem,
     MoeRunContext, Result, Tensor,
 };
+use moe_kernels::cpu::act_quant::qdq_rows;
 use moe_kernels::cpu::permute::invalid_slot_error;
 
 use crate::capabilities::{check, host_capabilities};
@@ -79,7 +86,7 @@ impl MoeBackend for ReferenceBackend {
     fn run_moe(&self, ctx: &MoeRunContext<'_>) -> Result<Tensor> {
         self.layer.ensure_ready()?;
         let inp = RunInputs::parse(ctx, &self.layer)?;
-        let views = LayerViews::new(&self.layer.weights, &self.layer.layout)?;
+        let views = LayerViews::new(&self.layer);
         let (n, k) = (inp.num_tokens, inp.top_k);
         let h = views.dims.hidden;
         let inter = views.dims.inter;
@@ -90,6 +97,8 @@ impl MoeBackend for ReferenceBackend {
         let mut acc = vec![0.0f64; h];
         let mut fc1 = vec![0.0f64; fc1_rows];
         let mut act = vec![0.0f64; inter];
+        let mut xq = vec![0.0f32; h];
+        let mut act_q = vec![0.0f32; inter];
         for t in 0..n {
             acc.fill(0.0);
             for j in 0..k {
@@ -103,10 +112,14 @@ impl MoeBackend for ReferenceBackend {
                 let w = views.slot(slot)?;
                 let weight = inp.scales.map_or(1.0, |s| f64::from(s[t * k + j]));
 
+                for (c, v) in xq.iter_mut().enumerate() {
+                    *v = inp.x.at(t * h + c);
+                }
+                qdq_rows(&w.fc1_input, &mut xq, h)?;
                 for (r, f) in fc1.iter_mut().enumerate() {
                     let mut sum = 0.0f64;
                     for c in 0..h {
-                        sum += f64::from(w.w3_w1.at(r * h + c)) * f64::from(inp.x.at(t * h + c));
+                        sum += f64::from(w.w3_w1.at(r * h + c)) * f64::from(xq[c]);
                     }
                     if let Some(b) = w.w3_w1_bias {
                         sum += f64::from(b.at(r));
@@ -115,6 +128,16 @@ impl MoeBackend for ReferenceBackend {
                 }
                 for (c, a) in act.iter_mut().enumerate() {
                     *a = activate(views.dims.activation, &fc1, inter, c);
+                }
+                if !w.fc2_input.is_none() {
+                    // The format quantizes f32 activations; the f64 ones are rounded first.
+                    for (q, &a) in act_q.iter_mut().zip(&act) {
+                        *q = a as f32;
+                    }
+                    qdq_rows(&w.fc2_input, &mut act_q, inter)?;
+                    for (a, &q) in act.iter_mut().zip(&act_q) {
+                        *a = f64::from(q);
+                    }
                 }
                 for (o, acc_o) in acc.iter_mut().enumerate() {
                     let mut sum = 0.0f64;

@@ -1,47 +1,36 @@
-//! Typed views of a layer's per-slot tensors (`w3_w1_weight`, `w2_weight`, biases), cut into
-//! one [`ExpertView`] per local slot.
+//! The per-slot kernel views of a layer, cut by its quant method: float or quantized weight
+//! matrices borrowed from the per-slot tensors (never dequantized as a whole), biases, and the
+//! activation quantization of both GEMM inputs. The per-format view construction lives next to
+//! each method in `moe-quant` (`HostQuantMethod::expert_view`); this is the backends' handle.
 
 use moe_core::{ExpertWeights, LayerLayout, Result};
 use moe_kernels::cpu::expert_mlp::{ExpertView, MlpDims};
-use moe_kernels::cpu::float_slice::FloatSlice;
-use moe_quant::names::{W2_BIAS, W2_WEIGHT, W3_W1_BIAS, W3_W1_WEIGHT};
+use moe_quant::HostQuantMethod;
 
-/// Borrowed per-slot tensors of an unquantized layer.
-#[derive(Clone, Copy, Debug)]
+use crate::lifecycle::ExpertLayer;
+
+/// Borrowed per-slot tensors of one layer, with the method that reads them.
+#[derive(Clone, Copy)]
 pub(crate) struct LayerViews<'a> {
-    w3_w1: FloatSlice<'a>,
-    w3_w1_bias: Option<FloatSlice<'a>>,
-    w2: FloatSlice<'a>,
-    w2_bias: Option<FloatSlice<'a>>,
+    method: &'a dyn HostQuantMethod,
+    weights: &'a ExpertWeights,
+    layout: &'a LayerLayout,
     pub dims: MlpDims,
 }
 
 impl<'a> LayerViews<'a> {
-    pub fn new(weights: &'a ExpertWeights, layout: &LayerLayout) -> Result<Self> {
-        let view = |name: &str| FloatSlice::from_tensor(weights.get(name)?, name);
-        let bias = |name: &str| if layout.bias { view(name).map(Some) } else { Ok(None) };
-        Ok(LayerViews {
-            w3_w1: view(W3_W1_WEIGHT)?,
-            w3_w1_bias: bias(W3_W1_BIAS)?,
-            w2: view(W2_WEIGHT)?,
-            w2_bias: bias(W2_BIAS)?,
-            dims: MlpDims {
-                hidden: layout.hidden_size,
-                inter: layout.intermediate_per_partition,
-                activation: layout.activation,
-            },
-        })
+    pub fn new(layer: &'a ExpertLayer) -> Self {
+        let layout = &layer.layout;
+        LayerViews {
+            method: layer.quant.as_ref(),
+            weights: &layer.weights,
+            layout,
+            dims: MlpDims { hidden: layout.hidden_size, inter: layout.intermediate_per_partition, activation: layout.activation },
+        }
     }
 
     /// The weights of local slot `slot`.
     pub fn slot(&self, slot: usize) -> Result<ExpertView<'a>> {
-        let MlpDims { hidden, inter, .. } = self.dims;
-        let fc1 = self.dims.fc1_rows();
-        Ok(ExpertView {
-            w3_w1: self.w3_w1.chunk(W3_W1_WEIGHT, slot, fc1 * hidden)?,
-            w3_w1_bias: self.w3_w1_bias.map(|b| b.chunk(W3_W1_BIAS, slot, fc1)).transpose()?,
-            w2: self.w2.chunk(W2_WEIGHT, slot, hidden * inter)?,
-            w2_bias: self.w2_bias.map(|b| b.chunk(W2_BIAS, slot, hidden)).transpose()?,
-        })
+        self.method.expert_view(self.weights, self.layout, slot)
     }
 }

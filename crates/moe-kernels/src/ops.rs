@@ -4,6 +4,7 @@
 
 use moe_core::{DType, MoeError, Result, RoutingMethod, Storage, Tensor};
 
+use crate::cpu::act_quant::{qdq_rows, ActQuant};
 use crate::cpu::float_slice::FloatSlice;
 
 /// Routing ids `[N, k]` (i32) and weights `[N, k]` (f32, `None` for a scale-less static table).
@@ -81,6 +82,27 @@ pub fn scale_rows(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
             Tensor::from_f32_as(x.dtype(), x.shape().to_vec(), &v)
         }
         Storage::Device(_) => Err(device_unsupported("scale_rows")),
+    }
+}
+
+/// Activations `x [N, H]` quantize-dequantized as `q` prescribes (see
+/// [`crate::cpu::act_quant`]), returned in `x`'s dtype: what a quant method's `quantize_input`
+/// hands to dispatch when the host kernels carry quantized activations as their decoded values.
+/// `ActQuant::None` returns a copy.
+pub fn qdq_activations(q: &ActQuant, x: &Tensor) -> Result<Tensor> {
+    if x.shape().len() != 2 {
+        return Err(MoeError::shape("x", "[N, H]", x.shape()));
+    }
+    if q.is_none() {
+        return Ok(x.clone());
+    }
+    match x.storage() {
+        Storage::Host(_) => {
+            let mut v = x.to_f32_vec("x")?;
+            qdq_rows(q, &mut v, x.shape()[1])?;
+            Tensor::from_f32_as(x.dtype(), x.shape().to_vec(), &v)
+        }
+        Storage::Device(_) => Err(device_unsupported("qdq_activations")),
     }
 }
 

@@ -1,38 +1,75 @@
 //! Maps a layer's quantization config to its quant method.
 
-use moe_core::{MoeError, QuantAlgo, QuantConfig, QuantMethod, RejectReason, Result};
+use moe_core::{QuantAlgo, QuantConfig, QuantMethod, Result};
 
+use crate::fp8_block::Fp8BlockMethod;
+use crate::fp8_per_tensor::Fp8PerTensorMethod;
+use crate::host::HostQuantMethod;
+use crate::int4_group::Int4GroupMethod;
+use crate::int8_channel::Int8ChannelMethod;
+use crate::mxfp4::Mxfp4Method;
+use crate::nvfp4::Nvfp4Method;
 use crate::unquantized::UnquantizedMethod;
 
-/// The quant method of `q`, or `MoeError::Unsupported` (reason `QuantUnsupported`, naming
-/// the format) for formats without a method yet.
+/// The quant method of `q`, with the kernel views the host backends need. Format parameters
+/// default as TensorRT-LLM's do (FP8 block `[128, 128]`, INT4 group 128); an unusable one
+/// (an empty block, an odd group) is `MoeError::InvalidConfig` naming the field. Parameters a
+/// format does not use are ignored.
+pub fn select_host_quant_method(q: &QuantConfig) -> Result<Box<dyn HostQuantMethod>> {
+    Ok(match q.algo {
+        QuantAlgo::None => Box::new(UnquantizedMethod),
+        QuantAlgo::Fp8PerTensor => Box::new(Fp8PerTensorMethod),
+        QuantAlgo::Fp8Block => Box::new(Fp8BlockMethod::new(q.weight_block_size.unwrap_or(Fp8BlockMethod::DEFAULT_BLOCK))?),
+        QuantAlgo::Nvfp4 => Box::new(Nvfp4Method),
+        QuantAlgo::W4A16Mxfp4 => Box::new(Mxfp4Method),
+        QuantAlgo::W4A16Int4 => Box::new(Int4GroupMethod::new(q.group_size.unwrap_or(Int4GroupMethod::DEFAULT_GROUP))?),
+        QuantAlgo::W8A16 => Box::new(Int8ChannelMethod),
+    })
+}
+
+/// The quant method of `q` (see [`select_host_quant_method`]).
 pub fn select_quant_method(q: &QuantConfig) -> Result<Box<dyn QuantMethod>> {
-    match q.algo {
-        QuantAlgo::None => Ok(Box::new(UnquantizedMethod)),
-        other => Err(MoeError::Unsupported {
-            backend: "moe-quant".into(),
-            reason: RejectReason::QuantUnsupported,
-            detail: format!("quant format `{}` has no quant method yet", other.as_str()),
-        }),
-    }
+    select_host_quant_method(q).map(HostQuantMethod::into_quant_method)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moe_core::{EplbSupportStatus, MoeError};
 
     #[test]
-    fn none_selects_unquantized_and_others_are_refused() {
-        let m = select_quant_method(&QuantConfig::default()).unwrap();
-        assert_eq!(m.algo(), QuantAlgo::None);
-        for algo in QuantAlgo::ALL.into_iter().filter(|&a| a != QuantAlgo::None) {
-            let q = QuantConfig { algo, ..QuantConfig::default() };
+    fn every_format_selects_its_method_with_the_spec_eplb_status() {
+        use EplbSupportStatus::*;
+        let want = [
+            (QuantAlgo::None, Supported),
+            (QuantAlgo::Fp8PerTensor, NotSupported),
+            (QuantAlgo::Fp8Block, NotVerified),
+            (QuantAlgo::Nvfp4, Supported),
+            (QuantAlgo::W4A16Mxfp4, Supported),
+            (QuantAlgo::W4A16Int4, NotSupported),
+            (QuantAlgo::W8A16, NotSupported),
+        ];
+        assert_eq!(want.len(), QuantAlgo::ALL.len());
+        for (algo, eplb) in want {
+            let m = select_quant_method(&QuantConfig { algo, ..QuantConfig::default() }).unwrap();
+            assert_eq!(m.algo(), algo);
+            assert_eq!(m.eplb_support_status(), eplb, "{algo:?}");
+            assert!(!m.need_load_shared_weights());
+        }
+    }
+
+    #[test]
+    fn unusable_format_parameters_name_the_field() {
+        let bad = [
+            QuantConfig { algo: QuantAlgo::Fp8Block, weight_block_size: Some([0, 128]), group_size: None },
+            QuantConfig { algo: QuantAlgo::W4A16Int4, weight_block_size: None, group_size: Some(0) },
+            QuantConfig { algo: QuantAlgo::W4A16Int4, weight_block_size: None, group_size: Some(33) },
+        ];
+        for q in bad {
             match select_quant_method(&q) {
-                Err(MoeError::Unsupported { reason: RejectReason::QuantUnsupported, detail, .. }) => {
-                    assert!(detail.contains(algo.as_str()), "{detail}");
-                }
-                Err(e) => panic!("{algo:?}: unexpected error {e}"),
-                Ok(_) => panic!("{algo:?} must be refused"),
+                Err(MoeError::InvalidConfig { field, .. }) => assert!(field.starts_with("quant."), "{field}"),
+                Err(e) => panic!("{q:?}: unexpected error {e}"),
+                Ok(_) => panic!("{q:?} must be refused"),
             }
         }
     }

@@ -225,3 +225,9 @@ fn lifecycle_and_contract_details() {
     m.load_weights(&mut w, &l, &checkpoint(true), false).unwrap();
     assert!(!w.transformed, "loading new bytes clears the transform flag");
 }
+
+#[test]
+fn views_decode_the_checkpoint_in_the_layer_dtype() {
+    use crate::test_util::{check_method, config};
+    check_method(&config(moe_core::QuantAlgo::None), &[]);
+}

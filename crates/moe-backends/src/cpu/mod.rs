@@ -126,7 +126,7 @@ impl MoeBackend for CpuBackend {
     fn run_moe(&self, ctx: &MoeRunContext<'_>) -> Result<Tensor> {
         self.layer.ensure_ready()?;
         let inp = RunInputs::parse(ctx, &self.layer)?;
-        let views = LayerViews::new(&self.layer.weights, &self.layer.layout)?;
+        let views = LayerViews::new(&self.layer);
         let (n, k, h) = (inp.num_tokens, inp.top_k, views.dims.hidden);
         let p = &self.layer.partition;
 

@@ -21,35 +21,43 @@ fn verdicts(c: &moe_core::MoeConfig) -> [Eligibility; 2] {
 fn both_backends_declare_the_same_capabilities() {
     let caps = CpuBackend::declared_capabilities();
     assert_eq!(caps, ReferenceBackend::declared_capabilities());
-    assert_eq!(caps.quant, vec![QuantAlgo::None]);
+    assert_eq!(caps.quant, QuantAlgo::ALL.to_vec());
     assert_eq!(caps.dtypes, vec![DType::F32, DType::F16, DType::BF16]);
     assert!(caps.supports_bias && caps.supports_tp && caps.supports_eplb && caps.supports_non_divisible_ep);
 }
 
 #[test]
-fn every_quantized_format_is_rejected_naming_it() {
-    for algo in QuantAlgo::ALL.into_iter().filter(|&a| a != QuantAlgo::None) {
-        let mut c = config(8, 16, 16, 2, DType::BF16);
-        c.quant.algo = algo;
-        for v in verdicts(&c) {
-            match v {
-                Eligibility::No { reason, detail } => {
-                    assert_eq!(reason, RejectReason::QuantUnsupported);
-                    assert!(detail.contains(algo.as_str()), "{detail}");
+fn every_format_is_accepted_on_its_dtypes_and_refused_on_others_naming_both() {
+    for algo in QuantAlgo::ALL {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let mut c = config(8, 256, 256, 2, dtype);
+            c.quant.algo = algo;
+            let supported = moe_backends::capabilities::quant_dtypes(algo).contains(&dtype);
+            for v in verdicts(&c) {
+                match v {
+                    Eligibility::Ok => assert!(supported, "{algo:?} on {dtype} accepted"),
+                    Eligibility::No { reason, detail } => {
+                        assert!(!supported, "{algo:?} on {dtype} refused: {detail}");
+                        assert_eq!(reason, RejectReason::DtypeUnsupported);
+                        assert!(detail.contains(algo.as_str()) && detail.contains(dtype.as_str()), "{detail}");
+                    }
                 }
-                Eligibility::Ok => panic!("{algo:?} accepted"),
             }
-        }
-        let p = ExpertPartition::compute(&c, true).unwrap();
-        match CpuBackend::create(&c, p) {
-            Err(MoeError::Unsupported { backend, reason, .. }) => {
-                assert_eq!(backend, "cpu");
-                assert_eq!(reason, RejectReason::QuantUnsupported);
+            let p = ExpertPartition::compute(&c, true).unwrap();
+            match (CpuBackend::create(&c, p), supported) {
+                (Ok(b), true) => assert_eq!(b.quant_method().algo(), algo),
+                (Err(MoeError::Unsupported { backend, reason, .. }), false) => {
+                    assert_eq!(backend, "cpu");
+                    assert_eq!(reason, RejectReason::DtypeUnsupported);
+                }
+                (Err(e), _) => panic!("{algo:?} on {dtype}: unexpected error {e}"),
+                (Ok(_), false) => panic!("{algo:?} on {dtype}: create must fail"),
             }
-            Err(e) => panic!("{algo:?}: unexpected error {e}"),
-            Ok(_) => panic!("{algo:?}: create must fail"),
         }
     }
+    // The documented exceptions: TensorRT-LLM's bf16-only FP8 block, GPT-OSS's bf16 MXFP4.
+    assert!(!moe_backends::capabilities::quant_dtypes(QuantAlgo::Fp8Block).contains(&DType::F16));
+    assert!(!moe_backends::capabilities::quant_dtypes(QuantAlgo::W4A16Mxfp4).contains(&DType::F16));
 }
 
 #[test]

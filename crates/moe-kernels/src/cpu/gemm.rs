@@ -1,5 +1,6 @@
 //! Dense `C[m, n] = A[m, k] · B[n, k]^T` on the host: `A` is f32 activations, `B` a weight
-//! matrix stored row-major `[out, in]` in f32, f16 or bf16; accumulation is f32.
+//! matrix stored row-major `[out, in]` in f32, f16 or bf16, or in a quantized format
+//! ([`WeightSlice`]); accumulation is f32.
 //!
 //! The arithmetic runs in the `gemm` crate, which picks AVX2/FMA/AVX-512 kernels at run time
 //! (this crate is built for the baseline target, where hand-written loops get only SSE2):
@@ -8,11 +9,12 @@
 //!   shape would pack the whole weight matrix for a handful of rows. One row against f32
 //!   weights is a pure stream, served by a plain dot loop (measured as fast as the gemv and
 //!   without its per-call overhead).
-//! - otherwise the packed GEMM. 16-bit weights are widened one block of rows at a time into
-//!   a reused scratch buffer.
+//! - otherwise the packed GEMM. 16-bit and quantized weights are widened (decoded) one block
+//!   of rows at a time into a reused scratch buffer.
 //!
 //! So at most one cache-sized block of f32 weights exists per worker — never a whole expert,
-//! never all experts. (The `gemm` crate allocates its own packing buffers per call.)
+//! never all experts: quantized experts are dequantized tile by tile, on the fly. Only f32
+//! weights skip the widening. (The `gemm` crate allocates its own packing buffers per call.)
 //!
 //! `threads` is how many rayon workers this call may occupy. Callers that already run many
 //! experts in parallel pass 1, so the `gemm` crate does not oversubscribe the pool; parallel
@@ -24,6 +26,7 @@ use rayon::prelude::*;
 
 use super::float_slice::FloatSlice;
 use super::scratch::ScratchPool;
+use super::weight_slice::WeightSlice;
 
 /// Largest `m` served by the few-rows path.
 pub const SMALL_M: usize = 4;
@@ -58,10 +61,11 @@ fn check_len(what: &str, have: usize, need: Option<usize>) -> Result<usize> {
     }
 }
 
-/// `c[..m * n] = a[..m * k] · b[..n * k]^T` (row-major; `c` is overwritten).
+/// `c[..m * n] = a[..m * k] · b[..n * k]^T` (row-major; `c` is overwritten). A quantized `b`
+/// must be exactly `[n, k]`; a float one may be longer (only its first `n * k` are read).
 pub fn matmul_bt(
     a: &[f32],
-    b: FloatSlice<'_>,
+    b: WeightSlice<'_>,
     c: &mut [f32],
     m: usize,
     n: usize,
@@ -70,7 +74,7 @@ pub fn matmul_bt(
     scratch: &mut GemmScratch,
 ) -> Result<()> {
     check_len("gemm lhs", a.len(), m.checked_mul(k))?;
-    check_len("gemm weights", b.len(), n.checked_mul(k))?;
+    b.check_operand("gemm weights", n, k)?;
     let mn = check_len("gemm output", c.len(), m.checked_mul(n))?;
     let c = &mut c[..mn];
     if m == 0 || n == 0 {
@@ -85,7 +89,7 @@ pub fn matmul_bt(
         return few_rows(a, b, c, m, n, k, threads, scratch);
     }
     match b {
-        FloatSlice::F32(w) => sgemm(a, w, c, m, n, k, n, threads),
+        WeightSlice::Float(FloatSlice::F32(w)) => sgemm(a, w, c, m, n, k, n, threads),
         _ => {
             // Whole rows per block, at least a handful so each `gemm` call has some width.
             let block_rows = (BLOCK_ELEMS / k).clamp(16, n.max(16)).min(n);
@@ -146,7 +150,7 @@ fn sgemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, nb: usize, k: usize, ldc
 }
 
 /// Widens `out.len() / k` weight rows starting at element `start` into `out`.
-fn widen_rows(b: FloatSlice<'_>, start: usize, out: &mut [f32], k: usize, threads: usize) -> Result<()> {
+fn widen_rows(b: WeightSlice<'_>, start: usize, out: &mut [f32], k: usize, threads: usize) -> Result<()> {
     if threads > 1 {
         out.par_chunks_mut(k).enumerate().try_for_each(|(r, row)| b.widen_into(start + r * k, row))
     } else {
@@ -154,12 +158,12 @@ fn widen_rows(b: FloatSlice<'_>, start: usize, out: &mut [f32], k: usize, thread
     }
 }
 
-/// Few-rows path: weight rows are processed in cache-sized blocks (widened first when they
-/// are 16-bit); each block is read from memory once and then swept by one `gemm`-crate gemv
+/// Few-rows path: weight rows are processed in cache-sized blocks (widened first unless they
+/// are f32); each block is read from memory once and then swept by one `gemm`-crate gemv
 /// per row of `A` (a single row against f32 weights uses a plain dot loop instead). Workers take disjoint ranges of weight rows; for `m > 1` the result is
 /// built transposed (`ct`, `[n, m]`) so each worker's range is contiguous, then transposed
 /// into `c`.
-fn few_rows(a: &[f32], b: FloatSlice<'_>, c: &mut [f32], m: usize, n: usize, k: usize, threads: usize, scratch: &mut GemmScratch) -> Result<()> {
+fn few_rows(a: &[f32], b: WeightSlice<'_>, c: &mut [f32], m: usize, n: usize, k: usize, threads: usize, scratch: &mut GemmScratch) -> Result<()> {
     let GemmScratch { ct, pieces, .. } = scratch;
     let out: &mut [f32] = if m == 1 {
         // c^T and c coincide for a single row.
@@ -179,7 +183,7 @@ fn few_rows(a: &[f32], b: FloatSlice<'_>, c: &mut [f32], m: usize, n: usize, k: 
         for b0 in (0..chunk.len() / m).step_by(block) {
             let rows = block.min(chunk.len() / m - b0);
             let start = (j0 + b0) * k;
-            if let (1, FloatSlice::F32(v)) = (m, b) {
+            if let (1, WeightSlice::Float(FloatSlice::F32(v))) = (m, b) {
                 // One row against f32 weights is a pure stream over the weights; a plain dot
                 // loop keeps up with memory where the crate's gemv pays per-call overhead.
                 let w = v.get(start..start + rows * k).ok_or_else(|| MoeError::shape("gemm weights", "in-range rows", &[v.len()]))?;
@@ -189,7 +193,7 @@ fn few_rows(a: &[f32], b: FloatSlice<'_>, c: &mut [f32], m: usize, n: usize, k: 
                 continue;
             }
             let w: &[f32] = match b {
-                FloatSlice::F32(v) => v.get(start..start + rows * k).ok_or_else(|| MoeError::shape("gemm weights", "in-range rows", &[v.len()]))?,
+                WeightSlice::Float(FloatSlice::F32(v)) => v.get(start..start + rows * k).ok_or_else(|| MoeError::shape("gemm weights", "in-range rows", &[v.len()]))?,
                 _ => {
                     widened.resize(rows * k, 0.0);
                     b.widen_into(start, &mut widened[..])?;
@@ -270,7 +274,7 @@ mod tests {
         for (w, widened) in [(FloatSlice::F32(&b), &b), (FloatSlice::BF16(&b16), &b16w), (FloatSlice::F16(&bh), &bhw)] {
             let want = naive(&a, widened, m, n, k);
             let mut c = vec![f32::NAN; m * n];
-            matmul_bt(&a, w, &mut c, m, n, k, threads, &mut scratch).unwrap();
+            matmul_bt(&a, w.into(), &mut c, m, n, k, threads, &mut scratch).unwrap();
             for (got, want) in c.iter().zip(&want) {
                 assert!((f64::from(*got) - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} {:?}: {got} vs {want}", w.dtype());
             }
@@ -290,10 +294,44 @@ mod tests {
     fn degenerate_sizes() {
         let mut s = GemmScratch::default();
         let mut c = vec![1.0; 6];
-        matmul_bt(&[], FloatSlice::F32(&[]), &mut c, 2, 3, 0, 1, &mut s).unwrap();
+        matmul_bt(&[], FloatSlice::F32(&[]).into(), &mut c, 2, 3, 0, 1, &mut s).unwrap();
         assert_eq!(c, vec![0.0; 6]);
-        matmul_bt(&[], FloatSlice::F32(&[0.0; 12]), &mut c, 0, 3, 4, 1, &mut s).unwrap();
-        let err = matmul_bt(&[1.0; 3], FloatSlice::F32(&[1.0; 4]), &mut c, 1, 1, 4, 1, &mut s);
+        matmul_bt(&[], FloatSlice::F32(&[0.0; 12]).into(), &mut c, 0, 3, 4, 1, &mut s).unwrap();
+        let err = matmul_bt(&[1.0; 3], FloatSlice::F32(&[1.0; 4]).into(), &mut c, 1, 1, 4, 1, &mut s);
         assert!(matches!(err, Err(MoeError::ShapeMismatch { .. })));
+    }
+
+    #[test]
+    fn quantized_weights_match_their_decoded_values_on_both_paths() {
+        use crate::cpu::weight_slice::{QuantMatrix, QuantSlice};
+        // INT8 per channel and NVFP4, decoded once with `at` as the reference operand; the GEMM
+        // must decode block by block (and row by row on the few-rows path) to the same values.
+        let (n, k) = (70, 64);
+        let mut seed = 9u64;
+        let codes: Vec<u8> = (0..n * k).map(|_| (lcg(&mut seed) * 250.0) as i8 as u8).collect();
+        let scales: Vec<f32> = (0..n).map(|r| 0.01 + r as f32 * 1e-3).collect();
+        let packed: Vec<u8> = (0..n * k / 2).map(|i| (i * 37 % 256) as u8).collect();
+        let sf: Vec<u8> = (0..n * k / 16).map(|i| 0x30 + (i % 9) as u8).collect();
+        let mats = [
+            QuantMatrix::Int8Channel { codes: &codes, scales: &scales },
+            QuantMatrix::Nvfp4 { packed: &packed, block_scales: &sf, global: 0.125 },
+        ];
+        for matrix in mats {
+            let q = QuantSlice::new("w", n, k, matrix).unwrap();
+            let decoded: Vec<f32> = (0..n * k).map(|i| q.at(i)).collect();
+            for (m, threads) in [(1, 1), (3, 2), (37, 1), (37, 3)] {
+                let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+                let want = naive(&a, &decoded, m, n, k);
+                let mut c = vec![f32::NAN; m * n];
+                matmul_bt(&a, q.into(), &mut c, m, n, k, threads, &mut GemmScratch::default()).unwrap();
+                for (got, want) in c.iter().zip(&want) {
+                    assert!((f64::from(*got) - want).abs() <= 1e-4 * (1.0 + want.abs()), "m={m}: {got} vs {want}");
+                }
+            }
+            // A quantized operand must have exactly the GEMM's shape.
+            let mut c = vec![0.0; 2 * n];
+            let err = matmul_bt(&[0.0; 2 * 32], q.into(), &mut c, 2, n, 32, 1, &mut GemmScratch::default());
+            assert!(matches!(err, Err(MoeError::ShapeMismatch { .. })), "{err:?}");
+        }
     }
 }

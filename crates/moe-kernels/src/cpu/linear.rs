@@ -13,7 +13,7 @@ use super::gemm::{matmul_bt, GemmScratch};
 /// rayon workers.
 pub fn linear(x: &[f32], w: FloatSlice<'_>, b: Option<FloatSlice<'_>>, t: usize, k: usize, n: usize) -> Result<Vec<f32>> {
     let mut out = vec![0.0f32; t * n];
-    matmul_bt(x, w, &mut out, t, n, k, rayon::current_num_threads(), &mut GemmScratch::default())?;
+    matmul_bt(x, w.into(), &mut out, t, n, k, rayon::current_num_threads(), &mut GemmScratch::default())?;
     if let Some(b) = b {
         if b.len() != n {
             return Err(MoeError::shape("linear bias", format!("[{n}]"), &[b.len()]));

@@ -1,14 +1,21 @@
 //! Host kernels.
 //!
 //! - [`float_slice`]: typed views of f32/f16/bf16 host data and their widening to f32.
+//! - [`weight_slice`]: weight matrices in a float dtype or a quantized format, decoded to f32
+//!   element by element or row block by row block.
+//! - [`act_quant`]: the activation quantize-dequantize of the quantized formats.
 //! - [`permute`]: counting sort of `(token, k)` selections by local slot, row gathering.
-//! - [`gemm`]: `A · B^T` with f32 activations and f32/f16/bf16 weights.
+//! - [`gemm`]: `A · B^T` with f32 activations and float or quantized weights.
 //! - [`activation`]: fused SwiGLU / GPT-OSS SwiGLU / ReLU² over FC1 rows.
 //! - [`expert_mlp`]: one expert's FC1 → activation → FC2 over a block of rows.
 //! - [`finalize`]: weighted sum of expert rows back into token order.
 //! - [`scratch`]: per-task scratch pool for parallel workers.
 //! - [`linear`]: dense linear layer for the model-side projections.
 
+// `usize::is_multiple_of` is Rust 1.87; the workspace's MSRV is 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
+pub mod act_quant;
 pub mod activation;
 pub mod expert_mlp;
 pub mod finalize;
@@ -17,3 +24,4 @@ pub mod gemm;
 pub mod linear;
 pub mod permute;
 pub mod scratch;
+pub mod weight_slice;

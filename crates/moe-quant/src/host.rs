@@ -1,0 +1,20 @@
+//! What the host backends need of a quant method beyond the `moe_core::QuantMethod` contract:
+//! the kernel view of one slot. (The contract lives in `moe-core`, which knows no kernel
+//! types; this trait adds the `moe-kernels` view on top of it.)
+
+use moe_core::{ExpertWeights, LayerLayout, QuantMethod, Result};
+use moe_kernels::cpu::expert_mlp::ExpertView;
+
+/// A quant method the host backends can run: every method of this crate.
+pub trait HostQuantMethod: QuantMethod {
+    /// Local slot `slot` as the host kernels read it: weights as float or quantized matrices
+    /// (borrowed from `weights`, never dequantized), biases, and the activation quantization
+    /// of both GEMM inputs. Call it after `process_weights_after_loading`.
+    fn expert_view<'a>(&self, weights: &'a ExpertWeights, layout: &LayerLayout, slot: usize) -> Result<ExpertView<'a>>;
+
+    /// This method as the plain contract (no trait upcasting below Rust 1.86, the MSRV being 1.85).
+    fn as_quant_method(&self) -> &dyn QuantMethod;
+
+    /// Boxed as the plain contract.
+    fn into_quant_method(self: Box<Self>) -> Box<dyn QuantMethod>;
+}
