@@ -9,6 +9,22 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+/// One rebalance decision, kept for metrics and logged with `tracing::info!`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceReport {
+    pub layer_idx: usize,
+    /// Iteration (1-based) at whose end the plan was made.
+    pub iteration: usize,
+    pub algorithm: String,
+    /// Mean rank load / max rank load of the current placement under the decayed loads.
+    pub balancedness_before: f64,
+    /// The same for the new placement.
+    pub balancedness_after: f64,
+    pub changed_slots: usize,
+    /// Whether the assembler has applied the migration (always true when nothing moved).
+    pub applied: bool,
+}
+
 /// One slot whose expert changes in a migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotMove {
@@ -56,6 +72,11 @@ pub trait LoadBalancer: Send {
     /// Called by the assembler once the slot weights of `plan` are in place; only then does
     /// the balancer route through the new placement (routing earlier would send tokens to
     /// slots still holding the old expert's weights).
+    /// Every rebalance decision so far (dynamic balancers), oldest first.
+    fn rebalance_reports(&self) -> &[RebalanceReport] {
+        &[]
+    }
+
     fn migration_applied(&mut self, _plan: &MigrationPlan) -> Result<()> {
         Ok(())
     }

@@ -30,7 +30,7 @@ pub use config::{
     Activation, EplbConfig, MoeConfig, ParallelConfig, QuantAlgo, QuantConfig,
 };
 pub use dtype::DType;
-pub use eplb::LoadBalancer;
+pub use eplb::{LoadBalancer, MigrationPlan, RebalanceReport, SlotMove};
 pub use error::{MoeError, Result};
 pub use partition::ExpertPartition;
 pub use problem::{

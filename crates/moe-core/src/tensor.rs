@@ -313,6 +313,35 @@ impl Tensor {
         Tensor::from_host(first.dtype, shape, storage)
     }
 
+    /// Overwrites leading-dimension row `dst_row` with row `src_row` of `src` (same dtype and
+    /// row shape; host tensors). EPLB migration moves one slot's bytes this way.
+    pub fn copy_row_from(&mut self, dst_row: usize, src: &Tensor, src_row: usize) -> Result<()> {
+        if self.dtype != src.dtype || self.shape.get(1..) != src.shape.get(1..) {
+            return Err(MoeError::shape("copy_row_from source", format!("{} {:?}", self.dtype, self.shape), &src.shape));
+        }
+        if dst_row >= self.rows() || src_row >= src.rows() {
+            return Err(MoeError::shape(
+                "copy_row_from",
+                format!("row {dst_row} of {} and row {src_row} of {}", self.rows(), src.rows()),
+                &self.shape,
+            ));
+        }
+        let w = self.row_len();
+        let (d, s) = (dst_row * w..(dst_row + 1) * w, src_row * w..(src_row + 1) * w);
+        let e = self.dtype.size_in_bytes();
+        match (self.host_mut("copy_row_from")?, src.host("copy_row_from")?) {
+            (HostStorage::F32(a), HostStorage::F32(b)) => a[d].copy_from_slice(&b[s]),
+            (HostStorage::F16(a), HostStorage::F16(b)) => a[d].copy_from_slice(&b[s]),
+            (HostStorage::BF16(a), HostStorage::BF16(b)) => a[d].copy_from_slice(&b[s]),
+            (HostStorage::I32(a), HostStorage::I32(b)) => a[d].copy_from_slice(&b[s]),
+            (HostStorage::Bytes(a), HostStorage::Bytes(b)) => {
+                a[d.start * e..d.end * e].copy_from_slice(&b[s.start * e..s.end * e])
+            }
+            _ => unreachable!("equal dtypes have equal storage variants (checked by from_host)"),
+        }
+        Ok(())
+    }
+
     /// Appends `extra` zero rows (host tensors); used for attention-DP padding.
     pub fn pad_rows(&self, extra: usize) -> Result<Tensor> {
         if extra == 0 {
@@ -428,6 +457,17 @@ mod tests {
         assert_eq!(p.shape(), &[5, 2]);
         assert_eq!(&p.as_f32("p").unwrap()[6..], &[0.0; 4]);
         assert!(t.narrow_rows(2, 2).is_err());
+    }
+
+    #[test]
+    fn copy_row_moves_one_slot() {
+        let mut a = Tensor::zeros(DType::F8E4M3, vec![2, 3]);
+        let b = Tensor::from_host(DType::F8E4M3, vec![3, 3], HostStorage::Bytes((0..9).collect())).unwrap();
+        a.copy_row_from(1, &b, 2).unwrap();
+        assert_eq!(a.as_bytes("a").unwrap(), &[0, 0, 0, 6, 7, 8]);
+        assert!(a.copy_row_from(2, &b, 0).is_err());
+        let f = Tensor::zeros(DType::F32, vec![3, 3]);
+        assert!(a.copy_row_from(0, &f, 0).is_err());
     }
 
     #[test]

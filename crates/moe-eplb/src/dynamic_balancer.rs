@@ -16,9 +16,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use moe_core::eplb::{MigrationPlan, SlotMove};
+use moe_core::eplb::{MigrationPlan, RebalanceReport, SlotMove};
 use moe_core::{ExpertPartition, LoadBalancer, MoeConfig, MoeError, ProcessGroup, Result, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::placement::Placement;
 use crate::plan::{Algorithm, plan, validate_table};
@@ -79,21 +78,6 @@ impl DynamicBalancerConfig {
     }
 }
 
-/// One rebalance decision, kept for metrics and logged with `tracing::info!`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RebalanceReport {
-    pub layer_idx: usize,
-    /// Iteration (1-based) at whose end the plan was made.
-    pub iteration: usize,
-    pub algorithm: String,
-    /// Mean rank load / max rank load of the current placement under the decayed loads.
-    pub balancedness_before: f64,
-    /// The same for the new placement.
-    pub balancedness_after: f64,
-    pub changed_slots: usize,
-    /// Whether the assembler has applied the migration (always true when nothing moved).
-    pub applied: bool,
-}
 
 /// Where the layer is in its hook sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,6 +298,10 @@ impl DynamicBalancer {
 impl LoadBalancer for DynamicBalancer {
     fn is_dynamic(&self) -> bool {
         true
+    }
+
+    fn rebalance_reports(&self) -> &[RebalanceReport] {
+        &self.reports
     }
 
     fn repeat_count(&self) -> usize {

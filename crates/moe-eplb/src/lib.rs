@@ -18,10 +18,10 @@ mod plan;
 mod statistics;
 mod static_balancer;
 
-pub use dynamic_balancer::{DynamicBalancer, DynamicBalancerConfig, RebalanceReport};
+pub use dynamic_balancer::{DynamicBalancer, DynamicBalancerConfig};
 /// The migration vocabulary lives in `moe-core` (the assembler applies plans); re-exported
 /// here so callers of the planner need one import.
-pub use moe_core::eplb::{MigrationPlan, SlotMove};
+pub use moe_core::eplb::{MigrationPlan, RebalanceReport, SlotMove};
 pub use placement::Placement;
 pub use placement_file::{PlacementFile, load_placement_yaml, placement_yaml};
 pub use plan::{

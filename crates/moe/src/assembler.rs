@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moe_core::{
-    Communication, ProcessGroup, Eligibility, ExpertPartition, ForwardArgs, LayerView, LoadBalancer, MoeBackend, MoeConfig,
+    Communication, EplbSupportStatus, ProcessGroup, Eligibility, ExpertPartition, ForwardArgs, LayerView, LoadBalancer, MoeBackend, MoeConfig,
     MoeDeployment, MoeError, MoeProblem, MoeScheduler, RejectReason, ResolutionReport, Result, Tensor,
     WeightSource,
 };
-use moe_eplb::{Placement, StaticBalancer};
+use moe_eplb::{Algorithm, DynamicBalancer, Placement, StaticBalancer};
 use moe_scheduler::create_moe_scheduler;
 
 use crate::comm_factory::build_comm;
+use crate::migration::Staging;
 use crate::comm_slot::{CommSlot, FallbackFactory};
 use crate::registry::BackendEntry;
 
@@ -66,6 +67,10 @@ pub struct ConfigurableMoe {
     repeat_idx: usize,
     report: ResolutionReport,
     weights_ready: bool,
+    /// Host copies of every expert for dynamic EPLB migration (loaded with the weights).
+    staging: Option<Staging>,
+    /// Local slots rewritten by migrations so far.
+    migrated_slots: usize,
 }
 
 impl std::fmt::Debug for ConfigurableMoe {
@@ -92,6 +97,7 @@ impl ConfigurableMoe {
     ) -> Result<ConfigurableMoe> {
         let caps = (entry.capabilities)();
         let partition = ExpertPartition::compute(&config, caps.supports_non_divisible_ep)?;
+        let parts_group = parts.group.clone();
         let (comm, comm_fallback) = match parts.comm {
             Some(custom) => (Some(custom), parts.comm_fallback),
             None => {
@@ -114,11 +120,25 @@ impl ConfigurableMoe {
                 Some(Box::new(StaticBalancer::new(placement, config.parallel.ep_rank)) as Box<dyn LoadBalancer>)
             }
             (None, Some(_)) => {
-                return Err(MoeError::Unsupported {
-                    backend: backend.name().into(),
-                    reason: RejectReason::EplbUnsupported,
-                    detail: "dynamic EPLB (layer_updates_per_iter > 0) needs a dynamic balancer in LayerParts::balancer".into(),
-                })
+                match backend.quant_method().eplb_support_status() {
+                    EplbSupportStatus::NotSupported => {
+                        return Err(MoeError::Unsupported {
+                            backend: backend.name().into(),
+                            reason: RejectReason::EplbUnsupported,
+                            detail: format!(
+                                "quant method `{}` does not support online EPLB (its experts cannot be migrated); use a static placement (layer_updates_per_iter = 0)",
+                                backend.quant_method().name()
+                            ),
+                        })
+                    }
+                    EplbSupportStatus::NotVerified => tracing::warn!(
+                        quant = backend.quant_method().name(),
+                        "dynamic EPLB with a quant method whose migration is not verified"
+                    ),
+                    EplbSupportStatus::Supported => {}
+                }
+                let group = parts_group.clone();
+                Some(Box::new(DynamicBalancer::from_moe_config(&config, Algorithm::default(), group)?) as Box<dyn LoadBalancer>)
             }
             (None, None) => None,
         };
@@ -143,6 +163,8 @@ impl ConfigurableMoe {
             repeat_idx: 0,
             report,
             weights_ready: false,
+            staging: None,
+            migrated_slots: 0,
         })
     }
 
@@ -190,7 +212,11 @@ impl ConfigurableMoe {
     /// ready to run afterwards, or unchanged-and-not-ready on error.
     pub fn load_weights(&mut self, src: &dyn WeightSource) -> Result<()> {
         self.weights_ready = false;
+        self.staging = None;
         self.backend.load_weights(src, false)?;
+        if self.balancer.as_ref().is_some_and(|b| b.is_dynamic()) {
+            self.staging = Some(Staging::load(self.backend.as_ref(), src)?);
+        }
         self.finish_loading()
     }
 
@@ -243,7 +269,30 @@ impl ConfigurableMoe {
         };
         let out = self.scheduler.forward(view, args)?;
         self.repeat_idx = (self.repeat_idx + 1) % repeat_count;
+        self.apply_pending_migration()?;
         Ok(out)
+    }
+
+    /// Rebalance decisions of a dynamic balancer so far (empty otherwise).
+    pub fn rebalance_reports(&self) -> &[moe_core::RebalanceReport] {
+        self.balancer.as_ref().map_or(&[], |b| b.rebalance_reports())
+    }
+
+    /// Local slots rewritten by EPLB migrations so far.
+    pub fn migrated_slots(&self) -> usize {
+        self.migrated_slots
+    }
+
+    /// Copies a published migration plan into the backend's slots, then lets the balancer
+    /// route by the new placement. Runs between forwards only.
+    fn apply_pending_migration(&mut self) -> Result<()> {
+        let Some(balancer) = self.balancer.as_mut() else { return Ok(()) };
+        let Some(plan) = balancer.take_migration() else { return Ok(()) };
+        let staging = self.staging.as_ref().ok_or_else(|| {
+            MoeError::lifecycle("a migration was planned but the layer has no staging copies (weights loaded partially?)")
+        })?;
+        self.migrated_slots += staging.apply(self.backend.as_mut(), &self.partition, &plan)?;
+        balancer.migration_applied(&plan)
     }
 
     /// Tears the communication strategy down (a collective: every rank calls it).

@@ -16,6 +16,7 @@ mod comm_factory;
 mod comm_slot;
 mod env;
 mod factory;
+mod migration;
 mod registry;
 
 pub use assembler::{ConfigurableMoe, ForwardOptions, LayerParts};

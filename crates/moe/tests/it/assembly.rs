@@ -168,21 +168,25 @@ fn impossible_configurations_are_refused_with_the_field_named() {
     let err = create_moe(c).unwrap_err().to_string();
     assert!(err.contains("no process group"), "{err}");
 
+    // FP8 per-tensor folds scales across experts at load, so its slots cannot migrate.
     let mut c = config(None);
+    c.quant.algo = QuantAlgo::Fp8PerTensor;
     c.eplb = Some(EplbConfig { num_slots: 8, layer_updates_per_iter: 1, initial_global_assignments: None });
     let err = create_moe(c).unwrap_err();
     assert!(matches!(&err, MoeError::Unsupported { reason: RejectReason::EplbUnsupported, .. }), "{err}");
+    assert!(err.to_string().contains("does not support online EPLB"), "{err}");
 }
 
 #[test]
 fn unsupported_quantization_lists_every_rejection() {
     let mut c = config(None);
     c.quant.algo = QuantAlgo::Fp8Block;
+    c.dtype = DType::F16;
     let report = resolve_moe_impl(&c, &moe::probe_environment()).unwrap();
     assert_eq!(report.selected_by, SelectedBy::Failed);
     let names: Vec<_> = report.rejected.iter().map(|r| r.backend.as_str()).collect();
     assert_eq!(names, ["cpu", "reference"]);
-    assert!(report.rejected.iter().all(|r| r.reason == RejectReason::QuantUnsupported));
+    assert!(report.rejected.iter().all(|r| r.reason == RejectReason::DtypeUnsupported));
     let err = create_moe(c).unwrap_err().to_string();
-    assert!(err.contains("cpu: QUANT_UNSUPPORTED") && err.contains("reference: QUANT_UNSUPPORTED"), "{err}");
+    assert!(err.contains("cpu: DTYPE_UNSUPPORTED") && err.contains("reference: DTYPE_UNSUPPORTED"), "{err}");
 }

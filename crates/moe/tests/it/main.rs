@@ -3,5 +3,6 @@
 //! in-process ranks (every strategy, EP and TP sizes, attention-DP padding, chunking, dead ranks).
 
 mod assembly;
+mod dynamic_eplb;
 mod multi_rank;
 mod random;
