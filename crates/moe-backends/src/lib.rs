@@ -3,6 +3,9 @@
 //! backend (tokens permuted by slot, one GEMM per expert and row block for FC1 with the
 //! activation fused after it, one for FC2, weighted scatter-add back to token order).
 //!
+//! [`FusedCpuBackend`] (`"cpu-fused"`) runs the CPU backend's kernels with the cross-rank
+//! exchange inside `run_moe` (`SchedulerKind::FusedComm`).
+//!
 //! Both implement [`moe_core::MoeBackend`] with the same capabilities (unquantized f32/f16/
 //! bf16 experts and every quantized format of `moe-quant` — FP8 per tensor, FP8 block, NVFP4,
 //! MXFP4, INT4 group-wise, INT8 per channel — on the activation dtypes of
@@ -15,10 +18,12 @@
 
 pub mod capabilities;
 pub mod cpu;
+pub mod cpu_fused;
 mod inputs;
 mod lifecycle;
 pub mod reference;
 mod views;
 
 pub use cpu::CpuBackend;
+pub use cpu_fused::FusedCpuBackend;
 pub use reference::ReferenceBackend;

@@ -2,7 +2,11 @@
 //! entry point `run_moe`, and the weight lifecycle. Backends hold no chunking, no EPLB
 //! ordering and no host communication; the scheduler drives them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use crate::comm::ProcessGroup;
 
 use crate::config::{MoeConfig, QuantAlgo};
 use crate::dtype::DType;
@@ -82,6 +86,17 @@ pub trait MoeBackend: Send + Sync {
 
     fn scheduler_kind(&self) -> SchedulerKind {
         SchedulerKind::ExternalComm
+    }
+
+    /// Hands a `SchedulerKind::FusedComm` backend the process group its kernel exchanges
+    /// tokens over (the assembler calls it once, at build time). Other backends own no
+    /// communication and refuse.
+    fn bind_process_group(&mut self, _group: Arc<dyn ProcessGroup>) -> Result<()> {
+        Err(crate::MoeError::Unsupported {
+            backend: self.name().into(),
+            reason: crate::RejectReason::TopologyUnsupported,
+            detail: "this backend's exchange happens outside the kernel; it takes no process group".into(),
+        })
     }
 
     /// Whether routing is done outside the kernel so an EPLB balancer can rewrite ids.

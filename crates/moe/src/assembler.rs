@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use moe_core::{
     Communication, EplbSupportStatus, ProcessGroup, Eligibility, ExpertPartition, ForwardArgs, LayerView, LoadBalancer, MoeBackend, MoeConfig,
-    MoeDeployment, MoeError, MoeProblem, MoeScheduler, RejectReason, ResolutionReport, Result, Tensor,
+    MoeDeployment, MoeError, MoeProblem, MoeScheduler, RejectReason, ResolutionReport, Result, SchedulerKind, Tensor,
     WeightSource,
 };
 use moe_eplb::{Algorithm, DynamicBalancer, Placement, StaticBalancer};
@@ -98,7 +98,12 @@ impl ConfigurableMoe {
         let caps = (entry.capabilities)();
         let partition = ExpertPartition::compute(&config, caps.supports_non_divisible_ep)?;
         let parts_group = parts.group.clone();
+        let mut backend = (entry.build)(&config, partition.clone())?;
+        let fused = backend.scheduler_kind() == SchedulerKind::FusedComm;
+        let comm_choice = parts.comm_choice.clone();
         let (comm, comm_fallback) = match parts.comm {
+            // A fused-communication backend owns its exchange: it gets the group, not a strategy.
+            _ if fused => (None, None),
             Some(custom) => (Some(custom), parts.comm_fallback),
             None => {
                 let built = build_comm(
@@ -112,7 +117,17 @@ impl ConfigurableMoe {
                 (built.strategy, built.fallback)
             }
         };
-        let mut backend = (entry.build)(&config, partition.clone())?;
+        if fused && config.parallel.parallel_size() > 1 {
+            let group = parts_group.clone().ok_or_else(|| {
+                MoeError::config("parallel", "a fused-communication backend over several ranks needs a process group")
+            })?;
+            backend.bind_process_group(group)?;
+            report.comm = Some(moe_core::CommSelection {
+                requested: comm_choice,
+                chosen: Some(format!("in-kernel ({})", backend.name())),
+                passed_over: vec![("host strategies".into(), "the backend owns its exchange (FusedComm)".into())],
+            });
+        }
         let balancer = match (parts.balancer, &config.eplb) {
             (Some(b), _) => Some(b),
             (None, Some(eplb)) if eplb.layer_updates_per_iter == 0 => {

@@ -3,6 +3,7 @@
 //! assembler never branch on a backend's type or name.
 
 use moe_backends::cpu::CpuBackend;
+use moe_backends::cpu_fused::FusedCpuBackend;
 use moe_backends::reference::ReferenceBackend;
 use moe_core::{
     Capabilities, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeProblem, Result,
@@ -32,10 +33,14 @@ const fn entry<B: MoeBackend + 'static>(name: &'static str) -> BackendEntry {
 }
 
 /// Every backend, in the order candidates are tried (fastest first; the reference oracle last).
-pub static REGISTRY: &[BackendEntry] = &[entry::<CpuBackend>("cpu"), entry::<ReferenceBackend>("reference")];
+pub static REGISTRY: &[BackendEntry] = &[
+    entry::<CpuBackend>("cpu"),
+    entry::<FusedCpuBackend>("cpu-fused"),
+    entry::<ReferenceBackend>("reference"),
+];
 
 /// Names accepted by `MoeConfig::backend` and the CLI's `--backend`.
-pub const BACKEND_NAMES: &[&str] = &["cpu", "reference"];
+pub const BACKEND_NAMES: &[&str] = &["cpu", "cpu-fused", "reference"];
 
 /// The backend the factory falls back to when a requested family cannot run the problem.
 pub(crate) const FALLBACK: &str = "cpu";

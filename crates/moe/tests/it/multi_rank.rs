@@ -40,6 +40,7 @@ fn single_rank(t: usize) -> Tensor {
 /// One world run: `ep x tp` ranks; with attention-DP rank r gets `list[r]` consecutive rows,
 /// otherwise every rank gets all rows. Returns every rank's output.
 struct World {
+    backend: Option<&'static str>,
     ep: usize,
     tp: usize,
     dp: bool,
@@ -62,8 +63,10 @@ impl World {
                 let (x, l, w) = (x.clone(), l.clone(), w.clone());
                 let list = list.to_vec();
                 let (ep, tp, dp, comm, chunk, pad) = (self.ep, self.tp, self.dp, self.comm, self.chunk, self.pad);
+                let backend = self.backend;
                 std::thread::spawn(move || -> Result<Tensor> {
                     let mut c = base_config(chunk);
+                    c.backend = backend.map(str::to_owned);
                     c.parallel = ParallelConfig { ep_size: ep, ep_rank: rank / tp, tp_size: tp, tp_rank: rank % tp, attention_dp: dp };
                     let parts = LayerParts {
                         group: Some(Arc::new(g)),
@@ -105,7 +108,7 @@ impl World {
 
 impl std::fmt::Debug for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ep={} tp={} dp={} comm={} chunk={:?} pad={}", self.ep, self.tp, self.dp, self.comm, self.chunk, self.pad)
+        write!(f, "backend={:?} ep={} tp={} dp={} comm={} chunk={:?} pad={}", self.backend, self.ep, self.tp, self.dp, self.comm, self.chunk, self.pad)
     }
 }
 
@@ -115,7 +118,7 @@ fn expert_parallel_matches_single_rank_for_every_strategy() {
         for (ep, list) in [(2, vec![5, 3]), (3, vec![4, 1, 6]), (4, vec![2, 7, 1, 3])] {
             for chunk in [None, Some(2)] {
                 for pad in [false, true] {
-                    World { ep, tp: 1, dp: true, comm, chunk, pad }.check(&list);
+                    World { backend: None, ep, tp: 1, dp: true, comm, chunk, pad }.check(&list);
                 }
             }
         }
@@ -125,19 +128,19 @@ fn expert_parallel_matches_single_rank_for_every_strategy() {
 #[test]
 fn ranks_without_tokens_still_take_part() {
     for comm in ["allgather", "alltoall", "packed"] {
-        World { ep: 2, tp: 1, dp: true, comm, chunk: None, pad: false }.check(&[4, 0]);
-        World { ep: 4, tp: 1, dp: true, comm, chunk: Some(1), pad: false }.check(&[0, 3, 0, 2]);
-        World { ep: 3, tp: 1, dp: true, comm, chunk: Some(2), pad: false }.check(&[0, 0, 0]);
+        World { backend: None, ep: 2, tp: 1, dp: true, comm, chunk: None, pad: false }.check(&[4, 0]);
+        World { backend: None, ep: 4, tp: 1, dp: true, comm, chunk: Some(1), pad: false }.check(&[0, 3, 0, 2]);
+        World { backend: None, ep: 3, tp: 1, dp: true, comm, chunk: Some(2), pad: false }.check(&[0, 0, 0]);
     }
 }
 
 #[test]
 fn tensor_parallel_and_replicated_tokens() {
     // MoE-TP alone, EP x TP, and EP without attention-DP (every rank holds all tokens).
-    World { ep: 1, tp: 2, dp: false, comm: "auto", chunk: None, pad: false }.check(&[6]);
-    World { ep: 2, tp: 2, dp: true, comm: "allgather", chunk: Some(3), pad: false }.check(&[3, 2, 0, 4]);
-    World { ep: 2, tp: 2, dp: true, comm: "packed", chunk: None, pad: true }.check(&[1, 2, 3, 4]);
-    World { ep: 4, tp: 1, dp: false, comm: "auto", chunk: Some(4), pad: false }.check(&[9]);
+    World { backend: None, ep: 1, tp: 2, dp: false, comm: "auto", chunk: None, pad: false }.check(&[6]);
+    World { backend: None, ep: 2, tp: 2, dp: true, comm: "allgather", chunk: Some(3), pad: false }.check(&[3, 2, 0, 4]);
+    World { backend: None, ep: 2, tp: 2, dp: true, comm: "packed", chunk: None, pad: true }.check(&[1, 2, 3, 4]);
+    World { backend: None, ep: 4, tp: 1, dp: false, comm: "auto", chunk: Some(4), pad: false }.check(&[9]);
 }
 
 #[test]
@@ -191,4 +194,17 @@ fn a_rank_that_dies_turns_into_an_error_naming_it_within_the_deadline() {
     killer.join().unwrap();
     assert!(start.elapsed() < Duration::from_secs(5), "the error came before the deadline");
     assert!(matches!(err, MoeError::Comm { peer: Some(1), .. }), "{err}");
+}
+
+#[test]
+fn fused_backend_owns_the_exchange_and_matches_single_rank() {
+    let fused = Some("cpu-fused");
+    for (ep, list) in [(2, vec![5, 3]), (3, vec![4, 0, 6]), (4, vec![0, 7, 1, 0])] {
+        for chunk in [None, Some(2)] {
+            World { backend: fused, ep, tp: 1, dp: true, comm: "auto", chunk, pad: false }.check(&list);
+            World { backend: fused, ep, tp: 1, dp: true, comm: "auto", chunk, pad: true }.check(&list);
+        }
+    }
+    World { backend: fused, ep: 2, tp: 1, dp: true, comm: "auto", chunk: Some(1), pad: false }.check(&[0, 0]);
+    World { backend: fused, ep: 2, tp: 1, dp: false, comm: "auto", chunk: Some(3), pad: false }.check(&[5]);
 }
