@@ -40,7 +40,7 @@ fn automatic_selection_picks_the_fast_cpu_backend() {
     assert_eq!(layer.backend_name(), "cpu");
     let r = layer.report();
     assert_eq!(r.selected_by, SelectedBy::Pinned);
-    assert_eq!(r.alternatives(), &["reference".to_string()]);
+    assert_eq!(r.alternatives(), &["cpu-fused".to_string(), "reference".to_string()]);
     let text = r.to_string();
     assert!(text.starts_with("backend: cpu (selected by Pinned; requested: auto)"), "{text}");
 }
@@ -185,7 +185,7 @@ fn unsupported_quantization_lists_every_rejection() {
     let report = resolve_moe_impl(&c, &moe::probe_environment()).unwrap();
     assert_eq!(report.selected_by, SelectedBy::Failed);
     let names: Vec<_> = report.rejected.iter().map(|r| r.backend.as_str()).collect();
-    assert_eq!(names, ["cpu", "reference"]);
+    assert_eq!(names, ["cpu", "cpu-fused", "reference"]);
     assert!(report.rejected.iter().all(|r| r.reason == RejectReason::DtypeUnsupported));
     let err = create_moe(c).unwrap_err().to_string();
     assert!(err.contains("cpu: DTYPE_UNSUPPORTED") && err.contains("reference: DTYPE_UNSUPPORTED"), "{err}");
