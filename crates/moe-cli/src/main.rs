@@ -2,11 +2,13 @@
 //!
 //! `moe run` with no arguments runs an embedded synthetic DeepSeek-V3-style layer and prints
 //! the backend resolution report, routing balance, wall time and GFLOP/s. With `--model DIR`
-//! it runs the MoE block of a Hugging Face checkpoint on rows of a safetensors tensor and
-//! writes the output. Errors print `error: <message chain>` and exit non-zero.
+//! it runs the MoE block of a Hugging Face checkpoint (float or quantized) on rows of a
+//! safetensors tensor and writes the output. `moe quantize` writes a float checkpoint's experts
+//! as FP8 block, NVFP4 or MXFP4. Errors print `error: <message chain>` and exit non-zero.
 
 mod model_run;
 mod prng;
+mod quantize;
 mod stats;
 mod synthetic;
 mod tensor_io;
@@ -14,7 +16,8 @@ mod tensor_io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use moe_hf::TargetFormat;
 
 /// Run Mixture-of-Experts layers: a synthetic benchmark layer or the MoE block of a
 /// Hugging Face checkpoint (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, gpt_oss, llama4).
@@ -34,8 +37,73 @@ enum Command {
     ///
     /// With --model DIR: the MoE block (router, routed experts, shared experts) of layer
     /// --layer of the checkpoint in DIR, on the rows of tensor --input-key of --input;
-    /// the result is written as tensor `y` to --output.
+    /// the result is written as tensor `y` to --output. Quantized checkpoints (DeepSeek FP8
+    /// block, GPT-OSS MXFP4, ModelOpt NVFP4/FP8, AWQ INT4) load in their format.
     Run(RunArgs),
+
+    /// Quantize the routed experts of a bf16/f16/f32 checkpoint and write a new checkpoint.
+    ///
+    /// Experts are written in the format's real layout: fp8-block as DeepSeek-V3
+    /// (`weight` e4m3 + `weight_scale_inv` per 128x128 block), nvfp4 as ModelOpt (`weight`,
+    /// `weight_scale`, `weight_scale_2`, `input_scale`), mxfp4 as GPT-OSS `_blocks`/`_scales`
+    /// (per expert `weight` + `weight_scale` for per-expert families). Every other tensor is
+    /// copied unchanged; config.json gets the quantization_config. See docs/QUANTIZATION.md.
+    Quantize(QuantizeArgs),
+}
+
+/// The formats `moe quantize` writes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    /// FP8 e4m3 weights, f32 scale per 128x128 block (DeepSeek-V3 layout).
+    #[value(name = "fp8-block")]
+    Fp8Block,
+    /// NVFP4: e2m1 weights, e4m3 scale per 16, f32 global scale (ModelOpt layout).
+    Nvfp4,
+    /// MXFP4: e2m1 weights, UE8M0 scale per 32 (GPT-OSS layout).
+    Mxfp4,
+}
+
+impl From<FormatArg> for TargetFormat {
+    fn from(f: FormatArg) -> TargetFormat {
+        match f {
+            FormatArg::Fp8Block => TargetFormat::Fp8Block,
+            FormatArg::Nvfp4 => TargetFormat::Nvfp4,
+            FormatArg::Mxfp4 => TargetFormat::Mxfp4,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct QuantizeArgs {
+    /// Float Hugging Face checkpoint directory to read.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+
+    /// Quantized format to write.
+    #[arg(long, value_enum)]
+    format: FormatArg,
+
+    /// Directory to write the quantized checkpoint to (created; must be empty if it exists).
+    #[arg(long, value_name = "DIR")]
+    output: PathBuf,
+
+    /// Safetensors file of calibration activations [T, H] (the MoE block's input) for the
+    /// NVFP4 input_scale of every expert; without it input_scale = 1.0 (activations up to
+    /// 448*6 = 2688 unclipped).
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+
+    /// Name of the tensor inside --calibration.
+    #[arg(long, value_name = "KEY", default_value = "x", requires = "calibration")]
+    calibration_key: String,
+
+    /// Largest safetensors shard in MiB (several shards get a model.safetensors.index.json).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    max_shard_mib: Option<u64>,
+
+    /// Print one machine-readable JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +137,11 @@ struct RunArgs {
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
 
+    /// Decode quantized experts to the model dtype at load and run them unquantized (a
+    /// reference for the quantized path; uses the float model's memory).
+    #[arg(long, requires = "model")]
+    dequantize: bool,
+
     /// Tokens to generate when no --input is given.
     #[arg(long, value_name = "T", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     tokens: u64,
@@ -87,6 +160,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Quantize(args) => quantize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +208,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             output: args.output.as_deref(),
             max_tokens_per_chunk: chunk,
             backend: args.backend.clone(),
+            dequantize: args.dequantize,
             tokens,
             seed: args.seed,
         })?,
@@ -145,6 +220,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             output: args.output.as_deref(),
         })?,
     };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary.json)?);
+    } else {
+        print!("{}", summary.text);
+    }
+    Ok(())
+}
+
+fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
+    let summary = quantize::run(&quantize::QuantizeRun {
+        model: &args.model,
+        output: &args.output,
+        format: args.format.into(),
+        max_shard_bytes: args.max_shard_mib.map(|m| (m as usize).saturating_mul(1 << 20)),
+        calibration: args.calibration.as_deref().map(|p| (p, args.calibration_key.as_str())),
+    })?;
     if args.json {
         println!("{}", serde_json::to_string(&summary.json)?);
     } else {

@@ -1,5 +1,5 @@
-//! `moe run --model DIR`: the MoE block of one layer of a Hugging Face checkpoint on the rows
-//! of an input tensor, with the output written to a safetensors file.
+//! `moe run --model DIR`: the MoE block of one layer of a Hugging Face checkpoint (float or
+//! quantized) on the rows of an input tensor, with the output written to a safetensors file.
 
 use std::path::Path;
 use std::time::Instant;
@@ -23,6 +23,8 @@ pub struct ModelRun<'a> {
     pub output: Option<&'a Path>,
     pub max_tokens_per_chunk: Option<usize>,
     pub backend: Option<String>,
+    /// Run quantized experts dequantized (`--dequantize`).
+    pub dequantize: bool,
     /// Rows of random input when there is no `input`.
     pub tokens: usize,
     pub seed: u64,
@@ -37,7 +39,7 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
             *hf.moe_layers().first().with_context(|| format!("model `{}` has no MoE layer", dir.display()))?
         }
     };
-    let opts = BlockOptions { backend: r.backend.clone(), max_tokens_per_chunk: r.max_tokens_per_chunk, dtype: None };
+    let opts = BlockOptions { backend: r.backend.clone(), max_tokens_per_chunk: r.max_tokens_per_chunk, dtype: None, dequantize: r.dequantize };
     let load_start = Instant::now();
     let mut block = MoeBlock::load(dir, layer, opts)
         .with_context(|| format!("loading the MoE block of layer {layer} of `{}`", dir.display()))?;
@@ -81,6 +83,13 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
         block.dtype(),
         r.max_tokens_per_chunk.map_or("unlimited".into(), |c| c.to_string()),
     );
+    let quant = block.checkpoint_quant();
+    let (resident, on_disk) = (block.expert_resident_bytes(), block.expert_disk_bytes());
+    text.push_str(&format!(
+        "experts: {}{}; {resident} bytes resident, {on_disk} bytes on disk\n",
+        quant.name(),
+        if r.dequantize && quant != moe_hf::CheckpointQuant::None { " (dequantized at load)" } else { "" },
+    ));
     text.push_str(&block.report().to_string());
     text.push_str(&balance.line());
     text.push_str(&format!(
@@ -100,6 +109,12 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
         "backend": block.backend_name(),
         "config": config,
         "report": block.report(),
+        "experts": {
+            "format": quant.name(),
+            "dequantized": r.dequantize,
+            "resident_bytes": resident,
+            "disk_bytes": on_disk,
+        },
         "tokens": t,
         "balance": balance,
         "load_s": load_s,

@@ -3,15 +3,19 @@
 //! output `routed + shared`, as the family's transformers module computes it.
 //!
 //! Loading is all-or-nothing: every tensor is read and checked before the block is returned.
+//! Quantized checkpoints (`quantization_config`) load their routed experts in the declared
+//! format through the quant method `moe-quant` selects; model-side weights that are quantized
+//! too (DeepSeek FP8 shared experts) are dequantized once at load.
 
 use std::path::Path;
 
 use moe::ConfigurableMoe;
-use moe_core::{DType, MoeConfig, MoeError, QuantAlgo, ResolutionReport, Result, RoutingMethod, Tensor};
+use moe_core::{DType, MoeConfig, MoeError, ResolutionReport, Result, RoutingMethod, Tensor};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Family, HfConfig};
 use crate::expert_source::ExpertSource;
+use crate::quant_format::CheckpointQuant;
 use crate::names::BlockNames;
 use crate::numerics::round_to;
 use crate::router::Router;
@@ -26,6 +30,10 @@ pub struct BlockOptions {
     pub max_tokens_per_chunk: Option<usize>,
     /// Run in this dtype instead of the checkpoint's (weights are converted at load).
     pub dtype: Option<DType>,
+    /// Decode quantized experts to float at load and run them unquantized (as transformers'
+    /// `dequantize=True`): a reference for the quantized path, or a way to run a format no
+    /// backend implements, at the float model's memory cost.
+    pub dequantize: bool,
 }
 
 /// One layer's MoE block, loaded and ready to run.
@@ -37,6 +45,10 @@ pub struct MoeBlock {
     router: Router,
     moe: ConfigurableMoe,
     shared: Option<SharedExpert>,
+    /// Format of the routed experts on disk.
+    quant: CheckpointQuant,
+    /// Bytes of the routed-expert tensors in the checkpoint.
+    expert_disk_bytes: usize,
 }
 
 impl std::fmt::Debug for MoeBlock {
@@ -47,6 +59,7 @@ impl std::fmt::Debug for MoeBlock {
             .field("dtype", &self.dtype)
             .field("prefix", &self.names.prefix)
             .field("backend", &self.moe.backend_name())
+            .field("quant", &self.quant)
             .finish()
     }
 }
@@ -68,7 +81,11 @@ impl MoeBlock {
             Some(d) => d,
             None => infer_dtype(&hf, ckpt, layer)?,
         };
+        let quant = hf.checkpoint_quant()?;
         let mut config: MoeConfig = hf.moe_config(layer, Some(dtype))?;
+        if opts.dequantize {
+            config.quant = moe_core::QuantConfig::default();
+        }
         config.backend = opts.backend.clone();
         config.moe_max_num_tokens = opts.max_tokens_per_chunk;
         let names = BlockNames::resolve(hf.family, layer, ckpt)?;
@@ -95,18 +112,22 @@ impl MoeBlock {
         )?;
 
         let shared = match (&names.shared, hf.shared_intermediate_size) {
-            (Some(sn), Some(si)) => Some(SharedExpert::load(ckpt, &names.prefix, sn, h, si, dtype)?),
+            (Some(sn), Some(si)) => Some(SharedExpert::load(ckpt, &names.prefix, sn, h, si, dtype, quant)?),
             _ => None,
         };
 
-        let src = ExpertSource::new(ckpt, &names, e, h, i).with_cast(Some(dtype));
-        if config.quant.algo == QuantAlgo::None {
-            src.check_complete(config.bias)?;
-        }
+        let src = ExpertSource::new(ckpt, &names, e, h, i)
+            .with_cast(Some(dtype))
+            .with_quant(quant)
+            .with_dequantize(opts.dequantize);
+        // Every tensor against the declared format first, so a checkpoint that contradicts
+        // its config is refused naming the tensor, before a backend is even built.
+        src.check_complete(config.bias)?;
+        let expert_disk_bytes = src.disk_bytes();
         let mut moe = moe::create_moe(config)?;
         moe.load_weights(&src)?;
 
-        Ok(MoeBlock { hf, layer, dtype, names, router, moe, shared })
+        Ok(MoeBlock { hf, layer, dtype, names, router, moe, shared, quant, expert_disk_bytes })
     }
 
     /// Runs the block on `x` `[T, H]`; the output is `[T, H]` in the block dtype. An `x` of
@@ -193,6 +214,33 @@ impl MoeBlock {
     /// Absolute tensor-name prefix of the block in the checkpoint.
     pub fn prefix(&self) -> &str {
         &self.names.prefix
+    }
+
+    /// The routed layer (its backend holds the expert slots).
+    pub fn moe(&self) -> &ConfigurableMoe {
+        &self.moe
+    }
+
+    /// How the routed experts are stored in the checkpoint.
+    pub fn checkpoint_quant(&self) -> CheckpointQuant {
+        self.quant
+    }
+
+    /// Bytes the backend holds for the routed experts: every per-slot tensor (weights, scales,
+    /// biases and whatever the quant method derived from them).
+    pub fn expert_resident_bytes(&self) -> usize {
+        self.moe
+            .backend()
+            .expert_weights()
+            .tensors
+            .values()
+            .map(|t| t.numel() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Bytes of the routed-expert tensors in the checkpoint (packed codes, scales, biases).
+    pub fn expert_disk_bytes(&self) -> usize {
+        self.expert_disk_bytes
     }
 
     /// Intermediate size of the shared expert, if the block has one.

@@ -58,17 +58,7 @@ impl MappedFile {
         let dtype = convert_dtype(info.dtype).ok_or_else(|| {
             bad(&self.path, format!("tensor `{name}` has unsupported dtype {}", info.dtype))
         })?;
-        let (start, end) = info.data_offsets;
-        let base = 8 + self.header_len;
-        // `read_metadata` already validated that offsets are contiguous and that the data
-        // section ends exactly at the end of the file; check again rather than index blindly.
-        let data = base
-            .checked_add(start)
-            .zip(base.checked_add(end))
-            .and_then(|(a, b)| self.map.get(a..b))
-            .ok_or_else(|| {
-                bad(&self.path, format!("tensor `{name}` data {start}..{end} lies outside the file"))
-            })?;
+        let data = self.bytes(name, info)?;
         let view = TensorView { dtype, shape: info.shape.clone(), data: std::borrow::Cow::Borrowed(data) };
         if view.numel() * dtype.size_in_bytes() != data.len() {
             return Err(bad(
@@ -77,6 +67,20 @@ impl MappedFile {
             ));
         }
         Ok(view)
+    }
+
+    /// The stored bytes of `name`, checked to lie inside the file.
+    fn bytes(&self, name: &str, info: &TensorInfo) -> Result<&[u8]> {
+        let (start, end) = info.data_offsets;
+        let base = 8 + self.header_len;
+        // `read_metadata` already validated that offsets are contiguous and that the data
+        // section ends exactly at the end of the file; check again rather than index blindly.
+        base.checked_add(start)
+            .zip(base.checked_add(end))
+            .and_then(|(a, b)| self.map.get(a..b))
+            .ok_or_else(|| {
+                bad(&self.path, format!("tensor `{name}` data {start}..{end} lies outside the file"))
+            })
     }
 }
 
@@ -229,6 +233,15 @@ impl Checkpoint {
         let i = *self.index.get(name)?;
         let info = self.files[i].info(name)?;
         convert_dtype(info.dtype).map(|d| (d, info.shape.as_slice()))
+    }
+
+    /// The stored bytes of `name` with its safetensors dtype and shape, whatever the dtype
+    /// (for copying tensors the runtime has no use for, e.g. bool or f64 buffers, unchanged).
+    pub fn raw(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
+        let i = *self.index.get(name).ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
+        let file = &self.files[i];
+        let info = file.info(name).ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
+        Ok((info.dtype, info.shape.as_slice(), file.bytes(name, info)?))
     }
 
     /// Path of the file holding `name` (for error messages).

@@ -12,6 +12,8 @@ use std::path::Path;
 use moe_core::{Activation, DType, MoeConfig, MoeError, QuantAlgo, QuantConfig, Result, RoutingMethod};
 use serde_json::{Map, Value};
 
+use crate::quant_format::CheckpointQuant;
+
 /// A supported model family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
@@ -153,6 +155,9 @@ pub struct HfConfig {
     /// Experts carry biases (GPT-OSS).
     pub expert_bias: bool,
     pub quant: QuantConfig,
+    /// `quantization_config.quant_method` as written (`fp8`, `mxfp4`, `awq`, `modelopt`...):
+    /// it tells apart on-disk packings that share a [`QuantAlgo`] (AWQ vs GPTQ INT4).
+    pub quant_method: Option<String>,
     pub placement: LayerPlacement,
 }
 
@@ -250,6 +255,7 @@ impl HfConfig {
             // ModelOpt writes {"quantization": {"quant_algo": ...}}.
             if let Some(q) = v.get("quantization").and_then(Value::as_object) {
                 cfg.quant = parse_quant(q)?;
+                cfg.quant_method = Some("modelopt".into());
             }
         }
         Ok(cfg)
@@ -342,6 +348,10 @@ impl HfConfig {
             _ => (Activation::Swiglu, false),
         };
 
+        let quant_method = match k.either("quantization_config") {
+            Some(Value::Object(q)) => q.get("quant_method").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
         let quant = match k.either("quantization_config") {
             None => QuantConfig::default(),
             Some(Value::Object(q)) => parse_quant(q)?,
@@ -401,8 +411,14 @@ impl HfConfig {
             activation,
             expert_bias,
             quant,
+            quant_method,
             placement,
         })
+    }
+
+    /// How the quantized experts are stored on disk (from `quantization_config`).
+    pub fn checkpoint_quant(&self) -> Result<CheckpointQuant> {
+        CheckpointQuant::from_config(&self.quant, self.quant_method.as_deref())
     }
 
     /// Whether `layer` is an MoE layer of this model.
@@ -493,6 +509,9 @@ fn parse_quant(q: &Map<String, Value>) -> Result<QuantConfig> {
     match (method, algo) {
         (_, Some(a)) if a.eq_ignore_ascii_case("NVFP4") => out.algo = QuantAlgo::Nvfp4,
         (_, Some(a)) if a.eq_ignore_ascii_case("FP8") => out.algo = QuantAlgo::Fp8PerTensor,
+        // TensorRT-LLM's name for INT8 weight-only per channel; experts in the canonical
+        // `weight` (i8) + `weight_scale` layout.
+        (_, Some(a)) if a.eq_ignore_ascii_case("W8A16") => out.algo = QuantAlgo::W8A16,
         ("fp8", _) => match q.get("weight_block_size") {
             Some(Value::Array(b)) => {
                 let dims: Vec<usize> = b.iter().filter_map(Value::as_u64).map(|v| v as usize).collect();
@@ -527,7 +546,7 @@ fn parse_quant(q: &Map<String, Value>) -> Result<QuantConfig> {
         (m, a) => {
             return Err(MoeError::UnsupportedModel {
                 detail: format!(
-                    "quantization method `{}` is not supported (fp8, mxfp4, modelopt NVFP4/FP8, awq, gptq)",
+                    "quantization method `{}` is not supported (fp8, mxfp4, modelopt NVFP4/FP8/W8A16, awq)",
                     a.map(|a| format!("{m}/{a}")).unwrap_or_else(|| m.to_string())
                 ),
             });

@@ -7,6 +7,11 @@
 //!   (per-expert tensors borrowed, fused tensors transposed one expert at a time).
 //! - [`MoeBlock`]: router gate + routed layer + shared experts of one layer, as transformers
 //!   computes the block.
+//! - [`CheckpointQuant`]: quantized expert formats (DeepSeek FP8 block, ModelOpt FP8/NVFP4,
+//!   MXFP4 incl. GPT-OSS `_blocks`/`_scales`, AutoAWQ INT4, INT8) and the canonical tensors
+//!   each serves; [`dequant`] decodes them for model-side weights.
+//! - [`quantize_checkpoint`]: writes a float checkpoint's experts as FP8 block, NVFP4 or MXFP4
+//!   in the formats' real layouts (`moe quantize`).
 //!
 //! Supported `model_type`s: mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, gpt_oss,
 //! llama4_text and llama4 (see `design/CHECKPOINTS.md`).
@@ -14,9 +19,12 @@
 pub mod block;
 pub mod checkpoint;
 pub mod config;
+pub mod dequant;
 pub mod expert_source;
 pub mod names;
 pub mod numerics;
+pub mod quant_format;
+pub mod quantize;
 pub mod router;
 pub mod shared_expert;
 
@@ -25,3 +33,5 @@ pub use checkpoint::Checkpoint;
 pub use config::{Family, HfConfig, LayerPlacement};
 pub use expert_source::ExpertSource;
 pub use names::{BlockNames, ExpertLayout};
+pub use quant_format::CheckpointQuant;
+pub use quantize::{quantize_checkpoint, QuantizeOptions, QuantizeProgress, QuantizeSummary, TargetFormat};

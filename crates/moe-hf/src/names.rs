@@ -109,10 +109,17 @@ impl BlockNames {
             name: format!("router of layer {layer} (looked for {})", tried.join(", ")),
         })?;
 
+        // Quantized exports may store the experts of any family per expert (ModelOpt writes
+        // Llama 4 as `experts.{e}.gate_proj`; AWQ's per-projection tensors are `qweight`), so
+        // the layout follows what expert 0 looks like in the checkpoint.
+        let has_proj = |proj: &str| {
+            ["weight", "qweight"].iter().any(|s| ckpt.contains(&format!("{prefix}experts.0.{proj}.{s}")))
+        };
         let experts = match family {
+            Family::GptOss | Family::Llama4 if has_proj("gate_proj") => PROJ_NAMES,
             Family::GptOss => ExpertLayout::FusedInterleaved,
             Family::Llama4 => ExpertLayout::FusedHalves,
-            Family::Mixtral if !ckpt.contains(&format!("{prefix}experts.0.gate_proj.weight")) => MIXTRAL_NAMES,
+            Family::Mixtral if !has_proj("gate_proj") => MIXTRAL_NAMES,
             _ => PROJ_NAMES,
         };
         // Whether the shared expert is used is the config's call (e.g. DeepSeek with

@@ -4,8 +4,10 @@
 use moe_core::{DType, MoeError, Result, Tensor};
 
 use crate::checkpoint::Checkpoint;
+use crate::dequant::load_dense;
 use crate::names::SharedNames;
 use crate::numerics::{linear_rounded, round_to, sigmoid, silu};
+use crate::quant_format::CheckpointQuant;
 use crate::router::load_float;
 
 /// A shared expert: `down(silu(gate(x)) * up(x))`, optionally times `sigmoid(x @ g^T)`.
@@ -21,7 +23,9 @@ pub struct SharedExpert {
 
 impl SharedExpert {
     /// Loads the shared expert under `prefix` + `names.module` with intermediate size `inter`
-    /// (from the config; the checkpoint must agree).
+    /// (from the config; the checkpoint must agree). Weights quantized in the checkpoint's
+    /// `format` (DeepSeek FP8 checkpoints quantize the shared experts too) are dequantized to
+    /// `dtype` here, once: see [`load_dense`].
     pub fn load(
         ckpt: &Checkpoint,
         prefix: &str,
@@ -29,12 +33,13 @@ impl SharedExpert {
         hidden: usize,
         inter: usize,
         dtype: DType,
+        format: CheckpointQuant,
     ) -> Result<SharedExpert> {
         let n = |rel: &str| format!("{prefix}{}{rel}", names.module);
         Ok(SharedExpert {
-            gate: load_float(ckpt, &n("gate_proj.weight"), &[inter, hidden], dtype)?,
-            up: load_float(ckpt, &n("up_proj.weight"), &[inter, hidden], dtype)?,
-            down: load_float(ckpt, &n("down_proj.weight"), &[hidden, inter], dtype)?,
+            gate: load_dense(ckpt, format, &n("gate_proj.weight"), [inter, hidden], dtype)?,
+            up: load_dense(ckpt, format, &n("up_proj.weight"), [inter, hidden], dtype)?,
+            down: load_dense(ckpt, format, &n("down_proj.weight"), [hidden, inter], dtype)?,
             out_gate: names
                 .gate
                 .map(|g| load_float(ckpt, &format!("{prefix}{g}"), &[1, hidden], dtype))

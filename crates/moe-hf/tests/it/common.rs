@@ -55,9 +55,14 @@ impl Scratch {
 
     /// A scratch copy of fixture `name` (config, model, io).
     pub fn copy_of(name: &str, tag: &str) -> Scratch {
+        Scratch::copy_from(&fixture(name), tag)
+    }
+
+    /// A scratch copy of the fixture folder `dir` (config, model, io).
+    pub fn copy_from(dir: &Path, tag: &str) -> Scratch {
         let s = Scratch::new(tag);
         for f in ["config.json", "model.safetensors", "io.safetensors"] {
-            std::fs::copy(fixture(name).join(f), s.0.join(f)).expect("copy fixture file");
+            std::fs::copy(dir.join(f), s.0.join(f)).expect("copy fixture file");
         }
         s
     }

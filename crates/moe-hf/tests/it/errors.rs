@@ -264,5 +264,6 @@ fn quantized_config_over_float_weights_is_refused() {
     let cfg = HfConfig::from_dir(s.path()).unwrap();
     assert_eq!(cfg.quant.algo, moe_core::QuantAlgo::Fp8Block);
     let e = load(s.path(), 0).unwrap_err();
-    eprintln!("fp8 over bf16 weights: {e}");
+    assert!(matches!(e, MoeError::DTypeMismatch { .. }), "{e:?}");
+    assert!(e.to_string().contains("model.layers.0.mlp.experts.0.gate_proj.weight"), "{e}");
 }

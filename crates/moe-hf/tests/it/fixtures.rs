@@ -18,7 +18,7 @@ fn check_fixture(name: &str) {
         let mut blocks: Vec<(Option<usize>, MoeBlock)> = [Some(1), Some(16), None]
             .into_iter()
             .map(|chunk| {
-                let opts = BlockOptions { backend: Some(backend.into()), max_tokens_per_chunk: chunk, dtype: None };
+                let opts = BlockOptions { backend: Some(backend.into()), max_tokens_per_chunk: chunk, ..Default::default() };
                 let b = MoeBlock::load(&dir, 0, opts).unwrap_or_else(|e| panic!("{name} [{backend}] load: {e}"));
                 (chunk, b)
             })

@@ -1,7 +1,10 @@
 //! Integration tests of `moe-hf` (one binary): the 14 transformers oracle fixtures on every
-//! backend and chunk limit, sharded checkpoints, and the typed errors of broken inputs.
+//! backend and chunk limit, the quantized fixtures, sharded checkpoints, and the typed errors
+//! of broken inputs.
 
 mod common;
 mod errors;
 mod fixtures;
+mod quant;
+mod quantize;
 mod sharded;
