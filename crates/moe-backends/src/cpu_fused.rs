@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use moe_core::{
     Capabilities, Deadline, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeError,
-    MoeProblem, MoeRunContext, ProcessGroup, QuantizedInput, Result, SchedulerKind, Tensor,
+    MoeProblem, MoeRunContext, ProcessGroup, QuantizedInput, RejectReason, Result, SchedulerKind, Tensor,
 };
 
 use crate::cpu::CpuBackend;
@@ -45,6 +45,18 @@ impl MoeBackend for FusedCpuBackend {
     }
 
     fn can_implement(problem: &MoeProblem, deployment: &MoeDeployment) -> Eligibility {
+        if problem.apply_router_weight_on_input {
+            return Eligibility::no(
+                RejectReason::RoutingUnsupported,
+                "routing weights are applied after the in-kernel exchange; weight-on-input (Llama4) is not supported",
+            );
+        }
+        if deployment.tp_size > 1 {
+            return Eligibility::no(
+                RejectReason::TopologyUnsupported,
+                format!("the in-kernel exchange moves whole tokens between EP ranks; MoE-TP {} is not supported", deployment.tp_size),
+            );
+        }
         CpuBackend::can_implement(problem, deployment)
     }
 
@@ -77,21 +89,6 @@ impl MoeBackend for FusedCpuBackend {
         self.inner.supports_load_balancer()
     }
 
-    fn validate_configurable_moe(&self, config: &MoeConfig) -> Result<()> {
-        if config.apply_router_weight_on_input {
-            return Err(MoeError::config(
-                "apply_router_weight_on_input",
-                "cpu-fused applies routing weights after its exchange; weight-on-input is not supported",
-            ));
-        }
-        if config.parallel.tp_size > 1 {
-            return Err(MoeError::config(
-                "parallel.tp_size",
-                "cpu-fused exchanges whole tokens between EP ranks; MoE-TP is not supported",
-            ));
-        }
-        self.inner.validate_configurable_moe(config)
-    }
 
     fn quantize_input(&self, x: &Tensor) -> Result<QuantizedInput> {
         // Zero rows are valid: a rank without tokens still enters the kernel's exchange.

@@ -8,9 +8,12 @@
 //! too (DeepSeek FP8 shared experts) are dequantized once at load.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use moe::ConfigurableMoe;
-use moe_core::{DType, MoeConfig, MoeError, ResolutionReport, Result, RoutingMethod, Tensor};
+use moe::{ConfigurableMoe, CreateOptions, ForwardOptions, LayerParts};
+use moe_core::{
+    DType, EplbConfig, MoeConfig, MoeError, ParallelConfig, ProcessGroup, ResolutionReport, Result, RoutingMethod, Tensor,
+};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Family, HfConfig};
@@ -36,6 +39,29 @@ pub struct BlockOptions {
     pub dequantize: bool,
 }
 
+/// One rank's share of a block spread over several ranks: experts partitioned over the
+/// ranks of `group` (EP = group size), every rank bringing its own tokens (attention-DP).
+/// The router and shared experts are dense and run on each rank's own rows.
+#[derive(Clone)]
+pub struct Distributed {
+    pub group: Arc<dyn ProcessGroup>,
+    /// Communication strategy: `auto` or one of `moe::COMM_NAMES`.
+    pub comm: String,
+    /// Expert-parallel load balancing of the routed layer.
+    pub eplb: Option<EplbConfig>,
+}
+
+impl std::fmt::Debug for Distributed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distributed")
+            .field("rank", &self.group.rank())
+            .field("size", &self.group.size())
+            .field("comm", &self.comm)
+            .field("eplb", &self.eplb)
+            .finish()
+    }
+}
+
 /// One layer's MoE block, loaded and ready to run.
 pub struct MoeBlock {
     hf: HfConfig,
@@ -49,6 +75,8 @@ pub struct MoeBlock {
     quant: CheckpointQuant,
     /// Bytes of the routed-expert tensors in the checkpoint.
     expert_disk_bytes: usize,
+    /// One rank of a block spread over several ranks (zero-row calls still run).
+    distributed: bool,
 }
 
 impl std::fmt::Debug for MoeBlock {
@@ -67,16 +95,37 @@ impl std::fmt::Debug for MoeBlock {
 impl MoeBlock {
     /// Loads layer `layer` of the checkpoint in `dir` (`config.json` + safetensors).
     pub fn load(dir: impl AsRef<Path>, layer: usize, opts: BlockOptions) -> Result<MoeBlock> {
+        MoeBlock::load_distributed(dir, layer, opts, None)
+    }
+
+    /// [`MoeBlock::load`] for one rank of a block spread over `dist`'s group.
+    pub fn load_distributed(
+        dir: impl AsRef<Path>,
+        layer: usize,
+        opts: BlockOptions,
+        dist: Option<Distributed>,
+    ) -> Result<MoeBlock> {
         let dir = dir.as_ref();
         // Config first: an unsupported family or dense layer is reported before any file is mapped.
         let hf = HfConfig::from_dir(dir)?;
         hf.check_layer(layer)?;
         let ckpt = Checkpoint::open(dir)?;
-        MoeBlock::from_checkpoint(hf, &ckpt, layer, opts)
+        MoeBlock::from_checkpoint_distributed(hf, &ckpt, layer, opts, dist)
     }
 
     /// Builds the block of `layer` from a parsed config and an open checkpoint.
     pub fn from_checkpoint(hf: HfConfig, ckpt: &Checkpoint, layer: usize, opts: BlockOptions) -> Result<MoeBlock> {
+        MoeBlock::from_checkpoint_distributed(hf, ckpt, layer, opts, None)
+    }
+
+    /// [`MoeBlock::from_checkpoint`] for one rank of a block spread over `dist`'s group.
+    pub fn from_checkpoint_distributed(
+        hf: HfConfig,
+        ckpt: &Checkpoint,
+        layer: usize,
+        opts: BlockOptions,
+        dist: Option<Distributed>,
+    ) -> Result<MoeBlock> {
         let dtype = match opts.dtype.or(hf.dtype) {
             Some(d) => d,
             None => infer_dtype(&hf, ckpt, layer)?,
@@ -124,15 +173,36 @@ impl MoeBlock {
         // its config is refused naming the tensor, before a backend is even built.
         src.check_complete(config.bias)?;
         let expert_disk_bytes = src.disk_bytes();
-        let mut moe = moe::create_moe(config)?;
+        let mut create = CreateOptions::default();
+        let distributed = dist.is_some();
+        if let Some(d) = dist {
+            let (rank, size) = (d.group.rank(), d.group.size());
+            config.parallel = ParallelConfig { ep_size: size, ep_rank: rank, tp_size: 1, tp_rank: 0, attention_dp: true };
+            config.eplb = d.eplb;
+            create.parts = LayerParts { group: Some(d.group), comm_choice: d.comm, ..LayerParts::default() };
+        }
+        let mut moe = moe::create_moe_with(config, create)?;
         moe.load_weights(&src)?;
 
-        Ok(MoeBlock { hf, layer, dtype, names, router, moe, shared, quant, expert_disk_bytes })
+        Ok(MoeBlock { hf, layer, dtype, names, router, moe, shared, quant, expert_disk_bytes, distributed })
     }
 
     /// Runs the block on `x` `[T, H]`; the output is `[T, H]` in the block dtype. An `x` of
     /// another float dtype is converted first.
     pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None, false)
+    }
+
+    /// [`MoeBlock::forward`] of one rank of a distributed block: `all_rank_num_tokens` are the
+    /// rows of every rank (this rank's `x` holds its own); every rank must call it, with zero
+    /// rows if it has none, since the routed layer exchanges tokens. `use_dp_padding` pads
+    /// every rank to the largest count inside the routed layer.
+    pub fn forward_with(
+        &mut self,
+        x: &Tensor,
+        all_rank_num_tokens: Option<&[usize]>,
+        use_dp_padding: bool,
+    ) -> Result<Tensor> {
         let h = self.hf.hidden_size;
         if x.shape().len() != 2 || x.shape()[1] != h {
             return Err(MoeError::shape("x", format!("[T, {h}]"), x.shape()));
@@ -145,7 +215,7 @@ impl MoeBlock {
             });
         }
         let t = x.rows();
-        if t == 0 {
+        if t == 0 && !self.distributed {
             return Ok(Tensor::zeros(self.dtype, vec![0, h]));
         }
         let converted;
@@ -157,7 +227,8 @@ impl MoeBlock {
         };
 
         let logits = self.router.logits(x)?;
-        let routed = self.moe.forward(x, &logits)?;
+        let opts = ForwardOptions { all_rank_num_tokens: all_rank_num_tokens.map(<[usize]>::to_vec), use_dp_padding };
+        let routed = self.moe.forward_with(x, &logits, &opts)?;
         let Some(shared) = &self.shared else {
             return Ok(routed);
         };
@@ -187,6 +258,11 @@ impl MoeBlock {
     }
 
     /// How the routed layer's backend was chosen.
+    /// The routed layer (EPLB reports, migrated slots, communication).
+    pub fn routed(&self) -> &ConfigurableMoe {
+        &self.moe
+    }
+
     pub fn report(&self) -> &ResolutionReport {
         self.moe.report()
     }

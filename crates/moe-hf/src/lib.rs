@@ -28,7 +28,7 @@ pub mod quantize;
 pub mod router;
 pub mod shared_expert;
 
-pub use block::{BlockOptions, MoeBlock};
+pub use block::{BlockOptions, Distributed, MoeBlock};
 pub use checkpoint::Checkpoint;
 pub use config::{Family, HfConfig, LayerPlacement};
 pub use expert_source::ExpertSource;

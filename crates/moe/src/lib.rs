@@ -26,6 +26,15 @@ pub use env::probe_environment;
 pub use factory::{create_moe, create_moe_with, resolve_moe_impl, CreateOptions};
 pub use registry::{BackendEntry, BACKEND_NAMES, REGISTRY};
 
+/// Process groups a multi-rank layer runs over: in-process ranks (threads) always, MPI ranks
+/// with the `mpi` feature. Re-exported so model code and tools reach them through the
+/// assembler crate.
+pub mod process_group {
+    pub use moe_comm::InProcessGroup;
+    #[cfg(feature = "mpi")]
+    pub use moe_comm::MpiGroup;
+}
+
 /// Tensor operations on any storage, re-exported for model code around the layer (router
 /// gate linears, shared experts) so it does not reach into `moe-kernels`.
 pub use moe_kernels::ops;

@@ -5,6 +5,7 @@
 mod common;
 mod errors;
 mod fixtures;
+mod multi_rank;
 mod quant;
 mod quantize;
 mod sharded;

@@ -208,3 +208,15 @@ fn fused_backend_owns_the_exchange_and_matches_single_rank() {
     World { backend: fused, ep: 2, tp: 1, dp: true, comm: "auto", chunk: Some(1), pad: false }.check(&[0, 0]);
     World { backend: fused, ep: 2, tp: 1, dp: false, comm: "auto", chunk: Some(3), pad: false }.check(&[5]);
 }
+
+#[test]
+fn fused_backend_declines_what_its_kernel_cannot_do_and_the_report_says_so() {
+    let mut c = MoeConfig::new(E, H, I, DType::F32, RoutingMethod::Llama4 { top_k: 1 });
+    c.apply_router_weight_on_input = true;
+    c.backend = Some("cpu-fused".into());
+    let report = moe::resolve_moe_impl(&c, &moe::probe_environment()).unwrap();
+    assert_eq!(report.winner.as_deref(), Some("cpu"));
+    assert!(report.degraded());
+    assert_eq!(report.rejected[0].backend, "cpu-fused");
+    assert_eq!(report.rejected[0].reason, RejectReason::RoutingUnsupported);
+}
