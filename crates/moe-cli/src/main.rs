@@ -9,6 +9,7 @@
 mod model_run;
 mod prng;
 mod quantize;
+mod ranks;
 mod stats;
 mod synthetic;
 mod tensor_io;
@@ -150,6 +151,17 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
+    /// Spread the routed experts over N expert-parallel ranks in this process (threads); each
+    /// rank runs a contiguous slice of the input rows and rank 0 writes the gathered `y`.
+    /// Under `mpirun -n N` (binary built with `--features mpi`) the MPI processes are the ranks.
+    #[arg(long, value_name = "N", requires = "input", value_parser = clap::value_parser!(u64).range(1..))]
+    world: Option<u64>,
+
+    /// Communication strategy between ranks: auto, allgather, alltoall, packed (one collective
+    /// per dispatch, for small batches).
+    #[arg(long, value_name = "NAME", default_value = "auto")]
+    comm: String,
+
     /// Print one machine-readable JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -199,19 +211,44 @@ fn init_tracing() {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let chunk = args.max_tokens_per_chunk.map(|n| n as usize);
     let tokens = args.tokens as usize;
+    let mpi = ranks::mpi_world()?;
+    let multi_rank = mpi.is_some() || args.world.is_some_and(|w| w > 1);
+    if multi_rank && args.model.is_none() {
+        // The synthetic layer is single-rank; multi-rank runs read a checkpoint and an input.
+        anyhow::bail!("a multi-rank run needs --model and --input");
+    }
     let summary = match &args.model {
-        Some(dir) => model_run::run(&model_run::ModelRun {
-            dir,
-            layer: args.layer,
-            input: args.input.as_deref(),
-            input_key: &args.input_key,
-            output: args.output.as_deref(),
-            max_tokens_per_chunk: chunk,
-            backend: args.backend.clone(),
-            dequantize: args.dequantize,
-            tokens,
-            seed: args.seed,
-        })?,
+        Some(dir) => {
+            let run = model_run::ModelRun {
+                dir,
+                layer: args.layer,
+                input: args.input.as_deref(),
+                input_key: &args.input_key,
+                output: args.output.as_deref(),
+                max_tokens_per_chunk: chunk,
+                backend: args.backend.clone(),
+                dequantize: args.dequantize,
+                tokens,
+                seed: args.seed,
+            };
+            if multi_rank {
+                if mpi.is_some() && args.world.is_some() {
+                    anyhow::bail!("--world starts in-process ranks; under mpirun the MPI processes are the ranks");
+                }
+                let layer = model_run::resolve_layer(dir, args.layer)?;
+                let ranks = match mpi {
+                    Some(g) => ranks::Ranks::Group(g),
+                    None => ranks::Ranks::InProcess(args.world.unwrap_or(1) as usize),
+                };
+                match ranks::run(&run, layer, ranks, &args.comm)? {
+                    Some(s) => s,
+                    // Ranks other than 0 print nothing; rank 0 reports the gathered run.
+                    None => return Ok(()),
+                }
+            } else {
+                model_run::run(&run)?
+            }
+        }
         None => synthetic::run(&synthetic::SyntheticRun {
             tokens,
             seed: args.seed,

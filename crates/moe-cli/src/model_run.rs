@@ -30,15 +30,20 @@ pub struct ModelRun<'a> {
     pub seed: u64,
 }
 
-pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
-    let dir = r.dir;
-    let layer = match r.layer {
-        Some(l) => l,
+/// `--layer`, or the model's first MoE layer.
+pub fn resolve_layer(dir: &Path, layer: Option<usize>) -> anyhow::Result<usize> {
+    match layer {
+        Some(l) => Ok(l),
         None => {
             let hf = HfConfig::from_dir(dir).with_context(|| format!("reading the config of `{}`", dir.display()))?;
-            *hf.moe_layers().first().with_context(|| format!("model `{}` has no MoE layer", dir.display()))?
+            Ok(*hf.moe_layers().first().with_context(|| format!("model `{}` has no MoE layer", dir.display()))?)
         }
-    };
+    }
+}
+
+pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
+    let dir = r.dir;
+    let layer = resolve_layer(dir, r.layer)?;
     let opts = BlockOptions { backend: r.backend.clone(), max_tokens_per_chunk: r.max_tokens_per_chunk, dtype: None, dequantize: r.dequantize };
     let load_start = Instant::now();
     let mut block = MoeBlock::load(dir, layer, opts)

@@ -1,0 +1,188 @@
+//! The layer shapes `moe bench` runs (named presets) and the arithmetic of a run: FLOPs of
+//! the routed experts and bytes of the expert weights a forward actually reads.
+//!
+//! Byte counts follow the roofline recipe of `perf-anchors.md` §6: only the experts that at
+//! least one token selected are read, each once per forward (its three matrices plus, for
+//! FP8 block weights, the f32 scale of every 128x128 block).
+
+use std::fmt;
+
+/// How the experts' weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    F32,
+    Bf16,
+    /// E4M3 codes with one f32 scale per `BLOCK x BLOCK` block (DeepSeek-V3).
+    Fp8Block,
+}
+
+/// Side of an FP8 scale block.
+pub const FP8_BLOCK: usize = 128;
+
+impl WeightFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Fp8Block => "fp8-block",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WeightFormat> {
+        [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Fp8Block].into_iter().find(|f| f.name() == s)
+    }
+
+    /// Stored bytes of one `[rows, cols]` matrix, scales included.
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
+        let n = (rows * cols) as u64;
+        match self {
+            WeightFormat::F32 => 4 * n,
+            WeightFormat::Bf16 => 2 * n,
+            WeightFormat::Fp8Block => n + 4 * (rows.div_ceil(FP8_BLOCK) * cols.div_ceil(FP8_BLOCK)) as u64,
+        }
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One benchmarked layer shape: a SwiGLU MoE with `experts` experts of `[inter, hidden]`
+/// gate/up and `[hidden, inter]` down projections, top-`top_k` routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub hidden: usize,
+    pub inter: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub weights: WeightFormat,
+    /// Whether the default run (no `--preset`) includes it.
+    pub in_default_run: bool,
+}
+
+/// Token counts of the default table.
+pub const TOKENS: [usize; 5] = [1, 8, 64, 512, 4096];
+
+/// Routed FLOPs above which a row is left out of the default run: at the ~100 GFLOP/s two
+/// cores reach, such a forward takes ~10 s, and a row runs it 4 to 6 times (plus the peer's,
+/// at a third of the speed). `--tokens` runs it anyway.
+pub const DEFAULT_RUN_MAX_FLOP: f64 = 1.0e12;
+
+pub const PRESETS: [Preset; 4] = [
+    Preset { name: "qwen3-30b-a3b", hidden: 2048, inter: 768, experts: 128, top_k: 8, weights: WeightFormat::Bf16, in_default_run: true },
+    Preset { name: "mixtral-8x7b", hidden: 4096, inter: 14336, experts: 8, top_k: 2, weights: WeightFormat::Bf16, in_default_run: true },
+    // 22.5 GB in bf16 would not fit next to the OS in 24 GB; FP8 128-block is its released format.
+    Preset { name: "deepseek-v3", hidden: 7168, inter: 2048, experts: 256, top_k: 8, weights: WeightFormat::Fp8Block, in_default_run: true },
+    // For tests and smoke runs: generated in milliseconds.
+    Preset { name: "tiny", hidden: 64, inter: 32, experts: 8, top_k: 2, weights: WeightFormat::Bf16, in_default_run: false },
+];
+
+impl Preset {
+    pub fn find(name: &str) -> Option<Preset> {
+        PRESETS.iter().copied().find(|p| p.name == name)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        PRESETS.iter().map(|p| p.name).collect()
+    }
+
+    /// The same shape with weights stored as `w`.
+    pub fn with_weights(mut self, w: WeightFormat) -> Preset {
+        self.weights = w;
+        self
+    }
+
+    /// Routed FLOPs of `tokens` tokens: three `H x I` GEMMs per (token, expert) pair, two
+    /// FLOPs per multiply-add: `2 * T * k * 3 * H * I`.
+    pub fn flops(&self, tokens: usize) -> f64 {
+        2.0 * tokens as f64 * self.top_k as f64 * 3.0 * self.hidden as f64 * self.inter as f64
+    }
+
+    /// Stored bytes of one expert: gate and up `[I, H]`, down `[H, I]`.
+    pub fn expert_bytes(&self) -> u64 {
+        2 * self.weights.matrix_bytes(self.inter, self.hidden) + self.weights.matrix_bytes(self.hidden, self.inter)
+    }
+
+    /// Stored bytes of all experts.
+    pub fn total_bytes(&self) -> u64 {
+        self.experts as u64 * self.expert_bytes()
+    }
+
+    /// Bytes of expert weights a forward reads when `touched` distinct experts were selected.
+    pub fn weight_bytes(&self, touched: usize) -> u64 {
+        touched as u64 * self.expert_bytes()
+    }
+
+    /// Expected distinct experts under uniform routing: `E * (1 - (1 - k/E)^T)`
+    /// (`perf-anchors.md` §6.2); the run reports the count its routing actually gave.
+    pub fn expected_touched(&self, tokens: usize) -> f64 {
+        let e = self.experts as f64;
+        e * (1.0 - (1.0 - self.top_k as f64 / e).powi(tokens as i32))
+    }
+}
+
+/// Distinct experts among the selected ids (`-1` and out-of-range ids are not experts).
+pub fn touched_experts(ids: &[i32], experts: usize) -> usize {
+    let mut seen = vec![false; experts];
+    for &id in ids {
+        if let Some(s) = usize::try_from(id).ok().and_then(|i| seen.get_mut(i)) {
+            *s = true;
+        }
+    }
+    seen.iter().filter(|&&s| s).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_preset_flops_and_bytes_by_hand() {
+        let p = Preset::find("tiny").unwrap();
+        assert_eq!((p.hidden, p.inter, p.experts, p.top_k), (64, 32, 8, 2));
+        // One token, two experts, three 64x32 matrices each: 2 * 1 * 2 * 3 * 64 * 32 = 24576.
+        assert_eq!(p.flops(1), 24576.0);
+        assert_eq!(p.flops(8), 8.0 * 24576.0);
+        // bf16: 3 * 64 * 32 * 2 bytes = 12288 per expert; 3 experts touched -> 36864.
+        assert_eq!(p.expert_bytes(), 12288);
+        assert_eq!(p.weight_bytes(3), 36864);
+        assert_eq!(p.total_bytes(), 8 * 12288);
+        // f32 doubles it.
+        assert_eq!(p.with_weights(WeightFormat::F32).expert_bytes(), 24576);
+    }
+
+    #[test]
+    fn fp8_block_bytes_count_codes_and_scales() {
+        // 64x32 matrix: 2048 code bytes + one (partial) 128x128 block scale of 4 bytes.
+        assert_eq!(WeightFormat::Fp8Block.matrix_bytes(64, 32), 2048 + 4);
+        // DeepSeek-V3 gate: 2048x7168 codes + 16 x 56 scales.
+        assert_eq!(WeightFormat::Fp8Block.matrix_bytes(2048, 7168), 2048 * 7168 + 4 * 16 * 56);
+        let p = Preset::find("tiny").unwrap().with_weights(WeightFormat::Fp8Block);
+        assert_eq!(p.expert_bytes(), 3 * (2048 + 4));
+    }
+
+    #[test]
+    fn real_preset_sizes() {
+        let q = Preset::find("qwen3-30b-a3b").unwrap();
+        // 128 experts x 3 x 2048 x 768 x 2 B = 1.2 GB; one token reads 8 experts = 75.5 MB.
+        assert_eq!(q.total_bytes(), 128 * 3 * 2048 * 768 * 2);
+        assert_eq!(q.weight_bytes(8), 75_497_472);
+        // Mixtral: bf16 experts total 2.8 GB, as the issue says.
+        let m = Preset::find("mixtral-8x7b").unwrap();
+        assert_eq!(m.total_bytes(), 2_818_572_288);
+        assert_eq!(m.flops(1), 2.0 * 2.0 * 3.0 * 4096.0 * 14336.0);
+    }
+
+    #[test]
+    fn touched_and_expected_experts() {
+        assert_eq!(touched_experts(&[3, 1, 3, -1, 9, 1], 8), 2);
+        let p = Preset::find("tiny").unwrap();
+        assert_eq!(p.expected_touched(1), 2.0);
+        assert!((p.expected_touched(1000) - 8.0).abs() < 1e-9);
+        assert_eq!(WeightFormat::parse("fp8-block"), Some(WeightFormat::Fp8Block));
+        assert_eq!(WeightFormat::parse("int3"), None);
+    }
+}

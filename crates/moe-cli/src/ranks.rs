@@ -1,0 +1,151 @@
+//! `moe run --model ... --world N` and `mpirun -n N moe run --model ...`: the block spread
+//! over expert-parallel ranks, each rank running a contiguous slice of the input rows
+//! (attention-DP); rank 0 gathers the rows and writes `y`.
+//!
+//! In-process ranks are threads of this process; MPI ranks (feature `mpi`) are the processes
+//! of `mpirun`, detected from the launcher's environment.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use moe::process_group::InProcessGroup;
+use moe_core::{Deadline, ProcessGroup, Tensor};
+use moe_hf::{BlockOptions, Distributed, MoeBlock};
+use serde_json::json;
+
+use crate::model_run::ModelRun;
+use crate::tensor_io::{read_tensor, write_tensor};
+use crate::Summary;
+
+/// Where the ranks come from.
+pub enum Ranks {
+    /// `--world N` threads in this process.
+    InProcess(usize),
+    /// This process is one rank of an MPI job.
+    Group(Arc<dyn ProcessGroup>),
+}
+
+/// The MPI world when this process was launched by `mpirun` and the binary has MPI.
+pub fn mpi_world() -> anyhow::Result<Option<Arc<dyn ProcessGroup>>> {
+    // Open MPI and PMIx-based launchers set these; a plain `moe run` stays single-process.
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].iter().any(|v| std::env::var_os(v).is_some());
+    if !launched {
+        return Ok(None);
+    }
+    mpi_group()
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_group() -> anyhow::Result<Option<Arc<dyn ProcessGroup>>> {
+    let g = moe::process_group::MpiGroup::init().context("initializing MPI")?;
+    Ok((g.size() > 1).then(|| Arc::new(g) as Arc<dyn ProcessGroup>))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_group() -> anyhow::Result<Option<Arc<dyn ProcessGroup>>> {
+    anyhow::bail!("launched under an MPI launcher, but this `moe` was built without MPI (build with `--features mpi`)")
+}
+
+/// Contiguous row counts of `ranks` ranks over `t` rows (earlier ranks take the remainder).
+pub fn split_rows(t: usize, ranks: usize) -> Vec<usize> {
+    (0..ranks).map(|r| t / ranks + usize::from(r < t % ranks)).collect()
+}
+
+/// One rank's part of the run: load, slice, forward. Returns its output rows.
+fn rank_forward(r: &ModelRun<'_>, layer: usize, x: &Tensor, counts: &[usize], dist: Distributed) -> anyhow::Result<(Tensor, MoeBlock)> {
+    let rank = dist.group.rank();
+    let opts = BlockOptions {
+        backend: r.backend.clone(),
+        max_tokens_per_chunk: r.max_tokens_per_chunk,
+        dtype: None,
+        dequantize: r.dequantize,
+    };
+    let mut block = MoeBlock::load_distributed(r.dir, layer, opts, Some(dist))
+        .with_context(|| format!("rank {rank}: loading layer {layer} of `{}`", r.dir.display()))?;
+    let start: usize = counts[..rank].iter().sum();
+    let xs = x.narrow_rows(start, counts[rank])?;
+    let y = block.forward_with(&xs, Some(counts), false).with_context(|| format!("rank {rank}: forward"))?;
+    Ok((y, block))
+}
+
+/// Runs the block over `ranks`; prints (on rank 0 only) a summary of the gathered run.
+pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, comm: &str) -> anyhow::Result<Option<Summary>> {
+    let input = r.input.context("a multi-rank run needs --input (every rank reads its rows from it)")?;
+    let x = read_tensor(input, r.input_key)?;
+    let start = Instant::now();
+    let (world, rank0_block, y) = match ranks {
+        Ranks::InProcess(n) => {
+            let counts = split_rows(x.rows(), n);
+            let results: Vec<anyhow::Result<(Tensor, MoeBlock)>> = std::thread::scope(|s| {
+                let handles: Vec<_> = InProcessGroup::world(n)
+                    .into_iter()
+                    .map(|g| {
+                        let dist = Distributed { group: Arc::new(g), comm: comm.to_string(), eplb: None };
+                        let (x, counts) = (&x, &counts);
+                        s.spawn(move || rank_forward(r, layer, x, counts, dist))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rank thread panicked")))).collect()
+            });
+            let mut parts = Vec::new();
+            let mut first = None;
+            for res in results {
+                let (y, block) = res?;
+                parts.push(y);
+                first.get_or_insert(block);
+            }
+            let block = first.context("no ranks")?;
+            (n, Some(block), Tensor::concat_rows(&parts)?)
+        }
+        Ranks::Group(g) => {
+            let n = g.size();
+            let counts = split_rows(x.rows(), n);
+            let dist = Distributed { group: g.clone(), comm: comm.to_string(), eplb: None };
+            let (y, block) = rank_forward(r, layer, &x, &counts, dist)?;
+            let all = g
+                .all_gather_v(&y, &counts, Deadline::after(std::time::Duration::from_secs(120)))
+                .context("gathering the output rows on rank 0")?;
+            (n, (g.rank() == 0).then_some(block), all)
+        }
+    };
+    let wall = start.elapsed().as_secs_f64();
+    let Some(block) = rank0_block else { return Ok(None) };
+    if let Some(path) = r.output {
+        write_tensor(path, "y", &y)?;
+    }
+    let counts = split_rows(x.rows(), world);
+    let mut text = format!(
+        "moe run: {} layer {layer} of {} over {world} ranks (tokens per rank {counts:?})\n",
+        block.family(),
+        r.dir.display()
+    );
+    text.push_str(&block.report().to_string());
+    text.push_str(&format!("forward (load included): {} tokens in {wall:.3} s\n", x.rows()));
+    if let Some(path) = r.output {
+        text.push_str(&format!("wrote y {:?} {} to {}\n", y.shape(), y.dtype(), path.display()));
+    }
+    let json = json!({
+        "mode": "model",
+        "model": r.dir.display().to_string(),
+        "layer": layer,
+        "world": world,
+        "tokens_per_rank": counts,
+        "backend": block.backend_name(),
+        "report": block.report(),
+        "wall_s": wall,
+        "output": r.output.map(|p| p.display().to_string()),
+    });
+    Ok(Some(Summary { text, json }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_split_contiguously_with_the_remainder_first() {
+        assert_eq!(split_rows(130, 4), vec![33, 33, 32, 32]);
+        assert_eq!(split_rows(1, 3), vec![1, 0, 0]);
+    }
+}
