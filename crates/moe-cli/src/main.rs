@@ -6,6 +6,7 @@
 //! safetensors tensor and writes the output. `moe quantize` writes a float checkpoint's experts
 //! as FP8 block, NVFP4 or MXFP4. Errors print `error: <message chain>` and exit non-zero.
 
+mod eplb_cmd;
 mod model_run;
 mod prng;
 mod quantize;
@@ -17,6 +18,7 @@ mod tensor_io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use moe_hf::TargetFormat;
 
@@ -50,6 +52,86 @@ enum Command {
     /// (per expert `weight` + `weight_scale` for per-expert families). Every other tensor is
     /// copied unchanged; config.json gets the quantization_config. See docs/QUANTIZATION.md.
     Quantize(QuantizeArgs),
+
+    /// Expert-parallel load balancing: plan expert placements from recorded expert loads.
+    #[command(subcommand)]
+    Eplb(EplbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EplbCommand {
+    /// Plan a placement: which expert every physical slot serves, with replicas of hot experts.
+    ///
+    /// Input `{"load": [[...per expert...] per layer]}` (e.g. from `moe run --record-stats`);
+    /// output `{"phy2log": [[...] per layer], "logcnt": [[...]], "balancedness": [...]}` (or
+    /// TensorRT-LLM's placement YAML with --yaml). Prints balancedness (mean/max GPU load)
+    /// before and after per layer.
+    Plan(EplbPlanArgs),
+
+    /// Summarize a load file: expert imbalance per layer and, with --num-slots/--num-gpus,
+    /// the rank balancedness of the default placement.
+    Stats(EplbStatsArgs),
+}
+
+/// Placement algorithms of `moe eplb plan`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AlgorithmArg {
+    /// DeepSeek's hierarchical rebalance_experts (node -> GPU packing), reproduced exactly.
+    Deepseek,
+    /// TensorRT-LLM's greedy replication + least-loaded placement.
+    Greedy,
+    /// This project's planner: at least DeepSeek's balancedness; with --previous it limits
+    /// how many slots change.
+    Default,
+}
+
+#[derive(Debug, Args)]
+struct EplbPlanArgs {
+    /// JSON file `{"load": [[...]]}` of expert loads per layer.
+    #[arg(long, value_name = "FILE")]
+    load: PathBuf,
+    /// Physical expert slots over all GPUs (>= experts; extra slots hold replicas).
+    #[arg(long, value_name = "R")]
+    num_slots: usize,
+    /// GPUs (EP ranks) the slots are spread over.
+    #[arg(long, value_name = "P")]
+    num_gpus: usize,
+    /// Nodes the GPUs are in (DeepSeek's hierarchical policy packs groups per node).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    num_nodes: usize,
+    /// Expert groups (DeepSeek-V3 routing groups).
+    #[arg(long, value_name = "G", default_value_t = 1)]
+    num_groups: usize,
+    #[arg(long, value_enum, default_value = "default")]
+    algorithm: AlgorithmArg,
+    /// Most slots the default algorithm may change relative to --previous, per layer.
+    #[arg(long, value_name = "N", requires = "previous")]
+    max_changed_slots: Option<usize>,
+    /// The placement being replaced (a JSON plan); the default algorithm keeps what it can.
+    #[arg(long, value_name = "PLACEMENT.json")]
+    previous: Option<PathBuf>,
+    /// Where to write the placement.
+    #[arg(long, value_name = "PLACEMENT.json")]
+    output: PathBuf,
+    /// Write TensorRT-LLM's placement YAML instead of JSON.
+    #[arg(long)]
+    yaml: bool,
+    /// Print one machine-readable JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct EplbStatsArgs {
+    /// Load file written by `moe run --record-stats`.
+    file: PathBuf,
+    #[arg(long, value_name = "R", requires = "num_gpus")]
+    num_slots: Option<usize>,
+    #[arg(long, value_name = "P", requires = "num_slots")]
+    num_gpus: Option<usize>,
+    /// Print one machine-readable JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The formats `moe quantize` writes.
@@ -157,6 +239,29 @@ struct RunArgs {
     #[arg(long, value_name = "N", requires = "input", value_parser = clap::value_parser!(u64).range(1..))]
     world: Option<u64>,
 
+    /// Expert-parallel load balancing over the ranks: this many physical expert slots (>= experts;
+    /// extra slots hold replicas of hot experts), rebalanced online every --eplb-updates
+    /// iterations. Per-layer balancedness before/after each rebalance is printed.
+    #[arg(long, value_name = "R", conflicts_with = "placement")]
+    eplb_slots: Option<usize>,
+
+    /// Iterations between online rebalances (0 = keep the initial placement).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "eplb_slots")]
+    eplb_updates: usize,
+
+    /// A static expert placement in TensorRT-LLM's YAML (`num_slots`, `layer_updates_per_iter`,
+    /// `initial_global_assignments`), e.g. written by `moe eplb plan --yaml`.
+    #[arg(long, value_name = "FILE.yaml")]
+    placement: Option<PathBuf>,
+
+    /// Run the forward this many times (lets online EPLB observe loads and migrate experts).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    iterations: u64,
+
+    /// Write the run's tokens per expert as a load file for `moe eplb plan` / `moe eplb stats`.
+    #[arg(long, value_name = "FILE")]
+    record_stats: Option<PathBuf>,
+
     /// Communication strategy between ranks: auto, allgather, alltoall, packed (one collective
     /// per dispatch, for small batches).
     #[arg(long, value_name = "NAME", default_value = "auto")]
@@ -173,6 +278,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Quantize(args) => quantize(args),
+        Command::Eplb(cmd) => eplb(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -213,6 +319,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let tokens = args.tokens as usize;
     let mpi = ranks::mpi_world()?;
     let multi_rank = mpi.is_some() || args.world.is_some_and(|w| w > 1);
+    if !multi_rank && (args.eplb_slots.is_some() || args.placement.is_some()) {
+        anyhow::bail!("expert-parallel load balancing needs several ranks (--world N or mpirun)");
+    }
     if multi_rank && args.model.is_none() {
         // The synthetic layer is single-rank; multi-rank runs read a checkpoint and an input.
         anyhow::bail!("a multi-rank run needs --model and --input");
@@ -230,6 +339,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 dequantize: args.dequantize,
                 tokens,
                 seed: args.seed,
+                record_stats: args.record_stats.as_deref(),
             };
             if multi_rank {
                 if mpi.is_some() && args.world.is_some() {
@@ -240,7 +350,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     Some(g) => ranks::Ranks::Group(g),
                     None => ranks::Ranks::InProcess(args.world.unwrap_or(1) as usize),
                 };
-                match ranks::run(&run, layer, ranks, &args.comm)? {
+                let eplb = match (&args.placement, args.eplb_slots) {
+                    (Some(path), _) => {
+                        let text = std::fs::read_to_string(path)
+                            .with_context(|| format!("reading placement `{}`", path.display()))?;
+                        Some(moe_eplb::load_placement_yaml(&text)?.layer(layer)?)
+                    }
+                    (None, Some(num_slots)) => Some(moe_core::EplbConfig {
+                        num_slots,
+                        layer_updates_per_iter: args.eplb_updates,
+                        initial_global_assignments: None,
+                    }),
+                    (None, None) => None,
+                };
+                let opts = ranks::RankOptions { comm: &args.comm, eplb, iterations: args.iterations as usize };
+                match ranks::run(&run, layer, ranks, &opts)? {
                     Some(s) => s,
                     // Ranks other than 0 print nothing; rank 0 reports the gathered run.
                     None => return Ok(()),
@@ -255,14 +379,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             max_tokens_per_chunk: chunk.unwrap_or(synthetic::DEFAULT_CHUNK),
             backend: args.backend.clone(),
             output: args.output.as_deref(),
+            record_stats: args.record_stats.as_deref(),
         })?,
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&summary.json)?);
-    } else {
-        print!("{}", summary.text);
-    }
-    Ok(())
+    summary.print(args.json)
 }
 
 fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
@@ -273,16 +393,48 @@ fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         max_shard_bytes: args.max_shard_mib.map(|m| (m as usize).saturating_mul(1 << 20)),
         calibration: args.calibration.as_deref().map(|p| (p, args.calibration_key.as_str())),
     })?;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary.json)?);
-    } else {
-        print!("{}", summary.text);
-    }
-    Ok(())
+    summary.print(args.json)
+}
+
+fn eplb(cmd: EplbCommand) -> anyhow::Result<()> {
+    let (summary, json) = match cmd {
+        EplbCommand::Plan(a) => {
+            let algorithm = match a.algorithm {
+                AlgorithmArg::Deepseek => moe_eplb::Algorithm::DeepSeek,
+                AlgorithmArg::Greedy => moe_eplb::Algorithm::Greedy,
+                AlgorithmArg::Default => moe_eplb::Algorithm::Default { max_changed_slots: a.max_changed_slots },
+            };
+            let run = eplb_cmd::PlanRun {
+                load: &a.load,
+                num_slots: a.num_slots,
+                num_gpus: a.num_gpus,
+                num_nodes: a.num_nodes,
+                num_groups: a.num_groups,
+                algorithm,
+                previous: a.previous.as_deref(),
+                output: &a.output,
+                yaml: a.yaml,
+            };
+            (eplb_cmd::plan_cmd(&run)?, a.json)
+        }
+        EplbCommand::Stats(a) => (eplb_cmd::stats_cmd(&a.file, a.num_slots.zip(a.num_gpus))?, a.json),
+    };
+    summary.print(json)
 }
 
 /// What a run prints: text for people, JSON for machines.
 pub struct Summary {
     pub text: String,
     pub json: serde_json::Value,
+}
+
+impl Summary {
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(&self.json)?);
+        } else {
+            print!("{}", self.text);
+        }
+        Ok(())
+    }
 }

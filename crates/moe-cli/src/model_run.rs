@@ -28,6 +28,8 @@ pub struct ModelRun<'a> {
     /// Rows of random input when there is no `input`.
     pub tokens: usize,
     pub seed: u64,
+    /// Write tokens per expert here (`--record-stats`).
+    pub record_stats: Option<&'a Path>,
 }
 
 /// `--layer`, or the model's first MoE layer.
@@ -97,6 +99,10 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
     ));
     text.push_str(&block.report().to_string());
     text.push_str(&balance.line());
+    if let Some(path) = r.record_stats {
+        crate::eplb_cmd::record_stats(path, &balance.per_expert)?;
+        text.push_str(&format!("recorded tokens per expert to {}\n", path.display()));
+    }
     text.push_str(&format!(
         "load: {load_s:.3} s; forward: {t} tokens in {wall:.3} s, {:.3} GFLOP routed -> {gflops:.2} GFLOP/s\n",
         flops / 1e9

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use moe::process_group::InProcessGroup;
-use moe_core::{Deadline, ProcessGroup, Tensor};
+use moe_core::{Deadline, EplbConfig, ProcessGroup, Tensor};
 use moe_hf::{BlockOptions, Distributed, MoeBlock};
 use serde_json::json;
 
@@ -47,13 +47,29 @@ fn mpi_group() -> anyhow::Result<Option<Arc<dyn ProcessGroup>>> {
     anyhow::bail!("launched under an MPI launcher, but this `moe` was built without MPI (build with `--features mpi`)")
 }
 
+/// What every rank runs with.
+pub struct RankOptions<'a> {
+    /// Communication strategy (`auto` or a name of `moe::COMM_NAMES`).
+    pub comm: &'a str,
+    pub eplb: Option<EplbConfig>,
+    /// Forwards to run (online EPLB rebalances between them).
+    pub iterations: usize,
+}
+
 /// Contiguous row counts of `ranks` ranks over `t` rows (earlier ranks take the remainder).
 pub fn split_rows(t: usize, ranks: usize) -> Vec<usize> {
     (0..ranks).map(|r| t / ranks + usize::from(r < t % ranks)).collect()
 }
 
 /// One rank's part of the run: load, slice, forward. Returns its output rows.
-fn rank_forward(r: &ModelRun<'_>, layer: usize, x: &Tensor, counts: &[usize], dist: Distributed) -> anyhow::Result<(Tensor, MoeBlock)> {
+fn rank_forward(
+    r: &ModelRun<'_>,
+    layer: usize,
+    x: &Tensor,
+    counts: &[usize],
+    dist: Distributed,
+    iterations: usize,
+) -> anyhow::Result<(Tensor, MoeBlock)> {
     let rank = dist.group.rank();
     let opts = BlockOptions {
         backend: r.backend.clone(),
@@ -65,12 +81,16 @@ fn rank_forward(r: &ModelRun<'_>, layer: usize, x: &Tensor, counts: &[usize], di
         .with_context(|| format!("rank {rank}: loading layer {layer} of `{}`", r.dir.display()))?;
     let start: usize = counts[..rank].iter().sum();
     let xs = x.narrow_rows(start, counts[rank])?;
-    let y = block.forward_with(&xs, Some(counts), false).with_context(|| format!("rank {rank}: forward"))?;
+    let mut y = block.forward_with(&xs, Some(counts), false).with_context(|| format!("rank {rank}: forward"))?;
+    for it in 1..iterations {
+        y = block.forward_with(&xs, Some(counts), false).with_context(|| format!("rank {rank}: forward {it}"))?;
+    }
     Ok((y, block))
 }
 
 /// Runs the block over `ranks`; prints (on rank 0 only) a summary of the gathered run.
-pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, comm: &str) -> anyhow::Result<Option<Summary>> {
+pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) -> anyhow::Result<Option<Summary>> {
+    let dist = |group: Arc<dyn ProcessGroup>| Distributed { group, comm: o.comm.to_string(), eplb: o.eplb.clone() };
     let input = r.input.context("a multi-rank run needs --input (every rank reads its rows from it)")?;
     let x = read_tensor(input, r.input_key)?;
     let start = Instant::now();
@@ -81,9 +101,9 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, comm: &str) -> anyhow::
                 let handles: Vec<_> = InProcessGroup::world(n)
                     .into_iter()
                     .map(|g| {
-                        let dist = Distributed { group: Arc::new(g), comm: comm.to_string(), eplb: None };
+                        let d = dist(Arc::new(g));
                         let (x, counts) = (&x, &counts);
-                        s.spawn(move || rank_forward(r, layer, x, counts, dist))
+                        s.spawn(move || rank_forward(r, layer, x, counts, d, o.iterations))
                     })
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rank thread panicked")))).collect()
@@ -101,8 +121,7 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, comm: &str) -> anyhow::
         Ranks::Group(g) => {
             let n = g.size();
             let counts = split_rows(x.rows(), n);
-            let dist = Distributed { group: g.clone(), comm: comm.to_string(), eplb: None };
-            let (y, block) = rank_forward(r, layer, &x, &counts, dist)?;
+            let (y, block) = rank_forward(r, layer, &x, &counts, dist(g.clone()), o.iterations)?;
             let all = g
                 .all_gather_v(&y, &counts, Deadline::after(std::time::Duration::from_secs(120)))
                 .context("gathering the output rows on rank 0")?;
@@ -121,7 +140,18 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, comm: &str) -> anyhow::
         r.dir.display()
     );
     text.push_str(&block.report().to_string());
-    text.push_str(&format!("forward (load included): {} tokens in {wall:.3} s\n", x.rows()));
+    text.push_str(&format!(
+        "forward (load included): {} tokens x {} iteration(s) in {wall:.3} s\n",
+        x.rows(),
+        o.iterations
+    ));
+    let reports = block.routed().rebalance_reports();
+    for rep in reports {
+        text.push_str(&format!(
+            "eplb layer {} iteration {}: balancedness (mean/max rank load) {:.4} -> {:.4}, {} slot(s) changed ({})\n",
+            rep.layer_idx, rep.iteration, rep.balancedness_before, rep.balancedness_after, rep.changed_slots, rep.algorithm
+        ));
+    }
     if let Some(path) = r.output {
         text.push_str(&format!("wrote y {:?} {} to {}\n", y.shape(), y.dtype(), path.display()));
     }
@@ -134,6 +164,8 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, comm: &str) -> anyhow::
         "backend": block.backend_name(),
         "report": block.report(),
         "wall_s": wall,
+        "iterations": o.iterations,
+        "eplb": reports,
         "output": r.output.map(|p| p.display().to_string()),
     });
     Ok(Some(Summary { text, json }))

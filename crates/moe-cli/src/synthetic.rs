@@ -31,6 +31,8 @@ pub struct SyntheticRun<'a> {
     pub max_tokens_per_chunk: usize,
     pub backend: Option<String>,
     pub output: Option<&'a Path>,
+    /// Write tokens per expert here (`--record-stats`).
+    pub record_stats: Option<&'a Path>,
 }
 
 pub fn run(r: &SyntheticRun<'_>) -> anyhow::Result<Summary> {
@@ -100,6 +102,10 @@ pub fn run(r: &SyntheticRun<'_>) -> anyhow::Result<Summary> {
     );
     text.push_str(&layer.report().to_string());
     text.push_str(&balance.line());
+    if let Some(path) = r.record_stats {
+        crate::eplb_cmd::record_stats(path, &balance.per_expert)?;
+        text.push_str(&format!("recorded tokens per expert to {}\n", path.display()));
+    }
     text.push_str(&format!(
         "forward: {t} tokens in {wall:.3} s ({:.0} tokens/s), {:.2} GFLOP routed -> {gflops:.2} GFLOP/s\n",
         t as f64 / wall.max(1e-9),

@@ -393,3 +393,45 @@ fn write_ragged_mixtral(dir: &Path) {
         .collect();
     std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
 }
+
+/// `--world N`: in-process expert-parallel ranks, every strategy, each rank a contiguous
+/// slice of the rows; rank 0 writes the gathered `y`, which must match the oracle.
+#[test]
+fn world_ranks_match_the_oracle_through_the_cli() {
+    for (name, tol) in [("mixtral-float32", 1e-5), ("deepseek_v3-bfloat16", 3e-2), ("llama4-float32", 1e-5)] {
+        for (world, comm) in [("2", "allgather"), ("4", "alltoall"), ("3", "packed")] {
+            check_fixture(name, tol, &["--world", world, "--comm", comm]);
+        }
+        check_fixture(name, tol, &["--world", "2", "--backend", "cpu-fused", "--max-tokens-per-chunk", "16"]);
+        // Online EPLB with replicas: the output must not change while experts migrate.
+        check_fixture(name, tol, &["--world", "4", "--eplb-slots", "24", "--iterations", "3"]);
+    }
+}
+
+#[test]
+fn eplb_plan_and_stats_round_trip_a_recorded_load() {
+    let dir = scratch("eplb");
+    let load = dir.join("load.json");
+    let o = moe(&["run", "--tokens", "256", "--record-stats", load.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stats = moe(&["eplb", "stats", load.to_str().unwrap(), "--num-slots", "80", "--num-gpus", "8"]);
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    assert!(String::from_utf8_lossy(&stats.stdout).contains("rank balancedness"));
+    let first = dir.join("p1.json");
+    let plan = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["eplb", "plan", "--load", load.to_str().unwrap(), "--num-slots", "80", "--num-gpus", "8", "--output", out.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let o = moe(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let p1 = plan(&first, &["--algorithm", "deepseek"]);
+    let (before, after) = (p1["balancedness_before"][0].as_f64().unwrap(), p1["balancedness"][0].as_f64().unwrap());
+    assert!(after > before, "planning improves balance: {before} -> {after}");
+    let p2 = plan(&dir.join("p2.json"), &["--previous", first.to_str().unwrap(), "--max-changed-slots", "4"]);
+    assert!(p2["changed_slots"][0].as_u64().unwrap() <= 4);
+    let bad = moe(&["eplb", "plan", "--load", load.to_str().unwrap(), "--num-slots", "70", "--num-gpus", "8", "--output", "/dev/null"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("num_slots"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let _ = std::fs::remove_dir_all(dir);
+}

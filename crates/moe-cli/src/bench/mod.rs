@@ -1,0 +1,276 @@
+//! `moe bench`: the MoE layer on named presets at several token counts, timed against the
+//! machine's measured ceilings and, when given, a peer's timings on the same weights.
+//!
+//! - [`preset`]: the shapes and the FLOP/byte arithmetic;
+//! - [`cache`]: random weights and inputs, generated once and cached under `.moe-cache/`;
+//! - [`ceilings`]: f32 GEMM throughput and f32 GEMV read bandwidth, measured in the run;
+//! - [`runner`]: building the layer and timing its forward (median after warm-up);
+//! - [`report`]: the text table, JSON lines and `docs/BENCHMARKS.md`.
+//!
+//! `cargo xtask bench` drives it: `--prepare` generates the caches and prints the plan the
+//! candle peer follows, then a full run with `--peer` and `--markdown` writes the page.
+
+pub mod cache;
+pub mod ceilings;
+pub mod preset;
+pub mod report;
+pub mod runner;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use ceilings::Ceilings;
+use preset::{Preset, WeightFormat, DEFAULT_RUN_MAX_FLOP, TOKENS};
+use report::{Machine, Page};
+use runner::Row;
+
+/// Flags of `moe bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Preset to run: qwen3-30b-a3b, mixtral-8x7b, deepseek-v3, tiny (default: the first
+    /// three).
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+
+    /// Token counts to run, comma-separated (default: 1,8,64,512,4096 less the rows that
+    /// would take minutes here, which are listed; naming a count runs it regardless).
+    #[arg(long, value_name = "N", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    tokens: Vec<u64>,
+
+    /// Backend to time (cpu, reference, ...).
+    #[arg(long, value_name = "NAME", default_value = "cpu")]
+    backend: String,
+
+    /// Print one JSON object per row instead of the table.
+    #[arg(long)]
+    json: bool,
+
+    /// Timed forwards per row (default: 15, 7 or 3 by the expected forward time).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    repeats: Option<u64>,
+
+    /// Untimed forwards before the timed ones.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    warmup: u64,
+
+    /// Store the preset's weights as f32, bf16 or fp8-block instead of its own format.
+    #[arg(long, value_name = "FORMAT")]
+    weights: Option<String>,
+
+    /// Where generated weights and inputs are cached.
+    #[arg(long, value_name = "DIR", default_value = ".moe-cache/bench")]
+    cache_dir: PathBuf,
+
+    /// Seed of the generated weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Size of the bandwidth ceiling's GEMV matrix (keep it far above the last-level cache).
+    #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    ceiling_mib: u64,
+
+    /// Side of the GEMM ceiling's square problem.
+    #[arg(long, value_name = "N", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    ceiling_gemm: u64,
+
+    /// JSON lines of a peer's timings (preset, tokens, backend, median_ms) to put next to ours.
+    #[arg(long, value_name = "FILE")]
+    peer: Option<PathBuf>,
+
+    /// Also write the report as markdown (docs/BENCHMARKS.md).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+
+    /// Generate the caches of the selected rows and print the plan (one line per preset:
+    /// name, cache directory, tokens:repeats,...) without timing anything.
+    #[arg(long)]
+    prepare: bool,
+}
+
+/// A preset with the rows to run.
+struct Plan {
+    preset: Preset,
+    /// (tokens, timed repeats).
+    rows: Vec<(usize, usize)>,
+}
+
+/// The presets and rows the flags select, and notes on the default rows left out.
+fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
+    let override_weights = match &args.weights {
+        Some(w) => Some(WeightFormat::parse(w).with_context(|| format!("unknown weight format `{w}` (f32, bf16, fp8-block)"))?),
+        None => None,
+    };
+    let presets: Vec<Preset> = match &args.preset {
+        Some(name) => vec![Preset::find(name)
+            .with_context(|| format!("unknown preset `{name}` (known: {})", Preset::names().join(", ")))?],
+        None => preset::PRESETS.iter().copied().filter(|p| p.in_default_run).collect(),
+    };
+    let mut plans = Vec::new();
+    let mut not_run = Vec::new();
+    for p in presets {
+        let p = override_weights.map_or(p, |w| p.with_weights(w));
+        let tokens: Vec<usize> = if args.tokens.is_empty() {
+            TOKENS.iter().copied().filter(|&t| {
+                let keep = p.flops(t) <= DEFAULT_RUN_MAX_FLOP;
+                if !keep {
+                    not_run.push(format!(
+                        "{} T={t}: {:.2} TFLOP per forward, about {:.0} s each at 100 GFLOP/s (x 4 with warm-up, more for the peer)",
+                        p.name,
+                        p.flops(t) / 1e12,
+                        runner::estimate_s(&p, t)
+                    ));
+                }
+                keep
+            })
+            .collect()
+        } else {
+            args.tokens.iter().map(|&t| t as usize).collect()
+        };
+        let rows = tokens
+            .into_iter()
+            .map(|t| (t, args.repeats.map_or_else(|| runner::default_repeats(runner::estimate_s(&p, t)), |r| r as usize)))
+            .collect();
+        plans.push(Plan { preset: p, rows });
+    }
+    Ok((plans, not_run))
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    b.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    b
+}
+
+/// Opens (generating if needed) the cache of `plan`'s preset, with a progress bar.
+fn cache_of(args: &BenchArgs, plan: &Plan) -> anyhow::Result<cache::Cache> {
+    let p = &plan.preset;
+    let rows = plan.rows.iter().map(|r| r.0).max().unwrap_or(1).max(TOKENS[TOKENS.len() - 1]);
+    let gen = bar(p.experts as u64, "{spinner} generating {msg} weights {bar:30} {pos}/{len} experts {elapsed}");
+    gen.set_message(p.name);
+    let c = cache::ensure(&args.cache_dir, p, args.seed, rows, &|done, _| gen.set_position(done as u64))?;
+    gen.finish_and_clear();
+    Ok(c)
+}
+
+/// Reads a peer's JSON lines into rows, with our arithmetic (the same routing reads the same
+/// experts, so the touched count comes from our row of the same preset and token count).
+fn read_peer(path: &Path, ours: &[Row]) -> anyhow::Result<Vec<Row>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        preset: String,
+        tokens: usize,
+        backend: String,
+        median_ms: f64,
+        #[serde(default)]
+        min_ms: Option<f64>,
+        #[serde(default)]
+        repeats: Option<usize>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading peer timings `{}`", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let l: Line = serde_json::from_str(line).with_context(|| format!("{}:{}: not a peer timing line", path.display(), i + 1))?;
+        let Some(ours) = ours.iter().find(|r| r.preset == l.preset && r.tokens == l.tokens) else { continue };
+        let Some(p) = Preset::find(&l.preset) else { continue };
+        let p = WeightFormat::parse(&ours.weights).map_or(p, |w| p.with_weights(w));
+        let mut t = [l.median_ms / 1e3];
+        let mut row = Row::new(&p, l.tokens, &l.backend, &mut t, ours.experts_touched);
+        row.min_ms = l.min_ms.unwrap_or(l.median_ms);
+        row.repeats = l.repeats.unwrap_or(1);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (plans, not_run) = plan(&args)?;
+    if args.prepare {
+        for plan in &plans {
+            let c = cache_of(&args, plan)?;
+            let rows: Vec<String> = plan.rows.iter().map(|(t, r)| format!("{t}:{r}")).collect();
+            println!("{} {} {}", plan.preset.name, c.dir.display(), rows.join(","));
+        }
+        for n in &not_run {
+            eprintln!("note: not in the default run: {n}");
+        }
+        return Ok(());
+    }
+    let machine = Machine::probe();
+    if machine.busy_rustc > 0 {
+        eprintln!("warning: {} rustc processes are running; timings will be noisy", machine.busy_rustc);
+    }
+    let ceilings: Ceilings = ceilings::measure(args.ceiling_gemm as usize, args.ceiling_mib << 20);
+    if !args.json {
+        println!("moe bench: {}", machine.line());
+        println!("{}", report::ceilings_line(&ceilings));
+    }
+    let total: u64 = plans.iter().flat_map(|p| p.rows.iter()).map(|(_, r)| (*r as u64) + args.warmup).sum();
+    let mut rows = Vec::new();
+    let progress = bar(total, "{spinner} {msg} {bar:30} {pos}/{len} forwards {elapsed}");
+    for plan in &plans {
+        let p = &plan.preset;
+        let cache = cache_of(&args, plan)?;
+        progress.set_message(format!("{} loading", p.name));
+        let mut layer = runner::build(p, &args.backend, &cache)?;
+        for &(tokens, repeats) in &plan.rows {
+            progress.set_message(format!("{} T={tokens}", p.name));
+            let (x, logits) = cache.inputs(tokens)?;
+            let touched = runner::touched(p, &logits)?;
+            let mut times = runner::time_forward(&mut layer, &x, &logits, args.warmup as usize, repeats, &|| progress.inc(1))
+                .with_context(|| format!("{} T={tokens} on {}", p.name, args.backend))?;
+            let row = Row::new(p, tokens, layer.backend_name(), &mut times, touched);
+            if args.json {
+                // Rows stream out as they finish; the peer's are matched at the end.
+                if args.peer.is_none() {
+                    progress.suspend(|| println!("{}", report::row_json(&row, &ceilings, None)));
+                }
+            }
+            rows.push(row);
+        }
+    }
+    progress.finish_and_clear();
+    let peers = match &args.peer {
+        Some(path) => read_peer(path, &rows)?,
+        None => Vec::new(),
+    };
+    if args.json {
+        if args.peer.is_some() {
+            for r in &rows {
+                println!("{}", report::row_json(r, &ceilings, report::peer_of(r, &peers)));
+            }
+            for r in &peers {
+                println!("{}", report::row_json(r, &ceilings, None));
+            }
+        }
+    } else {
+        print!("{}", report::table(&rows, &peers, &ceilings));
+        for t in report::targets(&rows, &peers, &ceilings) {
+            println!("{t}");
+        }
+        for n in &not_run {
+            println!("not in the default run: {n}");
+        }
+    }
+    if rows.is_empty() {
+        bail!("no rows were selected");
+    }
+    if let Some(path) = &args.markdown {
+        let machine = Machine { busy_rustc: machine.busy_rustc.max(report::busy_rustc()), ..machine };
+        let page = report::markdown(&Page {
+            machine: &machine,
+            ceilings: &ceilings,
+            rows: &rows,
+            peers: &peers,
+            not_run: &not_run,
+            command: "cargo xtask bench",
+        });
+        std::fs::write(path, page).with_context(|| format!("writing `{}`", path.display()))?;
+    }
+    Ok(())
+}

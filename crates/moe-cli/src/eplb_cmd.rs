@@ -1,0 +1,111 @@
+//! `moe eplb plan` and `moe eplb stats`: expert placements from recorded expert loads.
+//!
+//! `plan` reads `{"load": [[...per expert...] per layer]}` (the file `moe run --record-stats`
+//! writes), runs a placement algorithm and writes `{"phy2log", "logcnt", ...}` plus the
+//! balancedness per layer; `--yaml` writes TensorRT-LLM's placement YAML instead. `stats`
+//! summarizes a recorded load file: per-layer imbalance of experts and, for a geometry, of
+//! ranks under the default slot table.
+
+use std::path::Path;
+
+use anyhow::Context;
+use moe_eplb::{balancedness, default_assignment, placement_yaml, plan, Algorithm, PlanInput, PlanOutput};
+use serde_json::json;
+
+use crate::Summary;
+
+/// Parameters of `moe eplb plan`.
+pub struct PlanRun<'a> {
+    pub load: &'a Path,
+    pub num_slots: usize,
+    pub num_gpus: usize,
+    pub num_nodes: usize,
+    pub num_groups: usize,
+    pub algorithm: Algorithm,
+    pub previous: Option<&'a Path>,
+    pub output: &'a Path,
+    /// Write TensorRT-LLM's YAML (`num_slots`, `initial_global_assignments`) instead of JSON.
+    pub yaml: bool,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {what} `{}`", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {what} `{}`", path.display()))
+}
+
+pub fn plan_cmd(r: &PlanRun<'_>) -> anyhow::Result<Summary> {
+    let input: PlanInput = read_json(r.load, "load file")?;
+    let previous: Option<PlanOutput> = r.previous.map(|p| read_json(p, "previous placement")).transpose()?;
+    let out = plan(
+        &input.load,
+        r.num_slots,
+        r.num_gpus,
+        r.num_nodes,
+        r.num_groups,
+        r.algorithm,
+        previous.as_ref().map(|p| p.phy2log.as_slice()),
+    )?;
+    let body = if r.yaml {
+        let layers: Vec<usize> = (0..input.load.len()).collect();
+        placement_yaml(&out, &layers, 0)?
+    } else {
+        serde_json::to_string_pretty(&out)?
+    };
+    std::fs::write(r.output, body).with_context(|| format!("writing placement `{}`", r.output.display()))?;
+    let mut text = format!(
+        "eplb plan: {} layer(s), {} slots on {} GPU(s) in {} node(s), algorithm {}\n",
+        input.load.len(),
+        r.num_slots,
+        r.num_gpus,
+        r.num_nodes,
+        r.algorithm.name()
+    );
+    for (l, ((after, before), changed)) in out.balancedness.iter().zip(&out.balancedness_before).zip(&out.changed_slots).enumerate() {
+        text.push_str(&format!(
+            "layer {l}: balancedness (mean/max GPU load) {before:.4} -> {after:.4}, {changed} slot(s) changed\n"
+        ));
+    }
+    text.push_str(&format!("wrote {}\n", r.output.display()));
+    let json = json!({
+        "layers": input.load.len(),
+        "algorithm": r.algorithm.name(),
+        "balancedness_before": out.balancedness_before,
+        "balancedness": out.balancedness,
+        "changed_slots": out.changed_slots,
+        "output": r.output.display().to_string(),
+    });
+    Ok(Summary { text, json })
+}
+
+/// `moe eplb stats FILE [--num-slots R --num-gpus P]`.
+pub fn stats_cmd(path: &Path, geometry: Option<(usize, usize)>) -> anyhow::Result<Summary> {
+    let input: PlanInput = read_json(path, "load file")?;
+    let mut text = format!("eplb stats: {} ({} layer(s))\n", path.display(), input.load.len());
+    let mut layers = Vec::new();
+    for (l, load) in input.load.iter().enumerate() {
+        let total: f64 = load.iter().sum();
+        let mean = total / load.len().max(1) as f64;
+        let max = load.iter().copied().fold(0.0, f64::max);
+        let hottest = load.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+        let ranks = match geometry {
+            Some((slots, gpus)) => {
+                moe_eplb::validate_geometry(load.len(), slots, gpus, 1, 1)?;
+                Some(balancedness(load, &default_assignment(load.len(), slots, gpus), gpus))
+            }
+            None => None,
+        };
+        text.push_str(&format!(
+            "layer {l}: {total:.0} routed, expert max/mean {:.2} (hottest expert {hottest}){}\n",
+            if mean > 0.0 { max / mean } else { 0.0 },
+            ranks.map_or(String::new(), |b| format!(", rank balancedness {b:.4} under the default placement")),
+        ));
+        layers.push(json!({ "layer": l, "routed": total, "expert_max_over_mean": if mean > 0.0 { max / mean } else { 0.0 }, "hottest_expert": hottest, "rank_balancedness": ranks }));
+    }
+    Ok(Summary { text, json: json!({ "file": path.display().to_string(), "layers": layers }) })
+}
+
+/// Writes the per-expert loads of a run as a one-layer load file for `moe eplb plan`.
+pub fn record_stats(path: &Path, per_expert: &[usize]) -> anyhow::Result<()> {
+    let input = PlanInput { load: vec![per_expert.iter().map(|&c| c as f64).collect()] };
+    std::fs::write(path, serde_json::to_string(&input)?).with_context(|| format!("writing statistics `{}`", path.display()))
+}
