@@ -1,1 +1,74 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! - `test`: the workspace tests (nextest), the backend matrix, the boundary checks;
+//! - `test-matrix`: moe-testkit's matrix, one line per cell;
+//! - `check-boundaries`: the architecture rules of `docs/ARCHITECTURE.md`;
+//! - `codegen`: generated sections of `docs/`.
+
+mod boundaries;
+mod flags;
+mod legs;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use flags::Command;
+
+/// The workspace root (xtask lives one level below it).
+pub fn project_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command; `Ok(false)` when it ran and found failures.
+fn run(args: &[String]) -> Result<bool> {
+    match flags::parse(args)? {
+        Command::Help => {
+            print!("{}", flags::USAGE);
+            Ok(true)
+        }
+        Command::CheckBoundaries { root, list } => {
+            if list {
+                for r in boundaries::rules() {
+                    println!("{:<30} {}", r.id, r.what);
+                }
+                return Ok(true);
+            }
+            check_boundaries(&root.unwrap_or_else(project_root))
+        }
+        Command::TestMatrix { json, filter } => {
+            legs::test_matrix(&project_root(), json, filter.as_deref())
+        }
+        Command::Codegen { check } => legs::codegen(&project_root(), check),
+        Command::Test => legs::test(&project_root()),
+    }
+}
+
+/// Prints every violation under `root`; `Ok(false)` if there is any.
+pub fn check_boundaries(root: &Path) -> Result<bool> {
+    let violations = boundaries::check(root)?;
+    for v in &violations {
+        println!("{v}");
+    }
+    if violations.is_empty() {
+        println!("check-boundaries: ok ({} rules)", boundaries::rules().len());
+        Ok(true)
+    } else {
+        println!("check-boundaries: {} violation(s)", violations.len());
+        Ok(false)
+    }
+}

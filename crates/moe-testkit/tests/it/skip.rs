@@ -1,0 +1,102 @@
+//! Skip decisions come from the resolution report alone: the requested backend's rejection
+//! (closed reason + detail) is the skip; anything else is a run or an error, never a skip.
+
+use moe_core::{
+    DType, MoeConfig, MoeEnvironment, RejectReason, RejectedCandidate, ResolutionReport,
+    RoutingMethod, SelectedBy,
+};
+use moe_testkit::skip::{Decision, decision_from_report};
+
+/// A report from the real factory with its verdict fields replaced, so new report fields
+/// never break these tests.
+fn report(winner: Option<&str>, rejected: &[(&str, RejectReason)]) -> ResolutionReport {
+    let config = MoeConfig::new(
+        8,
+        16,
+        16,
+        DType::F32,
+        RoutingMethod::Renormalize { top_k: 2 },
+    );
+    let env = MoeEnvironment {
+        cpu_threads: 1,
+        cuda_sm: None,
+        available_deps: vec![],
+    };
+    let mut r = moe::resolve_moe_impl(&config, &env).expect("plain f32 layer resolves");
+    r.winner = winner.map(str::to_string);
+    r.selected_by = if winner.is_some() {
+        SelectedBy::Pinned
+    } else {
+        SelectedBy::Failed
+    };
+    r.eligible = winner.into_iter().map(str::to_string).collect();
+    r.rejected = rejected
+        .iter()
+        .map(|(b, r)| RejectedCandidate {
+            backend: b.to_string(),
+            reason: *r,
+            detail: format!("{b} says no"),
+        })
+        .collect();
+    r
+}
+
+#[test]
+fn the_winner_runs() {
+    assert_eq!(
+        decision_from_report("cpu", &report(Some("cpu"), &[])).unwrap(),
+        Decision::Run
+    );
+}
+
+#[test]
+fn a_rejected_request_skips_with_its_reason_even_when_a_fallback_won() {
+    let r = report(Some("cpu"), &[("gpu", RejectReason::DeviceUnsupported)]);
+    let Decision::Skip(s) = decision_from_report("gpu", &r).unwrap() else {
+        panic!("expected a skip")
+    };
+    assert_eq!(s.backend, "gpu");
+    assert_eq!(s.reason, RejectReason::DeviceUnsupported);
+    assert_eq!(s.detail, "gpu says no");
+    assert_eq!(
+        s.to_string(),
+        "gpu rejects: DEVICE_UNSUPPORTED (gpu says no)"
+    );
+}
+
+#[test]
+fn losing_without_a_rejection_is_an_error_not_a_skip() {
+    assert!(decision_from_report("gpu", &report(Some("cpu"), &[])).is_err());
+}
+
+#[test]
+fn the_real_factory_decides_the_real_backends() {
+    let env = moe::probe_environment();
+    for name in moe::BACKEND_NAMES {
+        let mut c = MoeConfig::new(
+            8,
+            32,
+            48,
+            DType::F32,
+            RoutingMethod::Renormalize { top_k: 2 },
+        );
+        c.backend = Some(name.to_string());
+        assert_eq!(
+            moe_testkit::decide(&c, &env).unwrap(),
+            Decision::Run,
+            "{name} must run plain f32 SwiGLU"
+        );
+    }
+    let mut c = MoeConfig::new(
+        8,
+        32,
+        48,
+        DType::F32,
+        RoutingMethod::Renormalize { top_k: 2 },
+    );
+    c.backend = Some("no-such-backend".into());
+    assert!(
+        moe_testkit::decide(&c, &env).is_err(),
+        "an unknown name is an error, not a skip"
+    );
+}
