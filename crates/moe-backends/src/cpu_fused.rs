@@ -61,7 +61,8 @@ impl MoeBackend for FusedCpuBackend {
     }
 
     fn declared_capabilities() -> Capabilities {
-        CpuBackend::declared_capabilities()
+        // The CPU kernels' formats and dtypes, minus what the in-kernel exchange cannot do.
+        Capabilities { supports_tp: false, supports_apply_router_weight_on_input: false, ..CpuBackend::declared_capabilities() }
     }
 
     fn create(config: &MoeConfig, partition: ExpertPartition) -> Result<Self> {
@@ -73,7 +74,7 @@ impl MoeBackend for FusedCpuBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        Self::declared_capabilities()
     }
 
     fn scheduler_kind(&self) -> SchedulerKind {

@@ -284,11 +284,41 @@ impl MoeConfig {
         if self.moe_max_num_tokens == Some(0) {
             return Err(MoeError::config("moe_max_num_tokens", "must be at least 1"));
         }
+        if let (RoutingMethod::Static { .. }, Some(limit)) = (&self.routing, self.moe_max_num_tokens) {
+            // A static table is indexed by token, and a chunk does not know its offset.
+            return Err(MoeError::config(
+                "moe_max_num_tokens",
+                format!("a static routing table cannot be split into chunks of {limit} tokens; leave chunking off"),
+            ));
+        }
         if let Activation::SwigluGptOss { limit, .. } = self.activation {
             if limit.is_nan() || limit <= 0.0 {
                 return Err(MoeError::config("activation.limit", format!("must be > 0, got {limit}")));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_tables_refuse_chunking() {
+        let routing = RoutingMethod::Static { top_k: 1, ids: vec![0, 1], scales: None };
+        let mut c = MoeConfig::new(2, 4, 4, DType::F32, routing);
+        assert!(c.validate().is_ok());
+        c.moe_max_num_tokens = Some(1);
+        let err = c.validate().unwrap_err();
+        assert!(matches!(&err, MoeError::InvalidConfig { field, .. } if field == "moe_max_num_tokens"), "{err}");
+    }
+
+    #[test]
+    fn tp_must_divide_the_intermediate_size() {
+        let mut c = MoeConfig::new(4, 8, 6, DType::BF16, RoutingMethod::Renormalize { top_k: 2 });
+        c.parallel.tp_size = 4;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("not divisible by tp_size 4"), "{err}");
     }
 }
