@@ -9,7 +9,8 @@ pub const USAGE: &str = "\
 usage: cargo xtask <command> [flags]
 
 commands:
-  test                       nextest over the workspace, then test-matrix, then check-boundaries
+  test                       nextest over the workspace, test-matrix, the mpirun leg, check-boundaries
+  test-mpi                   only the multi-process leg (mpirun -n 2 and -n 4; needs Open MPI)
   test-matrix [--json] [--filter S]
                              run the backend x dtype x routing x shape x chunking matrix
   check-boundaries [--root DIR] [--list]
@@ -21,6 +22,7 @@ commands:
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Test,
+    TestMpi,
     TestMatrix { json: bool, filter: Option<String> },
     CheckBoundaries { root: Option<PathBuf>, list: bool },
     Codegen { check: bool },
@@ -34,6 +36,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
     let mut rest = rest.iter();
     let command = match cmd.as_str() {
         "test" => Command::Test,
+        "test-mpi" => Command::TestMpi,
         "test-matrix" => {
             let (mut json, mut filter) = (false, None);
             while let Some(flag) = rest.next() {

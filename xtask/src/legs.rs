@@ -106,9 +106,10 @@ const LEGS: &[Leg] = &[
         name: "test-matrix",
         run: |root| test_matrix(root, false, None),
     },
-    // Multi-rank leg goes here: `mpirun -n 2 <moe-comm MPI test binary>` once moe-comm's
-    // `mpi` feature lands, run only where `mpirun` is on PATH and reported as a visible
-    // skip otherwise.
+    Leg {
+        name: "multi-process (mpirun -n 2 and -n 4)",
+        run: crate::mpi::mpi_leg,
+    },
     Leg {
         name: "check-boundaries",
         run: crate::check_boundaries,

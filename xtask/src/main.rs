@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `test`: the workspace tests (nextest), the backend matrix, the boundary checks;
+//! - `test`: the workspace tests (nextest), the backend matrix, the multi-process runs under
+//!   `mpirun`, the boundary checks;
 //! - `test-matrix`: moe-testkit's matrix, one line per cell;
 //! - `check-boundaries`: the architecture rules of `docs/ARCHITECTURE.md`;
 //! - `codegen`: generated sections of `docs/`.
@@ -8,6 +9,7 @@
 mod boundaries;
 mod flags;
 mod legs;
+mod mpi;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +57,7 @@ fn run(args: &[String]) -> Result<bool> {
         }
         Command::Codegen { check } => legs::codegen(&project_root(), check),
         Command::Test => legs::test(&project_root()),
+        Command::TestMpi => mpi::mpi_leg(&project_root()),
     }
 }
 
