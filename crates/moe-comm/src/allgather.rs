@@ -44,16 +44,8 @@ impl Communication for AllGatherReduceScatter {
     }
 
     fn dispatch(&mut self, p: DispatchPayload, list: &[usize], use_dp_padding: bool) -> Result<DispatchPayload> {
-        if list.len() == 1 {
-            // Replicated tokens (no attention-DP): nothing to move.
-            self.counts = None;
-            return Ok(p);
-        }
-        if list.len() != self.group.size() {
-            return Err(MoeError::config("all_rank_num_tokens", format!("{} entries for {} ranks", list.len(), self.group.size())));
-        }
-        let max = list.iter().copied().max().unwrap_or(0);
-        let counts = if use_dp_padding { vec![max; list.len()] } else { list.to_vec() };
+        self.counts = gather_counts(self.group.as_ref(), list, use_dp_padding)?;
+        let Some(counts) = self.counts.clone() else { return Ok(p) };
         let deadline = Deadline::after(self.timeout);
         let out = DispatchPayload {
             x: self.gather(&p.x, &counts, deadline)?,
@@ -61,19 +53,42 @@ impl Communication for AllGatherReduceScatter {
             slots: self.gather(&p.slots, &counts, deadline)?,
             scales: p.scales.as_ref().map(|s| self.gather(s, &counts, deadline)).transpose()?,
         };
-        self.counts = Some(counts);
         Ok(out)
     }
 
     fn combine(&mut self, out: Tensor, _: usize) -> Result<Tensor> {
-        let deadline = Deadline::after(self.timeout);
-        match self.counts.take() {
-            Some(counts) => self.group.reduce_scatter_v(&out, &counts, deadline),
-            None => self.group.all_reduce_sum(&out, deadline),
-        }
+        reduce_to_owners(self.group.as_ref(), self.counts.take(), &out, Deadline::after(self.timeout))
     }
 
     fn destroy(&mut self) -> Result<()> {
         self.group.barrier(Deadline::after(self.timeout))
+    }
+}
+
+/// Rows every rank contributes to a gather-style dispatch: `None` for replicated tokens (a
+/// one-entry list: every rank already holds them), else the list, padded to its maximum when
+/// the caller pads.
+pub(crate) fn gather_counts(group: &dyn ProcessGroup, list: &[usize], use_dp_padding: bool) -> Result<Option<Vec<usize>>> {
+    if list.len() == 1 {
+        return Ok(None);
+    }
+    if list.len() != group.size() {
+        return Err(MoeError::config("all_rank_num_tokens", format!("{} entries for {} ranks", list.len(), group.size())));
+    }
+    let max = list.iter().copied().max().unwrap_or(0);
+    Ok(Some(if use_dp_padding { vec![max; list.len()] } else { list.to_vec() }))
+}
+
+/// Combine of a gather-style dispatch: sum every rank's partial rows and hand each rank its
+/// own (reduce-scatter), or all-reduce when the tokens were replicated.
+pub(crate) fn reduce_to_owners(
+    group: &dyn ProcessGroup,
+    counts: Option<Vec<usize>>,
+    out: &Tensor,
+    deadline: Deadline,
+) -> Result<Tensor> {
+    match counts {
+        Some(counts) => group.reduce_scatter_v(out, &counts, deadline),
+        None => group.all_reduce_sum(out, deadline),
     }
 }

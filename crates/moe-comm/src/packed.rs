@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::allgather::{gather_counts, reduce_to_owners};
 use moe_core::{
     Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor, TensorView,
 };
@@ -99,15 +100,8 @@ impl Communication for PackedAllGather {
     }
 
     fn dispatch(&mut self, p: DispatchPayload, list: &[usize], use_dp_padding: bool) -> Result<DispatchPayload> {
-        if list.len() == 1 {
-            self.counts = None;
-            return Ok(p);
-        }
-        if list.len() != self.group.size() {
-            return Err(MoeError::config("all_rank_num_tokens", format!("{} entries for {} ranks", list.len(), self.group.size())));
-        }
-        let max = list.iter().copied().max().unwrap_or(0);
-        let counts = if use_dp_padding { vec![max; list.len()] } else { list.to_vec() };
+        self.counts = gather_counts(self.group.as_ref(), list, use_dp_padding)?;
+        let Some(counts) = self.counts.clone() else { return Ok(p) };
         // Every rank packs the same field list: scales and x_sf presence follow the layer's
         // config, identical on all ranks.
         let mut parts: Vec<&Tensor> = vec![&p.x, &p.slots];
@@ -122,16 +116,11 @@ impl Communication for PackedAllGather {
         let slots = next()?;
         let x_sf = if p.x_sf.is_some() { Some(next()?) } else { None };
         let scales = if p.scales.is_some() { Some(next()?) } else { None };
-        self.counts = Some(counts);
         Ok(DispatchPayload { x, x_sf, slots, scales })
     }
 
     fn combine(&mut self, out: Tensor, _: usize) -> Result<Tensor> {
-        let deadline = Deadline::after(self.timeout);
-        match self.counts.take() {
-            Some(counts) => self.group.reduce_scatter_v(&out, &counts, deadline),
-            None => self.group.all_reduce_sum(&out, deadline),
-        }
+        reduce_to_owners(self.group.as_ref(), self.counts.take(), &out, Deadline::after(self.timeout))
     }
 
     fn destroy(&mut self) -> Result<()> {
