@@ -177,7 +177,9 @@ impl MoeDeployment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SelectedBy {
-    /// The winner belongs to the requested family (or nothing was requested).
+    /// Nothing was requested: the first eligible backend in priority order won.
+    Automatic,
+    /// The winner belongs to the requested family.
     Pinned,
     /// The request could not be honoured; a fallback won (degraded).
     Heuristic,

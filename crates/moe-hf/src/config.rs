@@ -2,7 +2,7 @@
 //! -> [`MoeConfig`] of one layer.
 //!
 //! Key spellings differ across transformers versions and publishers (see
-//! `design/CHECKPOINTS.md`); every spelling real checkpoints use is accepted. Which layers
+//! `docs/CHECKPOINTS.md`); every spelling real checkpoints use is accepted. Which layers
 //! are MoE follows each family's own rule (`first_k_dense_replace`, `decoder_sparse_step`,
 //! `mlp_only_layers`, `moe_layers` / `interleave_moe_layer_step`), so asking for a dense
 //! layer is a typed error instead of a confusing missing-tensor error later.
@@ -28,7 +28,7 @@ pub enum Family {
 }
 
 impl Family {
-    /// Every family, in the order of `CHECKPOINTS.md`.
+    /// Every family, in the order the docs list them.
     pub const ALL: [Family; 7] = [
         Family::Mixtral,
         Family::Qwen2Moe,

@@ -14,7 +14,7 @@
 //!   in the formats' real layouts (`moe quantize`).
 //!
 //! Supported `model_type`s: mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, gpt_oss,
-//! llama4_text and llama4 (see `design/CHECKPOINTS.md`).
+//! llama4_text and llama4 (see `docs/CHECKPOINTS.md`).
 
 pub mod block;
 pub mod checkpoint;

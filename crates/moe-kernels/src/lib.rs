@@ -5,7 +5,7 @@
 //! token permutation by expert, GEMMs and fused activations.
 //! [`codec`] holds the bit-exact number formats of quantized experts (FP8 e4m3, FP4 e2m1,
 //! UE8M0, INT4/INT8).
-//! CUDA kernels arrive behind the `cuda` feature with the same names.
+//! There are no device kernels in this build: `ops` refuses device tensors with a typed error.
 
 pub mod codec;
 pub mod cpu;

@@ -77,8 +77,10 @@ pub(crate) fn resolve_in(
         }
     }
     let winner = eligible.first().cloned();
+    let automatic = matches!(requested.as_deref(), None | Some("auto"));
     let selected_by = match &winner {
         None => SelectedBy::Failed,
+        Some(_) if automatic => SelectedBy::Automatic,
         Some(w) if family.iter().any(|e| e.name == w) => SelectedBy::Pinned,
         Some(_) => SelectedBy::Heuristic,
     };
@@ -235,7 +237,8 @@ mod tests {
     fn automatic_selection_asks_everyone_in_priority_order() {
         let r = resolve_in(FAKE, &config(DType::BF16, None), &env()).unwrap();
         assert_eq!(r.winner.as_deref(), Some("cpu"));
-        assert_eq!(r.selected_by, SelectedBy::Pinned);
+        assert_eq!(r.selected_by, SelectedBy::Automatic);
+        assert!(!r.degraded());
         let rejected: Vec<_> = r.rejected.iter().map(|c| c.backend.as_str()).collect();
         assert_eq!(rejected, ["fast", "reference"]);
     }

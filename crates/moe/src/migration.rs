@@ -3,6 +3,9 @@
 //! into the backend's slots. The assembler applies a plan between forwards (after the last
 //! chunk's set-CPU stage), so no forward ever reads a slot mid-copy; the balancer switches
 //! its routing only once the copy is done.
+//!
+//! Cost: every rank of a dynamic-EPLB layer keeps a processed host copy of every expert (as
+//! TensorRT-LLM's shared host staging does), so it can host any expert after a rebalance.
 
 use moe_core::{ExpertPartition, ExpertWeights, LayerLayout, MigrationPlan, MoeBackend, MoeError, Result, WeightSource};
 

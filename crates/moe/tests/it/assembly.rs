@@ -39,10 +39,10 @@ fn automatic_selection_picks_the_fast_cpu_backend() {
     let layer = create_moe(config(None)).unwrap();
     assert_eq!(layer.backend_name(), "cpu");
     let r = layer.report();
-    assert_eq!(r.selected_by, SelectedBy::Pinned);
+    assert_eq!(r.selected_by, SelectedBy::Automatic);
     assert_eq!(r.alternatives(), &["cpu-fused".to_string(), "reference".to_string()]);
     let text = r.to_string();
-    assert!(text.starts_with("backend: cpu (selected by Pinned; requested: auto)"), "{text}");
+    assert!(text.starts_with("backend: cpu (selected by Automatic; requested: auto)"), "{text}");
 }
 
 #[test]
