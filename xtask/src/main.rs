@@ -5,7 +5,9 @@
 //! - `test-matrix`: moe-testkit's matrix, one line per cell;
 //! - `check-boundaries`: the architecture rules of `docs/ARCHITECTURE.md`;
 //! - `codegen`: generated sections of `docs/`.
+//! - `bench`: the benchmark table of `docs/BENCHMARKS.md`, ours next to candle's (`bench.rs`).
 
+mod bench;
 mod boundaries;
 mod flags;
 mod legs;
@@ -38,6 +40,10 @@ fn main() -> ExitCode {
 
 /// Runs one command; `Ok(false)` when it ran and found failures.
 fn run(args: &[String]) -> Result<bool> {
+    // `bench` parses its own flags (most go through to `moe bench`): see bench.rs.
+    if let Some(("bench", rest)) = args.split_first().map(|(c, r)| (c.as_str(), r)) {
+        return bench::run(&project_root(), rest);
+    }
     match flags::parse(args)? {
         Command::Help => {
             print!("{}", flags::USAGE);

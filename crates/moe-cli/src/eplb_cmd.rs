@@ -26,6 +26,8 @@ pub struct PlanRun<'a> {
     pub output: &'a Path,
     /// Write TensorRT-LLM's YAML (`num_slots`, `initial_global_assignments`) instead of JSON.
     pub yaml: bool,
+    /// Model layer index of the load file's first row (YAML layer keys).
+    pub first_layer: usize,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
@@ -46,7 +48,7 @@ pub fn plan_cmd(r: &PlanRun<'_>) -> anyhow::Result<Summary> {
         previous.as_ref().map(|p| p.phy2log.as_slice()),
     )?;
     let body = if r.yaml {
-        let layers: Vec<usize> = (0..input.load.len()).collect();
+        let layers: Vec<usize> = (r.first_layer..r.first_layer + input.load.len()).collect();
         placement_yaml(&out, &layers, 0)?
     } else {
         serde_json::to_string_pretty(&out)?

@@ -6,6 +6,7 @@
 //! safetensors tensor and writes the output. `moe quantize` writes a float checkpoint's experts
 //! as FP8 block, NVFP4 or MXFP4. Errors print `error: <message chain>` and exit non-zero.
 
+mod bench;
 mod eplb_cmd;
 mod model_run;
 mod prng;
@@ -56,6 +57,14 @@ enum Command {
     /// Expert-parallel load balancing: plan expert placements from recorded expert loads.
     #[command(subcommand)]
     Eplb(EplbCommand),
+
+    /// Benchmark the layer on named presets (qwen3-30b-a3b, mixtral-8x7b, deepseek-v3) at
+    /// 1..4096 tokens against the machine's measured GEMM and memory-bandwidth ceilings.
+    ///
+    /// Random weights are generated once and cached under --cache-dir. Prints a table (or
+    /// one JSON object per row with --json): median time after warm-up, GFLOP/s, weight
+    /// bytes/s of the experts read, and the ratio to the ceiling that bounds the row.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +125,10 @@ struct EplbPlanArgs {
     /// Write TensorRT-LLM's placement YAML instead of JSON.
     #[arg(long)]
     yaml: bool,
+    /// Model layer index of the first row of the load file (the YAML names layers by it, as
+    /// `moe run --placement` looks them up).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    first_layer: usize,
     /// Print one machine-readable JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -216,7 +229,7 @@ struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_tokens_per_chunk: Option<u64>,
 
-    /// Backend to run the routed experts on (reference, cpu); default: automatic selection.
+    /// Backend to run the routed experts on (cpu, cpu-fused, reference); default: automatic selection.
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
 
@@ -279,6 +292,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Quantize(args) => quantize(args),
         Command::Eplb(cmd) => eplb(cmd),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -321,6 +335,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let multi_rank = mpi.is_some() || args.world.is_some_and(|w| w > 1);
     if !multi_rank && (args.eplb_slots.is_some() || args.placement.is_some()) {
         anyhow::bail!("expert-parallel load balancing needs several ranks (--world N or mpirun)");
+    }
+    if !multi_rank && args.iterations > 1 {
+        anyhow::bail!("--iterations repeats a multi-rank run (for online EPLB); use `moe bench` to time repeats");
     }
     if multi_rank && args.model.is_none() {
         // The synthetic layer is single-rank; multi-rank runs read a checkpoint and an input.
@@ -414,6 +431,7 @@ fn eplb(cmd: EplbCommand) -> anyhow::Result<()> {
                 previous: a.previous.as_deref(),
                 output: &a.output,
                 yaml: a.yaml,
+                first_layer: a.first_layer,
             };
             (eplb_cmd::plan_cmd(&run)?, a.json)
         }

@@ -14,7 +14,9 @@ use moe_core::{Deadline, EplbConfig, ProcessGroup, Tensor};
 use moe_hf::{BlockOptions, Distributed, MoeBlock};
 use serde_json::json;
 
+use crate::eplb_cmd::record_stats;
 use crate::model_run::ModelRun;
+use crate::stats::Balance;
 use crate::tensor_io::{read_tensor, write_tensor};
 use crate::Summary;
 
@@ -133,6 +135,13 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
     if let Some(path) = r.output {
         write_tensor(path, "y", &y)?;
     }
+    let mut recorded = String::new();
+    if let Some(path) = r.record_stats {
+        // The router is dense and replicated, so rank 0 can count the whole input's routing.
+        let balance = Balance::from_logits(&block.config().routing, &block.router_logits(&x.to_dtype(block.dtype())?)?)?;
+        record_stats(path, &balance.per_expert)?;
+        recorded = format!("recorded tokens per expert to {}\n", path.display());
+    }
     let counts = split_rows(x.rows(), world);
     let mut text = format!(
         "moe run: {} layer {layer} of {} over {world} ranks (tokens per rank {counts:?})\n",
@@ -155,6 +164,7 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
     if let Some(path) = r.output {
         text.push_str(&format!("wrote y {:?} {} to {}\n", y.shape(), y.dtype(), path.display()));
     }
+    text.push_str(&recorded);
     let json = json!({
         "mode": "model",
         "model": r.dir.display().to_string(),

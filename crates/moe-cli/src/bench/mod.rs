@@ -151,10 +151,10 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 fn cache_of(args: &BenchArgs, plan: &Plan) -> anyhow::Result<cache::Cache> {
     let p = &plan.preset;
     let rows = plan.rows.iter().map(|r| r.0).max().unwrap_or(1).max(TOKENS[TOKENS.len() - 1]);
-    let gen = bar(p.experts as u64, "{spinner} generating {msg} weights {bar:30} {pos}/{len} experts {elapsed}");
-    gen.set_message(p.name);
-    let c = cache::ensure(&args.cache_dir, p, args.seed, rows, &|done, _| gen.set_position(done as u64))?;
-    gen.finish_and_clear();
+    let bar_gen = bar(p.experts as u64, "{spinner} generating {msg} weights {bar:30} {pos}/{len} experts {elapsed}");
+    bar_gen.set_message(p.name);
+    let c = cache::ensure(&args.cache_dir, p, args.seed, rows, &|done, _| bar_gen.set_position(done as u64))?;
+    bar_gen.finish_and_clear();
     Ok(c)
 }
 
@@ -193,6 +193,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.prepare {
         for plan in &plans {
             let c = cache_of(&args, plan)?;
+            let p = &plan.preset;
+            eprintln!("{}: {} experts, {:.2} GB of {} weights in {} shards", p.name, p.experts, p.total_bytes() as f64 / 1e9, p.weights, c.meta.shards.len());
             let rows: Vec<String> = plan.rows.iter().map(|(t, r)| format!("{t}:{r}")).collect();
             println!("{} {} {}", plan.preset.name, c.dir.display(), rows.join(","));
         }

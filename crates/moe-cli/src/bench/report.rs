@@ -243,6 +243,7 @@ pub fn markdown(p: &Page<'_>) -> String {
         let _ = writeln!(s, "- No `rustc` was running at the start of the measurement.");
     }
     let _ = writeln!(s, "\n## Ceilings (measured in the same run)\n");
+    let _ = writeln!(s, "Best of 10 timed repetitions after a warm-up (a ceiling is what the machine can do; a higher one only makes the ratios below stricter).\n");
     let _ = writeln!(s, "| ceiling | how | value |\n|---|---|---|");
     let _ = writeln!(s, "| compute | f32 GEMM {n}x{n}x{n}, `gemm` crate, {} threads | {:.1} GFLOP/s |", c.threads, c.gemm_gflops, n = c.gemm_n);
     let _ = writeln!(s, "| memory | f32 GEMV over a {} MiB matrix, {} threads | {:.1} GB/s |", c.gemv_bytes >> 20, c.threads, c.read_gbps);

@@ -2,6 +2,8 @@
 //! fixtures (float and quantized), `moe quantize` round trips, the embedded default run, and
 //! error exits.
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use super::float_slice::FloatSlice;
 use super::scratch::ScratchPool;
+use super::simd_gemm::{self, SimdScratch};
 use super::weight_slice::WeightSlice;
 
 /// Largest `m` served by the few-rows path.
@@ -48,6 +49,8 @@ pub struct GemmScratch {
     ct: Vec<f32>,
     /// Widened weight blocks of the few-rows path, one per concurrent worker.
     pieces: ScratchPool<Vec<f32>>,
+    /// Buffers of the hand-written kernels.
+    simd: SimdScratch,
 }
 
 fn check_len(what: &str, have: usize, need: Option<usize>) -> Result<usize> {
@@ -85,6 +88,9 @@ pub fn matmul_bt(
         return Ok(());
     }
     let threads = threads.max(1);
+    if let Some(isa) = simd_gemm::detected() {
+        return simd_gemm::matmul_bt_simd(isa, a, b, c, m, n, k, threads, &mut scratch.simd);
+    }
     if m <= SMALL_M {
         return few_rows(a, b, c, m, n, k, threads, scratch);
     }

@@ -6,6 +6,8 @@
 //! - [`act_quant`]: the activation quantize-dequantize of the quantized formats.
 //! - [`permute`]: counting sort of `(token, k)` selections by local slot, row gathering.
 //! - [`gemm`]: `A · B^T` with f32 activations and float or quantized weights.
+//! - [`simd_gemm`]: its AVX-512 / AVX2 kernels (bf16 widened in registers, FP8 tiles
+//!   decoded in L1), chosen at run time.
 //! - [`activation`]: fused SwiGLU / GPT-OSS SwiGLU / ReLU² over FC1 rows.
 //! - [`expert_mlp`]: one expert's FC1 → activation → FC2 over a block of rows.
 //! - [`finalize`]: weighted sum of expert rows back into token order.
@@ -24,4 +26,5 @@ pub mod gemm;
 pub mod linear;
 pub mod permute;
 pub mod scratch;
+pub mod simd_gemm;
 pub mod weight_slice;
