@@ -16,6 +16,7 @@ commands:
   check-boundaries [--root DIR] [--list]
                              check the crate graph, external-crate owners and source rules
   codegen [--check]          regenerate the generated sections of docs/ (--check: fail if stale)
+  bench                      run the CPU benchmark table and the candle peer; rewrite docs/BENCHMARKS.md
 ";
 
 /// A parsed command.

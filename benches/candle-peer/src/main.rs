@@ -11,8 +11,10 @@
 //! forward, to f32, and multiplied in f32 — the only way to run them in candle within this
 //! machine's memory (dequantized once they would need 45 GB in f32, 22.5 GB in bf16).
 //!
-//! Usage: `candle-peer --cache DIR --rows T:REPEATS[,T:REPEATS...] [--warmup N]`; prints one
-//! JSON object per row: `preset, weights, tokens, backend, median_ms, min_ms, repeats`.
+//! Usage: `candle-peer --cache DIR --rows T:REPEATS[,T:REPEATS...] [--warmup N] [--budget-s S]`;
+//! prints one JSON object per row: `preset, weights, tokens, backend, median_ms, min_ms,
+//! repeats`. A row stops repeating once its timed forwards took `S` seconds (default 60; at
+//! least 3 run), so candle's slowest rows do not take many minutes each.
 //!
 //! candle is behind the `candle` feature (`cargo xtask bench` enables it), so that
 //! `cargo test --workspace` and `cargo build --workspace` build this crate as a stub and never

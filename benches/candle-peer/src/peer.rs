@@ -127,11 +127,14 @@ struct Args {
     cache: PathBuf,
     rows: Vec<(usize, usize)>,
     warmup: usize,
+    /// Seconds of timed forwards per row after which no more repeats start (at least 3 run):
+    /// candle's FP8 rows take tens of seconds per forward.
+    budget_s: f64,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let (mut cache, mut rows, mut warmup) = (None, Vec::new(), 1usize);
+    let (mut cache, mut rows, mut warmup, mut budget_s) = (None, Vec::new(), 1usize, 60.0f64);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -144,6 +147,7 @@ fn parse_args() -> std::result::Result<Args, String> {
                 }
             }
             "--warmup" => warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
+            "--budget-s" => budget_s = value()?.parse().map_err(|e| format!("--budget-s: {e}"))?,
             other => return Err(format!("unknown flag `{other}`")),
         }
     }
@@ -151,7 +155,7 @@ fn parse_args() -> std::result::Result<Args, String> {
     if rows.is_empty() {
         return Err("--rows T:REPEATS,... is required".into());
     }
-    Ok(Args { cache, rows, warmup })
+    Ok(Args { cache, rows, warmup, budget_s })
 }
 
 fn load(dir: &Path, meta: &Meta) -> Result<Block> {
@@ -203,7 +207,10 @@ pub fn run() -> std::result::Result<(), String> {
         for _ in 0..args.warmup {
             forward().map_err(|e| e.to_string())?;
         }
-        let mut times = (0..repeats).map(|_| forward()).collect::<Result<Vec<f64>>>().map_err(|e| e.to_string())?;
+        let mut times = Vec::with_capacity(repeats);
+        while times.len() < repeats && (times.len() < 3 || times.iter().sum::<f64>() < args.budget_s) {
+            times.push(forward().map_err(|e| e.to_string())?);
+        }
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         let med = median(&mut times);
         let line = serde_json::json!({
