@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// The page this command regenerates.
 const PAGE: &str = "docs/BENCHMARKS.md";
@@ -46,10 +46,15 @@ pub fn run(root: &Path, args: &[String]) -> Result<bool> {
 
     // Two builds, not one: built together, the two packages' dependency features would be
     // unified, giving `moe` a different build (and a rebuild) from the one `cargo build` makes.
-    check(cargo().current_dir(root).args(["build", "--release", "-p", "moe-cli"]), "cargo build --release -p moe-cli")?;
+    check(
+        cargo().current_dir(root).args(["build", "--release", "-p", "moe-cli"]),
+        "cargo build --release -p moe-cli",
+    )?;
     if !no_peer {
         check(
-            cargo().current_dir(root).args(["build", "--release", "-p", "candle-peer", "--features", "candle"]),
+            cargo()
+                .current_dir(root)
+                .args(["build", "--release", "-p", "candle-peer", "--features", "candle"]),
             "cargo build --release -p candle-peer --features candle",
         )?;
     }
@@ -72,7 +77,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<bool> {
         let mut lines = String::new();
         for line in plan.lines().filter(|l| !l.trim().is_empty()) {
             let parts: Vec<&str> = line.split_whitespace().collect();
-            let [preset, dir, rows] = parts[..] else { bail!("unexpected plan line `{line}`") };
+            let [preset, dir, rows] = parts[..] else {
+                bail!("unexpected plan line `{line}`")
+            };
             eprintln!("candle-peer: {preset} rows {rows}");
             let out = Command::new(bin.join("candle-peer"))
                 .current_dir(root)

@@ -71,16 +71,13 @@ fn has_nextest(root: &Path) -> bool {
 /// The unit and integration tests of every crate.
 fn workspace_tests(root: &Path) -> Result<bool> {
     if has_nextest(root) {
-        status_ok(cargo().current_dir(root).args([
-            "nextest",
-            "run",
-            "--workspace",
-            "--no-fail-fast",
-        ]))
+        status_ok(
+            cargo()
+                .current_dir(root)
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+        )
     } else {
-        println!(
-            "xtask test: cargo-nextest is not installed; falling back to `cargo test --workspace`"
-        );
+        println!("xtask test: cargo-nextest is not installed; falling back to `cargo test --workspace`");
         status_ok(
             cargo()
                 .current_dir(root)

@@ -58,9 +58,7 @@ fn run(args: &[String]) -> Result<bool> {
             }
             check_boundaries(&root.unwrap_or_else(project_root))
         }
-        Command::TestMatrix { json, filter } => {
-            legs::test_matrix(&project_root(), json, filter.as_deref())
-        }
+        Command::TestMatrix { json, filter } => legs::test_matrix(&project_root(), json, filter.as_deref()),
         Command::Codegen { check } => legs::codegen(&project_root(), check),
         Command::Test => legs::test(&project_root()),
         Command::TestMpi => mpi::mpi_leg(&project_root()),

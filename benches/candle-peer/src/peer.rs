@@ -28,7 +28,10 @@ const FP8_BLOCK: usize = 128;
 enum Weight {
     Dense(Tensor),
     /// E4M3 codes `[rows, cols]` and f32 multipliers `[rows / 128, cols / 128]`.
-    Fp8 { codes: Tensor, scales: Tensor },
+    Fp8 {
+        codes: Tensor,
+        scales: Tensor,
+    },
 }
 
 impl Weight {
@@ -112,8 +115,9 @@ impl Block {
                 continue;
             }
             let top_x = Tensor::new(top_x.as_slice(), xs.device())?;
-            let selected_rws =
-                Tensor::new(selected_rws[expert_idx].as_slice(), xs.device())?.reshape(((), 1))?.to_dtype(xs.dtype())?;
+            let selected_rws = Tensor::new(selected_rws[expert_idx].as_slice(), xs.device())?
+                .reshape(((), 1))?
+                .to_dtype(xs.dtype())?;
             let current_state = xs.index_select(&top_x, 0)?.reshape(((), hidden_dim))?;
             let current_hidden_states = expert_layer.forward(&current_state)?;
             let current_hidden_states = current_hidden_states.broadcast_mul(&selected_rws)?;
@@ -155,7 +159,12 @@ fn parse_args() -> std::result::Result<Args, String> {
     if rows.is_empty() {
         return Err("--rows T:REPEATS,... is required".into());
     }
-    Ok(Args { cache, rows, warmup, budget_s })
+    Ok(Args {
+        cache,
+        rows,
+        warmup,
+        budget_s,
+    })
 }
 
 fn load(dir: &Path, meta: &Meta) -> Result<Block> {
@@ -170,15 +179,27 @@ fn load(dir: &Path, meta: &Meta) -> Result<Block> {
     let mut experts = Vec::with_capacity(meta.experts);
     for e in 0..meta.experts {
         let w = |p: &str| Weight::load(&st, &format!("{e}.{p}"), fp8);
-        experts.push(Expert { w1: w("w1")?, w2: w("w2")?, w3: w("w3")? });
+        experts.push(Expert {
+            w1: w("w1")?,
+            w2: w("w2")?,
+            w3: w("w3")?,
+        });
     }
-    Ok(Block { experts, top_k: meta.top_k, dtype })
+    Ok(Block {
+        experts,
+        top_k: meta.top_k,
+        dtype,
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
 pub fn run() -> std::result::Result<(), String> {
@@ -193,10 +214,19 @@ pub fn run() -> std::result::Result<(), String> {
     let logits_all = inputs.load("logits", &Device::Cpu).map_err(|e| e.to_string())?;
     for &(tokens, repeats) in &args.rows {
         if tokens > meta.input_rows {
-            return Err(format!("the cache holds {} input rows, {tokens} asked (run `moe bench --prepare` first)", meta.input_rows));
+            return Err(format!(
+                "the cache holds {} input rows, {tokens} asked (run `moe bench --prepare` first)",
+                meta.input_rows
+            ));
         }
-        let x = x_all.narrow(0, 0, tokens).and_then(|t| t.contiguous()).map_err(|e| e.to_string())?;
-        let logits = logits_all.narrow(0, 0, tokens).and_then(|t| t.contiguous()).map_err(|e| e.to_string())?;
+        let x = x_all
+            .narrow(0, 0, tokens)
+            .and_then(|t| t.contiguous())
+            .map_err(|e| e.to_string())?;
+        let logits = logits_all
+            .narrow(0, 0, tokens)
+            .and_then(|t| t.contiguous())
+            .map_err(|e| e.to_string())?;
         let forward = || -> Result<f64> {
             let t = Instant::now();
             let y = block.forward(&x, &logits)?;
@@ -229,4 +259,3 @@ pub fn run() -> std::result::Result<(), String> {
     }
     Ok(())
 }
-

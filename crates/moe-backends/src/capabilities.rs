@@ -5,9 +5,7 @@
 //! cannot disagree. The gate is pure: it reads only the problem and the deployment, never the
 //! machine, and abstains (accepts) on unknown (`None`) fields.
 
-use moe_core::{
-    Activation, Capabilities, DType, Eligibility, MoeDeployment, MoeProblem, QuantAlgo, RejectReason,
-};
+use moe_core::{Activation, Capabilities, DType, Eligibility, MoeDeployment, MoeProblem, QuantAlgo, RejectReason};
 
 /// Activation dtypes the host backends run each quant format with. The host kernels compute
 /// in f32 whatever the format, so these follow the formats' models rather than a kernel limit:
@@ -70,7 +68,11 @@ pub fn check(backend: &str, caps: &Capabilities, problem: &MoeProblem, deploymen
         let supported: Vec<String> = caps.dtypes.iter().map(|d| d.to_string()).collect();
         return Eligibility::no(
             RejectReason::DtypeUnsupported,
-            format!("backend `{backend}` does not run {} activations (supported: {})", problem.dtype_act, list(&supported)),
+            format!(
+                "backend `{backend}` does not run {} activations (supported: {})",
+                problem.dtype_act,
+                list(&supported)
+            ),
         );
     }
     let format_dtypes = quant_dtypes(problem.quant);
@@ -97,7 +99,10 @@ pub fn check(backend: &str, caps: &Capabilities, problem: &MoeProblem, deploymen
         );
     }
     if problem.bias == Some(true) && !caps.supports_bias {
-        return Eligibility::no(RejectReason::PathNotEnabled, format!("backend `{backend}` has no expert bias"));
+        return Eligibility::no(
+            RejectReason::PathNotEnabled,
+            format!("backend `{backend}` has no expert bias"),
+        );
     }
     if problem.apply_router_weight_on_input && !caps.supports_apply_router_weight_on_input {
         return Eligibility::no(
@@ -110,16 +115,25 @@ pub fn check(backend: &str, caps: &Capabilities, problem: &MoeProblem, deploymen
 
 fn check_deployment(backend: &str, caps: &Capabilities, problem: &MoeProblem, d: &MoeDeployment) -> Eligibility {
     if d.tp_size > 1 && !caps.supports_tp {
-        return Eligibility::no(RejectReason::TopologyUnsupported, format!("backend `{backend}` has no MoE TP"));
+        return Eligibility::no(
+            RejectReason::TopologyUnsupported,
+            format!("backend `{backend}` has no MoE TP"),
+        );
     }
-    if let Some(i) = problem.intermediate_size.filter(|i| i.checked_rem(d.tp_size).is_some_and(|r| r > 0)) {
+    if let Some(i) = problem
+        .intermediate_size
+        .filter(|i| i.checked_rem(d.tp_size).is_some_and(|r| r > 0))
+    {
         return Eligibility::no(
             RejectReason::ShapeUnaligned,
             format!("intermediate_size {i} does not divide by tp_size {}", d.tp_size),
         );
     }
     if d.eplb_enabled && !caps.supports_eplb {
-        return Eligibility::no(RejectReason::EplbUnsupported, format!("backend `{backend}` has no EPLB slots"));
+        return Eligibility::no(
+            RejectReason::EplbUnsupported,
+            format!("backend `{backend}` has no EPLB slots"),
+        );
     }
     if d.ep_size > d.num_slots {
         return Eligibility::no(
@@ -146,11 +160,20 @@ mod tests {
     use moe_core::{MoeConfig, MoeEnvironment, RoutingMethod};
 
     fn env() -> MoeEnvironment {
-        MoeEnvironment { cpu_threads: 2, cuda_sm: None, available_deps: vec![] }
+        MoeEnvironment {
+            cpu_threads: 2,
+            cuda_sm: None,
+            available_deps: vec![],
+        }
     }
 
     fn verdict(c: &MoeConfig) -> Eligibility {
-        check("cpu", &host_capabilities(), &MoeProblem::from_config(c), &MoeDeployment::from_config(c, env()))
+        check(
+            "cpu",
+            &host_capabilities(),
+            &MoeProblem::from_config(c),
+            &MoeDeployment::from_config(c, env()),
+        )
     }
 
     fn reason(e: Eligibility) -> Option<RejectReason> {
@@ -162,7 +185,10 @@ mod tests {
 
     #[test]
     fn declared_activations_are_the_three_names() {
-        assert_eq!(host_capabilities().activations, vec!["swiglu", "swiglu_gptoss", "relu2"]);
+        assert_eq!(
+            host_capabilities().activations,
+            vec!["swiglu", "swiglu_gptoss", "relu2"]
+        );
     }
 
     #[test]
@@ -190,16 +216,26 @@ mod tests {
         let mut p = MoeProblem::from_config(&base);
         p.dtype_act = DType::F8E4M3;
         let d = MoeDeployment::from_config(&base, env());
-        assert_eq!(reason(check("cpu", &host_capabilities(), &p, &d)), Some(RejectReason::DtypeUnsupported));
+        assert_eq!(
+            reason(check("cpu", &host_capabilities(), &p, &d)),
+            Some(RejectReason::DtypeUnsupported)
+        );
         p.dtype_act = DType::F16;
         p.activation = "gelu".into();
-        assert_eq!(reason(check("cpu", &host_capabilities(), &p, &d)), Some(RejectReason::ActivationUnsupported));
+        assert_eq!(
+            reason(check("cpu", &host_capabilities(), &p, &d)),
+            Some(RejectReason::ActivationUnsupported)
+        );
 
         // Uneven EP over plain experts is fine; uneven EPLB slot tables are not.
         let mut c = base.clone();
         c.parallel.ep_size = 3;
         assert_eq!(verdict(&c), Eligibility::Ok);
-        c.eplb = Some(moe_core::EplbConfig { num_slots: 10, layer_updates_per_iter: 0, initial_global_assignments: None });
+        c.eplb = Some(moe_core::EplbConfig {
+            num_slots: 10,
+            layer_updates_per_iter: 0,
+            initial_global_assignments: None,
+        });
         assert_eq!(reason(verdict(&c)), Some(RejectReason::SlotsNotDivisibleByEp));
         c.parallel.ep_size = 16;
         assert_eq!(reason(verdict(&c)), Some(RejectReason::TopologyUnsupported));

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moe_core::{
-    Capabilities, Deadline, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeError,
-    MoeProblem, MoeRunContext, ProcessGroup, QuantizedInput, RejectReason, Result, SchedulerKind, Tensor,
+    Capabilities, Deadline, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeError, MoeProblem,
+    MoeRunContext, ProcessGroup, QuantizedInput, RejectReason, Result, SchedulerKind, Tensor,
 };
 
 use crate::cpu::CpuBackend;
@@ -34,7 +34,9 @@ impl FusedCpuBackend {
         match (&self.group, self.multi_rank) {
             (Some(g), _) => Ok(Some(g)),
             (None, false) => Ok(None),
-            (None, true) => Err(MoeError::lifecycle("cpu-fused spans several ranks but no process group was bound")),
+            (None, true) => Err(MoeError::lifecycle(
+                "cpu-fused spans several ranks but no process group was bound",
+            )),
         }
     }
 }
@@ -54,7 +56,10 @@ impl MoeBackend for FusedCpuBackend {
         if deployment.tp_size > 1 {
             return Eligibility::no(
                 RejectReason::TopologyUnsupported,
-                format!("the in-kernel exchange moves whole tokens between EP ranks; MoE-TP {} is not supported", deployment.tp_size),
+                format!(
+                    "the in-kernel exchange moves whole tokens between EP ranks; MoE-TP {} is not supported",
+                    deployment.tp_size
+                ),
             );
         }
         CpuBackend::can_implement(problem, deployment)
@@ -62,7 +67,11 @@ impl MoeBackend for FusedCpuBackend {
 
     fn declared_capabilities() -> Capabilities {
         // The CPU kernels' formats and dtypes, minus what the in-kernel exchange cannot do.
-        Capabilities { supports_tp: false, supports_apply_router_weight_on_input: false, ..CpuBackend::declared_capabilities() }
+        Capabilities {
+            supports_tp: false,
+            supports_apply_router_weight_on_input: false,
+            ..CpuBackend::declared_capabilities()
+        }
     }
 
     fn create(config: &MoeConfig, partition: ExpertPartition) -> Result<Self> {
@@ -90,14 +99,15 @@ impl MoeBackend for FusedCpuBackend {
         self.inner.supports_load_balancer()
     }
 
-
     fn quantize_input(&self, x: &Tensor) -> Result<QuantizedInput> {
         // Zero rows are valid: a rank without tokens still enters the kernel's exchange.
         self.inner.quantize_input(x)
     }
 
     fn run_moe(&self, ctx: &MoeRunContext<'_>) -> Result<Tensor> {
-        let Some(group) = self.group()? else { return self.inner.run_moe(ctx) };
+        let Some(group) = self.group()? else {
+            return self.inner.run_moe(ctx);
+        };
         let deadline = || Deadline::after(EXCHANGE_TIMEOUT);
         match ctx.all_rank_num_tokens {
             Some(counts) if counts.len() == group.size() => {

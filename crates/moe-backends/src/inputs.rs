@@ -32,7 +32,9 @@ impl<'a> RunInputs<'a> {
         if let Some(sf) = ctx.x_sf {
             return Err(MoeError::DTypeMismatch {
                 what: "x_sf".into(),
-                expected: "no activation scales (the host backends carry quantized activations as their decoded values)".into(),
+                expected:
+                    "no activation scales (the host backends carry quantized activations as their decoded values)"
+                        .into(),
                 actual: format!("{} {:?}", sf.dtype(), sf.shape()),
             });
         }

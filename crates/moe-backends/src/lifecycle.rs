@@ -56,11 +56,22 @@ fn check_partition(config: &MoeConfig, p: &ExpertPartition) -> Result<()> {
             p.ep_rank, p.ep_size, config.parallel.ep_rank, config.parallel.ep_size
         ))
     } else if p.slot_start > p.slot_end || p.slot_end > p.num_slots {
-        Some(format!("local slots {}..{} do not lie within 0..{}", p.slot_start, p.slot_end, p.num_slots))
+        Some(format!(
+            "local slots {}..{} do not lie within 0..{}",
+            p.slot_start, p.slot_end, p.num_slots
+        ))
     } else if p.initial_global_assignments.len() != p.num_slots {
-        Some(format!("assigns {} slots, expected {}", p.initial_global_assignments.len(), p.num_slots))
+        Some(format!(
+            "assigns {} slots, expected {}",
+            p.initial_global_assignments.len(),
+            p.num_slots
+        ))
     } else {
-        let bad = p.initial_global_assignments.iter().enumerate().find(|(_, e)| **e >= p.num_experts);
+        let bad = p
+            .initial_global_assignments
+            .iter()
+            .enumerate()
+            .find(|(_, e)| **e >= p.num_experts);
         bad.map(|(s, e)| format!("assigns slot {s} to expert {e}"))
     };
     match problem {
@@ -72,16 +83,29 @@ fn check_partition(config: &MoeConfig, p: &ExpertPartition) -> Result<()> {
 impl ExpertLayer {
     /// Validates `config` and `partition`, applies the capability gate of `backend` and
     /// selects the quant method. No weights are allocated yet.
-    pub fn new(backend: &'static str, caps: &Capabilities, config: &MoeConfig, partition: ExpertPartition) -> Result<Self> {
+    pub fn new(
+        backend: &'static str,
+        caps: &Capabilities,
+        config: &MoeConfig,
+        partition: ExpertPartition,
+    ) -> Result<Self> {
         config.validate()?;
         check_partition(config, &partition)?;
         // The gate reads no machine facts, so an empty environment is enough here.
-        let env = MoeEnvironment { cpu_threads: 0, cuda_sm: None, available_deps: Vec::new() };
+        let env = MoeEnvironment {
+            cpu_threads: 0,
+            cuda_sm: None,
+            available_deps: Vec::new(),
+        };
         let deployment = MoeDeployment::from_config(config, env);
         if let Eligibility::No { reason, detail } =
             capabilities::check(backend, caps, &MoeProblem::from_config(config), &deployment)
         {
-            return Err(MoeError::Unsupported { backend: backend.into(), reason, detail });
+            return Err(MoeError::Unsupported {
+                backend: backend.into(),
+                reason,
+                detail,
+            });
         }
         let quant = moe_quant::select_host_quant_method(&config.quant)?;
         let layout = LayerLayout::new(config, &partition);
@@ -107,11 +131,12 @@ impl ExpertLayer {
             Stage::Processed => {
                 return Err(MoeError::lifecycle(
                     "weights are already loaded and processed; call pre_reload_weights before loading new ones",
-                ))
+                ));
             }
             Stage::Created => {}
         }
-        self.quant.load_weights(&mut self.weights, &self.layout, src, allow_partial)?;
+        self.quant
+            .load_weights(&mut self.weights, &self.layout, src, allow_partial)?;
         if !allow_partial {
             self.process_weights_after_loading()?;
         }
@@ -120,10 +145,13 @@ impl ExpertLayer {
 
     pub fn process_weights_after_loading(&mut self) -> Result<()> {
         match self.stage {
-            Stage::Empty => Err(MoeError::lifecycle("process_weights_after_loading before create_weights")),
+            Stage::Empty => Err(MoeError::lifecycle(
+                "process_weights_after_loading before create_weights",
+            )),
             Stage::Processed => Ok(()),
             Stage::Created => {
-                self.quant.process_weights_after_loading(&mut self.weights, &self.layout)?;
+                self.quant
+                    .process_weights_after_loading(&mut self.weights, &self.layout)?;
                 self.quant.setup_quant_scales(&mut self.weights, &self.layout)?;
                 self.stage = Stage::Processed;
                 Ok(())
@@ -133,7 +161,9 @@ impl ExpertLayer {
 
     pub fn post_load_weights(&mut self) -> Result<()> {
         if self.stage != Stage::Processed {
-            return Err(MoeError::lifecycle("post_load_weights before all weights were loaded and processed"));
+            return Err(MoeError::lifecycle(
+                "post_load_weights before all weights were loaded and processed",
+            ));
         }
         if !self.weights.transformed {
             self.quant.transform_weights(&mut self.weights, &self.layout)?;
@@ -258,7 +288,9 @@ mod tests {
         let mut other = c.clone();
         other.parallel.ep_size = 2;
         let p = ExpertPartition::compute(&other, true).unwrap();
-        let err = ExpertLayer::new("test", &capabilities::host_capabilities(), &c, p).err().unwrap();
+        let err = ExpertLayer::new("test", &capabilities::host_capabilities(), &c, p)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("EP rank 0 of 2"), "{err}");
     }
 
@@ -266,7 +298,10 @@ mod tests {
     fn stage_order_is_enforced() {
         let mut l = layer(&config()).unwrap();
         assert!(matches!(l.ensure_ready(), Err(MoeError::Lifecycle { .. })));
-        assert!(matches!(l.process_weights_after_loading(), Err(MoeError::Lifecycle { .. })));
+        assert!(matches!(
+            l.process_weights_after_loading(),
+            Err(MoeError::Lifecycle { .. })
+        ));
         assert!(matches!(l.pre_reload_weights(), Err(MoeError::Lifecycle { .. })));
         l.create_weights().unwrap();
         assert!(matches!(l.post_load_weights(), Err(MoeError::Lifecycle { .. })));

@@ -21,8 +21,8 @@ use moe_kernels::cpu::act_quant::qdq_rows;
 use moe_kernels::cpu::permute::invalid_slot_error;
 
 use crate::capabilities::{check, host_capabilities};
-use crate::inputs::{output_tensor, RunInputs};
-use crate::lifecycle::{delegate_to_expert_layer, ExpertLayer};
+use crate::inputs::{RunInputs, output_tensor};
+use crate::lifecycle::{ExpertLayer, delegate_to_expert_layer};
 use crate::views::LayerViews;
 
 /// The oracle backend. See the module docs.
@@ -76,7 +76,9 @@ impl MoeBackend for ReferenceBackend {
     }
 
     fn create(config: &MoeConfig, partition: ExpertPartition) -> Result<Self> {
-        Ok(ReferenceBackend { layer: ExpertLayer::new(Self::NAME, &host_capabilities(), config, partition)? })
+        Ok(ReferenceBackend {
+            layer: ExpertLayer::new(Self::NAME, &host_capabilities(), config, partition)?,
+        })
     }
 
     fn capabilities(&self) -> Capabilities {

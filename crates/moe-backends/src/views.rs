@@ -25,7 +25,11 @@ impl<'a> LayerViews<'a> {
             method: layer.quant.as_ref(),
             weights: &layer.weights,
             layout,
-            dims: MlpDims { hidden: layout.hidden_size, inter: layout.intermediate_per_partition, activation: layout.activation },
+            dims: MlpDims {
+                hidden: layout.hidden_size,
+                inter: layout.intermediate_per_partition,
+                activation: layout.activation,
+            },
         }
     }
 

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use moe_eplb::{balancedness, default_assignment, placement_yaml, plan, Algorithm, PlanInput, PlanOutput};
+use moe_eplb::{Algorithm, PlanInput, PlanOutput, balancedness, default_assignment, placement_yaml, plan};
 use serde_json::json;
 
 use crate::Summary;
@@ -62,7 +62,13 @@ pub fn plan_cmd(r: &PlanRun<'_>) -> anyhow::Result<Summary> {
         r.num_nodes,
         r.algorithm.name()
     );
-    for (l, ((after, before), changed)) in out.balancedness.iter().zip(&out.balancedness_before).zip(&out.changed_slots).enumerate() {
+    for (l, ((after, before), changed)) in out
+        .balancedness
+        .iter()
+        .zip(&out.balancedness_before)
+        .zip(&out.changed_slots)
+        .enumerate()
+    {
         text.push_str(&format!(
             "layer {l}: balancedness (mean/max GPU load) {before:.4} -> {after:.4}, {changed} slot(s) changed\n"
         ));
@@ -88,7 +94,11 @@ pub fn stats_cmd(path: &Path, geometry: Option<(usize, usize)>) -> anyhow::Resul
         let total: f64 = load.iter().sum();
         let mean = total / load.len().max(1) as f64;
         let max = load.iter().copied().fold(0.0, f64::max);
-        let hottest = load.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+        let hottest = load
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
         let ranks = match geometry {
             Some((slots, gpus)) => {
                 moe_eplb::validate_geometry(load.len(), slots, gpus, 1, 1)?;
@@ -99,15 +109,23 @@ pub fn stats_cmd(path: &Path, geometry: Option<(usize, usize)>) -> anyhow::Resul
         text.push_str(&format!(
             "layer {l}: {total:.0} routed, expert max/mean {:.2} (hottest expert {hottest}){}\n",
             if mean > 0.0 { max / mean } else { 0.0 },
-            ranks.map_or(String::new(), |b| format!(", rank balancedness {b:.4} under the default placement")),
+            ranks.map_or(String::new(), |b| format!(
+                ", rank balancedness {b:.4} under the default placement"
+            )),
         ));
         layers.push(json!({ "layer": l, "routed": total, "expert_max_over_mean": if mean > 0.0 { max / mean } else { 0.0 }, "hottest_expert": hottest, "rank_balancedness": ranks }));
     }
-    Ok(Summary { text, json: json!({ "file": path.display().to_string(), "layers": layers }) })
+    Ok(Summary {
+        text,
+        json: json!({ "file": path.display().to_string(), "layers": layers }),
+    })
 }
 
 /// Writes the per-expert loads of a run as a one-layer load file for `moe eplb plan`.
 pub fn record_stats(path: &Path, per_expert: &[usize]) -> anyhow::Result<()> {
-    let input = PlanInput { load: vec![per_expert.iter().map(|&c| c as f64).collect()] };
-    std::fs::write(path, serde_json::to_string(&input)?).with_context(|| format!("writing statistics `{}`", path.display()))
+    let input = PlanInput {
+        load: vec![per_expert.iter().map(|&c| c as f64).collect()],
+    };
+    std::fs::write(path, serde_json::to_string(&input)?)
+        .with_context(|| format!("writing statistics `{}`", path.display()))
 }

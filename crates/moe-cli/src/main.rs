@@ -325,7 +325,10 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -380,7 +383,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     }),
                     (None, None) => None,
                 };
-                let opts = ranks::RankOptions { comm: &args.comm, eplb, iterations: args.iterations as usize };
+                let opts = ranks::RankOptions {
+                    comm: &args.comm,
+                    eplb,
+                    iterations: args.iterations as usize,
+                };
                 match ranks::run(&run, layer, ranks, &opts)? {
                     Some(s) => s,
                     // Ranks other than 0 print nothing; rank 0 reports the gathered run.
@@ -419,7 +426,9 @@ fn eplb(cmd: EplbCommand) -> anyhow::Result<()> {
             let algorithm = match a.algorithm {
                 AlgorithmArg::Deepseek => moe_eplb::Algorithm::DeepSeek,
                 AlgorithmArg::Greedy => moe_eplb::Algorithm::Greedy,
-                AlgorithmArg::Default => moe_eplb::Algorithm::Default { max_changed_slots: a.max_changed_slots },
+                AlgorithmArg::Default => moe_eplb::Algorithm::Default {
+                    max_changed_slots: a.max_changed_slots,
+                },
             };
             let run = eplb_cmd::PlanRun {
                 load: &a.load,

@@ -9,10 +9,10 @@ use moe_core::{MoeConfig, Tensor};
 use moe_hf::{BlockOptions, HfConfig, MoeBlock};
 use serde_json::json;
 
-use crate::prng::SplitMix64;
-use crate::stats::{routed_flops, Balance};
-use crate::tensor_io::{read_tensor, write_tensor};
 use crate::Summary;
+use crate::prng::SplitMix64;
+use crate::stats::{Balance, routed_flops};
+use crate::tensor_io::{read_tensor, write_tensor};
 
 /// Parameters of a checkpoint run.
 pub struct ModelRun<'a> {
@@ -38,7 +38,10 @@ pub fn resolve_layer(dir: &Path, layer: Option<usize>) -> anyhow::Result<usize> 
         Some(l) => Ok(l),
         None => {
             let hf = HfConfig::from_dir(dir).with_context(|| format!("reading the config of `{}`", dir.display()))?;
-            Ok(*hf.moe_layers().first().with_context(|| format!("model `{}` has no MoE layer", dir.display()))?)
+            Ok(*hf
+                .moe_layers()
+                .first()
+                .with_context(|| format!("model `{}` has no MoE layer", dir.display()))?)
         }
     }
 }
@@ -46,7 +49,12 @@ pub fn resolve_layer(dir: &Path, layer: Option<usize>) -> anyhow::Result<usize> 
 pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
     let dir = r.dir;
     let layer = resolve_layer(dir, r.layer)?;
-    let opts = BlockOptions { backend: r.backend.clone(), max_tokens_per_chunk: r.max_tokens_per_chunk, dtype: None, dequantize: r.dequantize };
+    let opts = BlockOptions {
+        backend: r.backend.clone(),
+        max_tokens_per_chunk: r.max_tokens_per_chunk,
+        dtype: None,
+        dequantize: r.dequantize,
+    };
     let load_start = Instant::now();
     let mut block = MoeBlock::load(dir, layer, opts)
         .with_context(|| format!("loading the MoE block of layer {layer} of `{}`", dir.display()))?;
@@ -65,7 +73,9 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
         None => "random input".to_string(),
     };
     let start = Instant::now();
-    let y = block.forward(&x).with_context(|| format!("running the block on {what}"))?;
+    let y = block
+        .forward(&x)
+        .with_context(|| format!("running the block on {what}"))?;
     let wall = start.elapsed().as_secs_f64();
     if let Some(path) = r.output {
         write_tensor(path, "y", &y)?;
@@ -95,7 +105,11 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
     text.push_str(&format!(
         "experts: {}{}; {resident} bytes resident, {on_disk} bytes on disk\n",
         quant.name(),
-        if r.dequantize && quant != moe_hf::CheckpointQuant::None { " (dequantized at load)" } else { "" },
+        if r.dequantize && quant != moe_hf::CheckpointQuant::None {
+            " (dequantized at load)"
+        } else {
+            ""
+        },
     ));
     text.push_str(&block.report().to_string());
     text.push_str(&balance.line());
@@ -108,7 +122,12 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
         flops / 1e9
     ));
     if let Some(path) = r.output {
-        text.push_str(&format!("wrote y {:?} {} to {}\n", y.shape(), y.dtype(), path.display()));
+        text.push_str(&format!(
+            "wrote y {:?} {} to {}\n",
+            y.shape(),
+            y.dtype(),
+            path.display()
+        ));
     }
     let json = json!({
         "mode": "model",

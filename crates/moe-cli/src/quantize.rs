@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use moe_hf::{quantize_checkpoint, QuantizeOptions, TargetFormat};
+use moe_hf::{QuantizeOptions, TargetFormat, quantize_checkpoint};
 use serde_json::json;
 
-use crate::tensor_io::read_tensor;
 use crate::Summary;
+use crate::tensor_io::read_tensor;
 
 /// Parameters of a quantize run.
 pub struct QuantizeRun<'a> {
@@ -50,7 +50,12 @@ pub fn run(r: &QuantizeRun<'_>) -> anyhow::Result<Summary> {
         bar.set_message(p.tensor.to_string());
     })
     .with_context(|| {
-        format!("quantizing `{}` to {} into `{}`", r.model.display(), r.format, r.output.display())
+        format!(
+            "quantizing `{}` to {} into `{}`",
+            r.model.display(),
+            r.format,
+            r.output.display()
+        )
     })?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();

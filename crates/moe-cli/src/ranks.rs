@@ -14,11 +14,11 @@ use moe_core::{Deadline, EplbConfig, ProcessGroup, Tensor};
 use moe_hf::{BlockOptions, Distributed, MoeBlock};
 use serde_json::json;
 
+use crate::Summary;
 use crate::eplb_cmd::record_stats;
 use crate::model_run::ModelRun;
 use crate::stats::Balance;
 use crate::tensor_io::{read_tensor, write_tensor};
-use crate::Summary;
 
 /// Where the ranks come from.
 pub enum Ranks {
@@ -31,7 +31,9 @@ pub enum Ranks {
 /// The MPI world when this process was launched by `mpirun` and the binary has MPI.
 pub fn mpi_world() -> anyhow::Result<Option<Arc<dyn ProcessGroup>>> {
     // Open MPI and PMIx-based launchers set these; a plain `moe run` stays single-process.
-    let launched = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"].iter().any(|v| std::env::var_os(v).is_some());
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
     if !launched {
         return Ok(None);
     }
@@ -83,17 +85,27 @@ fn rank_forward(
         .with_context(|| format!("rank {rank}: loading layer {layer} of `{}`", r.dir.display()))?;
     let start: usize = counts[..rank].iter().sum();
     let xs = x.narrow_rows(start, counts[rank])?;
-    let mut y = block.forward_with(&xs, Some(counts), false).with_context(|| format!("rank {rank}: forward"))?;
+    let mut y = block
+        .forward_with(&xs, Some(counts), false)
+        .with_context(|| format!("rank {rank}: forward"))?;
     for it in 1..iterations {
-        y = block.forward_with(&xs, Some(counts), false).with_context(|| format!("rank {rank}: forward {it}"))?;
+        y = block
+            .forward_with(&xs, Some(counts), false)
+            .with_context(|| format!("rank {rank}: forward {it}"))?;
     }
     Ok((y, block))
 }
 
 /// Runs the block over `ranks`; prints (on rank 0 only) a summary of the gathered run.
 pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) -> anyhow::Result<Option<Summary>> {
-    let dist = |group: Arc<dyn ProcessGroup>| Distributed { group, comm: o.comm.to_string(), eplb: o.eplb.clone() };
-    let input = r.input.context("a multi-rank run needs --input (every rank reads its rows from it)")?;
+    let dist = |group: Arc<dyn ProcessGroup>| Distributed {
+        group,
+        comm: o.comm.to_string(),
+        eplb: o.eplb.clone(),
+    };
+    let input = r
+        .input
+        .context("a multi-rank run needs --input (every rank reads its rows from it)")?;
     let x = read_tensor(input, r.input_key)?;
     let start = Instant::now();
     let (world, rank0_block, y) = match ranks {
@@ -108,7 +120,13 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
                         s.spawn(move || rank_forward(r, layer, x, counts, d, o.iterations))
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rank thread panicked")))).collect()
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a rank thread panicked")))
+                    })
+                    .collect()
             });
             let mut parts = Vec::new();
             let mut first = None;
@@ -138,7 +156,10 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
     let mut recorded = String::new();
     if let Some(path) = r.record_stats {
         // The router is dense and replicated, so rank 0 can count the whole input's routing.
-        let balance = Balance::from_logits(&block.config().routing, &block.router_logits(&x.to_dtype(block.dtype())?)?)?;
+        let balance = Balance::from_logits(
+            &block.config().routing,
+            &block.router_logits(&x.to_dtype(block.dtype())?)?,
+        )?;
         record_stats(path, &balance.per_expert)?;
         recorded = format!("recorded tokens per expert to {}\n", path.display());
     }
@@ -158,11 +179,21 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
     for rep in reports {
         text.push_str(&format!(
             "eplb layer {} iteration {}: balancedness (mean/max rank load) {:.4} -> {:.4}, {} slot(s) changed ({})\n",
-            rep.layer_idx, rep.iteration, rep.balancedness_before, rep.balancedness_after, rep.changed_slots, rep.algorithm
+            rep.layer_idx,
+            rep.iteration,
+            rep.balancedness_before,
+            rep.balancedness_after,
+            rep.changed_slots,
+            rep.algorithm
         ));
     }
     if let Some(path) = r.output {
-        text.push_str(&format!("wrote y {:?} {} to {}\n", y.shape(), y.dtype(), path.display()));
+        text.push_str(&format!(
+            "wrote y {:?} {} to {}\n",
+            y.shape(),
+            y.dtype(),
+            path.display()
+        ));
     }
     text.push_str(&recorded);
     let json = json!({

@@ -33,7 +33,13 @@ impl Balance {
         let max = per_expert.iter().copied().max().unwrap_or(0);
         let mean = per_expert.iter().sum::<usize>() as f64 / per_expert.len().max(1) as f64;
         let max_over_mean = if mean > 0.0 { max as f64 / mean } else { 0.0 };
-        Balance { min, max, mean, max_over_mean, per_expert }
+        Balance {
+            min,
+            max,
+            mean,
+            max_over_mean,
+            per_expert,
+        }
     }
 
     pub fn line(&self) -> String {

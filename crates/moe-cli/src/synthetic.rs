@@ -10,10 +10,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use moe_core::{DType, MemoryWeights, MoeConfig, RoutingMethod, Tensor};
 use serde_json::json;
 
-use crate::prng::SplitMix64;
-use crate::stats::{routed_flops, Balance};
-use crate::tensor_io::write_tensor;
 use crate::Summary;
+use crate::prng::SplitMix64;
+use crate::stats::{Balance, routed_flops};
+use crate::tensor_io::write_tensor;
 
 pub const EXPERTS: usize = 64;
 pub const TOP_K: usize = 6;
@@ -66,7 +66,9 @@ pub fn run(r: &SyntheticRun<'_>) -> anyhow::Result<Summary> {
     let x = Tensor::from_f32_as(DType::BF16, vec![t, h], &rng.fill(t * h, 3f32.sqrt()))?;
 
     let mut layer = moe::create_moe(config).context("building the synthetic layer")?;
-    layer.load_weights(&weights).context("loading the synthetic layer's weights")?;
+    layer
+        .load_weights(&weights)
+        .context("loading the synthetic layer's weights")?;
     drop(weights);
     let logits = moe::ops::linear(&x, &gate, None)?;
     let balance = Balance::from_logits(&routing, &logits)?;
@@ -82,7 +84,11 @@ pub fn run(r: &SyntheticRun<'_>) -> anyhow::Result<Summary> {
         let (s, len) = (c * chunk, chunk.min(t - c * chunk));
         let xc = x.narrow_rows(s, len)?;
         let lc = logits.narrow_rows(s, len)?;
-        outs.push(layer.forward(&xc, &lc).with_context(|| format!("forward of chunk {c}"))?);
+        outs.push(
+            layer
+                .forward(&xc, &lc)
+                .with_context(|| format!("forward of chunk {c}"))?,
+        );
         bar.inc(1);
     }
     let wall = start.elapsed().as_secs_f64();

@@ -7,12 +7,16 @@ use moe_core::{DType, Tensor};
 
 /// Tensor `key` of the safetensors file `path`, as an owned host tensor.
 pub fn read_tensor(path: &Path, key: &str) -> anyhow::Result<Tensor> {
-    let file = moe_hf::Checkpoint::open_file(path)
-        .with_context(|| format!("reading input file `{}`", path.display()))?;
+    let file =
+        moe_hf::Checkpoint::open_file(path).with_context(|| format!("reading input file `{}`", path.display()))?;
     let view = file.tensor(key).with_context(|| {
         let mut keys: Vec<&str> = file.names().collect();
         keys.truncate(10);
-        format!("input file `{}` has no tensor `{key}` (it has: {})", path.display(), keys.join(", "))
+        format!(
+            "input file `{}` has no tensor `{key}` (it has: {})",
+            path.display(),
+            keys.join(", ")
+        )
     })?;
     Ok(view.to_tensor(key)?)
 }

@@ -27,10 +27,16 @@ fn check(g: &MpiGroup) -> Result<Vec<String>> {
     // Uneven counts, one rank empty.
     let counts: Vec<usize> = (0..p).map(|i| if i == 1 { 0 } else { i + 1 }).collect();
     let all = g.all_gather_v(&rows(r, counts[r]), &counts, soon())?;
-    let want: Vec<f32> = (0..p).flat_map(|s| (0..counts[s]).flat_map(move |i| [(100 * s + i) as f32, -1.0])).collect();
+    let want: Vec<f32> = (0..p)
+        .flat_map(|s| (0..counts[s]).flat_map(move |i| [(100 * s + i) as f32, -1.0]))
+        .collect();
     expect(all.to_f32_vec("all")? == want, "all_gather_v");
     let back = g.reduce_scatter_v(&all, &counts, soon())?;
-    let mine: Vec<f32> = rows(r, counts[r]).to_f32_vec("mine")?.iter().map(|v| v * p as f32).collect();
+    let mine: Vec<f32> = rows(r, counts[r])
+        .to_f32_vec("mine")?
+        .iter()
+        .map(|v| v * p as f32)
+        .collect();
     expect(back.to_f32_vec("back")? == mine, "reduce_scatter_v");
     // Rank r sends s + 1 rows to every rank s.
     let send_counts: Vec<usize> = (0..p).map(|s| s + 1).collect();
@@ -38,11 +44,19 @@ fn check(g: &MpiGroup) -> Result<Vec<String>> {
     let sent = rows(r, send_counts.iter().sum());
     let got = g.all_to_all_v(&sent, &send_counts, &recv_counts, soon())?;
     let start: usize = (0..r).map(|s| s + 1).sum();
-    let want: Vec<f32> = (0..p).flat_map(|s| (start..start + r + 1).flat_map(move |i| [(100 * s + i) as f32, -1.0])).collect();
+    let want: Vec<f32> = (0..p)
+        .flat_map(|s| (start..start + r + 1).flat_map(move |i| [(100 * s + i) as f32, -1.0]))
+        .collect();
     expect(got.to_f32_vec("a2a")? == want, "all_to_all_v");
     let sum = g.all_reduce_sum(&Tensor::from_f32(vec![2], vec![r as f32, 1.0])?, soon())?;
-    expect(sum.to_f32_vec("sum")? == vec![(p * (p - 1) / 2) as f32, p as f32], "all_reduce_sum");
-    expect(g.all_gather_usize(r * 3, soon())? == (0..p).map(|s| s * 3).collect::<Vec<_>>(), "all_gather_usize");
+    expect(
+        sum.to_f32_vec("sum")? == vec![(p * (p - 1) / 2) as f32, p as f32],
+        "all_reduce_sum",
+    );
+    expect(
+        g.all_gather_usize(r * 3, soon())? == (0..p).map(|s| s * 3).collect::<Vec<_>>(),
+        "all_gather_usize",
+    );
     g.barrier(soon())?;
     // The last rank stalls past rank 0's deadline: rank 0 must get an error naming a peer
     // instead of hanging.
@@ -51,7 +65,10 @@ fn check(g: &MpiGroup) -> Result<Vec<String>> {
     }
     let res = g.barrier(Deadline::after(Duration::from_millis(500)));
     if r == 0 {
-        expect(matches!(res, Err(MoeError::Comm { peer: Some(_), .. })), "stalled peer reported at the deadline");
+        expect(
+            matches!(res, Err(MoeError::Comm { peer: Some(_), .. })),
+            "stalled peer reported at the deadline",
+        );
     }
     Ok(failures)
 }

@@ -18,7 +18,11 @@ pub struct AllGatherReduceScatter {
 
 impl AllGatherReduceScatter {
     pub fn new(group: Arc<dyn ProcessGroup>, timeout: Duration) -> Self {
-        AllGatherReduceScatter { group, timeout, counts: None }
+        AllGatherReduceScatter {
+            group,
+            timeout,
+            counts: None,
+        }
     }
 
     fn gather(&self, t: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
@@ -45,19 +49,30 @@ impl Communication for AllGatherReduceScatter {
 
     fn dispatch(&mut self, p: DispatchPayload, list: &[usize], use_dp_padding: bool) -> Result<DispatchPayload> {
         self.counts = gather_counts(self.group.as_ref(), list, use_dp_padding)?;
-        let Some(counts) = self.counts.clone() else { return Ok(p) };
+        let Some(counts) = self.counts.clone() else {
+            return Ok(p);
+        };
         let deadline = Deadline::after(self.timeout);
         let out = DispatchPayload {
             x: self.gather(&p.x, &counts, deadline)?,
             x_sf: p.x_sf.as_ref().map(|s| self.gather(s, &counts, deadline)).transpose()?,
             slots: self.gather(&p.slots, &counts, deadline)?,
-            scales: p.scales.as_ref().map(|s| self.gather(s, &counts, deadline)).transpose()?,
+            scales: p
+                .scales
+                .as_ref()
+                .map(|s| self.gather(s, &counts, deadline))
+                .transpose()?,
         };
         Ok(out)
     }
 
     fn combine(&mut self, out: Tensor, _: usize) -> Result<Tensor> {
-        reduce_to_owners(self.group.as_ref(), self.counts.take(), &out, Deadline::after(self.timeout))
+        reduce_to_owners(
+            self.group.as_ref(),
+            self.counts.take(),
+            &out,
+            Deadline::after(self.timeout),
+        )
     }
 
     fn destroy(&mut self) -> Result<()> {
@@ -68,15 +83,26 @@ impl Communication for AllGatherReduceScatter {
 /// Rows every rank contributes to a gather-style dispatch: `None` for replicated tokens (a
 /// one-entry list: every rank already holds them), else the list, padded to its maximum when
 /// the caller pads.
-pub(crate) fn gather_counts(group: &dyn ProcessGroup, list: &[usize], use_dp_padding: bool) -> Result<Option<Vec<usize>>> {
+pub(crate) fn gather_counts(
+    group: &dyn ProcessGroup,
+    list: &[usize],
+    use_dp_padding: bool,
+) -> Result<Option<Vec<usize>>> {
     if list.len() == 1 {
         return Ok(None);
     }
     if list.len() != group.size() {
-        return Err(MoeError::config("all_rank_num_tokens", format!("{} entries for {} ranks", list.len(), group.size())));
+        return Err(MoeError::config(
+            "all_rank_num_tokens",
+            format!("{} entries for {} ranks", list.len(), group.size()),
+        ));
     }
     let max = list.iter().copied().max().unwrap_or(0);
-    Ok(Some(if use_dp_padding { vec![max; list.len()] } else { list.to_vec() }))
+    Ok(Some(if use_dp_padding {
+        vec![max; list.len()]
+    } else {
+        list.to_vec()
+    }))
 }
 
 /// Combine of a gather-style dispatch: sum every rank's partial rows and hand each rank its

@@ -31,7 +31,13 @@ pub struct AllToAll {
 impl AllToAll {
     /// `slot_owner[s]` is the rank holding global slot `s`.
     pub fn new(group: Arc<dyn ProcessGroup>, timeout: Duration, slot_owner: Vec<usize>, capacity_rows: usize) -> Self {
-        AllToAll { group, timeout, slot_owner, capacity_rows, route: None }
+        AllToAll {
+            group,
+            timeout,
+            slot_owner,
+            capacity_rows,
+            route: None,
+        }
     }
 
     fn take_rows(t: &Tensor, order: &[usize]) -> Result<Tensor> {
@@ -67,7 +73,10 @@ impl Communication for AllToAll {
     fn dispatch(&mut self, p: DispatchPayload, list: &[usize], _: bool) -> Result<DispatchPayload> {
         let size = self.group.size();
         if list.len() != size {
-            return Err(MoeError::config("all_rank_num_tokens", format!("{} entries for {} ranks", list.len(), size)));
+            return Err(MoeError::config(
+                "all_rank_num_tokens",
+                format!("{} entries for {} ranks", list.len(), size),
+            ));
         }
         let n = p.x.rows();
         let k = p.slots.row_len();
@@ -76,9 +85,19 @@ impl Communication for AllToAll {
         for t in 0..n {
             let mut seen = vec![false; size];
             for &s in &slots[t * k..(t + 1) * k] {
-                let owner = usize::try_from(s).ok().and_then(|s| self.slot_owner.get(s)).copied().ok_or_else(|| {
-                    MoeError::config("slots", format!("token {t} names slot {s}, but there are {} slots", self.slot_owner.len()))
-                })?;
+                let owner = usize::try_from(s)
+                    .ok()
+                    .and_then(|s| self.slot_owner.get(s))
+                    .copied()
+                    .ok_or_else(|| {
+                        MoeError::config(
+                            "slots",
+                            format!(
+                                "token {t} names slot {s}, but there are {} slots",
+                                self.slot_owner.len()
+                            ),
+                        )
+                    })?;
                 if !std::mem::replace(&mut seen[owner], true) {
                     per_rank[owner].push(t);
                 }
@@ -89,12 +108,22 @@ impl Communication for AllToAll {
         let deadline = Deadline::after(self.timeout);
         let counts_t = Tensor::from_i32(
             vec![size, 1],
-            send_counts.iter().map(|&c| i32::try_from(c).unwrap_or(i32::MAX)).collect(),
+            send_counts
+                .iter()
+                .map(|&c| i32::try_from(c).unwrap_or(i32::MAX))
+                .collect(),
         )?;
-        let recv = self.group.all_to_all_v(&counts_t, &vec![1; size], &vec![1; size], deadline)?;
-        let recv_counts: Vec<usize> = recv.as_i32("received counts")?.iter().map(|&c| c.max(0) as usize).collect();
+        let recv = self
+            .group
+            .all_to_all_v(&counts_t, &vec![1; size], &vec![1; size], deadline)?;
+        let recv_counts: Vec<usize> = recv
+            .as_i32("received counts")?
+            .iter()
+            .map(|&c| c.max(0) as usize)
+            .collect();
         let exchange = |t: &Tensor| -> Result<Tensor> {
-            self.group.all_to_all_v(&Self::take_rows(t, &order)?, &send_counts, &recv_counts, deadline)
+            self.group
+                .all_to_all_v(&Self::take_rows(t, &order)?, &send_counts, &recv_counts, deadline)
         };
         let out = DispatchPayload {
             x: exchange(&p.x)?,
@@ -102,14 +131,24 @@ impl Communication for AllToAll {
             slots: exchange(&p.slots)?,
             scales: p.scales.as_ref().map(&exchange).transpose()?,
         };
-        self.route = Some(Route { order, send_counts, recv_counts, local_rows: n });
+        self.route = Some(Route {
+            order,
+            send_counts,
+            recv_counts,
+            local_rows: n,
+        });
         Ok(out)
     }
 
     fn combine(&mut self, out: Tensor, _: usize) -> Result<Tensor> {
-        let route = self.route.take().ok_or_else(|| MoeError::lifecycle("all-to-all combine without a dispatch"))?;
+        let route = self
+            .route
+            .take()
+            .ok_or_else(|| MoeError::lifecycle("all-to-all combine without a dispatch"))?;
         let deadline = Deadline::after(self.timeout);
-        let back = self.group.all_to_all_v(&out, &route.recv_counts, &route.send_counts, deadline)?;
+        let back = self
+            .group
+            .all_to_all_v(&out, &route.recv_counts, &route.send_counts, deadline)?;
         let h = back.row_len();
         let parts = back.to_f32_vec("combined rows")?;
         let mut acc = vec![0.0f32; route.local_rows * h];
@@ -118,7 +157,11 @@ impl Communication for AllToAll {
                 *a += b;
             }
         }
-        let dtype = if out.dtype().is_float_activation() { out.dtype() } else { DType::F32 };
+        let dtype = if out.dtype().is_float_activation() {
+            out.dtype()
+        } else {
+            DType::F32
+        };
         Tensor::from_f32_as(dtype, vec![route.local_rows, h], &acc)
     }
 

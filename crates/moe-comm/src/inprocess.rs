@@ -44,7 +44,10 @@ pub struct InProcessGroup {
 
 impl std::fmt::Debug for InProcessGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InProcessGroup").field("rank", &self.rank).field("size", &self.shared.size).finish()
+        f.debug_struct("InProcessGroup")
+            .field("rank", &self.rank)
+            .field("size", &self.shared.size)
+            .finish()
     }
 }
 
@@ -53,10 +56,19 @@ impl InProcessGroup {
     pub fn world(size: usize) -> Vec<InProcessGroup> {
         let shared = Arc::new(Shared {
             size,
-            board: Mutex::new(Board { gone: vec![false; size], ..Board::default() }),
+            board: Mutex::new(Board {
+                gone: vec![false; size],
+                ..Board::default()
+            }),
             changed: Condvar::new(),
         });
-        (0..size).map(|rank| InProcessGroup { rank, shared: shared.clone(), round: Mutex::new(0) }).collect()
+        (0..size)
+            .map(|rank| InProcessGroup {
+                rank,
+                shared: shared.clone(),
+                round: Mutex::new(0),
+            })
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Board> {
@@ -115,14 +127,20 @@ impl InProcessGroup {
             .into_iter()
             .map(|p| match p {
                 Post::Tensor(t) => Ok(t),
-                other => Err(MoeError::Comm { peer: None, detail: format!("{what}: ranks disagree on the collective ({other:?})") }),
+                other => Err(MoeError::Comm {
+                    peer: None,
+                    detail: format!("{what}: ranks disagree on the collective ({other:?})"),
+                }),
             })
             .collect()
     }
 
     fn check_counts(&self, counts: &[usize], what: &str) -> Result<()> {
         if counts.len() != self.shared.size {
-            return Err(MoeError::config(what, format!("{} counts for a world of {}", counts.len(), self.shared.size)));
+            return Err(MoeError::config(
+                what,
+                format!("{} counts for a world of {}", counts.len(), self.shared.size),
+            ));
         }
         Ok(())
     }
@@ -152,12 +170,19 @@ impl ProcessGroup for InProcessGroup {
     fn all_gather_v(&self, local: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
         self.check_counts(counts, "all_gather_v counts")?;
         if local.rows() != counts[self.rank] {
-            return Err(MoeError::shape("all_gather_v input", format!("{} rows", counts[self.rank]), local.shape()));
+            return Err(MoeError::shape(
+                "all_gather_v input",
+                format!("{} rows", counts[self.rank]),
+                local.shape(),
+            ));
         }
         let parts = Self::tensors(self.exchange(Post::Tensor(local.clone()), deadline)?, "all_gather_v")?;
         for (r, p) in parts.iter().enumerate() {
             if p.rows() != counts[r] {
-                return Err(MoeError::Comm { peer: Some(r), detail: format!("sent {} rows, expected {}", p.rows(), counts[r]) });
+                return Err(MoeError::Comm {
+                    peer: Some(r),
+                    detail: format!("sent {} rows, expected {}", p.rows(), counts[r]),
+                });
             }
         }
         Tensor::concat_rows(&parts)
@@ -186,7 +211,10 @@ impl ProcessGroup for InProcessGroup {
         let mut parts = Vec::with_capacity(posts.len());
         for (src, p) in posts.into_iter().enumerate() {
             let Post::Rows(t, counts) = p else {
-                return Err(MoeError::Comm { peer: Some(src), detail: "ranks disagree on the collective".into() });
+                return Err(MoeError::Comm {
+                    peer: Some(src),
+                    detail: "ranks disagree on the collective".into(),
+                });
             };
             let block = split_rows_by_counts(&t, &counts)?.swap_remove(self.rank);
             if block.rows() != recv_counts[src] {
@@ -210,7 +238,10 @@ impl ProcessGroup for InProcessGroup {
             .into_iter()
             .map(|p| match p {
                 Post::Value(v) => Ok(v),
-                _ => Err(MoeError::Comm { peer: None, detail: "ranks disagree on the collective".into() }),
+                _ => Err(MoeError::Comm {
+                    peer: None,
+                    detail: "ranks disagree on the collective".into(),
+                }),
             })
             .collect()
     }
@@ -261,7 +292,10 @@ mod tests {
                 1 => vec![],
                 _ => vec![60.0],
             };
-            assert_eq!(back, &expected, "rank {r}: every rank contributed its copy of the gathered rows");
+            assert_eq!(
+                back, &expected,
+                "rank {r}: every rank contributed its copy of the gathered rows"
+            );
         }
     }
 
@@ -272,7 +306,10 @@ mod tests {
             let send_counts = [1, g.rank() + 1];
             let send = rows(g.rank(), 2 + g.rank());
             let recv_counts = if g.rank() == 0 { [1, 1] } else { [1, 2] };
-            g.all_to_all_v(&send, &send_counts, &recv_counts, soon()).unwrap().to_f32_vec("r").unwrap()
+            g.all_to_all_v(&send, &send_counts, &recv_counts, soon())
+                .unwrap()
+                .to_f32_vec("r")
+                .unwrap()
         });
         assert_eq!(out[0], vec![0.0, 10.0]);
         assert_eq!(out[1], vec![1.0, 11.0, 12.0]);
@@ -292,7 +329,9 @@ mod tests {
     #[test]
     fn a_stalled_rank_is_named_at_the_deadline() {
         let world = InProcessGroup::world(2);
-        let err = world[1].barrier(Deadline::after(Duration::from_millis(100))).unwrap_err();
+        let err = world[1]
+            .barrier(Deadline::after(Duration::from_millis(100)))
+            .unwrap_err();
         assert!(matches!(err, MoeError::Comm { peer: Some(0), .. }), "{err}");
         assert!(err.to_string().contains("before the deadline"));
     }

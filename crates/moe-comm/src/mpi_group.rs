@@ -8,12 +8,12 @@
 
 use std::sync::Mutex;
 
+use moe_core::{DType, Deadline, MoeError, ProcessGroup, Result, Tensor, TensorView};
+use mpi::Threading;
 use mpi::environment::Universe;
 use mpi::point_to_point::{Destination, Source};
-use mpi::request::{scope, Request, LocalScope};
+use mpi::request::{LocalScope, Request, scope};
 use mpi::topology::{Communicator, SimpleCommunicator};
-use mpi::Threading;
-use moe_core::{Deadline, DType, MoeError, ProcessGroup, Result, Tensor, TensorView};
 
 use crate::rows::{split_rows_by_counts, sum_tensors};
 
@@ -40,12 +40,18 @@ unsafe impl Sync for MpiGroup {}
 
 impl std::fmt::Debug for MpiGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MpiGroup").field("rank", &self.rank).field("size", &self.size).finish()
+        f.debug_struct("MpiGroup")
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .finish()
     }
 }
 
 fn comm_err(peer: Option<usize>, detail: impl Into<String>) -> MoeError {
-    MoeError::Comm { peer, detail: detail.into() }
+    MoeError::Comm {
+        peer,
+        detail: detail.into(),
+    }
 }
 
 impl MpiGroup {
@@ -54,11 +60,22 @@ impl MpiGroup {
         let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| comm_err(None, "MPI was already initialized in this process"))?;
         if threading < Threading::Serialized {
-            return Err(comm_err(None, format!("the MPI library offers only {threading:?} threading")));
+            return Err(comm_err(
+                None,
+                format!("the MPI library offers only {threading:?} threading"),
+            ));
         }
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
-        Ok(MpiGroup { rank, size, inner: Mutex::new(Inner { _universe: universe, world, seq: 0 }) })
+        Ok(MpiGroup {
+            rank,
+            size,
+            inner: Mutex::new(Inner {
+                _universe: universe,
+                world,
+                seq: 0,
+            }),
+        })
     }
 
     /// Sends `sends[p]` to every peer p and receives `recv_lens[p]` bytes from every peer,
@@ -75,13 +92,17 @@ impl MpiGroup {
             let mut pending: Vec<(usize, bool, Request<'_, [u8], &LocalScope<'_>>)> = Vec::new();
             for (peer, buf) in bufs.iter_mut().enumerate() {
                 if peer != me {
-                    let req = world.process_at_rank(peer as i32).immediate_receive_into_with_tag(sc, &mut buf[..], tag);
+                    let req = world
+                        .process_at_rank(peer as i32)
+                        .immediate_receive_into_with_tag(sc, &mut buf[..], tag);
                     pending.push((peer, true, req));
                 }
             }
             for (peer, data) in sends.iter().enumerate() {
                 if peer != me {
-                    let req = world.process_at_rank(peer as i32).immediate_send_with_tag(sc, &data[..], tag);
+                    let req = world
+                        .process_at_rank(peer as i32)
+                        .immediate_send_with_tag(sc, &data[..], tag);
                     pending.push((peer, false, req));
                 }
             }
@@ -106,7 +127,10 @@ impl MpiGroup {
                     }
                     return Err(comm_err(
                         stalled,
-                        format!("rank {} did not take part in collective {tag} before the deadline", stalled.unwrap_or(0)),
+                        format!(
+                            "rank {} did not take part in collective {tag} before the deadline",
+                            stalled.unwrap_or(0)
+                        ),
                     ));
                 }
                 std::thread::yield_now();
@@ -117,7 +141,10 @@ impl MpiGroup {
 
     fn check_counts(&self, counts: &[usize], what: &str) -> Result<()> {
         if counts.len() != self.size {
-            return Err(MoeError::config(what, format!("{} counts for a world of {}", counts.len(), self.size)));
+            return Err(MoeError::config(
+                what,
+                format!("{} counts for a world of {}", counts.len(), self.size),
+            ));
         }
         Ok(())
     }
@@ -134,7 +161,12 @@ fn row_bytes(t: &Tensor) -> usize {
 fn tensor_from(dtype: DType, rows: usize, row_shape: &[usize], data: Vec<u8>) -> Result<Tensor> {
     let mut shape = vec![rows];
     shape.extend_from_slice(row_shape);
-    TensorView { dtype, shape, data: data.into() }.to_tensor("received rows")
+    TensorView {
+        dtype,
+        shape,
+        data: data.into(),
+    }
+    .to_tensor("received rows")
 }
 
 impl ProcessGroup for MpiGroup {
@@ -178,10 +210,19 @@ impl ProcessGroup for MpiGroup {
         sum_tensors(&tensors.iter().collect::<Vec<_>>())
     }
 
-    fn all_to_all_v(&self, send: &Tensor, send_counts: &[usize], recv_counts: &[usize], deadline: Deadline) -> Result<Tensor> {
+    fn all_to_all_v(
+        &self,
+        send: &Tensor,
+        send_counts: &[usize],
+        recv_counts: &[usize],
+        deadline: Deadline,
+    ) -> Result<Tensor> {
         self.check_counts(send_counts, "all_to_all_v send counts")?;
         self.check_counts(recv_counts, "all_to_all_v recv counts")?;
-        let sends = split_rows_by_counts(send, send_counts)?.iter().map(bytes_of).collect::<Result<Vec<_>>>()?;
+        let sends = split_rows_by_counts(send, send_counts)?
+            .iter()
+            .map(bytes_of)
+            .collect::<Result<Vec<_>>>()?;
         let rb = row_bytes(send);
         let recv: Vec<usize> = recv_counts.iter().map(|c| c * rb).collect();
         let parts = self.exchange(&sends, &recv, deadline)?;
@@ -199,7 +240,14 @@ impl ProcessGroup for MpiGroup {
         let parts = self.exchange(&vec![mine; self.size], &vec![len; self.size], deadline)?;
         let tensors = parts
             .into_iter()
-            .map(|b| TensorView { dtype: t.dtype(), shape: t.shape().to_vec(), data: b.into() }.to_tensor("all_reduce part"))
+            .map(|b| {
+                TensorView {
+                    dtype: t.dtype(),
+                    shape: t.shape().to_vec(),
+                    data: b.into(),
+                }
+                .to_tensor("all_reduce part")
+            })
             .collect::<Result<Vec<_>>>()?;
         sum_tensors(&tensors.iter().collect::<Vec<_>>())
     }

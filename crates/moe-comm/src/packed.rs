@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::allgather::{gather_counts, reduce_to_owners};
-use moe_core::{
-    Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor, TensorView,
-};
+use moe_core::{Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor, TensorView};
 
 /// One-collective dispatch for small batches.
 pub struct PackedAllGather {
@@ -30,7 +28,10 @@ struct Field {
 
 impl Field {
     fn of(t: &Tensor) -> Field {
-        Field { dtype: t.dtype(), row_shape: t.shape()[1..].to_vec() }
+        Field {
+            dtype: t.dtype(),
+            row_shape: t.shape()[1..].to_vec(),
+        }
     }
 
     fn row_bytes(&self) -> usize {
@@ -40,7 +41,12 @@ impl Field {
 
 impl PackedAllGather {
     pub fn new(group: Arc<dyn ProcessGroup>, timeout: Duration, max_rows: usize) -> Self {
-        PackedAllGather { group, timeout, max_rows, counts: None }
+        PackedAllGather {
+            group,
+            timeout,
+            max_rows,
+            counts: None,
+        }
     }
 }
 
@@ -74,7 +80,12 @@ fn unpack(packed: &Tensor, fields: &[Field]) -> Result<Vec<Tensor>> {
             offset += w;
             let mut shape = vec![rows];
             shape.extend(&f.row_shape);
-            TensorView { dtype: f.dtype, shape, data: Cow::Owned(data) }.to_tensor("packed field")
+            TensorView {
+                dtype: f.dtype,
+                shape,
+                data: Cow::Owned(data),
+            }
+            .to_tensor("packed field")
         })
         .collect()
 }
@@ -101,7 +112,9 @@ impl Communication for PackedAllGather {
 
     fn dispatch(&mut self, p: DispatchPayload, list: &[usize], use_dp_padding: bool) -> Result<DispatchPayload> {
         self.counts = gather_counts(self.group.as_ref(), list, use_dp_padding)?;
-        let Some(counts) = self.counts.clone() else { return Ok(p) };
+        let Some(counts) = self.counts.clone() else {
+            return Ok(p);
+        };
         // Every rank packs the same field list: scales and x_sf presence follow the layer's
         // config, identical on all ranks.
         let mut parts: Vec<&Tensor> = vec![&p.x, &p.slots];
@@ -109,9 +122,14 @@ impl Communication for PackedAllGather {
         parts.extend(p.scales.as_ref());
         let fields: Vec<Field> = parts.iter().map(|t| Field::of(t)).collect();
         let packed = pack(&parts)?;
-        let gathered = self.group.all_gather_v(&packed, &counts, Deadline::after(self.timeout))?;
+        let gathered = self
+            .group
+            .all_gather_v(&packed, &counts, Deadline::after(self.timeout))?;
         let mut out = unpack(&gathered, &fields)?.into_iter();
-        let mut next = || out.next().ok_or_else(|| MoeError::lifecycle("packed dispatch lost a field"));
+        let mut next = || {
+            out.next()
+                .ok_or_else(|| MoeError::lifecycle("packed dispatch lost a field"))
+        };
         let x = next()?;
         let slots = next()?;
         let x_sf = if p.x_sf.is_some() { Some(next()?) } else { None };
@@ -120,7 +138,12 @@ impl Communication for PackedAllGather {
     }
 
     fn combine(&mut self, out: Tensor, _: usize) -> Result<Tensor> {
-        reduce_to_owners(self.group.as_ref(), self.counts.take(), &out, Deadline::after(self.timeout))
+        reduce_to_owners(
+            self.group.as_ref(),
+            self.counts.take(),
+            &out,
+            Deadline::after(self.timeout),
+        )
     }
 
     fn destroy(&mut self) -> Result<()> {

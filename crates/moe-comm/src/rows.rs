@@ -7,7 +7,11 @@ use moe_core::{MoeError, Result, Tensor};
 pub fn split_rows_by_counts(t: &Tensor, counts: &[usize]) -> Result<Vec<Tensor>> {
     let total: usize = counts.iter().sum();
     if total != t.rows() {
-        return Err(MoeError::shape("rows to split", format!("{total} rows (sum of counts {counts:?})"), t.shape()));
+        return Err(MoeError::shape(
+            "rows to split",
+            format!("{total} rows (sum of counts {counts:?})"),
+            t.shape(),
+        ));
     }
     let mut start = 0;
     counts
@@ -23,11 +27,17 @@ pub fn split_rows_by_counts(t: &Tensor, counts: &[usize]) -> Result<Vec<Tensor>>
 /// Element-wise sum of equally shaped float tensors, accumulated in f32 in rank order (so
 /// every rank computes bit-identical sums), returned in the first tensor's dtype.
 pub fn sum_tensors(parts: &[&Tensor]) -> Result<Tensor> {
-    let first = parts.first().ok_or_else(|| MoeError::shape("sum", "at least one tensor", &[]))?;
+    let first = parts
+        .first()
+        .ok_or_else(|| MoeError::shape("sum", "at least one tensor", &[]))?;
     let mut acc = first.to_f32_vec("sum operand")?;
     for p in &parts[1..] {
         if p.shape() != first.shape() {
-            return Err(MoeError::shape("sum operand", format!("{:?}", first.shape()), p.shape()));
+            return Err(MoeError::shape(
+                "sum operand",
+                format!("{:?}", first.shape()),
+                p.shape(),
+            ));
         }
         for (a, b) in acc.iter_mut().zip(p.to_f32_vec("sum operand")?) {
             *a += b;

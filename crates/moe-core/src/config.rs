@@ -23,7 +23,11 @@ pub enum Activation {
 
 impl Activation {
     /// GPT-OSS's published constants (alpha 1.702, beta 1, limit 7).
-    pub const GPT_OSS: Activation = Activation::SwigluGptOss { alpha: 1.702, beta: 1.0, limit: 7.0 };
+    pub const GPT_OSS: Activation = Activation::SwigluGptOss {
+        alpha: 1.702,
+        beta: 1.0,
+        limit: 7.0,
+    };
 
     /// Whether FC1 carries a gate half (`expand = 2`).
     pub fn is_gated(self) -> bool {
@@ -104,7 +108,11 @@ pub struct QuantConfig {
 
 impl Default for QuantConfig {
     fn default() -> Self {
-        QuantConfig { algo: QuantAlgo::None, weight_block_size: None, group_size: None }
+        QuantConfig {
+            algo: QuantAlgo::None,
+            weight_block_size: None,
+            group_size: None,
+        }
     }
 }
 
@@ -124,7 +132,13 @@ pub struct ParallelConfig {
 
 impl Default for ParallelConfig {
     fn default() -> Self {
-        ParallelConfig { ep_size: 1, ep_rank: 0, tp_size: 1, tp_rank: 0, attention_dp: false }
+        ParallelConfig {
+            ep_size: 1,
+            ep_rank: 0,
+            tp_size: 1,
+            tp_rank: 0,
+            attention_dp: false,
+        }
     }
 }
 
@@ -207,6 +221,9 @@ pub struct MoeConfig {
     /// Layer index in the model, for reports and EPLB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_idx: Option<usize>,
+    /// CUDA device ordinal a device backend runs on (`None` = device 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_device: Option<usize>,
 }
 
 impl MoeConfig {
@@ -233,6 +250,7 @@ impl MoeConfig {
             eplb: None,
             backend: None,
             layer_idx: None,
+            cuda_device: None,
         }
     }
 
@@ -293,7 +311,10 @@ impl MoeConfig {
         }
         if let Activation::SwigluGptOss { limit, .. } = self.activation {
             if limit.is_nan() || limit <= 0.0 {
-                return Err(MoeError::config("activation.limit", format!("must be > 0, got {limit}")));
+                return Err(MoeError::config(
+                    "activation.limit",
+                    format!("must be > 0, got {limit}"),
+                ));
             }
         }
         Ok(())
@@ -306,12 +327,19 @@ mod tests {
 
     #[test]
     fn static_tables_refuse_chunking() {
-        let routing = RoutingMethod::Static { top_k: 1, ids: vec![0, 1], scales: None };
+        let routing = RoutingMethod::Static {
+            top_k: 1,
+            ids: vec![0, 1],
+            scales: None,
+        };
         let mut c = MoeConfig::new(2, 4, 4, DType::F32, routing);
         assert!(c.validate().is_ok());
         c.moe_max_num_tokens = Some(1);
         let err = c.validate().unwrap_err();
-        assert!(matches!(&err, MoeError::InvalidConfig { field, .. } if field == "moe_max_num_tokens"), "{err}");
+        assert!(
+            matches!(&err, MoeError::InvalidConfig { field, .. } if field == "moe_max_num_tokens"),
+            "{err}"
+        );
     }
 
     #[test]

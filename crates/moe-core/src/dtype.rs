@@ -80,7 +80,7 @@ impl DType {
                 return Err(MoeError::InvalidConfig {
                     field: "dtype".into(),
                     detail: format!("unknown dtype `{other}`"),
-                })
+                });
             }
         })
     }

@@ -21,11 +21,19 @@ pub enum MoeError {
     // --- shapes and dtypes ----------------------------------------------------------------
     /// A tensor has the wrong shape.
     #[error("shape mismatch for `{what}`: expected {expected}, got {actual:?}")]
-    ShapeMismatch { what: String, expected: String, actual: Vec<usize> },
+    ShapeMismatch {
+        what: String,
+        expected: String,
+        actual: Vec<usize>,
+    },
 
     /// A tensor has the wrong element type.
     #[error("dtype mismatch for `{what}`: expected {expected}, got {actual}")]
-    DTypeMismatch { what: String, expected: String, actual: String },
+    DTypeMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
 
     /// A value is not finite where the layer needs it to be (router logits, weights).
     #[error("non-finite value in `{what}` at {location}")]
@@ -42,12 +50,20 @@ pub enum MoeError {
 
     /// An I/O failure on a named file.
     #[error("i/o error on `{path}`: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     // --- capabilities and selection -------------------------------------------------------
     /// The chosen backend cannot run this problem.
     #[error("backend `{backend}` cannot implement this layer ({reason}): {detail}")]
-    Unsupported { backend: String, reason: RejectReason, detail: String },
+    Unsupported {
+        backend: String,
+        reason: RejectReason,
+        detail: String,
+    },
 
     /// No backend is eligible; the detail lists every candidate's rejection.
     #[error("no eligible MoE backend: {detail}")]
@@ -76,12 +92,19 @@ pub enum MoeError {
 impl MoeError {
     /// Shorthand for [`MoeError::InvalidConfig`].
     pub fn config(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        MoeError::InvalidConfig { field: field.into(), detail: detail.into() }
+        MoeError::InvalidConfig {
+            field: field.into(),
+            detail: detail.into(),
+        }
     }
 
     /// Shorthand for [`MoeError::ShapeMismatch`].
     pub fn shape(what: impl Into<String>, expected: impl Into<String>, actual: &[usize]) -> Self {
-        MoeError::ShapeMismatch { what: what.into(), expected: expected.into(), actual: actual.to_vec() }
+        MoeError::ShapeMismatch {
+            what: what.into(),
+            expected: expected.into(),
+            actual: actual.to_vec(),
+        }
     }
 
     /// Shorthand for [`MoeError::Lifecycle`].

@@ -26,9 +26,7 @@ pub mod weights;
 
 pub use backend::{Capabilities, CommPlan, MoeBackend, MoeRunContext, QuantizedInput};
 pub use comm::{CommHandle, Communication, Deadline, DispatchPayload, ProcessGroup};
-pub use config::{
-    Activation, EplbConfig, MoeConfig, ParallelConfig, QuantAlgo, QuantConfig,
-};
+pub use config::{Activation, EplbConfig, MoeConfig, ParallelConfig, QuantAlgo, QuantConfig};
 pub use dtype::DType;
 pub use eplb::{LoadBalancer, MigrationPlan, RebalanceReport, SlotMove};
 pub use error::{MoeError, Result};

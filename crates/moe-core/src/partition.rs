@@ -131,7 +131,9 @@ impl ExpertPartition {
     /// Local index of a global slot id, if this rank holds it.
     pub fn local_slot(&self, global_slot: i32) -> Option<usize> {
         let s = usize::try_from(global_slot).ok()?;
-        (self.slot_start..self.slot_end).contains(&s).then(|| s - self.slot_start)
+        (self.slot_start..self.slot_end)
+            .contains(&s)
+            .then(|| s - self.slot_start)
     }
 }
 
@@ -149,7 +151,9 @@ mod tests {
 
     #[test]
     fn non_divisible_ranks_take_floor_or_ceil() {
-        let parts: Vec<_> = (0..3).map(|r| ExpertPartition::compute(&cfg(8, 3, r), true).unwrap()).collect();
+        let parts: Vec<_> = (0..3)
+            .map(|r| ExpertPartition::compute(&cfg(8, 3, r), true).unwrap())
+            .collect();
         let ranges: Vec<_> = parts.iter().map(|p| (p.slot_start, p.slot_end)).collect();
         assert_eq!(ranges, vec![(0, 3), (3, 6), (6, 8)]);
         assert!(ExpertPartition::compute(&cfg(8, 3, 0), false).is_err());
@@ -159,7 +163,11 @@ mod tests {
     #[test]
     fn eplb_default_assignment_wraps() {
         let mut c = cfg(4, 2, 1);
-        c.eplb = Some(EplbConfig { num_slots: 6, layer_updates_per_iter: 0, initial_global_assignments: None });
+        c.eplb = Some(EplbConfig {
+            num_slots: 6,
+            layer_updates_per_iter: 0,
+            initial_global_assignments: None,
+        });
         let p = ExpertPartition::compute(&c, false).unwrap();
         // rank 0: 0,1,2 ; rank 1 starts at 1*4/2 = 2: 2,3,0
         assert_eq!(p.initial_global_assignments, vec![0, 1, 2, 2, 3, 0]);

@@ -51,7 +51,9 @@ pub enum RejectReason {
 
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
         f.write_str(s.as_deref().unwrap_or("UNKNOWN"))
     }
 }
@@ -71,7 +73,10 @@ impl Eligibility {
 
     /// A rejection; the detail is mandatory and says what exactly does not fit.
     pub fn no(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Eligibility::No { reason, detail: detail.into() }
+        Eligibility::No {
+            reason,
+            detail: detail.into(),
+        }
     }
 
     pub fn is_ok(&self) -> bool {
@@ -268,7 +273,12 @@ impl fmt::Display for ResolutionReport {
             self.env_fingerprint
         )?;
         if let Some(c) = &self.comm {
-            writeln!(f, "comm: {} (requested: {})", c.chosen.as_deref().unwrap_or("none"), c.requested)?;
+            writeln!(
+                f,
+                "comm: {} (requested: {})",
+                c.chosen.as_deref().unwrap_or("none"),
+                c.requested
+            )?;
             for (name, why) in &c.passed_over {
                 writeln!(f, "comm passed over {name}: {why}")?;
             }
@@ -293,7 +303,10 @@ mod tests {
 
     #[test]
     fn reject_reason_display_is_screaming_snake() {
-        assert_eq!(RejectReason::SlotsNotDivisibleByEp.to_string(), "SLOTS_NOT_DIVISIBLE_BY_EP");
+        assert_eq!(
+            RejectReason::SlotsNotDivisibleByEp.to_string(),
+            "SLOTS_NOT_DIVISIBLE_BY_EP"
+        );
         assert_eq!(RejectReason::NotAnImpl.to_string(), "NOT_AN_IMPL");
     }
 
@@ -308,7 +321,11 @@ mod tests {
 
     #[test]
     fn fingerprint_is_stable() {
-        let env = MoeEnvironment { cpu_threads: 2, cuda_sm: None, available_deps: vec![] };
+        let env = MoeEnvironment {
+            cpu_threads: 2,
+            cuda_sm: None,
+            available_deps: vec![],
+        };
         assert_eq!(env.fingerprint(), env.clone().fingerprint());
         assert_eq!(env.fingerprint().len(), 16);
     }

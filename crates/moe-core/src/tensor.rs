@@ -78,12 +78,20 @@ impl Tensor {
         if len != n {
             return Err(MoeError::shape("tensor storage", format!("{n} elements"), &[len]));
         }
-        Ok(Tensor { dtype, shape, storage: Storage::Host(storage) })
+        Ok(Tensor {
+            dtype,
+            shape,
+            storage: Storage::Host(storage),
+        })
     }
 
     /// Wraps device memory; `moe-kernels` is the only caller.
     pub fn from_device(dtype: DType, shape: Vec<usize>, storage: Arc<dyn DeviceStorage>) -> Tensor {
-        Tensor { dtype, shape, storage: Storage::Device(storage) }
+        Tensor {
+            dtype,
+            shape,
+            storage: Storage::Device(storage),
+        }
     }
 
     pub fn from_f32(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor> {
@@ -105,7 +113,7 @@ impl Tensor {
                     what: "from_f32_as".into(),
                     expected: "f32, f16 or bf16".into(),
                     actual: other.to_string(),
-                })
+                });
             }
         };
         Tensor::from_host(dtype, shape, storage)
@@ -122,7 +130,11 @@ impl Tensor {
             DType::I64 => HostStorage::Bytes(vec![0; n * 8]),
             _ => HostStorage::Bytes(vec![0; n]),
         };
-        Tensor { dtype, shape, storage: Storage::Host(storage) }
+        Tensor {
+            dtype,
+            shape,
+            storage: Storage::Host(storage),
+        }
     }
 
     pub fn dtype(&self) -> DType {
@@ -281,12 +293,18 @@ impl Tensor {
 
     /// Concatenates host tensors of equal dtype and row shape along the leading dimension.
     pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor> {
-        let first = parts.first().ok_or_else(|| MoeError::shape("concat_rows", "at least one part", &[]))?;
+        let first = parts
+            .first()
+            .ok_or_else(|| MoeError::shape("concat_rows", "at least one part", &[]))?;
         let mut shape = first.shape.clone();
         let mut rows = 0;
         for p in parts {
             if p.dtype != first.dtype || p.shape.get(1..) != first.shape.get(1..) {
-                return Err(MoeError::shape("concat_rows part", format!("{:?}", first.shape), &p.shape));
+                return Err(MoeError::shape(
+                    "concat_rows part",
+                    format!("{:?}", first.shape),
+                    &p.shape,
+                ));
             }
             rows += p.rows();
         }
@@ -317,7 +335,11 @@ impl Tensor {
     /// row shape; host tensors). EPLB migration moves one slot's bytes this way.
     pub fn copy_row_from(&mut self, dst_row: usize, src: &Tensor, src_row: usize) -> Result<()> {
         if self.dtype != src.dtype || self.shape.get(1..) != src.shape.get(1..) {
-            return Err(MoeError::shape("copy_row_from source", format!("{} {:?}", self.dtype, self.shape), &src.shape));
+            return Err(MoeError::shape(
+                "copy_row_from source",
+                format!("{} {:?}", self.dtype, self.shape),
+                &src.shape,
+            ));
         }
         if dst_row >= self.rows() || src_row >= src.rows() {
             return Err(MoeError::shape(
@@ -374,19 +396,33 @@ impl TensorView<'_> {
         if d.len() != expected_bytes {
             return Err(MoeError::BadCheckpoint {
                 path: name.into(),
-                detail: format!("{} bytes for {:?} {}, expected {expected_bytes}", d.len(), self.shape, self.dtype),
+                detail: format!(
+                    "{} bytes for {:?} {}, expected {expected_bytes}",
+                    d.len(),
+                    self.shape,
+                    self.dtype
+                ),
             });
         }
         Ok(match self.dtype {
-            DType::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            DType::F16 => d.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            DType::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => d
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => d
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             other => {
                 return Err(MoeError::DTypeMismatch {
                     what: name.into(),
                     expected: "f32, f16 or bf16".into(),
                     actual: other.to_string(),
-                })
+                });
             }
         })
     }
@@ -396,13 +432,22 @@ impl TensorView<'_> {
         let storage = match self.dtype {
             DType::F32 => HostStorage::F32(self.to_f32_vec(name)?),
             DType::F16 => HostStorage::F16(
-                self.data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect(),
+                self.data
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
             ),
             DType::BF16 => HostStorage::BF16(
-                self.data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect(),
+                self.data
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
             ),
             DType::I32 => HostStorage::I32(
-                self.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                self.data
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
             ),
             _ => HostStorage::Bytes(self.data.to_vec()),
         };
@@ -431,7 +476,11 @@ impl Tensor {
             HostStorage::I32(v) => Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             HostStorage::Bytes(v) => Cow::Borrowed(v.as_slice()),
         };
-        Ok(TensorView { dtype: self.dtype, shape: self.shape.clone(), data })
+        Ok(TensorView {
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            data,
+        })
     }
 }
 

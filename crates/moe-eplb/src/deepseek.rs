@@ -31,9 +31,16 @@ pub(crate) struct Geometry {
 /// == 0`, else the same routine with one group and one node (the global policy).
 pub(crate) fn rebalance_layer(load: &[f64], g: &Geometry) -> Result<LayerPlan> {
     let weight: Vec<f32> = load.iter().map(|&x| x as f32).collect();
-    let (groups, nodes) = if g.num_groups % g.num_nodes == 0 { (g.num_groups, g.num_nodes) } else { (1, 1) };
+    let (groups, nodes) = if g.num_groups % g.num_nodes == 0 {
+        (g.num_groups, g.num_nodes)
+    } else {
+        (1, 1)
+    };
     let (phy2log, phyrank, _) = hierarchical(&weight, g.num_slots, groups, nodes, g.num_gpus)?;
-    Ok(LayerPlan { slot_to_expert: phy2log, replica_rank: phyrank })
+    Ok(LayerPlan {
+        slot_to_expert: phy2log,
+        replica_rank: phyrank,
+    })
 }
 
 /// Index order by descending weight, as `torch.sort(descending=True)` on CPU without the
@@ -147,8 +154,10 @@ pub(crate) fn hierarchical(
     let phy_per_node = num_physical / num_nodes;
 
     // Step 1: pack groups onto nodes; `log2mlog` renumbers experts node-major.
-    let tokens_per_group: Vec<f32> =
-        weight.chunks(group_size).map(|g| g.iter().fold(0f32, |a, &b| a + b)).collect();
+    let tokens_per_group: Vec<f32> = weight
+        .chunks(group_size)
+        .map(|g| g.iter().fold(0f32, |a, &b| a + b))
+        .collect();
     let (group_pack, group_rank) = balanced_packing(&tokens_per_group, num_nodes);
     let log2mlog: Vec<usize> = (0..e)
         .map(|x| {
@@ -163,13 +172,13 @@ pub(crate) fn hierarchical(
     let mut mlogcnt = vec![0usize; e];
     for node in 0..num_nodes {
         // Step 2: replicate the node's experts into its physical slots.
-        let tokens_per_mlog: Vec<f32> =
-            (0..log_per_node).map(|i| weight[mlog2log[node * log_per_node + i]]).collect();
+        let tokens_per_mlog: Vec<f32> = (0..log_per_node)
+            .map(|i| weight[mlog2log[node * log_per_node + i]])
+            .collect();
         let (phy2mlog, phyrank, cnt) = replicate_experts(&tokens_per_mlog, phy_per_node);
 
         // Step 3: pack the node's replicas onto its GPUs.
-        let tokens_per_phy: Vec<f32> =
-            phy2mlog.iter().map(|&m| tokens_per_mlog[m] / cnt[m] as f32).collect();
+        let tokens_per_phy: Vec<f32> = phy2mlog.iter().map(|&m| tokens_per_mlog[m] / cnt[m] as f32).collect();
         let (pack, rank_in_pack) = balanced_packing(&tokens_per_phy, num_gpus / num_nodes);
         let phy2pphy: Vec<usize> = pack.iter().zip(&rank_in_pack).map(|(&p, &r)| p * per_gpu + r).collect();
         let pphy2phy = inverse(&phy2pphy);

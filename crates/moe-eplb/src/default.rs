@@ -104,7 +104,12 @@ fn best_fresh(load: &[f64], g: &Geometry) -> Result<Vec<usize>> {
     if let Ok(ds) = deepseek::rebalance_layer(load, g) {
         starts.push(ds.slot_to_expert);
     }
-    starts.push(greedy::do_placement(load, &greedy::do_replication(load, g.num_slots), g.num_gpus, spg));
+    starts.push(greedy::do_placement(
+        load,
+        &greedy::do_replication(load, g.num_slots),
+        g.num_gpus,
+        spg,
+    ));
     let mut best: Option<(f64, Vec<usize>)> = None;
     for s in starts {
         let mut lay = Layout::new(load, s, g.num_gpus, spg);
@@ -139,9 +144,16 @@ fn marginal_replication(load: &[f64], num_slots: usize) -> Vec<usize> {
 /// the least-loaded GPU with a free slot; on equal loads a GPU not yet holding the expert
 /// wins (a second replica on the same GPU balances nothing).
 fn lpt(load: &[f64], cnt: &[usize], num_gpus: usize, spg: usize) -> Vec<usize> {
-    let mut replicas: Vec<(f64, usize)> =
-        cnt.iter().enumerate().flat_map(|(x, &c)| std::iter::repeat_n((load[x] / c as f64, x), c)).collect();
-    replicas.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    let mut replicas: Vec<(f64, usize)> = cnt
+        .iter()
+        .enumerate()
+        .flat_map(|(x, &c)| std::iter::repeat_n((load[x] / c as f64, x), c))
+        .collect();
+    replicas.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+    });
     let mut gpu = vec![0f64; num_gpus];
     let mut filled = vec![0usize; num_gpus];
     let mut slots = vec![0usize; num_gpus * spg];
@@ -178,21 +190,36 @@ fn anchored(load: &[f64], target: &[usize], prev: &[usize], num_gpus: usize, spg
             })
         })
         .collect();
-    let share = |x: usize| if target[x] == 0 { 0.0 } else { load[x] / target[x] as f64 };
+    let share = |x: usize| {
+        if target[x] == 0 {
+            0.0
+        } else {
+            load[x] / target[x] as f64
+        }
+    };
     let mut gpu = vec![0f64; num_gpus];
     for (s, x) in slots.iter().enumerate() {
         if let Some(x) = *x {
             gpu[s / spg] += share(x);
         }
     }
-    let mut missing: Vec<usize> =
-        (0..load.len()).flat_map(|x| std::iter::repeat_n(x, target[x] - kept[x])).collect();
-    missing.sort_by(|&a, &b| share(b).partial_cmp(&share(a)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    let mut missing: Vec<usize> = (0..load.len())
+        .flat_map(|x| std::iter::repeat_n(x, target[x] - kept[x]))
+        .collect();
+    missing.sort_by(|&a, &b| {
+        share(b)
+            .partial_cmp(&share(a))
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
     for x in missing {
         let free = (0..slots.len()).filter(|&s| slots[s].is_none());
         // The free slot on the lightest GPU (earliest slot on ties).
         let Some(s) = free.min_by(|&a, &b| {
-            gpu[a / spg].partial_cmp(&gpu[b / spg]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+            gpu[a / spg]
+                .partial_cmp(&gpu[b / spg])
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
         }) else {
             break;
         };
@@ -324,7 +351,13 @@ enum Move {
 
 impl<'a> Layout<'a> {
     fn new(load: &'a [f64], slots: Vec<usize>, num_gpus: usize, spg: usize) -> Self {
-        let mut lay = Layout { load, spg, cnt: Vec::new(), gpu: vec![0.0; num_gpus], slots };
+        let mut lay = Layout {
+            load,
+            spg,
+            cnt: Vec::new(),
+            gpu: vec![0.0; num_gpus],
+            slots,
+        };
         lay.refresh();
         lay
     }
@@ -350,7 +383,10 @@ impl<'a> Layout<'a> {
         let spg = self.spg;
         for _ in 0..MAX_STEPS {
             let Some(top) = (0..self.gpu.len()).max_by(|&a, &b| {
-                self.gpu[a].partial_cmp(&self.gpu[b]).unwrap_or(std::cmp::Ordering::Equal).then(b.cmp(&a))
+                self.gpu[a]
+                    .partial_cmp(&self.gpu[b])
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(b.cmp(&a))
             }) else {
                 return;
             };
@@ -381,7 +417,10 @@ impl<'a> Layout<'a> {
                 } else {
                     (true, gain)
                 };
-                if best.as_ref().is_none_or(|(_, k)| (key.0 && !k.0) || (key.0 == k.0 && key.1 > k.1)) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, k)| (key.0 && !k.0) || (key.0 == k.0 && key.1 > k.1))
+                {
                     best = Some((m, key));
                 }
             };
@@ -453,7 +492,12 @@ mod tests {
     use crate::plan::balancedness;
 
     fn geometry(s: usize, g: usize) -> Geometry {
-        Geometry { num_slots: s, num_gpus: g, num_nodes: 1, num_groups: 1 }
+        Geometry {
+            num_slots: s,
+            num_gpus: g,
+            num_nodes: 1,
+            num_groups: 1,
+        }
     }
 
     #[test]
@@ -485,7 +529,11 @@ mod tests {
         let g = geometry(8, 4);
         let prev: Vec<usize> = (0..8).collect();
         for cap in [0, 1] {
-            assert_eq!(plan_layer(&load, &g, Some(&prev), Some(cap)).unwrap(), prev, "cap {cap}");
+            assert_eq!(
+                plan_layer(&load, &g, Some(&prev), Some(cap)).unwrap(),
+                prev,
+                "cap {cap}"
+            );
         }
         let two = plan_layer(&load, &g, Some(&prev), Some(2)).unwrap();
         assert_eq!(changed(&two, &prev), 2);

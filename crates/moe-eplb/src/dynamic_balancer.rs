@@ -78,7 +78,6 @@ impl DynamicBalancerConfig {
     }
 }
 
-
 /// Where the layer is in its hook sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -168,8 +167,15 @@ impl DynamicBalancer {
 
     /// From a layer config with dynamic EPLB: slots, cadence and the initial table (or
     /// TensorRT-LLM's default wrap) come from `config.eplb`, ranks from `config.parallel`.
-    pub fn from_moe_config(config: &MoeConfig, algorithm: Algorithm, group: Option<Arc<dyn ProcessGroup>>) -> Result<Self> {
-        let eplb = config.eplb.as_ref().ok_or_else(|| MoeError::config("eplb", "dynamic EPLB needs an eplb section"))?;
+    pub fn from_moe_config(
+        config: &MoeConfig,
+        algorithm: Algorithm,
+        group: Option<Arc<dyn ProcessGroup>>,
+    ) -> Result<Self> {
+        let eplb = config
+            .eplb
+            .as_ref()
+            .ok_or_else(|| MoeError::config("eplb", "dynamic EPLB needs an eplb section"))?;
         let partition = ExpertPartition::compute(config, true)?;
         let mut cfg = DynamicBalancerConfig::new(
             config.layer_idx.unwrap_or(0),
@@ -241,7 +247,11 @@ impl DynamicBalancer {
     /// Plans from the decayed loads and publishes the migration (end of a due iteration).
     fn rebalance(&mut self) -> Result<()> {
         if self.pending.is_some() || self.in_flight.is_some() {
-            tracing::debug!(layer = self.cfg.layer_idx, iteration = self.iteration, "eplb: migration outstanding, rebalance deferred");
+            tracing::debug!(
+                layer = self.cfg.layer_idx,
+                iteration = self.iteration,
+                "eplb: migration outstanding, rebalance deferred"
+            );
             return Ok(());
         }
         let load = self.stats.load_factor().to_vec();
@@ -265,7 +275,11 @@ impl DynamicBalancer {
             .zip(&new)
             .enumerate()
             .filter(|(_, (a, b))| a != b)
-            .map(|(slot, (&from_expert, &to_expert))| SlotMove { slot, from_expert, to_expert })
+            .map(|(slot, (&from_expert, &to_expert))| SlotMove {
+                slot,
+                from_expert,
+                to_expert,
+            })
             .collect();
         let report = RebalanceReport {
             layer_idx: self.cfg.layer_idx,
@@ -289,7 +303,10 @@ impl DynamicBalancer {
         // As TensorRT-LLM: the next plan sees only the load observed after this one.
         self.stats.reset_load_factor();
         if !moves.is_empty() {
-            self.pending = Some(MigrationPlan { new_slot_to_expert: new, moves });
+            self.pending = Some(MigrationPlan {
+                new_slot_to_expert: new,
+                moves,
+            });
         }
         Ok(())
     }
@@ -346,7 +363,8 @@ impl LoadBalancer for DynamicBalancer {
                 self.cfg.layer_idx, self.stage
             )));
         }
-        self.placement.route(expert_ids, if use_dp { self.cfg.ep_rank } else { 0 })
+        self.placement
+            .route(expert_ids, if use_dp { self.cfg.ep_rank } else { 0 })
     }
 
     fn start_set_cpu_stage(&mut self) -> Result<()> {
@@ -401,7 +419,11 @@ impl LoadBalancer for DynamicBalancer {
         if let Some(r) = self.reports.iter_mut().rev().find(|r| !r.applied) {
             r.applied = true;
         }
-        tracing::info!(layer = self.cfg.layer_idx, moved = plan.moves.len(), "eplb: migration applied, routing switched");
+        tracing::info!(
+            layer = self.cfg.layer_idx,
+            moved = plan.moves.len(),
+            "eplb: migration applied, routing switched"
+        );
         Ok(())
     }
 }
@@ -450,7 +472,12 @@ mod tests {
         let mut ds = cfg;
         ds.algorithm = Algorithm::DeepSeek;
         ds.num_groups = 3;
-        assert!(DynamicBalancer::new(ds, vec![0, 1, 2, 3], None).unwrap_err().to_string().contains("num_groups"));
+        assert!(
+            DynamicBalancer::new(ds, vec![0, 1, 2, 3], None)
+                .unwrap_err()
+                .to_string()
+                .contains("num_groups")
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ mod greedy;
 mod placement;
 mod placement_file;
 mod plan;
-mod statistics;
 mod static_balancer;
+mod statistics;
 
 pub use dynamic_balancer::{DynamicBalancer, DynamicBalancerConfig};
 /// The migration vocabulary lives in `moe-core` (the assembler applies plans); re-exported
@@ -27,5 +27,5 @@ pub use placement_file::{PlacementFile, load_placement_yaml, placement_yaml};
 pub use plan::{
     Algorithm, PlanInput, PlanOutput, balancedness, default_assignment, gpu_loads, plan, validate_geometry,
 };
-pub use statistics::{DEFAULT_DECAY, ExpertStatistics};
 pub use static_balancer::StaticBalancer;
+pub use statistics::{DEFAULT_DECAY, ExpertStatistics};

@@ -18,14 +18,21 @@ impl Placement {
         let mut replicas = vec![Vec::new(); num_experts];
         for (slot, &e) in slot_to_expert.iter().enumerate() {
             let r = replicas.get_mut(e).ok_or_else(|| {
-                MoeError::config("eplb placement", format!("slot {slot} names expert {e}, but there are {num_experts} experts"))
+                MoeError::config(
+                    "eplb placement",
+                    format!("slot {slot} names expert {e}, but there are {num_experts} experts"),
+                )
             })?;
             r.push(i32::try_from(slot).map_err(|_| MoeError::config("eplb placement", "too many slots for i32 ids"))?);
         }
         if let Some(e) = replicas.iter().position(Vec::is_empty) {
             return Err(MoeError::config("eplb placement", format!("expert {e} has no slot")));
         }
-        Ok(Placement { num_experts, slot_to_expert, replicas })
+        Ok(Placement {
+            num_experts,
+            slot_to_expert,
+            replicas,
+        })
     }
 
     pub fn num_slots(&self) -> usize {
@@ -83,7 +90,17 @@ mod tests {
 
     #[test]
     fn uncovered_or_unknown_experts_are_refused() {
-        assert!(Placement::new(vec![0, 1, 1], 3).unwrap_err().to_string().contains("expert 2 has no slot"));
-        assert!(Placement::new(vec![0, 4], 2).unwrap_err().to_string().contains("names expert 4"));
+        assert!(
+            Placement::new(vec![0, 1, 1], 3)
+                .unwrap_err()
+                .to_string()
+                .contains("expert 2 has no slot")
+        );
+        assert!(
+            Placement::new(vec![0, 4], 2)
+                .unwrap_err()
+                .to_string()
+                .contains("names expert 4")
+        );
     }
 }

@@ -64,7 +64,10 @@ fn as_usize(y: &Yaml, path: &str) -> Result<usize> {
     match y {
         Yaml::Integer(i) => usize::try_from(*i)
             .map_err(|_| MoeError::config(field(path), format!("must be a non-negative integer, got {i}"))),
-        other => Err(MoeError::config(field(path), format!("must be a non-negative integer, got {}", describe(other)))),
+        other => Err(MoeError::config(
+            field(path),
+            format!("must be a non-negative integer, got {}", describe(other)),
+        )),
     }
 }
 
@@ -84,12 +87,19 @@ fn describe(y: &Yaml) -> String {
 
 /// Parses a TensorRT-LLM placement file.
 pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
-    let docs = YamlLoader::load_from_str(text).map_err(|e| MoeError::config(FIELD, format!("is not valid YAML: {e}")))?;
+    let docs =
+        YamlLoader::load_from_str(text).map_err(|e| MoeError::config(FIELD, format!("is not valid YAML: {e}")))?;
     let [doc] = docs.as_slice() else {
-        return Err(MoeError::config(FIELD, format!("must hold one YAML document, found {}", docs.len())));
+        return Err(MoeError::config(
+            FIELD,
+            format!("must hold one YAML document, found {}", docs.len()),
+        ));
     };
     let Yaml::Hash(top) = doc else {
-        return Err(MoeError::config(FIELD, format!("must be a mapping, got {}", describe(doc))));
+        return Err(MoeError::config(
+            FIELD,
+            format!("must be a mapping, got {}", describe(doc)),
+        ));
     };
     let mut num_slots = None;
     let mut layer_updates_per_iter = 0;
@@ -114,7 +124,12 @@ pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
     if num_slots == 0 {
         return Err(MoeError::config(field("num_slots"), "must be at least 1"));
     }
-    let mut file = PlacementFile { num_slots, layer_updates_per_iter, layers: BTreeMap::new(), num_experts: None };
+    let mut file = PlacementFile {
+        num_slots,
+        layer_updates_per_iter,
+        layers: BTreeMap::new(),
+        num_experts: None,
+    };
     let table = match assignments {
         None | Some(Yaml::Null) => return Ok(file),
         Some(Yaml::Hash(h)) => h,
@@ -132,11 +147,17 @@ pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
             other => as_usize(other, "initial_global_assignments").ok(),
         }
         .ok_or_else(|| {
-            MoeError::config(field("initial_global_assignments"), format!("key {} is not a layer index", describe(k)))
+            MoeError::config(
+                field("initial_global_assignments"),
+                format!("key {} is not a layer index", describe(k)),
+            )
         })?;
         let path = format!("initial_global_assignments[{layer}]");
         let Yaml::Array(items) = v else {
-            return Err(MoeError::config(field(&path), format!("must be a list of expert ids, got {}", describe(v))));
+            return Err(MoeError::config(
+                field(&path),
+                format!("must be a list of expert ids, got {}", describe(v)),
+            ));
         };
         let list = items
             .iter()
@@ -144,12 +165,18 @@ pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
             .map(|(s, y)| as_usize(y, &format!("{path}[{s}]")))
             .collect::<Result<Vec<usize>>>()?;
         if list.len() != num_slots {
-            return Err(MoeError::config(field(&path), format!("has {} entries, expected num_slots = {num_slots}", list.len())));
+            return Err(MoeError::config(
+                field(&path),
+                format!("has {} entries, expected num_slots = {num_slots}", list.len()),
+            ));
         }
         // set(list) == range(E): E is one past the largest id, and no id below it is absent.
         let e = list.iter().max().map_or(0, |m| m + 1);
         if let Some(missing) = counts_of(&list, e).iter().position(|&c| c == 0) {
-            return Err(MoeError::config(field(&path), format!("expert {missing} has no slot (experts 0..{e} must all appear)")));
+            return Err(MoeError::config(
+                field(&path),
+                format!("expert {missing} has no slot (experts 0..{e} must all appear)"),
+            ));
         }
         match file.num_experts {
             Some(prev) if prev != e => {
@@ -165,7 +192,11 @@ pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
         }
         file.layers.insert(
             layer,
-            EplbConfig { num_slots, layer_updates_per_iter, initial_global_assignments: Some(list) },
+            EplbConfig {
+                num_slots,
+                layer_updates_per_iter,
+                initial_global_assignments: Some(list),
+            },
         );
     }
     Ok(file)
@@ -177,11 +208,17 @@ pub fn placement_yaml(plan: &PlanOutput, layer_indices: &[usize], layer_updates_
     if layer_indices.len() != plan.phy2log.len() {
         return Err(MoeError::config(
             "layer indices",
-            format!("{} given for a plan of {} layers", layer_indices.len(), plan.phy2log.len()),
+            format!(
+                "{} given for a plan of {} layers",
+                layer_indices.len(),
+                plan.phy2log.len()
+            ),
         ));
     }
     let num_slots = plan.phy2log.first().map_or(0, Vec::len);
-    let mut out = format!("num_slots: {num_slots}\nlayer_updates_per_iter: {layer_updates_per_iter}\ninitial_global_assignments:\n");
+    let mut out = format!(
+        "num_slots: {num_slots}\nlayer_updates_per_iter: {layer_updates_per_iter}\ninitial_global_assignments:\n"
+    );
     for (idx, row) in layer_indices.iter().zip(&plan.phy2log) {
         let items: Vec<String> = row.iter().map(usize::to_string).collect();
         out.push_str(&format!("  {idx}: [{}]\n", items.join(", ")));
@@ -197,7 +234,10 @@ mod tests {
     fn a_trtllm_file_becomes_per_layer_configs() {
         let f = load_placement_yaml("num_slots: 6\nlayer_updates_per_iter: 0\ninitial_global_assignments:\n  3: [0, 1, 2, 2, 3, 0]\n  '5': [3, 2, 1, 0, 0, 1]\n").unwrap();
         assert_eq!(f.num_experts, Some(4));
-        assert_eq!(f.layer(3).unwrap().initial_global_assignments, Some(vec![0, 1, 2, 2, 3, 0]));
+        assert_eq!(
+            f.layer(3).unwrap().initial_global_assignments,
+            Some(vec![0, 1, 2, 2, 3, 0])
+        );
         assert_eq!(f.layer(5).unwrap().num_slots, 6);
         assert!(f.layer(4).unwrap_err().to_string().contains("no entry for layer 4"));
     }
@@ -206,6 +246,9 @@ mod tests {
     fn without_assignments_every_layer_gets_the_default_wrap() {
         let f = load_placement_yaml("num_slots: 8\nlayer_updates_per_iter: 2\n").unwrap();
         let c = f.layer(17).unwrap();
-        assert_eq!((c.num_slots, c.layer_updates_per_iter, c.initial_global_assignments), (8, 2, None));
+        assert_eq!(
+            (c.num_slots, c.layer_updates_per_iter, c.initial_global_assignments),
+            (8, 2, None)
+        );
     }
 }

@@ -35,7 +35,9 @@ pub enum Algorithm {
 
 impl std::default::Default for Algorithm {
     fn default() -> Self {
-        Algorithm::Default { max_changed_slots: None }
+        Algorithm::Default {
+            max_changed_slots: None,
+        }
     }
 }
 
@@ -103,7 +105,9 @@ pub fn default_assignment(num_experts: usize, num_slots: usize, num_gpus: usize)
         return Vec::new();
     }
     let local = num_slots / num_gpus;
-    (0..num_gpus).flat_map(|r| (0..local).map(move |j| (r * num_experts / num_gpus + j) % num_experts)).collect()
+    (0..num_gpus)
+        .flat_map(|r| (0..local).map(move |j| (r * num_experts / num_gpus + j) % num_experts))
+        .collect()
 }
 
 /// Replica count of every expert in a slot table (experts past `num_experts` are ignored;
@@ -150,24 +154,39 @@ pub(crate) fn ratio(gpu: &[f64]) -> f64 {
 
 /// Checks the geometry every algorithm needs: `num_experts <= num_slots`, slots divide by
 /// GPUs, GPUs by nodes. DeepSeek's extra conditions are checked by [`plan`] when it runs.
-pub fn validate_geometry(num_experts: usize, num_slots: usize, num_gpus: usize, num_nodes: usize, num_groups: usize) -> Result<()> {
+pub fn validate_geometry(
+    num_experts: usize,
+    num_slots: usize,
+    num_gpus: usize,
+    num_nodes: usize,
+    num_groups: usize,
+) -> Result<()> {
     if num_experts == 0 {
         return Err(MoeError::config("load", "layers have no experts"));
     }
     if num_slots < num_experts {
-        return Err(MoeError::config("num_slots", format!("{num_slots} slots cannot hold {num_experts} experts")));
+        return Err(MoeError::config(
+            "num_slots",
+            format!("{num_slots} slots cannot hold {num_experts} experts"),
+        ));
     }
     if num_gpus == 0 {
         return Err(MoeError::config("num_gpus", "must be at least 1"));
     }
     if num_slots % num_gpus != 0 {
-        return Err(MoeError::config("num_slots", format!("{num_slots} slots do not divide by num_gpus {num_gpus}")));
+        return Err(MoeError::config(
+            "num_slots",
+            format!("{num_slots} slots do not divide by num_gpus {num_gpus}"),
+        ));
     }
     if num_nodes == 0 {
         return Err(MoeError::config("num_nodes", "must be at least 1"));
     }
     if num_gpus % num_nodes != 0 {
-        return Err(MoeError::config("num_gpus", format!("{num_gpus} GPUs do not divide by num_nodes {num_nodes}")));
+        return Err(MoeError::config(
+            "num_gpus",
+            format!("{num_gpus} GPUs do not divide by num_nodes {num_nodes}"),
+        ));
     }
     if num_groups == 0 {
         return Err(MoeError::config("num_groups", "must be at least 1"));
@@ -183,7 +202,10 @@ fn validate_load(load: &[Vec<f64>]) -> Result<usize> {
         if row.len() != e {
             return Err(MoeError::config(
                 format!("load[{l}]"),
-                format!("has {} experts, but layer 0 has {e} (rows must have equal length)", row.len()),
+                format!(
+                    "has {} experts, but layer 0 has {e} (rows must have equal length)",
+                    row.len()
+                ),
             ));
         }
         if let Some((x, v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0) {
@@ -200,10 +222,16 @@ fn validate_load(load: &[Vec<f64>]) -> Result<usize> {
 /// at least once. `what` names the table in errors.
 pub(crate) fn validate_table(what: &str, table: &[usize], num_experts: usize, num_slots: usize) -> Result<()> {
     if table.len() != num_slots {
-        return Err(MoeError::config(what, format!("has {} slots, expected num_slots = {num_slots}", table.len())));
+        return Err(MoeError::config(
+            what,
+            format!("has {} slots, expected num_slots = {num_slots}", table.len()),
+        ));
     }
     if let Some((s, &x)) = table.iter().enumerate().find(|(_, x)| **x >= num_experts) {
-        return Err(MoeError::config(what, format!("slot {s} names expert {x}, but there are {num_experts} experts")));
+        return Err(MoeError::config(
+            what,
+            format!("slot {s} names expert {x}, but there are {num_experts} experts"),
+        ));
     }
     if let Some(missing) = counts_of(table, num_experts).iter().position(|&c| c == 0) {
         return Err(MoeError::config(what, format!("expert {missing} has no slot")));
@@ -230,7 +258,10 @@ impl LayerPlan {
                 r
             })
             .collect();
-        LayerPlan { slot_to_expert, replica_rank }
+        LayerPlan {
+            slot_to_expert,
+            replica_rank,
+        }
     }
 }
 
@@ -261,7 +292,12 @@ pub fn plan(
             validate_table(&format!("previous[{l}]"), table, e, num_slots)?;
         }
     }
-    let geometry = deepseek::Geometry { num_slots, num_gpus, num_nodes, num_groups };
+    let geometry = deepseek::Geometry {
+        num_slots,
+        num_gpus,
+        num_nodes,
+        num_groups,
+    };
     let baseline = default_assignment(e, num_slots, num_gpus);
 
     let mut layers = Vec::with_capacity(load.len());
@@ -297,9 +333,11 @@ pub fn plan(
         for (s, (&x, &r)) in layer.slot_to_expert.iter().zip(&layer.replica_rank).enumerate() {
             l2p[x][r] = s as i64;
         }
-        out.balancedness.push(balancedness(row, &layer.slot_to_expert, num_gpus));
+        out.balancedness
+            .push(balancedness(row, &layer.slot_to_expert, num_gpus));
         out.balancedness_before.push(balancedness(row, before, num_gpus));
-        out.changed_slots.push(layer.slot_to_expert.iter().zip(before).filter(|(a, b)| a != b).count());
+        out.changed_slots
+            .push(layer.slot_to_expert.iter().zip(before).filter(|(a, b)| a != b).count());
         out.log2phy.push(l2p);
         out.logcnt.push(cnt);
         out.phy2log.push(layer.slot_to_expert);
@@ -340,9 +378,13 @@ mod tests {
         assert!(err(&[vec![1.0, 1.0], vec![1.0]], 2, 1, 1).contains("load[1]"));
         assert!(err(&[], 2, 1, 1).contains("no layers"));
         let prev = vec![vec![0, 1, 1, 2]];
-        let e = plan(&load, 4, 2, 1, 1, Algorithm::default(), Some(&prev)).unwrap_err().to_string();
+        let e = plan(&load, 4, 2, 1, 1, Algorithm::default(), Some(&prev))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("previous[0]") && e.contains("expert 3 has no slot"), "{e}");
-        let e = plan(&load, 4, 2, 1, 3, Algorithm::DeepSeek, None).unwrap_err().to_string();
+        let e = plan(&load, 4, 2, 1, 3, Algorithm::DeepSeek, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_groups"), "{e}");
     }
 

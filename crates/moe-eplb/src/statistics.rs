@@ -48,12 +48,20 @@ impl std::fmt::Debug for ExpertStatistics {
 impl ExpertStatistics {
     /// `group` is the layer's EP communicator (`None`: a world of one); `timeout` bounds
     /// each all-reduce.
-    pub fn new(num_experts: usize, decay: f64, group: Option<Arc<dyn ProcessGroup>>, timeout: Duration) -> Result<Self> {
+    pub fn new(
+        num_experts: usize,
+        decay: f64,
+        group: Option<Arc<dyn ProcessGroup>>,
+        timeout: Duration,
+    ) -> Result<Self> {
         if num_experts == 0 {
             return Err(MoeError::config("num_experts", "must be at least 1"));
         }
         if !(0.0..=1.0).contains(&decay) {
-            return Err(MoeError::config("eplb decay", format!("must be in [0, 1], got {decay}")));
+            return Err(MoeError::config(
+                "eplb decay",
+                format!("must be in [0, 1], got {decay}"),
+            ));
         }
         Ok(ExpertStatistics {
             decay,
@@ -103,7 +111,11 @@ impl ExpertStatistics {
         }
         let e = self.counts.len();
         for &id in ids {
-            if let Some(c) = usize::try_from(id).ok().filter(|&x| x < e).and_then(|x| self.counts.get_mut(x)) {
+            if let Some(c) = usize::try_from(id)
+                .ok()
+                .filter(|&x| x < e)
+                .and_then(|x| self.counts.get_mut(x))
+            {
                 *c += 1;
             }
         }
@@ -124,7 +136,9 @@ impl ExpertStatistics {
                 // iteration, far above one iteration's routed pairs.
                 let local: Vec<f32> = self.counts.iter().map(|&c| c as f32).collect();
                 let t = Tensor::from_f32(vec![local.len()], local)?;
-                let sum = g.all_reduce_sum(&t, Deadline::after(self.timeout))?.to_f32_vec("eplb statistic all-reduce")?;
+                let sum = g
+                    .all_reduce_sum(&t, Deadline::after(self.timeout))?
+                    .to_f32_vec("eplb statistic all-reduce")?;
                 if sum.len() != self.counts.len() {
                     return Err(MoeError::shape(
                         "eplb statistic all-reduce",
@@ -208,7 +222,12 @@ mod tests {
         s.apply_gathered(&g).unwrap();
         assert_eq!(s.load_factor(), &[4.0, 6.0]);
         let bad = Tensor::from_f32(vec![3], vec![1.0, 2.0, 3.0]).unwrap();
-        assert!(s.apply_gathered(&bad).unwrap_err().to_string().contains("gathered eplb statistic"));
+        assert!(
+            s.apply_gathered(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("gathered eplb statistic")
+        );
         s.count_global_ids(&[1, 1], true, true);
         assert!((s.load_factor()[0] - 3.6).abs() < 1e-12 && (s.load_factor()[1] - 7.4).abs() < 1e-12);
     }

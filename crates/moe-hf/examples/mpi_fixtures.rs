@@ -24,22 +24,46 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn io(dir: &Path, key: &str) -> Result<Tensor> {
-    Checkpoint::open_file(dir.join("io.safetensors"))?.tensor(key)?.to_tensor(key)
+    Checkpoint::open_file(dir.join("io.safetensors"))?
+        .tensor(key)?
+        .to_tensor(key)
 }
 
-fn check(g: &Arc<MpiGroup>, dir: &Path, backend: &str, comm: &str, chunk: Option<usize>, pad: bool) -> Result<(f64, f64)> {
+fn check(
+    g: &Arc<MpiGroup>,
+    dir: &Path,
+    backend: &str,
+    comm: &str,
+    chunk: Option<usize>,
+    pad: bool,
+) -> Result<(f64, f64)> {
     let (rank, world) = (g.rank(), g.size());
     let x = io(dir, "x_130")?;
     let t = x.rows();
     let counts: Vec<usize> = (0..world).map(|r| t / world + usize::from(r < t % world)).collect();
     let start: usize = counts[..rank].iter().sum();
     let mut single = MoeBlock::load(dir, 0, BlockOptions::default())?;
-    let want = single.forward(&x)?.narrow_rows(start, counts[rank])?.to_f32_vec("single")?;
-    let oracle = io(dir, "y_130")?.narrow_rows(start, counts[rank])?.to_f32_vec("oracle")?;
-    let opts = BlockOptions { backend: Some(backend.into()), max_tokens_per_chunk: chunk, ..BlockOptions::default() };
-    let dist = Distributed { group: g.clone() as Arc<dyn ProcessGroup>, comm: comm.into(), eplb: None };
+    let want = single
+        .forward(&x)?
+        .narrow_rows(start, counts[rank])?
+        .to_f32_vec("single")?;
+    let oracle = io(dir, "y_130")?
+        .narrow_rows(start, counts[rank])?
+        .to_f32_vec("oracle")?;
+    let opts = BlockOptions {
+        backend: Some(backend.into()),
+        max_tokens_per_chunk: chunk,
+        ..BlockOptions::default()
+    };
+    let dist = Distributed {
+        group: g.clone() as Arc<dyn ProcessGroup>,
+        comm: comm.into(),
+        eplb: None,
+    };
     let mut block = MoeBlock::load_distributed(dir, 0, opts, Some(dist))?;
-    let got = block.forward_with(&x.narrow_rows(start, counts[rank])?, Some(&counts), pad)?.to_f32_vec("got")?;
+    let got = block
+        .forward_with(&x.narrow_rows(start, counts[rank])?, Some(&counts), pad)?
+        .to_f32_vec("got")?;
     Ok((rel_l2(&got, &want), rel_l2(&got, &oracle)))
 }
 
@@ -52,7 +76,10 @@ fn main() -> ExitCode {
         }
     };
     let mut names: Vec<PathBuf> = match std::fs::read_dir(FIXTURES) {
-        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.json").exists()).collect(),
+        Ok(d) => d
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("config.json").exists())
+            .collect(),
         Err(e) => {
             eprintln!("error: fixtures at {FIXTURES}: {e}");
             return ExitCode::FAILURE;
@@ -67,18 +94,33 @@ fn main() -> ExitCode {
     ];
     let mut failures = Vec::new();
     for dir in &names {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let (same, oracle_tol) = if name.ends_with("float32") { (1e-5, 1e-5) } else { (1e-2, 3e-2) };
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (same, oracle_tol) = if name.ends_with("float32") {
+            (1e-5, 1e-5)
+        } else {
+            (1e-2, 3e-2)
+        };
         for (backend, comm, chunk, pad) in setups {
             match check(&g, dir, backend, comm, chunk, pad) {
                 Ok((a, b)) if a <= same && b <= oracle_tol => {}
-                Ok((a, b)) => failures.push(format!("{name} {backend}/{comm}: rel L2 {a:.2e} vs one rank, {b:.2e} vs transformers")),
+                Ok((a, b)) => failures.push(format!(
+                    "{name} {backend}/{comm}: rel L2 {a:.2e} vs one rank, {b:.2e} vs transformers"
+                )),
                 Err(e) => failures.push(format!("{name} {backend}/{comm}: {e}")),
             }
         }
     }
     if failures.is_empty() {
-        println!("rank {} of {}: {} fixtures x {} setups match one rank and transformers", g.rank(), g.size(), names.len(), setups.len());
+        println!(
+            "rank {} of {}: {} fixtures x {} setups match one rank and transformers",
+            g.rank(),
+            g.size(),
+            names.len(),
+            setups.len()
+        );
         ExitCode::SUCCESS
     } else {
         eprintln!("rank {}:\n  {}", g.rank(), failures.join("\n  "));

@@ -12,15 +12,16 @@ use std::sync::Arc;
 
 use moe::{ConfigurableMoe, CreateOptions, ForwardOptions, LayerParts};
 use moe_core::{
-    DType, EplbConfig, MoeConfig, MoeError, ParallelConfig, ProcessGroup, ResolutionReport, Result, RoutingMethod, Tensor,
+    DType, EplbConfig, MoeConfig, MoeError, ParallelConfig, ProcessGroup, ResolutionReport, Result, RoutingMethod,
+    Tensor,
 };
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Family, HfConfig};
 use crate::expert_source::ExpertSource;
-use crate::quant_format::CheckpointQuant;
 use crate::names::BlockNames;
 use crate::numerics::round_to;
+use crate::quant_format::CheckpointQuant;
 use crate::router::Router;
 use crate::shared_expert::SharedExpert;
 
@@ -140,8 +141,13 @@ impl MoeBlock {
         let names = BlockNames::resolve(hf.family, layer, ckpt)?;
         let (e, h, i) = (hf.num_experts, hf.hidden_size, hf.expert_intermediate_size);
 
-        if let (RoutingMethod::DeepSeekV3 { e_score_correction_bias, .. }, Some(bias)) =
-            (&mut config.routing, names.score_correction_bias)
+        if let (
+            RoutingMethod::DeepSeekV3 {
+                e_score_correction_bias,
+                ..
+            },
+            Some(bias),
+        ) = (&mut config.routing, names.score_correction_bias)
         {
             let name = names.full(bias);
             let view = ckpt.tensor(&name)?;
@@ -177,14 +183,35 @@ impl MoeBlock {
         let distributed = dist.is_some();
         if let Some(d) = dist {
             let (rank, size) = (d.group.rank(), d.group.size());
-            config.parallel = ParallelConfig { ep_size: size, ep_rank: rank, tp_size: 1, tp_rank: 0, attention_dp: true };
+            config.parallel = ParallelConfig {
+                ep_size: size,
+                ep_rank: rank,
+                tp_size: 1,
+                tp_rank: 0,
+                attention_dp: true,
+            };
             config.eplb = d.eplb;
-            create.parts = LayerParts { group: Some(d.group), comm_choice: d.comm, ..LayerParts::default() };
+            create.parts = LayerParts {
+                group: Some(d.group),
+                comm_choice: d.comm,
+                ..LayerParts::default()
+            };
         }
         let mut moe = moe::create_moe_with(config, create)?;
         moe.load_weights(&src)?;
 
-        Ok(MoeBlock { hf, layer, dtype, names, router, moe, shared, quant, expert_disk_bytes, distributed })
+        Ok(MoeBlock {
+            hf,
+            layer,
+            dtype,
+            names,
+            router,
+            moe,
+            shared,
+            quant,
+            expert_disk_bytes,
+            distributed,
+        })
     }
 
     /// Runs the block on `x` `[T, H]`; the output is `[T, H]` in the block dtype. An `x` of
@@ -227,7 +254,10 @@ impl MoeBlock {
         };
 
         let logits = self.router.logits(x)?;
-        let opts = ForwardOptions { all_rank_num_tokens: all_rank_num_tokens.map(<[usize]>::to_vec), use_dp_padding };
+        let opts = ForwardOptions {
+            all_rank_num_tokens: all_rank_num_tokens.map(<[usize]>::to_vec),
+            use_dp_padding,
+        };
         let routed = self.moe.forward_with(x, &logits, &opts)?;
         let Some(shared) = &self.shared else {
             return Ok(routed);

@@ -30,13 +30,19 @@ struct MappedFile {
 
 impl MappedFile {
     fn open(path: &Path) -> Result<MappedFile> {
-        let io = |source| MoeError::Io { path: path.display().to_string(), source };
+        let io = |source| MoeError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < 8 {
             // An empty or few-byte file cannot even hold the header length; mapping a
             // zero-length file is also an error on some platforms, so say what is wrong here.
-            return Err(bad(path, format!("file is {len} bytes, too short for a safetensors header")));
+            return Err(bad(
+                path,
+                format!("file is {len} bytes, too short for a safetensors header"),
+            ));
         }
         // SAFETY: the mapping is read-only and lives as long as the `Checkpoint`. Memory-mapping
         // is sound only if no process modifies or truncates the file while it is mapped; like
@@ -44,9 +50,14 @@ impl MappedFile {
         // (a concurrent truncation would fault on access, a concurrent write would change the
         // weights under us). This is the crate's only `unsafe`.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&map)
-            .map_err(|e| bad(path, format!("invalid safetensors data: {e}")))?;
-        Ok(MappedFile { path: path.to_path_buf(), map, header_len, metadata })
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| bad(path, format!("invalid safetensors data: {e}")))?;
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            map,
+            header_len,
+            metadata,
+        })
     }
 
     fn info(&self, name: &str) -> Option<&TensorInfo> {
@@ -54,16 +65,29 @@ impl MappedFile {
     }
 
     fn view(&self, name: &str) -> Result<TensorView<'_>> {
-        let info = self.info(name).ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
         let dtype = convert_dtype(info.dtype).ok_or_else(|| {
-            bad(&self.path, format!("tensor `{name}` has unsupported dtype {}", info.dtype))
+            bad(
+                &self.path,
+                format!("tensor `{name}` has unsupported dtype {}", info.dtype),
+            )
         })?;
         let data = self.bytes(name, info)?;
-        let view = TensorView { dtype, shape: info.shape.clone(), data: std::borrow::Cow::Borrowed(data) };
+        let view = TensorView {
+            dtype,
+            shape: info.shape.clone(),
+            data: std::borrow::Cow::Borrowed(data),
+        };
         if view.numel() * dtype.size_in_bytes() != data.len() {
             return Err(bad(
                 &self.path,
-                format!("tensor `{name}` has {} bytes for shape {:?} of {dtype}", data.len(), info.shape),
+                format!(
+                    "tensor `{name}` has {} bytes for shape {:?} of {dtype}",
+                    data.len(),
+                    info.shape
+                ),
             ));
         }
         Ok(view)
@@ -79,13 +103,19 @@ impl MappedFile {
             .zip(base.checked_add(end))
             .and_then(|(a, b)| self.map.get(a..b))
             .ok_or_else(|| {
-                bad(&self.path, format!("tensor `{name}` data {start}..{end} lies outside the file"))
+                bad(
+                    &self.path,
+                    format!("tensor `{name}` data {start}..{end} lies outside the file"),
+                )
             })
     }
 }
 
 fn bad(path: &Path, detail: impl Into<String>) -> MoeError {
-    MoeError::BadCheckpoint { path: path.display().to_string(), detail: detail.into() }
+    MoeError::BadCheckpoint {
+        path: path.display().to_string(),
+        detail: detail.into(),
+    }
 }
 
 /// The workspace dtype of a safetensors dtype, `None` for types the runtime has no use for
@@ -169,21 +199,30 @@ impl Checkpoint {
         let file = MappedFile::open(path)?;
         let index = file.metadata.tensors().into_keys().map(|n| (n, 0)).collect();
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Checkpoint { dir, files: vec![file], index })
+        Ok(Checkpoint {
+            dir,
+            files: vec![file],
+            index,
+        })
     }
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
-        let text = std::fs::read_to_string(index_path)
-            .map_err(|source| MoeError::Io { path: index_path.display().to_string(), source })?;
-        let idx: ShardIndex = serde_json::from_str(&text)
-            .map_err(|e| bad(index_path, format!("invalid shard index: {e}")))?;
+        let text = std::fs::read_to_string(index_path).map_err(|source| MoeError::Io {
+            path: index_path.display().to_string(),
+            source,
+        })?;
+        let idx: ShardIndex =
+            serde_json::from_str(&text).map_err(|e| bad(index_path, format!("invalid shard index: {e}")))?;
         // Deterministic shard order (by file name) so error messages and `names` are stable.
         let shard_names: std::collections::BTreeSet<&String> = idx.weight_map.values().collect();
         let mut files = Vec::with_capacity(shard_names.len());
         let mut shard_of = HashMap::new();
         for shard in shard_names {
             if shard.contains("..") || Path::new(shard).is_absolute() {
-                return Err(bad(index_path, format!("shard `{shard}` is outside the checkpoint directory")));
+                return Err(bad(
+                    index_path,
+                    format!("shard `{shard}` is outside the checkpoint directory"),
+                ));
             }
             shard_of.insert(shard.clone(), files.len());
             files.push(MappedFile::open(&dir.join(shard))?);
@@ -199,7 +238,11 @@ impl Checkpoint {
             }
             index.insert(name.clone(), i);
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), files, index })
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+        })
     }
 
     /// The directory (or the file's directory) this checkpoint was opened from.
@@ -219,13 +262,20 @@ impl Checkpoint {
 
     /// The tensor `name`, borrowed from the mapping.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        let i = *self.index.get(name).ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
+        let i = *self
+            .index
+            .get(name)
+            .ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
         self.files[i].view(name)
     }
 
     /// The tensor `name`, or `None` when absent (errors only for present-but-unreadable).
     pub fn get(&self, name: &str) -> Result<Option<TensorView<'_>>> {
-        if self.contains(name) { self.tensor(name).map(Some) } else { Ok(None) }
+        if self.contains(name) {
+            self.tensor(name).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Shape and dtype of `name` without touching its data.
@@ -238,9 +288,14 @@ impl Checkpoint {
     /// The stored bytes of `name` with its safetensors dtype and shape, whatever the dtype
     /// (for copying tensors the runtime has no use for, e.g. bool or f64 buffers, unchanged).
     pub fn raw(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
-        let i = *self.index.get(name).ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
+        let i = *self
+            .index
+            .get(name)
+            .ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
         let file = &self.files[i];
-        let info = file.info(name).ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
+        let info = file
+            .info(name)
+            .ok_or_else(|| MoeError::MissingTensor { name: name.into() })?;
         Ok((info.dtype, info.shape.as_slice(), file.bytes(name, info)?))
     }
 

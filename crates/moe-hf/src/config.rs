@@ -83,9 +83,15 @@ pub enum LayerPlacement {
     /// Every layer (Mixtral, OLMoE, GPT-OSS).
     All,
     /// Qwen2/3-MoE: `layer ∉ mlp_only_layers` and `(layer + 1) % decoder_sparse_step == 0`.
-    SparseStep { decoder_sparse_step: usize, mlp_only_layers: Vec<usize> },
+    SparseStep {
+        decoder_sparse_step: usize,
+        mlp_only_layers: Vec<usize>,
+    },
     /// DeepSeek: `layer >= first_k_dense_replace` and `layer % moe_layer_freq == 0`.
-    FirstKDense { first_k_dense_replace: usize, moe_layer_freq: usize },
+    FirstKDense {
+        first_k_dense_replace: usize,
+        moe_layer_freq: usize,
+    },
     /// Llama 4: an explicit list (`moe_layers`, or derived from `interleave_moe_layer_step`).
     List(Vec<usize>),
 }
@@ -96,12 +102,14 @@ impl LayerPlacement {
     fn is_moe(&self, layer: usize) -> bool {
         match self {
             LayerPlacement::All => true,
-            LayerPlacement::SparseStep { decoder_sparse_step, mlp_only_layers } => {
-                !mlp_only_layers.contains(&layer) && (layer + 1) % decoder_sparse_step == 0
-            }
-            LayerPlacement::FirstKDense { first_k_dense_replace, moe_layer_freq } => {
-                layer >= *first_k_dense_replace && layer % moe_layer_freq == 0
-            }
+            LayerPlacement::SparseStep {
+                decoder_sparse_step,
+                mlp_only_layers,
+            } => !mlp_only_layers.contains(&layer) && (layer + 1) % decoder_sparse_step == 0,
+            LayerPlacement::FirstKDense {
+                first_k_dense_replace,
+                moe_layer_freq,
+            } => layer >= *first_k_dense_replace && layer % moe_layer_freq == 0,
             LayerPlacement::List(layers) => layers.contains(&layer),
         }
     }
@@ -109,11 +117,17 @@ impl LayerPlacement {
     fn describe(&self) -> String {
         match self {
             LayerPlacement::All => "every layer is MoE".into(),
-            LayerPlacement::SparseStep { decoder_sparse_step, mlp_only_layers } => format!(
+            LayerPlacement::SparseStep {
+                decoder_sparse_step,
+                mlp_only_layers,
+            } => format!(
                 "MoE layers satisfy (layer + 1) % decoder_sparse_step ({decoder_sparse_step}) == 0 \
                  and are not in mlp_only_layers {mlp_only_layers:?}"
             ),
-            LayerPlacement::FirstKDense { first_k_dense_replace, moe_layer_freq } => format!(
+            LayerPlacement::FirstKDense {
+                first_k_dense_replace,
+                moe_layer_freq,
+            } => format!(
                 "the first {first_k_dense_replace} layer(s) are dense (first_k_dense_replace), \
                  MoE layers are multiples of moe_layer_freq {moe_layer_freq}"
             ),
@@ -186,7 +200,10 @@ impl Keys<'_> {
 
     fn usize_req(&self, keys: &[&str]) -> Result<usize> {
         self.usize_opt(keys)?.ok_or_else(|| {
-            MoeError::config(keys.first().copied().unwrap_or("?"), format!("{} has none of the keys {}", self.path, keys.join(" | ")))
+            MoeError::config(
+                keys.first().copied().unwrap_or("?"),
+                format!("{} has none of the keys {}", self.path, keys.join(" | ")),
+            )
         })
     }
 
@@ -216,12 +233,18 @@ impl Keys<'_> {
                 .iter()
                 .map(|v| {
                     v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                        MoeError::config(key, format!("expected a list of layer indices in {}, got {v}", self.path))
+                        MoeError::config(
+                            key,
+                            format!("expected a list of layer indices in {}, got {v}", self.path),
+                        )
                     })
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(v) => Err(MoeError::config(key, format!("expected a list in {}, got {v}", self.path))),
+            Some(v) => Err(MoeError::config(
+                key,
+                format!("expected a list in {}, got {v}", self.path),
+            )),
         }
     }
 
@@ -241,13 +264,17 @@ impl HfConfig {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<HfConfig> {
         let dir = dir.as_ref();
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| MoeError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| MoeError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         let mut cfg = HfConfig::from_json_str(&text, &path.display().to_string())?;
         let modelopt = dir.join("hf_quant_config.json");
         if cfg.quant.algo == QuantAlgo::None && modelopt.is_file() {
-            let text = std::fs::read_to_string(&modelopt)
-                .map_err(|source| MoeError::Io { path: modelopt.display().to_string(), source })?;
+            let text = std::fs::read_to_string(&modelopt).map_err(|source| MoeError::Io {
+                path: modelopt.display().to_string(),
+                source,
+            })?;
             let v: Value = serde_json::from_str(&text).map_err(|e| MoeError::BadCheckpoint {
                 path: modelopt.display().to_string(),
                 detail: format!("invalid JSON: {e}"),
@@ -263,8 +290,10 @@ impl HfConfig {
 
     /// Parses the text of a `config.json`; `path` names it in errors.
     pub fn from_json_str(text: &str, path: &str) -> Result<HfConfig> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| MoeError::BadCheckpoint { path: path.into(), detail: format!("invalid JSON: {e}") })?;
+        let v: Value = serde_json::from_str(text).map_err(|e| MoeError::BadCheckpoint {
+            path: path.into(),
+            detail: format!("invalid JSON: {e}"),
+        })?;
         let top = v.as_object().ok_or_else(|| MoeError::BadCheckpoint {
             path: path.into(),
             detail: "config.json is not a JSON object".into(),
@@ -277,7 +306,9 @@ impl HfConfig {
         let model_type = top
             .get("model_type")
             .and_then(Value::as_str)
-            .ok_or_else(|| MoeError::UnsupportedModel { detail: format!("{path} has no `model_type`") })?;
+            .ok_or_else(|| MoeError::UnsupportedModel {
+                detail: format!("{path} has no `model_type`"),
+            })?;
         let family = Family::from_model_type(model_type).ok_or_else(|| MoeError::UnsupportedModel {
             detail: format!("model_type `{model_type}` is not a supported MoE family ({SUPPORTED_MODEL_TYPES})"),
         })?;
@@ -286,7 +317,11 @@ impl HfConfig {
             Some(text) if model_type == "llama4" => (text, true, format!("{path} (text_config)")),
             _ => (top, false, path.to_string()),
         };
-        let k = Keys { main, top, path: section };
+        let k = Keys {
+            main,
+            top,
+            path: section,
+        };
 
         let hidden_size = k.usize_req(&["hidden_size"])?;
         let num_hidden_layers = k.usize_req(&["num_hidden_layers"])?;
@@ -297,7 +332,12 @@ impl HfConfig {
         let dtype = match k.either("dtype").or_else(|| k.either("torch_dtype")) {
             None => None,
             Some(Value::String(s)) => Some(DType::parse(s)?),
-            Some(other) => return Err(MoeError::config("dtype", format!("expected a string in {path}, got {other}"))),
+            Some(other) => {
+                return Err(MoeError::config(
+                    "dtype",
+                    format!("expected a string in {path}, got {other}"),
+                ));
+            }
         };
 
         let (expert_intermediate_size, shared_intermediate_size) = match family {
@@ -356,7 +396,10 @@ impl HfConfig {
             None => QuantConfig::default(),
             Some(Value::Object(q)) => parse_quant(q)?,
             Some(other) => {
-                return Err(MoeError::config("quantization_config", format!("expected an object in {path}, got {other}")));
+                return Err(MoeError::config(
+                    "quantization_config",
+                    format!("expected an object in {path}, got {other}"),
+                ));
             }
         };
 
@@ -490,7 +533,13 @@ impl HfConfig {
     pub fn moe_config(&self, layer: usize, dtype: Option<DType>) -> Result<MoeConfig> {
         self.check_layer(layer)?;
         let dtype = dtype.or(self.dtype).unwrap_or(DType::BF16);
-        let mut c = MoeConfig::new(self.num_experts, self.hidden_size, self.expert_intermediate_size, dtype, self.routing());
+        let mut c = MoeConfig::new(
+            self.num_experts,
+            self.hidden_size,
+            self.expert_intermediate_size,
+            dtype,
+            self.routing(),
+        );
         c.activation = self.activation;
         c.bias = self.expert_bias;
         c.quant = self.quant.clone();
@@ -528,8 +577,15 @@ fn parse_quant(q: &Map<String, Value>) -> Result<QuantConfig> {
         },
         ("mxfp4", _) => out.algo = QuantAlgo::W4A16Mxfp4,
         ("awq" | "gptq", _) => {
-            let bits = q.get("bits").or_else(|| q.get("w_bit")).and_then(Value::as_u64).unwrap_or(4);
-            let group = q.get("group_size").or_else(|| q.get("q_group_size")).and_then(Value::as_i64);
+            let bits = q
+                .get("bits")
+                .or_else(|| q.get("w_bit"))
+                .and_then(Value::as_u64)
+                .unwrap_or(4);
+            let group = q
+                .get("group_size")
+                .or_else(|| q.get("q_group_size"))
+                .and_then(Value::as_i64);
             match bits {
                 4 => {
                     out.algo = QuantAlgo::W4A16Int4;
@@ -571,7 +627,10 @@ mod tests {
                 "norm_topk_prob":true}"#,
         )
         .unwrap();
-        assert_eq!((c.num_experts, c.top_k, c.expert_intermediate_size, c.dtype), (4, 2, 4, Some(DType::BF16)));
+        assert_eq!(
+            (c.num_experts, c.top_k, c.expert_intermediate_size, c.dtype),
+            (4, 2, 4, Some(DType::BF16))
+        );
         assert_eq!(c.routing(), RoutingMethod::RenormalizeNaive { top_k: 2 });
     }
 
@@ -611,11 +670,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.quant.algo, QuantAlgo::Fp8Block);
         assert_eq!(c.quant.weight_block_size, Some([128, 128]));
-        let c = parse(&format!(r#"{{{base},"quantization_config":{{"quant_method":"modelopt","quant_algo":"NVFP4"}}}}"#)).unwrap();
+        let c = parse(&format!(
+            r#"{{{base},"quantization_config":{{"quant_method":"modelopt","quant_algo":"NVFP4"}}}}"#
+        ))
+        .unwrap();
         assert_eq!(c.quant.algo, QuantAlgo::Nvfp4);
-        let c = parse(&format!(r#"{{{base},"quantization_config":{{"quant_method":"mxfp4"}}}}"#)).unwrap();
+        let c = parse(&format!(
+            r#"{{{base},"quantization_config":{{"quant_method":"mxfp4"}}}}"#
+        ))
+        .unwrap();
         assert_eq!(c.quant.algo, QuantAlgo::W4A16Mxfp4);
-        let e = parse(&format!(r#"{{{base},"quantization_config":{{"quant_method":"bitsnbytes"}}}}"#)).unwrap_err();
+        let e = parse(&format!(
+            r#"{{{base},"quantization_config":{{"quant_method":"bitsnbytes"}}}}"#
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("bitsnbytes"), "{e}");
     }
 }

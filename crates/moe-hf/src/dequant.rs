@@ -75,7 +75,13 @@ pub fn dequantize<'a>(
 ///
 /// Used for DeepSeek's FP8 shared experts: they are small next to the routed experts, run on
 /// every token outside the routed layer, and a float copy keeps the model-side math simple.
-pub fn load_dense(ckpt: &Checkpoint, format: CheckpointQuant, name: &str, shape: [usize; 2], dtype: DType) -> Result<Tensor> {
+pub fn load_dense(
+    ckpt: &Checkpoint,
+    format: CheckpointQuant,
+    name: &str,
+    shape: [usize; 2],
+    dtype: DType,
+) -> Result<Tensor> {
     let Some((stored, _)) = ckpt.info(name) else {
         // Missing or unreadable: let the float path produce its typed error naming `name`.
         return load_float(ckpt, name, &shape, dtype);
@@ -89,7 +95,10 @@ pub fn load_dense(ckpt: &Checkpoint, format: CheckpointQuant, name: &str, shape:
         CheckpointQuant::None | CheckpointQuant::Int4Awq { .. } => {
             let declared = match format {
                 CheckpointQuant::None => "config.json declares no quantization_config".to_string(),
-                f => format!("config.json declares {} weights, which have no `weight` tensor", f.name()),
+                f => format!(
+                    "config.json declares {} weights, which have no `weight` tensor",
+                    f.name()
+                ),
             };
             return Err(MoeError::DTypeMismatch {
                 what: format!("{name} ({declared})"),
@@ -110,7 +119,11 @@ mod tests {
     use std::borrow::Cow;
 
     fn view(dtype: DType, shape: &[usize], data: Vec<u8>) -> TensorView<'static> {
-        TensorView { dtype, shape: shape.to_vec(), data: Cow::Owned(data) }
+        TensorView {
+            dtype,
+            shape: shape.to_vec(),
+            data: Cow::Owned(data),
+        }
     }
 
     #[test]
@@ -135,7 +148,11 @@ mod tests {
         let get = |s: &str| -> Result<TensorView<'static>> {
             Ok(match s {
                 "weight" => view(DType::F8E4M3, &[2, 130], vec![0x38; 260]), // 1.0
-                _ => view(DType::F32, &[1, 2], [2f32, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect()),
+                _ => view(
+                    DType::F32,
+                    &[1, 2],
+                    [2f32, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
             })
         };
         let d = dequantize(CheckpointQuant::Fp8Block { block: [128, 128] }, "w", 2, 130, get).unwrap();

@@ -22,7 +22,7 @@ use moe_core::{DType, MoeError, Result, TensorView, WeightSource};
 use crate::checkpoint::Checkpoint;
 use crate::dequant;
 use crate::names::{BlockNames, ExpertLayout};
-use crate::quant_format::{CanonicalTensor, CheckpointQuant, ShapeRule, AWQ_ORDER};
+use crate::quant_format::{AWQ_ORDER, CanonicalTensor, CheckpointQuant, ShapeRule};
 
 /// The canonical projections, as the layer names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,11 +172,17 @@ impl<'c> ExpertSource<'c> {
         let Some((dtype, s)) = self.ckpt.info(real) else {
             if self.ckpt.contains(real) {
                 return Err(MoeError::BadCheckpoint {
-                    path: self.ckpt.file_of(real).map(|p| p.display().to_string()).unwrap_or_default(),
+                    path: self
+                        .ckpt
+                        .file_of(real)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
                     detail: format!("tensor `{real}` has an unsupported dtype"),
                 });
             }
-            return Err(MoeError::MissingTensor { name: self.missing_detail(real) });
+            return Err(MoeError::MissingTensor {
+                name: self.missing_detail(real),
+            });
         };
         if !dtypes.contains(&dtype) {
             let declared = match self.quant {
@@ -240,11 +246,9 @@ impl<'c> ExpertSource<'c> {
                     for t in specs(out, inp, &weight)? {
                         // AWQ specs carry the real suffixes; the others are canonical = real.
                         let real = match self.quant {
-                            CheckpointQuant::Int4Awq { .. } => {
-                                self.real_name(&format!("{e}.{w}.weight")).map(|r| {
-                                    format!("{}{}", r.strip_suffix("qweight").unwrap_or(&r), t.suffix)
-                                })
-                            }
+                            CheckpointQuant::Int4Awq { .. } => self
+                                .real_name(&format!("{e}.{w}.weight"))
+                                .map(|r| format!("{}{}", r.strip_suffix("qweight").unwrap_or(&r), t.suffix)),
                             _ => self.real_name(&format!("{e}.{w}.{}", t.suffix)),
                         }
                         .unwrap_or_default();
@@ -261,8 +265,16 @@ impl<'c> ExpertSource<'c> {
         let p = &self.prefix;
         match self.quant {
             CheckpointQuant::None => {
-                self.check_tensor(&format!("{p}experts.gate_up_proj"), floats, &ShapeRule::Exact(vec![e_n, h, 2 * i]))?;
-                self.check_tensor(&format!("{p}experts.down_proj"), floats, &ShapeRule::Exact(vec![e_n, i, h]))?;
+                self.check_tensor(
+                    &format!("{p}experts.gate_up_proj"),
+                    floats,
+                    &ShapeRule::Exact(vec![e_n, h, 2 * i]),
+                )?;
+                self.check_tensor(
+                    &format!("{p}experts.down_proj"),
+                    floats,
+                    &ShapeRule::Exact(vec![e_n, i, h]),
+                )?;
             }
             CheckpointQuant::Mxfp4 => {
                 for (base, out, inp) in [("gate_up_proj", 2 * i, h), ("down_proj", h, i)] {
@@ -294,8 +306,16 @@ impl<'c> ExpertSource<'c> {
             }
         }
         if bias {
-            self.check_tensor(&format!("{p}experts.gate_up_proj_bias"), floats, &ShapeRule::Exact(vec![e_n, 2 * i]))?;
-            self.check_tensor(&format!("{p}experts.down_proj_bias"), floats, &ShapeRule::Exact(vec![e_n, h]))?;
+            self.check_tensor(
+                &format!("{p}experts.gate_up_proj_bias"),
+                floats,
+                &ShapeRule::Exact(vec![e_n, 2 * i]),
+            )?;
+            self.check_tensor(
+                &format!("{p}experts.down_proj_bias"),
+                floats,
+                &ShapeRule::Exact(vec![e_n, h]),
+            )?;
         }
         Ok(())
     }
@@ -313,7 +333,9 @@ impl<'c> ExpertSource<'c> {
     }
 
     fn lookup(&self, name: &str) -> Result<Option<TensorView<'c>>> {
-        let Some((e, p, suffix)) = parse_canonical(name) else { return Ok(None) };
+        let Some((e, p, suffix)) = parse_canonical(name) else {
+            return Ok(None);
+        };
         if e >= self.num_experts {
             return Ok(None);
         }
@@ -330,19 +352,30 @@ impl<'c> ExpertSource<'c> {
                 })
             })?;
             let data: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-            return Ok(Some(TensorView { dtype: DType::F32, shape: vec![out, inp], data: Cow::Owned(data) }));
+            return Ok(Some(TensorView {
+                dtype: DType::F32,
+                shape: vec![out, inp],
+                data: Cow::Owned(data),
+            }));
         }
         self.lookup_stored(e, p, suffix)
     }
 
     /// The canonical tensor `suffix` of expert `e`'s projection `p`, as stored (quantized).
     fn lookup_stored(&self, e: usize, p: Canon, suffix: &str) -> Result<Option<TensorView<'c>>> {
-        let canon = format!("{e}.{}.{suffix}", PROJS.iter().find(|(_, c)| *c == p).map_or("?", |(w, _)| w));
+        let canon = format!(
+            "{e}.{}.{suffix}",
+            PROJS.iter().find(|(_, c)| *c == p).map_or("?", |(w, _)| w)
+        );
         if let (CheckpointQuant::Int4Awq { group }, false, false) = (self.quant, self.is_fused(), suffix == "bias") {
             return self.lookup_awq(&canon, p, suffix, group);
         }
-        let Some(real) = self.real_name(&canon) else { return Ok(None) };
-        let Some(view) = self.ckpt.get(&real)? else { return Ok(None) };
+        let Some(real) = self.real_name(&canon) else {
+            return Ok(None);
+        };
+        let Some(view) = self.ckpt.get(&real)? else {
+            return Ok(None);
+        };
         let (h, i) = (self.hidden, self.inter);
         if !self.is_fused() {
             // Float weights and biases have the logical shape; packed/scale tensors were
@@ -360,12 +393,23 @@ impl<'c> ExpertSource<'c> {
             ("bias", Canon::Down) => {
                 view.expect_shape(&real, &[e_n, h])?;
                 let slab = expert_slab(&view, e);
-                Ok(Some(TensorView { dtype: view.dtype, shape: vec![h], data: slab }))
+                Ok(Some(TensorView {
+                    dtype: view.dtype,
+                    shape: vec![h],
+                    data: slab,
+                }))
             }
             ("bias", _) => {
                 view.expect_shape(&real, &[e_n, 2 * i])?;
                 let slab = expert_slab(&view, e);
-                Ok(Some(pick_rows(&view, &slab, 1, i, |c| column_of(p, interleaved, c, i), vec![i])))
+                Ok(Some(pick_rows(
+                    &view,
+                    &slab,
+                    1,
+                    i,
+                    |c| column_of(p, interleaved, c, i),
+                    vec![i],
+                )))
             }
             ("weight" | "weight_scale", _) if self.is_fused_mxfp4() => {
                 // `_blocks` [E, out, in/32, 16] and `_scales` [E, out, in/32] are already
@@ -382,7 +426,11 @@ impl<'c> ExpertSource<'c> {
                 let (out, _) = self.dims(p);
                 let shape = vec![out, row_len];
                 let v = if p == Canon::Down {
-                    TensorView { dtype: view.dtype, shape, data: slab }
+                    TensorView {
+                        dtype: view.dtype,
+                        shape,
+                        data: slab,
+                    }
                 } else {
                     pick_rows(&view, &slab, row_len, out, |c| column_of(p, interleaved, c, i), shape)
                 };
@@ -416,7 +464,8 @@ impl<'c> ExpertSource<'c> {
     fn lookup_awq(&self, canon: &str, p: Canon, suffix: &str, group: usize) -> Result<Option<TensorView<'c>>> {
         let (out, inp) = self.dims(p);
         let real = self.real_name(canon).unwrap_or_default();
-        let specs = CheckpointQuant::awq_tensors(group, out, inp).map_err(|d| MoeError::shape(&real, d, &[out, inp]))?;
+        let specs =
+            CheckpointQuant::awq_tensors(group, out, inp).map_err(|d| MoeError::shape(&real, d, &[out, inp]))?;
         let spec = |s: &str| specs.iter().find(|t| t.suffix == s).cloned();
         let Some(t) = spec(match suffix {
             "weight" => "qweight",
@@ -426,7 +475,9 @@ impl<'c> ExpertSource<'c> {
         }) else {
             return Ok(None);
         };
-        let Some(view) = self.ckpt.get(&real)? else { return Ok(None) };
+        let Some(view) = self.ckpt.get(&real)? else {
+            return Ok(None);
+        };
         if !t.dtypes.contains(&view.dtype) {
             return Err(MoeError::DTypeMismatch {
                 what: real,
@@ -449,7 +500,11 @@ impl<'c> ExpertSource<'c> {
                         data[d..d + es].copy_from_slice(&view.data[s..s + es]);
                     }
                 }
-                TensorView { dtype: view.dtype, shape: vec![out, rows], data: Cow::Owned(data) }
+                TensorView {
+                    dtype: view.dtype,
+                    shape: vec![out, rows],
+                    data: Cow::Owned(data),
+                }
             }
             _ => {
                 // Unpack the nibble of column n from word n/8 at AWQ's position for n % 8.
@@ -464,8 +519,15 @@ impl<'c> ExpertSource<'c> {
                     ((word >> (4 * pos[n % 8])) & 0xF) as u8
                 };
                 if suffix == "weight_zero" {
-                    let data = (0..out).flat_map(|n| (0..rows).map(move |g| (n, g))).map(|(n, g)| code(g, n)).collect();
-                    TensorView { dtype: DType::U8, shape: vec![out, rows], data: Cow::Owned(data) }
+                    let data = (0..out)
+                        .flat_map(|n| (0..rows).map(move |g| (n, g)))
+                        .map(|(n, g)| code(g, n))
+                        .collect();
+                    TensorView {
+                        dtype: DType::U8,
+                        shape: vec![out, rows],
+                        data: Cow::Owned(data),
+                    }
                 } else {
                     let mut data = vec![0u8; out * inp / 2];
                     for n in 0..out {
@@ -473,7 +535,11 @@ impl<'c> ExpertSource<'c> {
                             data[n * (inp / 2) + k / 2] |= code(k, n) << (4 * (k % 2));
                         }
                     }
-                    TensorView { dtype: DType::U8, shape: vec![out, inp / 2], data: Cow::Owned(data) }
+                    TensorView {
+                        dtype: DType::U8,
+                        shape: vec![out, inp / 2],
+                        data: Cow::Owned(data),
+                    }
                 }
             }
         }))
@@ -484,11 +550,17 @@ impl<'c> ExpertSource<'c> {
         // (an f32 `weight_scale_inv` rounded to bf16 would shift every block by up to 0.4%).
         let is_value = name.ends_with(".weight") || name.ends_with(".bias");
         match self.cast {
-            Some(to) if is_value && view.dtype != to && view.dtype.is_float_activation() && to.is_float_activation() => {
+            Some(to)
+                if is_value && view.dtype != to && view.dtype.is_float_activation() && to.is_float_activation() =>
+            {
                 let t = view.to_f32_vec(name)?;
                 let converted = moe_core::Tensor::from_f32_as(to, view.shape.clone(), &t)?;
                 let data = converted.view()?.data.into_owned();
-                Ok(TensorView { dtype: to, shape: view.shape, data: Cow::Owned(data) })
+                Ok(TensorView {
+                    dtype: to,
+                    shape: view.shape,
+                    data: Cow::Owned(data),
+                })
             }
             _ => Ok(view),
         }
@@ -542,7 +614,11 @@ fn pick_rows<'a>(
         let s = row(c) * bytes;
         out.extend_from_slice(&slab[s..s + bytes]);
     }
-    TensorView { dtype: view.dtype, shape, data: Cow::Owned(out) }
+    TensorView {
+        dtype: view.dtype,
+        shape,
+        data: Cow::Owned(out),
+    }
 }
 
 /// From a row-major `[rows, stride]` slab (element bytes of `view.dtype`), builds the
@@ -565,7 +641,11 @@ fn transpose<'a>(
             out[d..d + es].copy_from_slice(&slab[s..s + es]);
         }
     }
-    TensorView { dtype: view.dtype, shape: vec![cols, rows], data: Cow::Owned(out) }
+    TensorView {
+        dtype: view.dtype,
+        shape: vec![cols, rows],
+        data: Cow::Owned(out),
+    }
 }
 
 impl WeightSource for ExpertSource<'_> {
@@ -597,6 +677,11 @@ impl WeightSource for ExpertSource<'_> {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({} experts under `{}`)", self.ckpt.dir().display(), self.quant.name(), self.prefix)
+        format!(
+            "{} ({} experts under `{}`)",
+            self.ckpt.dir().display(),
+            self.quant.name(),
+            self.prefix
+        )
     }
 }

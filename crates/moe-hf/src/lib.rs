@@ -34,4 +34,4 @@ pub use config::{Family, HfConfig, LayerPlacement};
 pub use expert_source::ExpertSource;
 pub use names::{BlockNames, ExpertLayout};
 pub use quant_format::CheckpointQuant;
-pub use quantize::{quantize_checkpoint, QuantizeOptions, QuantizeProgress, QuantizeSummary, TargetFormat};
+pub use quantize::{QuantizeOptions, QuantizeProgress, QuantizeSummary, TargetFormat, quantize_checkpoint};

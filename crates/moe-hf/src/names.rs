@@ -11,7 +11,11 @@ use crate::config::Family;
 pub enum ExpertLayout {
     /// One tensor per expert and projection, `experts.{e}.{gate|up|down}.weight`, with the
     /// PyTorch `[out, in]` layout (gate/up `[I, H]`, down `[H, I]`).
-    PerExpert { gate: &'static str, up: &'static str, down: &'static str },
+    PerExpert {
+        gate: &'static str,
+        up: &'static str,
+        down: &'static str,
+    },
     /// GPT-OSS: `experts.gate_up_proj` `[E, H, 2I]` (in × out) with gate = even and up = odd
     /// output columns, `gate_up_proj_bias` `[E, 2I]` interleaved alike, `down_proj` `[E, I, H]`
     /// and `down_proj_bias` `[E, H]`.
@@ -22,9 +26,17 @@ pub enum ExpertLayout {
 }
 
 /// Mixtral's `w1/w3/w2` naming (gate, up, down).
-pub const MIXTRAL_NAMES: ExpertLayout = ExpertLayout::PerExpert { gate: "w1", up: "w3", down: "w2" };
+pub const MIXTRAL_NAMES: ExpertLayout = ExpertLayout::PerExpert {
+    gate: "w1",
+    up: "w3",
+    down: "w2",
+};
 /// The `gate_proj/up_proj/down_proj` naming of most families.
-pub const PROJ_NAMES: ExpertLayout = ExpertLayout::PerExpert { gate: "gate_proj", up: "up_proj", down: "down_proj" };
+pub const PROJ_NAMES: ExpertLayout = ExpertLayout::PerExpert {
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+};
 
 /// The shared expert(s) of a block.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +85,10 @@ impl BlockNames {
                 "gate.weight",
                 None,
                 None,
-                Some(SharedNames { module: "shared_expert.", gate: Some("shared_expert_gate.weight") }),
+                Some(SharedNames {
+                    module: "shared_expert.",
+                    gate: Some("shared_expert_gate.weight"),
+                }),
             ),
             Family::Qwen3Moe | Family::Olmoe => (&["mlp"], "gate.weight", None, None, None),
             Family::DeepseekV3 => (
@@ -81,7 +96,10 @@ impl BlockNames {
                 "gate.weight",
                 None,
                 Some("gate.e_score_correction_bias"),
-                Some(SharedNames { module: "shared_experts.", gate: None }),
+                Some(SharedNames {
+                    module: "shared_experts.",
+                    gate: None,
+                }),
             ),
             Family::GptOss => (&["mlp"], "router.weight", Some("router.bias"), None, None),
             Family::Llama4 => (
@@ -89,7 +107,10 @@ impl BlockNames {
                 "router.weight",
                 None,
                 None,
-                Some(SharedNames { module: "shared_expert.", gate: None }),
+                Some(SharedNames {
+                    module: "shared_expert.",
+                    gate: None,
+                }),
             ),
         };
         let roots = ["model.", "language_model.model.", "model.language_model.", ""];
@@ -113,7 +134,9 @@ impl BlockNames {
         // Llama 4 as `experts.{e}.gate_proj`; AWQ's per-projection tensors are `qweight`), so
         // the layout follows what expert 0 looks like in the checkpoint.
         let has_proj = |proj: &str| {
-            ["weight", "qweight"].iter().any(|s| ckpt.contains(&format!("{prefix}experts.0.{proj}.{s}")))
+            ["weight", "qweight"]
+                .iter()
+                .any(|s| ckpt.contains(&format!("{prefix}experts.0.{proj}.{s}")))
         };
         let experts = match family {
             Family::GptOss | Family::Llama4 if has_proj("gate_proj") => PROJ_NAMES,

@@ -97,12 +97,16 @@ impl CheckpointQuant {
     pub fn from_config(q: &QuantConfig, method: Option<&str>) -> Result<CheckpointQuant> {
         Ok(match q.algo {
             QuantAlgo::None => CheckpointQuant::None,
-            QuantAlgo::Fp8Block => CheckpointQuant::Fp8Block { block: q.weight_block_size.unwrap_or([128, 128]) },
+            QuantAlgo::Fp8Block => CheckpointQuant::Fp8Block {
+                block: q.weight_block_size.unwrap_or([128, 128]),
+            },
             QuantAlgo::Fp8PerTensor => CheckpointQuant::Fp8PerTensor,
             QuantAlgo::Nvfp4 => CheckpointQuant::Nvfp4,
             QuantAlgo::W4A16Mxfp4 => CheckpointQuant::Mxfp4,
             QuantAlgo::W4A16Int4 => match method {
-                Some("awq") => CheckpointQuant::Int4Awq { group: q.group_size.unwrap_or(AWQ_DEFAULT_GROUP) },
+                Some("awq") => CheckpointQuant::Int4Awq {
+                    group: q.group_size.unwrap_or(AWQ_DEFAULT_GROUP),
+                },
                 other => {
                     return Err(MoeError::UnsupportedModel {
                         detail: format!(
@@ -178,7 +182,10 @@ impl CheckpointQuant {
     /// The canonical tensors of one projection `[out, in]`, or why the shape cannot be held.
     pub fn canonical_tensors(self, out: usize, inp: usize) -> std::result::Result<Vec<CanonicalTensor>, String> {
         if let Some(m) = self.in_multiple().filter(|&m| m > 0 && inp % m != 0) {
-            return Err(format!("{} needs the input dimension to be a multiple of {m}, got {inp}", self.name()));
+            return Err(format!(
+                "{} needs the input dimension to be a multiple of {m}, got {inp}",
+                self.name()
+            ));
         }
         let t = |suffix, dtypes, shape| CanonicalTensor { suffix, dtypes, shape };
         let exact = |s: &[usize]| ShapeRule::Exact(s.to_vec());
@@ -223,15 +230,31 @@ impl CheckpointQuant {
     /// AWQ's on-disk tensors of one projection `[out, in]` (real suffixes).
     pub fn awq_tensors(group: usize, out: usize, inp: usize) -> std::result::Result<Vec<CanonicalTensor>, String> {
         if out % 8 != 0 {
-            return Err(format!("AWQ packs 8 output channels per int32, got {out} output channels"));
+            return Err(format!(
+                "AWQ packs 8 output channels per int32, got {out} output channels"
+            ));
         }
         if group == 0 || inp % group != 0 {
-            return Err(format!("AWQ group size {group} does not divide the input dimension {inp}"));
+            return Err(format!(
+                "AWQ group size {group} does not divide the input dimension {inp}"
+            ));
         }
         Ok(vec![
-            CanonicalTensor { suffix: "qweight", dtypes: &[DType::I32], shape: ShapeRule::Exact(vec![inp, out / 8]) },
-            CanonicalTensor { suffix: "qzeros", dtypes: &[DType::I32], shape: ShapeRule::Exact(vec![inp / group, out / 8]) },
-            CanonicalTensor { suffix: "scales", dtypes: FLOATS, shape: ShapeRule::Exact(vec![inp / group, out]) },
+            CanonicalTensor {
+                suffix: "qweight",
+                dtypes: &[DType::I32],
+                shape: ShapeRule::Exact(vec![inp, out / 8]),
+            },
+            CanonicalTensor {
+                suffix: "qzeros",
+                dtypes: &[DType::I32],
+                shape: ShapeRule::Exact(vec![inp / group, out / 8]),
+            },
+            CanonicalTensor {
+                suffix: "scales",
+                dtypes: FLOATS,
+                shape: ShapeRule::Exact(vec![inp / group, out]),
+            },
         ])
     }
 }
@@ -242,23 +265,44 @@ mod tests {
 
     #[test]
     fn fp8_block_scales_cover_partial_blocks() {
-        let t = CheckpointQuant::Fp8Block { block: [128, 128] }.canonical_tensors(32, 64).unwrap();
+        let t = CheckpointQuant::Fp8Block { block: [128, 128] }
+            .canonical_tensors(32, 64)
+            .unwrap();
         assert_eq!(t[1].shape, ShapeRule::Exact(vec![1, 1]));
-        let t = CheckpointQuant::Fp8Block { block: [128, 128] }.canonical_tensors(256, 129).unwrap();
+        let t = CheckpointQuant::Fp8Block { block: [128, 128] }
+            .canonical_tensors(256, 129)
+            .unwrap();
         assert_eq!(t[1].shape, ShapeRule::Exact(vec![2, 2]));
     }
 
     #[test]
     fn packed_formats_refuse_ragged_inputs() {
-        assert!(CheckpointQuant::Mxfp4.canonical_tensors(8, 48).unwrap_err().contains("multiple of 32"));
-        assert!(CheckpointQuant::Nvfp4.canonical_tensors(8, 40).unwrap_err().contains("multiple of 16"));
+        assert!(
+            CheckpointQuant::Mxfp4
+                .canonical_tensors(8, 48)
+                .unwrap_err()
+                .contains("multiple of 32")
+        );
+        assert!(
+            CheckpointQuant::Nvfp4
+                .canonical_tensors(8, 40)
+                .unwrap_err()
+                .contains("multiple of 16")
+        );
         assert!(CheckpointQuant::Nvfp4.canonical_tensors(8, 48).is_ok());
     }
 
     #[test]
     fn int4_needs_awq() {
-        let q = QuantConfig { algo: QuantAlgo::W4A16Int4, group_size: Some(64), ..QuantConfig::default() };
-        assert_eq!(CheckpointQuant::from_config(&q, Some("awq")).unwrap(), CheckpointQuant::Int4Awq { group: 64 });
+        let q = QuantConfig {
+            algo: QuantAlgo::W4A16Int4,
+            group_size: Some(64),
+            ..QuantConfig::default()
+        };
+        assert_eq!(
+            CheckpointQuant::from_config(&q, Some("awq")).unwrap(),
+            CheckpointQuant::Int4Awq { group: 64 }
+        );
         assert!(CheckpointQuant::from_config(&q, Some("gptq")).is_err());
     }
 

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use moe_core::{DType, MoeError, QuantAlgo, Result, Tensor, WeightSource};
 use safetensors::Dtype;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::checkpoint::{Checkpoint, INDEX_FILE, SINGLE_FILE};
 use crate::config::HfConfig;
@@ -61,7 +61,10 @@ impl TargetFormat {
 
     pub fn parse(s: &str) -> Result<TargetFormat> {
         TargetFormat::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            MoeError::config("format", format!("unknown quantized format `{s}` (fp8-block, nvfp4, mxfp4)"))
+            MoeError::config(
+                "format",
+                format!("unknown quantized format `{s}` (fp8-block, nvfp4, mxfp4)"),
+            )
         })
     }
 
@@ -102,7 +105,11 @@ pub const UNCALIBRATED_INPUT_AMAX: f32 = 448.0 * 6.0;
 
 impl QuantizeOptions {
     pub fn new(format: TargetFormat) -> QuantizeOptions {
-        QuantizeOptions { format, max_shard_bytes: DEFAULT_SHARD_BYTES, calibration: None }
+        QuantizeOptions {
+            format,
+            max_shard_bytes: DEFAULT_SHARD_BYTES,
+            calibration: None,
+        }
     }
 }
 
@@ -136,7 +143,11 @@ pub struct QuantizeSummary {
 /// How one layer's quantized experts are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OutLayout {
-    PerExpert { gate: &'static str, up: &'static str, down: &'static str },
+    PerExpert {
+        gate: &'static str,
+        up: &'static str,
+        down: &'static str,
+    },
     /// GPT-OSS-style `_blocks`/`_scales` with gate/up rows interleaved (or in halves).
     FusedBlocks { interleaved: bool },
 }
@@ -243,27 +254,46 @@ fn plan(hf: &HfConfig, ckpt: &Checkpoint, format: TargetFormat) -> Result<Vec<La
             fused @ (ExpertLayout::FusedInterleaved | ExpertLayout::FusedHalves) => {
                 let mut consumed = vec![format!("{p}experts.gate_up_proj"), format!("{p}experts.down_proj")];
                 let out = if format == TargetFormat::Mxfp4 {
-                    OutLayout::FusedBlocks { interleaved: fused == ExpertLayout::FusedInterleaved }
+                    OutLayout::FusedBlocks {
+                        interleaved: fused == ExpertLayout::FusedInterleaved,
+                    }
                 } else {
                     // Biases follow their weights into per-expert tensors.
                     if hf.expert_bias {
-                        consumed.extend([format!("{p}experts.gate_up_proj_bias"), format!("{p}experts.down_proj_bias")]);
+                        consumed.extend([
+                            format!("{p}experts.gate_up_proj_bias"),
+                            format!("{p}experts.down_proj_bias"),
+                        ]);
                     }
-                    OutLayout::PerExpert { gate: "gate_proj", up: "up_proj", down: "down_proj" }
+                    OutLayout::PerExpert {
+                        gate: "gate_proj",
+                        up: "up_proj",
+                        down: "down_proj",
+                    }
                 };
                 (out, consumed)
             }
         };
-        plans.push(LayerPlan { layer, names, out, consumed });
+        plans.push(LayerPlan {
+            layer,
+            names,
+            out,
+            consumed,
+        });
     }
     if plans.is_empty() {
-        return Err(MoeError::UnsupportedModel { detail: format!("the {} model has no MoE layer", hf.model_type) });
+        return Err(MoeError::UnsupportedModel {
+            detail: format!("the {} model has no MoE layer", hf.model_type),
+        });
     }
     Ok(plans)
 }
 
 fn prepare_output_dir(dst: &Path) -> Result<()> {
-    let io = |source| MoeError::Io { path: dst.display().to_string(), source };
+    let io = |source| MoeError::Io {
+        path: dst.display().to_string(),
+        source,
+    };
     if dst.exists() {
         let mut entries = std::fs::read_dir(dst).map_err(io)?;
         if entries.next().is_some() {
@@ -289,19 +319,34 @@ fn write_all(
     writer: &mut ShardWriter,
     progress: &mut dyn FnMut(QuantizeProgress<'_>),
 ) -> Result<usize> {
-    let consumed: BTreeSet<&str> = plans.iter().flat_map(|p| p.consumed.iter().map(String::as_str)).collect();
+    let consumed: BTreeSet<&str> = plans
+        .iter()
+        .flat_map(|p| p.consumed.iter().map(String::as_str))
+        .collect();
     let mut copied = 0;
     for name in ckpt.names() {
         if !consumed.contains(name) {
             let (dtype, shape, data) = ckpt.raw(name)?;
-            writer.push(ckpt, Entry { name: name.to_string(), dtype, shape: shape.to_vec(), data: Data::Copied(data.len()) })?;
+            writer.push(
+                ckpt,
+                Entry {
+                    name: name.to_string(),
+                    dtype,
+                    shape: shape.to_vec(),
+                    data: Data::Copied(data.len()),
+                },
+            )?;
             copied += 1;
         }
     }
     let (e_n, h, i) = (hf.num_experts, hf.hidden_size, hf.expert_intermediate_size);
     let calibration = match &opts.calibration {
         Some(x) if x.shape().len() != 2 || x.shape()[1] != h => {
-            return Err(MoeError::shape("calibration activations", format!("[T, {h}]"), x.shape()));
+            return Err(MoeError::shape(
+                "calibration activations",
+                format!("[T, {h}]"),
+                x.shape(),
+            ));
         }
         Some(x) => Some(x.to_dtype(DType::F32)?),
         None => None,
@@ -310,7 +355,10 @@ fn write_all(
         Some(x) => q::amax(x.as_f32("calibration activations")?),
         None => UNCALIBRATED_INPUT_AMAX,
     };
-    let opts = &QuantizeOptions { calibration, ..opts.clone() };
+    let opts = &QuantizeOptions {
+        calibration,
+        ..opts.clone()
+    };
     let total = plans.len() * e_n * 3;
     let mut done = 0;
     for plan in plans {
@@ -321,12 +369,17 @@ fn write_all(
             let weight = |w: &str| -> Result<Vec<f32>> {
                 let name = format!("{e}.{w}.weight");
                 let real = experts.real_name(&name).unwrap_or(name.clone());
-                let v = experts.get(&name)?.ok_or_else(|| MoeError::MissingTensor { name: real.clone() })?;
+                let v = experts
+                    .get(&name)?
+                    .ok_or_else(|| MoeError::MissingTensor { name: real.clone() })?;
                 let v = v.to_f32_vec(&real)?;
                 // The codecs encode NaN/inf as NaN/saturated codes; a broken float checkpoint
                 // must not turn into a quantized one that looks fine.
                 if let Some(k) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(MoeError::NonFinite { what: real, location: format!("element {k}") });
+                    return Err(MoeError::NonFinite {
+                        what: real,
+                        location: format!("element {k}"),
+                    });
                 }
                 Ok(v)
             };
@@ -362,9 +415,14 @@ fn write_all(
                             writer.push_tensor(ckpt, format!("{p}experts.{e}.{proj}.{suffix}"), &t)?;
                         }
                         if hf.expert_bias && consumed.contains(format!("{p}experts.gate_up_proj_bias").as_str()) {
-                            let b = experts.get(&format!("{e}.{w}.bias"))?.ok_or_else(|| MoeError::MissingTensor {
-                                name: format!("{p}experts.{}_bias", if w == "w2" { "down_proj" } else { "gate_up_proj" }),
-                            })?;
+                            let b = experts
+                                .get(&format!("{e}.{w}.bias"))?
+                                .ok_or_else(|| MoeError::MissingTensor {
+                                    name: format!(
+                                        "{p}experts.{}_bias",
+                                        if w == "w2" { "down_proj" } else { "gate_up_proj" }
+                                    ),
+                                })?;
                             let t = b.to_tensor(&format!("{p}experts.{e}.{proj}.bias"))?;
                             writer.push_tensor(ckpt, format!("{p}experts.{e}.{proj}.bias"), &t)?;
                         }
@@ -373,12 +431,24 @@ fn write_all(
                 }
                 done += 1;
                 let real = experts.real_name(&format!("{e}.{w}.weight")).unwrap_or_default();
-                progress(QuantizeProgress { done, total, tensor: &format!("{real} (expert {e})") });
+                progress(QuantizeProgress {
+                    done,
+                    total,
+                    tensor: &format!("{real} (expert {e})"),
+                });
             }
         }
         if let OutLayout::FusedBlocks { .. } = plan.out {
             for (name, dtype, shape, data) in fused.into_entries(p) {
-                writer.push(ckpt, Entry { name, dtype, shape, data: Data::Owned(data) })?;
+                writer.push(
+                    ckpt,
+                    Entry {
+                        name,
+                        dtype,
+                        shape,
+                        data: Data::Owned(data),
+                    },
+                )?;
             }
         }
     }
@@ -397,7 +467,11 @@ fn quantize_expert(
     Ok(match format {
         TargetFormat::Fp8Block => {
             let b = [128, 128];
-            vec![("w1", q::fp8_block(gate, i, h, b)?), ("w3", q::fp8_block(up, i, h, b)?), ("w2", q::fp8_block(down, h, i, b)?)]
+            vec![
+                ("w1", q::fp8_block(gate, i, h, b)?),
+                ("w3", q::fp8_block(up, i, h, b)?),
+                ("w2", q::fp8_block(down, h, i, b)?),
+            ]
         }
         TargetFormat::Nvfp4 => {
             // NVFP4 kernels run FC1 as one GEMM over [w3; w1] with one global scale per
@@ -410,7 +484,11 @@ fn quantize_expert(
                 ("w2", q::nvfp4(down, h, i, None, input_amax[1])?),
             ]
         }
-        TargetFormat::Mxfp4 => vec![("w1", q::mxfp4(gate, i, h)?), ("w3", q::mxfp4(up, i, h)?), ("w2", q::mxfp4(down, h, i)?)],
+        TargetFormat::Mxfp4 => vec![
+            ("w1", q::mxfp4(gate, i, h)?),
+            ("w3", q::mxfp4(up, i, h)?),
+            ("w2", q::mxfp4(down, h, i)?),
+        ],
     })
 }
 
@@ -427,7 +505,10 @@ fn fc2_input_amax(
     let h = hf.hidden_size;
     let w = |v: &[f32]| Tensor::from_f32(vec![i, h], v.to_vec());
     let b = match &bias {
-        Some((bg, bu)) => (Some(Tensor::from_f32(vec![i], bg.clone())?), Some(Tensor::from_f32(vec![i], bu.clone())?)),
+        Some((bg, bu)) => (
+            Some(Tensor::from_f32(vec![i], bg.clone())?),
+            Some(Tensor::from_f32(vec![i], bu.clone())?),
+        ),
         None => (None, None),
     };
     let g = moe::ops::linear(x, &w(gate)?, b.0.as_ref())?.to_f32_vec("calibration gate")?;
@@ -439,7 +520,11 @@ fn fc2_input_amax(
         }
         _ => g / (1.0 + (-g).exp()) * u,
     };
-    Ok(g.iter().zip(&u).map(|(&g, &u)| act(g, u)).filter(|v| v.is_finite()).fold(0.0, |m, v| m.max(v.abs())))
+    Ok(g.iter()
+        .zip(&u)
+        .map(|(&g, &u)| act(g, u))
+        .filter(|v| v.is_finite())
+        .fold(0.0, |m, v| m.max(v.abs())))
 }
 
 /// The four fused MXFP4 tensors of one layer, filled expert by expert.
@@ -455,7 +540,15 @@ struct FusedBlocks {
 
 impl FusedBlocks {
     fn new(e_n: usize, h: usize, i: usize) -> FusedBlocks {
-        FusedBlocks { e_n, h, i, gate_up_blocks: Vec::new(), gate_up_scales: Vec::new(), down_blocks: Vec::new(), down_scales: Vec::new() }
+        FusedBlocks {
+            e_n,
+            h,
+            i,
+            gate_up_blocks: Vec::new(),
+            gate_up_scales: Vec::new(),
+            down_blocks: Vec::new(),
+            down_scales: Vec::new(),
+        }
     }
 
     /// Places expert `e`'s projection `w` (canonical MXFP4 `weight` `[out, in/2]`, `weight_scale`
@@ -472,7 +565,9 @@ impl FusedBlocks {
             tensors
                 .iter()
                 .find(|(x, _)| *x == s)
-                .ok_or_else(|| MoeError::MissingTensor { name: format!("quantized {e}.{w}.{s}") })?
+                .ok_or_else(|| MoeError::MissingTensor {
+                    name: format!("quantized {e}.{w}.{s}"),
+                })?
                 .1
                 .as_bytes(s)
         };
@@ -509,10 +604,30 @@ impl FusedBlocks {
     fn into_entries(self, prefix: &str) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
         let (e_n, h, i) = (self.e_n, self.h, self.i);
         vec![
-            (format!("{prefix}experts.gate_up_proj_blocks"), Dtype::U8, vec![e_n, 2 * i, h / 32, 16], self.gate_up_blocks),
-            (format!("{prefix}experts.gate_up_proj_scales"), Dtype::U8, vec![e_n, 2 * i, h / 32], self.gate_up_scales),
-            (format!("{prefix}experts.down_proj_blocks"), Dtype::U8, vec![e_n, h, i / 32, 16], self.down_blocks),
-            (format!("{prefix}experts.down_proj_scales"), Dtype::U8, vec![e_n, h, i / 32], self.down_scales),
+            (
+                format!("{prefix}experts.gate_up_proj_blocks"),
+                Dtype::U8,
+                vec![e_n, 2 * i, h / 32, 16],
+                self.gate_up_blocks,
+            ),
+            (
+                format!("{prefix}experts.gate_up_proj_scales"),
+                Dtype::U8,
+                vec![e_n, 2 * i, h / 32],
+                self.gate_up_scales,
+            ),
+            (
+                format!("{prefix}experts.down_proj_blocks"),
+                Dtype::U8,
+                vec![e_n, h, i / 32, 16],
+                self.down_blocks,
+            ),
+            (
+                format!("{prefix}experts.down_proj_scales"),
+                Dtype::U8,
+                vec![e_n, h, i / 32],
+                self.down_scales,
+            ),
         ]
     }
 }
@@ -567,12 +682,26 @@ struct ShardWriter {
 
 impl ShardWriter {
     fn new(dir: &Path, max_bytes: usize) -> ShardWriter {
-        ShardWriter { dir: dir.to_path_buf(), max_bytes: max_bytes.max(1), pending: Vec::new(), pending_bytes: 0, shards: Vec::new() }
+        ShardWriter {
+            dir: dir.to_path_buf(),
+            max_bytes: max_bytes.max(1),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            shards: Vec::new(),
+        }
     }
 
     fn push_tensor(&mut self, ckpt: &Checkpoint, name: String, t: &Tensor) -> Result<()> {
         let data = t.view()?.data.into_owned();
-        self.push(ckpt, Entry { name, dtype: st_dtype(t.dtype()), shape: t.shape().to_vec(), data: Data::Owned(data) })
+        self.push(
+            ckpt,
+            Entry {
+                name,
+                dtype: st_dtype(t.dtype()),
+                shape: t.shape().to_vec(),
+                data: Data::Owned(data),
+            },
+        )
     }
 
     fn push(&mut self, ckpt: &Checkpoint, entry: Entry) -> Result<()> {
@@ -596,7 +725,10 @@ impl ShardWriter {
                 Data::Copied(_) => ckpt.raw(&e.name)?.2,
             };
             let v = safetensors::tensor::TensorView::new(e.dtype, e.shape.clone(), data).map_err(|err| {
-                MoeError::BadCheckpoint { path: path.display().to_string(), detail: format!("tensor `{}`: {err}", e.name) }
+                MoeError::BadCheckpoint {
+                    path: path.display().to_string(),
+                    detail: format!("tensor `{}`: {err}", e.name),
+                }
             })?;
             views.push((e.name.clone(), v));
         }
@@ -617,7 +749,10 @@ impl ShardWriter {
         self.flush(ckpt)?;
         let n = self.shards.len();
         let rename = |from: &Path, to: &str| {
-            std::fs::rename(from, self.dir.join(to)).map_err(|source| MoeError::Io { path: to.to_string(), source })
+            std::fs::rename(from, self.dir.join(to)).map_err(|source| MoeError::Io {
+                path: to.to_string(),
+                source,
+            })
         };
         if n == 1 {
             rename(&self.shards[0].0, SINGLE_FILE)?;
@@ -654,7 +789,10 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
         path: path.display().to_string(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    std::fs::write(path, text + "\n").map_err(|source| MoeError::Io { path: path.display().to_string(), source })
+    std::fs::write(path, text + "\n").map_err(|source| MoeError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// `config.json` with the format's `quantization_config` (plus ModelOpt's
@@ -662,12 +800,20 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// tokenizer) copied.
 fn write_configs(src: &Path, dst: &Path, ckpt: &Checkpoint, plans: &[LayerPlan], format: TargetFormat) -> Result<()> {
     let path = src.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| MoeError::Io { path: path.display().to_string(), source })?;
-    let mut config: Value = serde_json::from_str(&text)
-        .map_err(|e| MoeError::BadCheckpoint { path: path.display().to_string(), detail: format!("invalid JSON: {e}") })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| MoeError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut config: Value = serde_json::from_str(&text).map_err(|e| MoeError::BadCheckpoint {
+        path: path.display().to_string(),
+        detail: format!("invalid JSON: {e}"),
+    })?;
     // Linear layers left in float: every 2-D float `.weight` that is not a routed expert's,
     // so loaders that quantize every Linear by default (transformers) leave them alone.
-    let consumed: BTreeSet<&str> = plans.iter().flat_map(|p| p.consumed.iter().map(String::as_str)).collect();
+    let consumed: BTreeSet<&str> = plans
+        .iter()
+        .flat_map(|p| p.consumed.iter().map(String::as_str))
+        .collect();
     let float_modules: Vec<String> = ckpt
         .names()
         .filter(|n| !consumed.contains(n))
@@ -710,15 +856,20 @@ fn write_configs(src: &Path, dst: &Path, ckpt: &Checkpoint, plans: &[LayerPlan],
         });
         write_json(&dst.join("hf_quant_config.json"), &modelopt)?;
     }
-    let entries = std::fs::read_dir(src).map_err(|source| MoeError::Io { path: src.display().to_string(), source })?;
+    let entries = std::fs::read_dir(src).map_err(|source| MoeError::Io {
+        path: src.display().to_string(),
+        source,
+    })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let skip = name.ends_with(".safetensors")
             || [INDEX_FILE, "config.json", "hf_quant_config.json"].contains(&name.as_str())
             || !entry.path().is_file();
         if !skip {
-            std::fs::copy(entry.path(), dst.join(&name))
-                .map_err(|source| MoeError::Io { path: entry.path().display().to_string(), source })?;
+            std::fs::copy(entry.path(), dst.join(&name)).map_err(|source| MoeError::Io {
+                path: entry.path().display().to_string(),
+                source,
+            })?;
         }
     }
     Ok(())
@@ -726,13 +877,23 @@ fn write_configs(src: &Path, dst: &Path, ckpt: &Checkpoint, plans: &[LayerPlan],
 
 /// Reads the output back: its config declares the format and every layer's experts pass the
 /// loader's completeness check. Returns the expert bytes of source and output.
-fn verify(hf: &HfConfig, ckpt: &Checkpoint, plans: &[LayerPlan], dst: &Path, format: TargetFormat) -> Result<(usize, usize)> {
+fn verify(
+    hf: &HfConfig,
+    ckpt: &Checkpoint,
+    plans: &[LayerPlan],
+    dst: &Path,
+    format: TargetFormat,
+) -> Result<(usize, usize)> {
     let out_hf = HfConfig::from_dir(dst)?;
     let quant = out_hf.checkpoint_quant()?;
     if quant != format.checkpoint_quant() {
         return Err(MoeError::BadCheckpoint {
             path: dst.display().to_string(),
-            detail: format!("written config declares {} experts, expected {}", quant.name(), format.name()),
+            detail: format!(
+                "written config declares {} experts, expected {}",
+                quant.name(),
+                format.name()
+            ),
         });
     }
     let out = Checkpoint::open(dst)?;

@@ -32,7 +32,11 @@ impl Router {
     ) -> Result<Router> {
         let weight = load_float(ckpt, weight_name, &[experts, hidden], dtype)?;
         let bias = bias_name.map(|b| load_float(ckpt, b, &[experts], dtype)).transpose()?;
-        Ok(Router { weight, bias, logits_dtype: if f32_logits { DType::F32 } else { dtype } })
+        Ok(Router {
+            weight,
+            bias,
+            logits_dtype: if f32_logits { DType::F32 } else { dtype },
+        })
     }
 
     /// Router logits `[T, E]` as f32 values: rounded to the dtype the family's reference
@@ -63,7 +67,11 @@ pub fn tie_break_rounded(mut exact: Vec<f32>, dtype: DType) -> Vec<f32> {
     round_to(dtype, &mut rounded);
     for (e, r) in exact.iter_mut().zip(&rounded) {
         let residual = *e - *r;
-        *e = if r.is_finite() { *r + residual * (1.0 / 1024.0) } else { *r };
+        *e = if r.is_finite() {
+            *r + residual * (1.0 / 1024.0)
+        } else {
+            *r
+        };
     }
     exact
 }

@@ -73,7 +73,11 @@ impl SharedExpert {
             round_to(dt, &mut s);
             let h = self.down.rows();
             if s.len() != t {
-                return Err(MoeError::shape("shared_expert_gate output", format!("[{t}, 1]"), &[s.len()]));
+                return Err(MoeError::shape(
+                    "shared_expert_gate output",
+                    format!("[{t}, 1]"),
+                    &[s.len()],
+                ));
             }
             for (row, &sv) in out.chunks_mut(h.max(1)).zip(&s) {
                 row.iter_mut().for_each(|v| *v *= sv);

@@ -5,8 +5,10 @@
 //! token permutation by expert, GEMMs and fused activations.
 //! [`codec`] holds the bit-exact number formats of quantized experts (FP8 e4m3, FP4 e2m1,
 //! UE8M0, INT4/INT8).
-//! There are no device kernels in this build: `ops` refuses device tensors with a typed error.
+//! [`cuda`] holds the per-device context, device tensors and the CUDA kernels (feature `cuda`;
+//! without it the same names exist and fail with `MoeError::NotCompiledWithCuda`).
 
 pub mod codec;
 pub mod cpu;
+pub mod cuda;
 pub mod ops;

@@ -4,7 +4,7 @@
 
 use moe_core::{DType, MoeError, Result, RoutingMethod, Storage, Tensor};
 
-use crate::cpu::act_quant::{qdq_rows, ActQuant};
+use crate::cpu::act_quant::{ActQuant, qdq_rows};
 use crate::cpu::float_slice::FloatSlice;
 
 /// Routing ids `[N, k]` (i32) and weights `[N, k]` (f32, `None` for a scale-less static table).

@@ -9,17 +9,17 @@
 //! fold the expert's scalars (requantization, per-slot scales); then commit every staged
 //! tensor. Nothing of a slot is written unless all of it is valid.
 
-use moe_core::weights::{expert_tensor_name, Proj};
-use moe_core::{
-    DType, ExpertWeights, HostStorage, LayerLayout, MoeError, Result, Tensor, TensorView, WeightSource,
-};
+use moe_core::weights::{Proj, expert_tensor_name};
+use moe_core::{DType, ExpertWeights, HostStorage, LayerLayout, MoeError, Result, Tensor, TensorView, WeightSource};
 use moe_kernels::cpu::expert_mlp::ExpertView;
 use moe_kernels::cpu::float_slice::FloatSlice;
 
-use crate::format::{Fc, Fc31InputScale, Format, Geometry, Scalars, SlotDType, SlotTensor, Staged, Staging, TensorSpec};
+use crate::format::{
+    Fc, Fc31InputScale, Format, Geometry, Scalars, SlotDType, SlotTensor, Staged, Staging, TensorSpec,
+};
 use crate::layout::{all_specs, check_created, check_layout, expert_tensors, layer_tensors, projections};
 use crate::names::{FC2_EXPERT_INPUT_SCALES, FC31_EXPERT_INPUT_SCALES};
-use crate::shard::{copy_col_shard, copy_row_shard, Shard};
+use crate::shard::{Shard, copy_col_shard, copy_row_shard};
 use crate::slot_io::{slot_bytes, slot_f32, write_slot, write_slot_bytes};
 
 /// Allocates every per-slot tensor (from the registrations, so every created tensor is
@@ -27,7 +27,10 @@ use crate::slot_io::{slot_bytes, slot_f32, write_slot, write_slot_bytes};
 pub(crate) fn create_weights(f: &dyn Format, layout: &LayerLayout) -> Result<ExpertWeights> {
     check_layout(f, layout)?;
     let s = layout.num_local_slots();
-    let mut w = ExpertWeights { loaded: vec![false; s], ..ExpertWeights::default() };
+    let mut w = ExpertWeights {
+        loaded: vec![false; s],
+        ..ExpertWeights::default()
+    };
     for reg in expert_tensors(f, layout) {
         let mut shape = vec![s];
         shape.extend_from_slice(&reg.per_slot_shape);
@@ -35,7 +38,8 @@ pub(crate) fn create_weights(f: &dyn Format, layout: &LayerLayout) -> Result<Exp
     }
     for lt in layer_tensors(f, layout) {
         let n = lt.shape.iter().product();
-        w.tensors.insert(lt.name.into(), Tensor::from_f32(lt.shape, vec![lt.fill; n])?);
+        w.tensors
+            .insert(lt.name.into(), Tensor::from_f32(lt.shape, vec![lt.fill; n])?);
     }
     Ok(w)
 }
@@ -69,7 +73,11 @@ pub(crate) fn load_weights(
         staging.tensors.clear();
         for reg in &regs {
             let n = reg.per_slot_shape.iter().product();
-            let buf = if reg.dtype.size_in_bytes() == 1 { Staged::Bytes(vec![0; n]) } else { Staged::F32(vec![0.0; n]) };
+            let buf = if reg.dtype.size_in_bytes() == 1 {
+                Staged::Bytes(vec![0; n])
+            } else {
+                Staged::F32(vec![0.0; n])
+            };
             staging.tensors.push((reg.name.clone(), buf));
         }
         stage_expert(f, layout, e, &fetched.found, &mut staging)?;
@@ -82,7 +90,11 @@ pub(crate) fn load_weights(
 }
 
 /// Completeness, then the format's layer folding.
-pub(crate) fn process_weights_after_loading(f: &dyn Format, weights: &mut ExpertWeights, layout: &LayerLayout) -> Result<()> {
+pub(crate) fn process_weights_after_loading(
+    f: &dyn Format,
+    weights: &mut ExpertWeights,
+    layout: &LayerLayout,
+) -> Result<()> {
     check_created(f, weights, layout)?;
     if let Some(slot) = weights.loaded.iter().position(|&l| !l) {
         let expert = layout.local_expert_ids.get(slot).copied().unwrap_or(usize::MAX);
@@ -92,7 +104,10 @@ pub(crate) fn process_weights_after_loading(f: &dyn Format, weights: &mut Expert
     }
     if f.input_scales().is_some() {
         let gated = layout.activation.is_gated();
-        for (table, proj) in [(FC31_EXPERT_INPUT_SCALES, Proj::W1), (FC2_EXPERT_INPUT_SCALES, Proj::W2)] {
+        for (table, proj) in [
+            (FC31_EXPERT_INPUT_SCALES, Proj::W1),
+            (FC2_EXPERT_INPUT_SCALES, Proj::W2),
+        ] {
             if let Some(e) = f32_tensor(weights, table)?.iter().position(|v| v.is_nan()) {
                 let mut name = expert_tensor_name(e, proj, "input_scale");
                 if gated && proj == Proj::W1 {
@@ -111,9 +126,18 @@ pub(crate) fn setup_quant_scales(f: &dyn Format, weights: &mut ExpertWeights, la
 }
 
 /// The kernel view of local slot `slot`.
-pub(crate) fn expert_view<'a>(f: &dyn Format, weights: &'a ExpertWeights, layout: &LayerLayout, slot: usize) -> Result<ExpertView<'a>> {
+pub(crate) fn expert_view<'a>(
+    f: &dyn Format,
+    weights: &'a ExpertWeights,
+    layout: &LayerLayout,
+    slot: usize,
+) -> Result<ExpertView<'a>> {
     if slot >= layout.num_local_slots() {
-        return Err(MoeError::shape("local slot", format!("< {}", layout.num_local_slots()), &[slot]));
+        return Err(MoeError::shape(
+            "local slot",
+            format!("< {}", layout.num_local_slots()),
+            &[slot],
+        ));
     }
     let bias = |fc: Fc| -> Result<Option<FloatSlice<'a>>> {
         if !layout.bias {
@@ -121,7 +145,9 @@ pub(crate) fn expert_view<'a>(f: &dyn Format, weights: &'a ExpertWeights, layout
         }
         let name = fc.tensor("bias");
         let len = fc.dims(layout).0;
-        FloatSlice::from_tensor(weights.get(&name)?, &name)?.chunk(&name, slot, len).map(Some)
+        FloatSlice::from_tensor(weights.get(&name)?, &name)?
+            .chunk(&name, slot, len)
+            .map(Some)
     };
     Ok(ExpertView {
         w3_w1: f.matrix(weights, layout, Fc::Fc1, slot)?,
@@ -153,21 +179,37 @@ struct Fetched<'a> {
 fn check_view(name: &str, v: &TensorView<'_>, spec: &TensorSpec, out: usize, inp: usize) -> Result<()> {
     if !spec.accepted.contains(&v.dtype) {
         let expected: Vec<&str> = spec.accepted.iter().map(|d| d.as_str()).collect();
-        return Err(MoeError::DTypeMismatch { what: name.into(), expected: expected.join(" or "), actual: v.dtype.to_string() });
+        return Err(MoeError::DTypeMismatch {
+            what: name.into(),
+            expected: expected.join(" or "),
+            actual: v.dtype.to_string(),
+        });
     }
     let want = spec.geometry.shape(out, inp);
     let scalar = spec.geometry == Geometry::Scalar;
     if v.shape != want && !(scalar && v.shape == [1]) {
-        let expected = if scalar { "[] or [1]".to_string() } else { format!("{want:?}") };
+        let expected = if scalar {
+            "[] or [1]".to_string()
+        } else {
+            format!("{want:?}")
+        };
         return Err(MoeError::shape(name, expected, &v.shape));
     }
     Ok(())
 }
 
 /// Looks up every tensor of expert `e` and checks those present.
-fn fetch_expert<'a>(src: &'a dyn WeightSource, layout: &LayerLayout, specs: &[TensorSpec], e: usize) -> Result<Fetched<'a>> {
+fn fetch_expert<'a>(
+    src: &'a dyn WeightSource,
+    layout: &LayerLayout,
+    specs: &[TensorSpec],
+    e: usize,
+) -> Result<Fetched<'a>> {
     let (h, i) = (layout.hidden_size, layout.intermediate_size);
-    let mut fetched = Fetched { found: Vec::new(), missing: Vec::new() };
+    let mut fetched = Fetched {
+        found: Vec::new(),
+        missing: Vec::new(),
+    };
     for &proj in projections(layout) {
         let (out, inp) = if proj == Proj::W2 { (h, i) } else { (i, h) };
         for spec in specs {
@@ -175,7 +217,12 @@ fn fetch_expert<'a>(src: &'a dyn WeightSource, layout: &LayerLayout, specs: &[Te
             match src.get(&name)? {
                 Some(view) => {
                     check_view(&name, &view, spec, out, inp)?;
-                    fetched.found.push(Found { proj, spec: *spec, name, view });
+                    fetched.found.push(Found {
+                        proj,
+                        spec: *spec,
+                        name,
+                        view,
+                    });
                 }
                 None => fetched.missing.push(name),
             }
@@ -190,7 +237,10 @@ fn scalar_value(name: &str, v: &TensorView<'_>) -> Result<f32> {
     if x > 0.0 && x.is_finite() {
         Ok(x)
     } else {
-        Err(MoeError::BadCheckpoint { path: name.into(), detail: format!("a scale must be positive and finite, got {x}") })
+        Err(MoeError::BadCheckpoint {
+            path: name.into(),
+            detail: format!("a scale must be positive and finite, got {x}"),
+        })
     }
 }
 
@@ -199,14 +249,26 @@ fn view_bytes<'v>(name: &str, v: &'v TensorView<'_>) -> Result<&'v [u8]> {
     if v.dtype.size_in_bytes() != 1 || v.data.len() != v.numel() {
         return Err(MoeError::BadCheckpoint {
             path: name.into(),
-            detail: format!("{} bytes for {:?} {}, expected {}", v.data.len(), v.shape, v.dtype, v.numel()),
+            detail: format!(
+                "{} bytes for {:?} {}, expected {}",
+                v.data.len(),
+                v.shape,
+                v.dtype,
+                v.numel()
+            ),
         });
     }
     Ok(&v.data)
 }
 
 /// Shards every found tensor into `staging` and lets the format fold the scalars.
-fn stage_expert(f: &dyn Format, layout: &LayerLayout, e: usize, found: &[Found<'_>], staging: &mut Staging) -> Result<()> {
+fn stage_expert(
+    f: &dyn Format,
+    layout: &LayerLayout,
+    e: usize,
+    found: &[Found<'_>],
+    staging: &mut Staging,
+) -> Result<()> {
     let mut scalars = Scalars::default();
     for t in found {
         match t.spec.slot {
@@ -237,7 +299,8 @@ fn place<T: Copy + Default>(src: &[T], dst: &mut [T], layout: &LayerLayout, t: &
     let name = t.name.as_str();
     let half = usize::from(t.proj == Proj::W1 && layout.activation.is_gated());
     let have = dst.len();
-    let misfit = |want: usize| MoeError::lifecycle(format!("staging of `{name}` holds {have} elements, expected {want}"));
+    let misfit =
+        |want: usize| MoeError::lifecycle(format!("staging of `{name}` holds {have} elements, expected {want}"));
     // FC1 sources are COLUMN-sharded (their rows are the intermediate dimension) into half
     // `half` of the `[w3 ; w1]` stack; FC2 sources are ROW-sharded (their columns).
     let (rows_unit, cols) = match t.spec.geometry {
@@ -247,7 +310,11 @@ fn place<T: Copy + Default>(src: &[T], dst: &mut [T], layout: &LayerLayout, t: &
     };
     match (Fc::of(t.proj), t.spec.geometry) {
         (Fc::Fc1, _) => {
-            let ncols = if t.spec.geometry == Geometry::PerRow { 1 } else { h.div_ceil(cols) };
+            let ncols = if t.spec.geometry == Geometry::PerRow {
+                1
+            } else {
+                h.div_ceil(cols)
+            };
             let units = shard.in_units(i, rows_unit, name)?;
             let len = units.width * ncols;
             let want = (half + 1) * len;
@@ -369,7 +436,11 @@ pub(crate) fn f32_tensor_mut<'a>(w: &'a mut ExpertWeights, name: &str) -> Result
     let dtype = t.dtype();
     match t.host_mut(name)? {
         HostStorage::F32(v) => Ok(v),
-        _ => Err(MoeError::DTypeMismatch { what: name.into(), expected: DType::F32.to_string(), actual: dtype.to_string() }),
+        _ => Err(MoeError::DTypeMismatch {
+            what: name.into(),
+            expected: DType::F32.to_string(),
+            actual: dtype.to_string(),
+        }),
     }
 }
 
@@ -386,7 +457,9 @@ pub(crate) fn slot_f32_of<'a>(w: &'a ExpertWeights, name: &str, slot: usize) -> 
 /// The value of slot `slot` of the per-slot scalar tensor `name` (`[S]`).
 pub(crate) fn slot_scalar(w: &ExpertWeights, name: &str, slot: usize) -> Result<f32> {
     let v = slot_f32_of(w, name, slot)?;
-    v.first().copied().ok_or_else(|| MoeError::shape(name, "one value per slot", &[v.len()]))
+    v.first()
+        .copied()
+        .ok_or_else(|| MoeError::shape(name, "one value per slot", &[v.len()]))
 }
 
 /// The folded layer scalar `name`: positive and finite once `process_weights_after_loading`
@@ -396,7 +469,9 @@ pub(crate) fn layer_scalar(w: &ExpertWeights, name: &str) -> Result<f32> {
     if v > 0.0 && v.is_finite() {
         Ok(v)
     } else {
-        Err(MoeError::lifecycle(format!("`{name}` is not set: the weights were not processed (process_weights_after_loading)")))
+        Err(MoeError::lifecycle(format!(
+            "`{name}` is not set: the weights were not processed (process_weights_after_loading)"
+        )))
     }
 }
 
@@ -475,13 +550,21 @@ macro_rules! impl_quant_method {
                 $crate::engine::process_weights_after_loading(self, weights, layout)
             }
 
-            fn transform_weights(&self, weights: &mut moe_core::ExpertWeights, _layout: &moe_core::LayerLayout) -> moe_core::Result<()> {
+            fn transform_weights(
+                &self,
+                weights: &mut moe_core::ExpertWeights,
+                _layout: &moe_core::LayerLayout,
+            ) -> moe_core::Result<()> {
                 // The host kernels read the canonical layout directly: nothing to shuffle.
                 weights.transformed = true;
                 Ok(())
             }
 
-            fn setup_quant_scales(&self, weights: &mut moe_core::ExpertWeights, layout: &moe_core::LayerLayout) -> moe_core::Result<()> {
+            fn setup_quant_scales(
+                &self,
+                weights: &mut moe_core::ExpertWeights,
+                layout: &moe_core::LayerLayout,
+            ) -> moe_core::Result<()> {
                 $crate::engine::setup_quant_scales(self, weights, layout)
             }
 

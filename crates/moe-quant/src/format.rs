@@ -117,12 +117,27 @@ impl TensorSpec {
         slot_suffix: &'static str,
         dtype: SlotDType,
     ) -> Self {
-        TensorSpec { suffix, accepted, geometry, slot: Some(SlotTensor { suffix: slot_suffix, dtype }), once_across_tp: false }
+        TensorSpec {
+            suffix,
+            accepted,
+            geometry,
+            slot: Some(SlotTensor {
+                suffix: slot_suffix,
+                dtype,
+            }),
+            once_across_tp: false,
+        }
     }
 
     /// A per-projection scalar (`[]` or `[1]`) in a float dtype.
     pub const fn scalar(suffix: &'static str) -> Self {
-        TensorSpec { suffix, accepted: FLOATS, geometry: Geometry::Scalar, slot: None, once_across_tp: false }
+        TensorSpec {
+            suffix,
+            accepted: FLOATS,
+            geometry: Geometry::Scalar,
+            slot: None,
+            once_across_tp: false,
+        }
     }
 }
 
@@ -155,7 +170,9 @@ impl Scalars {
             .iter()
             .find(|(p, s, _)| *p == proj && *s == suffix)
             .map(|&(_, _, v)| v)
-            .ok_or_else(|| MoeError::MissingTensor { name: moe_core::weights::expert_tensor_name(expert, proj, suffix) })
+            .ok_or_else(|| MoeError::MissingTensor {
+                name: moe_core::weights::expert_tensor_name(expert, proj, suffix),
+            })
     }
 }
 
@@ -185,7 +202,9 @@ impl Staging {
     pub fn f32_mut(&mut self, name: &str) -> Result<&mut [f32]> {
         match self.find(name)? {
             Staged::F32(v) => Ok(v),
-            Staged::Bytes(_) => Err(MoeError::lifecycle(format!("per-slot tensor `{name}` is staged as bytes"))),
+            Staged::Bytes(_) => Err(MoeError::lifecycle(format!(
+                "per-slot tensor `{name}` is staged as bytes"
+            ))),
         }
     }
 
@@ -193,7 +212,9 @@ impl Staging {
     pub fn bytes_mut(&mut self, name: &str) -> Result<&mut [u8]> {
         match self.find(name)? {
             Staged::Bytes(v) => Ok(v),
-            Staged::F32(_) => Err(MoeError::lifecycle(format!("per-slot tensor `{name}` is staged as f32"))),
+            Staged::F32(_) => Err(MoeError::lifecycle(format!(
+                "per-slot tensor `{name}` is staged as f32"
+            ))),
         }
     }
 }
@@ -235,7 +256,13 @@ pub(crate) trait Format: Send + Sync {
     }
 
     /// Folds the scalars of `expert` into its staged slot (requantization, per-slot scales).
-    fn finish_slot(&self, _layout: &LayerLayout, _expert: usize, _scalars: &Scalars, _stage: &mut Staging) -> Result<()> {
+    fn finish_slot(
+        &self,
+        _layout: &LayerLayout,
+        _expert: usize,
+        _scalars: &Scalars,
+        _stage: &mut Staging,
+    ) -> Result<()> {
         Ok(())
     }
 
@@ -251,11 +278,20 @@ pub(crate) trait Format: Send + Sync {
 
     /// Activation quantization before dispatch (identity by default).
     fn quantize_input(&self, x: &Tensor, _weights: &ExpertWeights) -> Result<QuantizedInput> {
-        Ok(QuantizedInput { x: x.clone(), x_sf: None })
+        Ok(QuantizedInput {
+            x: x.clone(),
+            x_sf: None,
+        })
     }
 
     /// The GEMM operand `fc` of local slot `slot`.
-    fn matrix<'a>(&self, weights: &'a ExpertWeights, layout: &LayerLayout, fc: Fc, slot: usize) -> Result<WeightSlice<'a>>;
+    fn matrix<'a>(
+        &self,
+        weights: &'a ExpertWeights,
+        layout: &LayerLayout,
+        fc: Fc,
+        slot: usize,
+    ) -> Result<WeightSlice<'a>>;
 
     /// How the input of GEMM `fc` is quantized.
     fn act_quant(&self, _weights: &ExpertWeights, _fc: Fc) -> Result<ActQuant> {

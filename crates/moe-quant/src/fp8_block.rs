@@ -25,7 +25,7 @@ use moe_kernels::cpu::act_quant::ActQuant;
 use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice};
 
 use crate::engine::{impl_quant_method, slot_bytes_of, slot_f32_of};
-use crate::format::{Fc, Format, Geometry, SlotDType, TensorSpec, FLOATS};
+use crate::format::{FLOATS, Fc, Format, Geometry, SlotDType, TensorSpec};
 
 /// The quant method of FP8 block-scaled experts. See the module docs.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +40,10 @@ impl Fp8BlockMethod {
     /// A method for `[rows, cols]` weight blocks; refuses an empty block.
     pub fn new(block: [usize; 2]) -> Result<Self> {
         if block.contains(&0) {
-            return Err(MoeError::config("quant.weight_block_size", format!("must be positive, got {block:?}")));
+            return Err(MoeError::config(
+                "quant.weight_block_size",
+                format!("must be positive, got {block:?}"),
+            ));
         }
         Ok(Fp8BlockMethod { block })
     }
@@ -65,11 +68,31 @@ impl Format for Fp8BlockMethod {
 
     fn specs(&self) -> Vec<TensorSpec> {
         let [b0, b1] = self.block;
-        let codes = Geometry::Matrix { rows: 1, cols: 1, exact: true };
-        let blocks = Geometry::Matrix { rows: b0, cols: b1, exact: false };
+        let codes = Geometry::Matrix {
+            rows: 1,
+            cols: 1,
+            exact: true,
+        };
+        let blocks = Geometry::Matrix {
+            rows: b0,
+            cols: b1,
+            exact: false,
+        };
         vec![
-            TensorSpec::slotted("weight", &[DType::F8E4M3], codes, "weight", SlotDType::Is(DType::F8E4M3)),
-            TensorSpec::slotted("weight_scale_inv", FLOATS, blocks, "weight_scale", SlotDType::Is(DType::F32)),
+            TensorSpec::slotted(
+                "weight",
+                &[DType::F8E4M3],
+                codes,
+                "weight",
+                SlotDType::Is(DType::F8E4M3),
+            ),
+            TensorSpec::slotted(
+                "weight_scale_inv",
+                FLOATS,
+                blocks,
+                "weight_scale",
+                SlotDType::Is(DType::F32),
+            ),
         ]
     }
 
@@ -78,7 +101,17 @@ impl Format for Fp8BlockMethod {
         let name = fc.tensor("weight");
         let codes = slot_bytes_of(w, &name, slot)?;
         let scales = slot_f32_of(w, &fc.tensor("weight_scale"), slot)?;
-        Ok(QuantSlice::new(&name, rows, cols, QuantMatrix::Fp8Block { codes, scales, block: self.block })?.into())
+        Ok(QuantSlice::new(
+            &name,
+            rows,
+            cols,
+            QuantMatrix::Fp8Block {
+                codes,
+                scales,
+                block: self.block,
+            },
+        )?
+        .into())
     }
 
     fn act_quant(&self, _w: &ExpertWeights, _fc: Fc) -> Result<ActQuant> {

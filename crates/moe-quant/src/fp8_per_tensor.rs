@@ -30,8 +30,8 @@
 
 use moe_core::weights::Proj;
 use moe_core::{
-    DType, EplbSupportStatus, ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantAlgo, QuantizedInput,
-    Result, Tensor,
+    DType, EplbSupportStatus, ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantAlgo, QuantizedInput, Result,
+    Tensor,
 };
 use moe_kernels::cpu::act_quant::ActQuant;
 use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice};
@@ -44,8 +44,8 @@ use crate::engine::{
 use crate::format::{Fc, Fc31InputScale, Format, Geometry, LayerTensor, Scalars, SlotDType, Staging, TensorSpec};
 use crate::layout::per_slot_scalar;
 use crate::names::{
-    FC2_DEQUANT, FC2_EXPERT_INPUT_SCALES, FC2_INPUT_DEQUANT, FC31_DEQUANT, FC31_EXPERT_INPUT_SCALES, FC31_INPUT_DEQUANT,
-    W2_WEIGHT_SCALE, W3_W1_WEIGHT, W3_W1_WEIGHT_SCALE,
+    FC2_DEQUANT, FC2_EXPERT_INPUT_SCALES, FC2_INPUT_DEQUANT, FC31_DEQUANT, FC31_EXPERT_INPUT_SCALES,
+    FC31_INPUT_DEQUANT, W2_WEIGHT_SCALE, W3_W1_WEIGHT, W3_W1_WEIGHT_SCALE,
 };
 
 /// The quant method of FP8 per-tensor experts. See the module docs.
@@ -66,19 +66,39 @@ impl Format for Fp8PerTensorMethod {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let codes = Geometry::Matrix { rows: 1, cols: 1, exact: true };
+        let codes = Geometry::Matrix {
+            rows: 1,
+            cols: 1,
+            exact: true,
+        };
         vec![
-            TensorSpec::slotted("weight", &[DType::F8E4M3], codes, "weight", SlotDType::Is(DType::F8E4M3)),
+            TensorSpec::slotted(
+                "weight",
+                &[DType::F8E4M3],
+                codes,
+                "weight",
+                SlotDType::Is(DType::F8E4M3),
+            ),
             TensorSpec::scalar("weight_scale"),
         ]
     }
 
     fn derived_slot_tensors(&self, _layout: &LayerLayout) -> Vec<ExpertTensorRegistration> {
-        [W3_W1_WEIGHT_SCALE, W2_WEIGHT_SCALE, FC31_DEQUANT, FC2_DEQUANT].into_iter().map(per_slot_scalar).collect()
+        [W3_W1_WEIGHT_SCALE, W2_WEIGHT_SCALE, FC31_DEQUANT, FC2_DEQUANT]
+            .into_iter()
+            .map(per_slot_scalar)
+            .collect()
     }
 
     fn layer_tensors(&self, _layout: &LayerLayout) -> Vec<LayerTensor> {
-        [FC31_INPUT_DEQUANT, FC2_INPUT_DEQUANT].into_iter().map(|name| LayerTensor { name, shape: vec![1], fill: 0.0 }).collect()
+        [FC31_INPUT_DEQUANT, FC2_INPUT_DEQUANT]
+            .into_iter()
+            .map(|name| LayerTensor {
+                name,
+                shape: vec![1],
+                fill: 0.0,
+            })
+            .collect()
     }
 
     fn input_scales(&self) -> Option<Fc31InputScale> {
@@ -87,7 +107,12 @@ impl Format for Fp8PerTensorMethod {
 
     fn finish_slot(&self, layout: &LayerLayout, e: usize, sc: &Scalars, st: &mut Staging) -> Result<()> {
         let s31 = if layout.activation.is_gated() {
-            unify_fc1_halves(st, W3_W1_WEIGHT, sc.get(e, Proj::W3, "weight_scale")?, sc.get(e, Proj::W1, "weight_scale")?)?
+            unify_fc1_halves(
+                st,
+                W3_W1_WEIGHT,
+                sc.get(e, Proj::W3, "weight_scale")?,
+                sc.get(e, Proj::W1, "weight_scale")?,
+            )?
         } else {
             sc.get(e, Proj::W1, "weight_scale")?
         };
@@ -97,20 +122,29 @@ impl Format for Fp8PerTensorMethod {
     }
 
     fn fold_layer_scales(&self, w: &mut ExpertWeights, _layout: &LayerLayout) -> Result<()> {
-        let (in31, in2) = (table_max(w, FC31_EXPERT_INPUT_SCALES)?, table_max(w, FC2_EXPERT_INPUT_SCALES)?);
+        let (in31, in2) = (
+            table_max(w, FC31_EXPERT_INPUT_SCALES)?,
+            table_max(w, FC2_EXPERT_INPUT_SCALES)?,
+        );
         set_layer_scalar(w, FC31_INPUT_DEQUANT, in31)?;
         set_layer_scalar(w, FC2_INPUT_DEQUANT, in2)
     }
 
     fn setup_quant_scales(&self, w: &mut ExpertWeights, _layout: &LayerLayout) -> Result<()> {
-        let (in31, in2) = (layer_scalar(w, FC31_INPUT_DEQUANT)?, layer_scalar(w, FC2_INPUT_DEQUANT)?);
+        let (in31, in2) = (
+            layer_scalar(w, FC31_INPUT_DEQUANT)?,
+            layer_scalar(w, FC2_INPUT_DEQUANT)?,
+        );
         derive_per_slot(w, FC31_DEQUANT, W3_W1_WEIGHT_SCALE, |s| s * in31)?;
         derive_per_slot(w, FC2_DEQUANT, W2_WEIGHT_SCALE, |s| s * in2)
     }
 
     fn quantize_input(&self, x: &Tensor, w: &ExpertWeights) -> Result<QuantizedInput> {
         let q = self.act_quant(w, Fc::Fc1)?;
-        Ok(QuantizedInput { x: qdq_activations(&q, x)?, x_sf: None })
+        Ok(QuantizedInput {
+            x: qdq_activations(&q, x)?,
+            x_sf: None,
+        })
     }
 
     fn matrix<'a>(&self, w: &'a ExpertWeights, layout: &LayerLayout, fc: Fc, slot: usize) -> Result<WeightSlice<'a>> {
@@ -126,7 +160,9 @@ impl Format for Fp8PerTensorMethod {
             Fc::Fc1 => FC31_INPUT_DEQUANT,
             Fc::Fc2 => FC2_INPUT_DEQUANT,
         };
-        Ok(ActQuant::Fp8PerTensor { scale: layer_scalar(w, name)? })
+        Ok(ActQuant::Fp8PerTensor {
+            scale: layer_scalar(w, name)?,
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! Tests of [`Fp8PerTensorMethod`]: view and registrations, FC1 requantization to the common
 //! scale, input scales over all experts, folding, activation QDQ, errors.
 
-use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{Activation, DType, MoeError, QuantAlgo, Tensor};
 use moe_kernels::codec::fp8::{e4m3_to_f32, f32_to_e4m3_sat};
 use moe_kernels::cpu::act_quant::ActQuant;
@@ -11,7 +11,12 @@ use crate::names::*;
 use crate::quantize::{amax, fp8_per_tensor};
 use crate::test_util::*;
 
-const LAYER: &[&str] = &[FC31_INPUT_DEQUANT, FC2_INPUT_DEQUANT, FC31_EXPERT_INPUT_SCALES, FC2_EXPERT_INPUT_SCALES];
+const LAYER: &[&str] = &[
+    FC31_INPUT_DEQUANT,
+    FC2_INPUT_DEQUANT,
+    FC31_EXPERT_INPUT_SCALES,
+    FC2_EXPERT_INPUT_SCALES,
+];
 
 #[test]
 fn views_decode_the_checkpoint_and_every_tensor_is_registered() {
@@ -30,13 +35,25 @@ fn input_scales_are_maxima_over_all_experts_and_fold_into_the_dequant_factors() 
     // Only expert 0 is local; expert 3 has the largest input scales ((1 + 3) / 448, (2 + 3) / 448).
     let l = layout(Activation::Swiglu, false, 1, 0, vec![0]);
     let w = load(m.as_ref(), &l, &checkpoint(&q, true, false));
-    let (in31, in2) = (f32_tensor(&w, FC31_INPUT_DEQUANT).unwrap()[0], f32_tensor(&w, FC2_INPUT_DEQUANT).unwrap()[0]);
+    let (in31, in2) = (
+        f32_tensor(&w, FC31_INPUT_DEQUANT).unwrap()[0],
+        f32_tensor(&w, FC2_INPUT_DEQUANT).unwrap()[0],
+    );
     assert_eq!((in31, in2), (4.0 / 448.0, 5.0 / 448.0));
     let s31 = slot_scalar(&w, W3_W1_WEIGHT_SCALE, 0).unwrap();
     assert_eq!(slot_scalar(&w, FC31_DEQUANT, 0).unwrap(), s31 * in31);
-    assert_eq!(slot_scalar(&w, FC2_DEQUANT, 0).unwrap(), slot_scalar(&w, W2_WEIGHT_SCALE, 0).unwrap() * in2);
+    assert_eq!(
+        slot_scalar(&w, FC2_DEQUANT, 0).unwrap(),
+        slot_scalar(&w, W2_WEIGHT_SCALE, 0).unwrap() * in2
+    );
     let v = m.expert_view(&w, &l, 0).unwrap();
-    assert_eq!((v.fc1_input, v.fc2_input), (ActQuant::Fp8PerTensor { scale: in31 }, ActQuant::Fp8PerTensor { scale: in2 }));
+    assert_eq!(
+        (v.fc1_input, v.fc2_input),
+        (
+            ActQuant::Fp8PerTensor { scale: in31 },
+            ActQuant::Fp8PerTensor { scale: in2 }
+        )
+    );
 
     // quantize_input is the static QDQ in the input's dtype.
     let x = Tensor::from_f32_as(DType::BF16, vec![1, 2], &[0.1, -3.0]).unwrap();

@@ -23,7 +23,7 @@ use moe_core::{DType, EplbSupportStatus, ExpertWeights, LayerLayout, MoeError, Q
 use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice};
 
 use crate::engine::{impl_quant_method, slot_bytes_of, slot_f32_of};
-use crate::format::{Fc, Format, Geometry, SlotDType, TensorSpec, FLOATS};
+use crate::format::{FLOATS, Fc, Format, Geometry, SlotDType, TensorSpec};
 
 /// The quant method of INT4 group-wise experts. See the module docs.
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +39,10 @@ impl Int4GroupMethod {
     /// straddles two groups).
     pub fn new(group: usize) -> Result<Self> {
         if group == 0 || group % 2 != 0 {
-            return Err(MoeError::config("quant.group_size", format!("must be a positive even number, got {group}")));
+            return Err(MoeError::config(
+                "quant.group_size",
+                format!("must be a positive even number, got {group}"),
+            ));
         }
         Ok(Int4GroupMethod { group })
     }
@@ -63,12 +66,32 @@ impl Format for Int4GroupMethod {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let packed = Geometry::Matrix { rows: 1, cols: 2, exact: true };
-        let groups = Geometry::Matrix { rows: 1, cols: self.group, exact: true };
+        let packed = Geometry::Matrix {
+            rows: 1,
+            cols: 2,
+            exact: true,
+        };
+        let groups = Geometry::Matrix {
+            rows: 1,
+            cols: self.group,
+            exact: true,
+        };
         vec![
             TensorSpec::slotted("weight", &[DType::U8], packed, "weight", SlotDType::Is(DType::U8)),
-            TensorSpec::slotted("weight_scale", FLOATS, groups, "weight_scale", SlotDType::Is(DType::F32)),
-            TensorSpec::slotted("weight_zero", &[DType::U8], groups, "weight_zero", SlotDType::Is(DType::U8)),
+            TensorSpec::slotted(
+                "weight_scale",
+                FLOATS,
+                groups,
+                "weight_scale",
+                SlotDType::Is(DType::F32),
+            ),
+            TensorSpec::slotted(
+                "weight_zero",
+                &[DType::U8],
+                groups,
+                "weight_zero",
+                SlotDType::Is(DType::U8),
+            ),
         ]
     }
 

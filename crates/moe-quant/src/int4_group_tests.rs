@@ -8,7 +8,14 @@ use crate::test_util::*;
 #[test]
 fn views_decode_the_checkpoint_and_every_tensor_is_registered() {
     check_method(&config(QuantAlgo::W4A16Int4), &[]);
-    check_method(&QuantConfig { algo: QuantAlgo::W4A16Int4, weight_block_size: None, group_size: Some(64) }, &[]);
+    check_method(
+        &QuantConfig {
+            algo: QuantAlgo::W4A16Int4,
+            weight_block_size: None,
+            group_size: Some(64),
+        },
+        &[],
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@ use moe_core::{DType, EplbSupportStatus, ExpertWeights, LayerLayout, QuantAlgo, 
 use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice};
 
 use crate::engine::{impl_quant_method, slot_bytes_of, slot_f32_of};
-use crate::format::{Fc, Format, Geometry, SlotDType, TensorSpec, FLOATS};
+use crate::format::{FLOATS, Fc, Format, Geometry, SlotDType, TensorSpec};
 
 /// The quant method of INT8 weight-only experts. See the module docs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -42,17 +42,30 @@ impl Format for Int8ChannelMethod {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let codes = Geometry::Matrix { rows: 1, cols: 1, exact: true };
+        let codes = Geometry::Matrix {
+            rows: 1,
+            cols: 1,
+            exact: true,
+        };
         vec![
             TensorSpec::slotted("weight", &[DType::I8], codes, "weight", SlotDType::Is(DType::I8)),
-            TensorSpec::slotted("weight_scale", FLOATS, Geometry::PerRow, "weight_scale", SlotDType::Is(DType::F32)),
+            TensorSpec::slotted(
+                "weight_scale",
+                FLOATS,
+                Geometry::PerRow,
+                "weight_scale",
+                SlotDType::Is(DType::F32),
+            ),
         ]
     }
 
     fn matrix<'a>(&self, w: &'a ExpertWeights, layout: &LayerLayout, fc: Fc, slot: usize) -> Result<WeightSlice<'a>> {
         let (rows, cols) = fc.dims(layout);
         let name = fc.tensor("weight");
-        let m = QuantMatrix::Int8Channel { codes: slot_bytes_of(w, &name, slot)?, scales: slot_f32_of(w, &fc.tensor("weight_scale"), slot)? };
+        let m = QuantMatrix::Int8Channel {
+            codes: slot_bytes_of(w, &name, slot)?,
+            scales: slot_f32_of(w, &fc.tensor("weight_scale"), slot)?,
+        };
         Ok(QuantSlice::new(&name, rows, cols, m)?.into())
     }
 }

@@ -5,7 +5,7 @@
 use moe_core::weights::Proj;
 use moe_core::{DType, ExpertTensorRegistration, ExpertWeights, LayerLayout, MoeError, Result};
 
-use crate::format::{Fc, Format, Geometry, LayerTensor, SlotDType, TensorSpec, FLOATS};
+use crate::format::{FLOATS, Fc, Format, Geometry, LayerTensor, SlotDType, TensorSpec};
 use crate::names::{FC2_EXPERT_INPUT_SCALES, FC31_EXPERT_INPUT_SCALES};
 use crate::shard::Shard;
 
@@ -22,7 +22,11 @@ pub(crate) fn all_specs(f: &dyn Format, layout: &LayerLayout) -> Vec<TensorSpec>
 
 /// Shape of one slot's share of the per-slot tensor a spec of GEMM `fc` lands in.
 fn slot_shape(fc: Fc, geometry: Geometry, layout: &LayerLayout) -> Vec<usize> {
-    let (h, ipp, expand) = (layout.hidden_size, layout.intermediate_per_partition, layout.activation.expand_ratio());
+    let (h, ipp, expand) = (
+        layout.hidden_size,
+        layout.intermediate_per_partition,
+        layout.activation.expand_ratio(),
+    );
     match (fc, geometry) {
         (Fc::Fc1, Geometry::Matrix { rows, cols, .. }) => vec![expand * ipp.div_ceil(rows), h.div_ceil(cols)],
         (Fc::Fc2, Geometry::Matrix { rows, cols, .. }) => vec![h.div_ceil(rows), ipp.div_ceil(cols)],
@@ -59,7 +63,11 @@ pub(crate) fn layer_tensors(f: &dyn Format, layout: &LayerLayout) -> Vec<LayerTe
     let mut t = f.layer_tensors(layout);
     if f.input_scales().is_some() {
         for name in [FC31_EXPERT_INPUT_SCALES, FC2_EXPERT_INPUT_SCALES] {
-            t.push(LayerTensor { name, shape: vec![layout.num_experts], fill: f32::NAN });
+            t.push(LayerTensor {
+                name,
+                shape: vec![layout.num_experts],
+                fill: f32::NAN,
+            });
         }
     }
     t
@@ -67,7 +75,11 @@ pub(crate) fn layer_tensors(f: &dyn Format, layout: &LayerLayout) -> Vec<LayerTe
 
 /// A per-slot f32 scalar registration (`[S]`).
 pub(crate) fn per_slot_scalar(name: &str) -> ExpertTensorRegistration {
-    ExpertTensorRegistration { name: name.into(), dtype: DType::F32, per_slot_shape: vec![] }
+    ExpertTensorRegistration {
+        name: name.into(),
+        dtype: DType::F32,
+        per_slot_shape: vec![],
+    }
 }
 
 /// Checks the layout itself: float activations, TP rank, per-rank width, local experts.
@@ -95,10 +107,18 @@ fn check_geometry(layout: &LayerLayout) -> Result<()> {
             ),
         ));
     }
-    if let Some((slot, &e)) = layout.local_expert_ids.iter().enumerate().find(|(_, e)| **e >= layout.num_experts) {
+    if let Some((slot, &e)) = layout
+        .local_expert_ids
+        .iter()
+        .enumerate()
+        .find(|(_, e)| **e >= layout.num_experts)
+    {
         return Err(MoeError::config(
             "local_expert_ids",
-            format!("local slot {slot} names expert {e}, but there are {} experts", layout.num_experts),
+            format!(
+                "local slot {slot} names expert {e}, but there are {} experts",
+                layout.num_experts
+            ),
         ));
     }
     Ok(())
@@ -108,10 +128,16 @@ fn check_geometry(layout: &LayerLayout) -> Result<()> {
 /// this rank's TP shard holds whole blocks, and each half of the fused FC1 holds whole row
 /// blocks (its scales are indexed as one matrix). Errors name the per-slot tensor.
 fn check_blocks(f: &dyn Format, layout: &LayerLayout) -> Result<()> {
-    let (h, i, ipp) = (layout.hidden_size, layout.intermediate_size, layout.intermediate_per_partition);
+    let (h, i, ipp) = (
+        layout.hidden_size,
+        layout.intermediate_size,
+        layout.intermediate_per_partition,
+    );
     let shard = Shard::of(i, layout.tp_size, layout.tp_rank);
     for spec in f.specs() {
-        let (Geometry::Matrix { rows, cols, exact }, Some(slot)) = (spec.geometry, spec.slot) else { continue };
+        let (Geometry::Matrix { rows, cols, exact }, Some(slot)) = (spec.geometry, spec.slot) else {
+            continue;
+        };
         let (fc1, fc2) = (Fc::Fc1.tensor(slot.suffix), Fc::Fc2.tensor(slot.suffix));
         if exact {
             let dims = [
@@ -124,7 +150,10 @@ fn check_blocks(f: &dyn Format, layout: &LayerLayout) -> Result<()> {
                 if dim % unit != 0 {
                     return Err(MoeError::config(
                         field,
-                        format!("{dim} is not a multiple of {unit}, the block of `{name}` along it ({})", f.name()),
+                        format!(
+                            "{dim} is not a multiple of {unit}, the block of `{name}` along it ({})",
+                            f.name()
+                        ),
                     ));
                 }
             }
@@ -164,13 +193,21 @@ pub(crate) fn check_created(f: &dyn Format, weights: &ExpertWeights, layout: &La
         let mut want = vec![s];
         want.extend_from_slice(&reg.per_slot_shape);
         if t.shape() != want.as_slice() || t.dtype() != reg.dtype {
-            return Err(stale(&reg.name, format!("{} {:?}", t.dtype(), t.shape()), format!("{} {want:?}", reg.dtype)));
+            return Err(stale(
+                &reg.name,
+                format!("{} {:?}", t.dtype(), t.shape()),
+                format!("{} {want:?}", reg.dtype),
+            ));
         }
     }
     for lt in layer_tensors(f, layout) {
         let t = weights.get(lt.name)?;
         if t.shape() != lt.shape.as_slice() || t.dtype() != DType::F32 {
-            return Err(stale(lt.name, format!("{} {:?}", t.dtype(), t.shape()), format!("f32 {:?}", lt.shape)));
+            return Err(stale(
+                lt.name,
+                format!("{} {:?}", t.dtype(), t.shape()),
+                format!("f32 {:?}", lt.shape),
+            ));
         }
     }
     if weights.loaded.len() != s {
@@ -184,5 +221,9 @@ pub(crate) fn check_created(f: &dyn Format, weights: &ExpertWeights, layout: &La
 
 /// The projections of a layer in lookup order: `w3` (up) only when gated.
 pub(crate) fn projections(layout: &LayerLayout) -> &'static [Proj] {
-    if layout.activation.is_gated() { &[Proj::W3, Proj::W1, Proj::W2] } else { &[Proj::W1, Proj::W2] }
+    if layout.activation.is_gated() {
+        &[Proj::W3, Proj::W1, Proj::W2]
+    } else {
+        &[Proj::W1, Proj::W2]
+    }
 }

@@ -20,10 +20,10 @@
 //! the tensor. No scale folding. EPLB: `Supported`.
 
 use moe_core::{DType, EplbSupportStatus, ExpertWeights, LayerLayout, QuantAlgo, Result};
-use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice, MXFP4_BLOCK};
+use moe_kernels::cpu::weight_slice::{MXFP4_BLOCK, QuantMatrix, QuantSlice, WeightSlice};
 
 use crate::engine::{impl_quant_method, slot_bytes_of};
-use crate::format::{Fc, Format, Geometry, SlotDType, TensorSpec, PACKED_FP4};
+use crate::format::{Fc, Format, Geometry, PACKED_FP4, SlotDType, TensorSpec};
 
 /// The quant method of MXFP4 experts. See the module docs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -43,18 +43,35 @@ impl Format for Mxfp4Method {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let packed = Geometry::Matrix { rows: 1, cols: 2, exact: true };
-        let blocks = Geometry::Matrix { rows: 1, cols: MXFP4_BLOCK, exact: true };
+        let packed = Geometry::Matrix {
+            rows: 1,
+            cols: 2,
+            exact: true,
+        };
+        let blocks = Geometry::Matrix {
+            rows: 1,
+            cols: MXFP4_BLOCK,
+            exact: true,
+        };
         vec![
             TensorSpec::slotted("weight", PACKED_FP4, packed, "weight", SlotDType::Is(DType::U8)),
-            TensorSpec::slotted("weight_scale", &[DType::U8, DType::E8M0], blocks, "weight_scale", SlotDType::Is(DType::E8M0)),
+            TensorSpec::slotted(
+                "weight_scale",
+                &[DType::U8, DType::E8M0],
+                blocks,
+                "weight_scale",
+                SlotDType::Is(DType::E8M0),
+            ),
         ]
     }
 
     fn matrix<'a>(&self, w: &'a ExpertWeights, layout: &LayerLayout, fc: Fc, slot: usize) -> Result<WeightSlice<'a>> {
         let (rows, cols) = fc.dims(layout);
         let name = fc.tensor("weight");
-        let m = QuantMatrix::Mxfp4 { packed: slot_bytes_of(w, &name, slot)?, scales: slot_bytes_of(w, &fc.tensor("weight_scale"), slot)? };
+        let m = QuantMatrix::Mxfp4 {
+            packed: slot_bytes_of(w, &name, slot)?,
+            scales: slot_bytes_of(w, &fc.tensor("weight_scale"), slot)?,
+        };
         Ok(QuantSlice::new(&name, rows, cols, m)?.into())
     }
 }

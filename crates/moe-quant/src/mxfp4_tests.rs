@@ -26,7 +26,10 @@ fn e8m0_typed_scales_load_like_u8_ones() {
     for p in ["1.w1.weight_scale", "1.w3.weight_scale", "1.w2.weight_scale"] {
         let t = src.tensor(p).unwrap();
         let b = t.as_bytes(p).unwrap().to_vec();
-        typed.insert(p, Tensor::from_host(DType::E8M0, t.shape().to_vec(), HostStorage::Bytes(b)).unwrap());
+        typed.insert(
+            p,
+            Tensor::from_host(DType::E8M0, t.shape().to_vec(), HostStorage::Bytes(b)).unwrap(),
+        );
     }
     let (a, b) = (load(m.as_ref(), &l, &src), load(m.as_ref(), &l, &typed));
     let (va, vb) = (m.expert_view(&a, &l, 0).unwrap(), m.expert_view(&b, &l, 0).unwrap());
@@ -38,7 +41,11 @@ fn e8m0_typed_scales_load_like_u8_ones() {
 fn a_tp_shard_that_splits_a_block_is_refused_naming_the_tensor() {
     // I = 96 (three 32-blocks) over tp 2: 48 per rank, a block and a half.
     let m = method(&config(QuantAlgo::W4A16Mxfp4));
-    let l = LayerLayout { intermediate_size: 96, intermediate_per_partition: 48, ..layout(Activation::Swiglu, false, 2, 1, vec![0]) };
+    let l = LayerLayout {
+        intermediate_size: 96,
+        intermediate_per_partition: 48,
+        ..layout(Activation::Swiglu, false, 2, 1, vec![0])
+    };
     let err = m.create_weights(&l).unwrap_err().to_string();
     assert!(err.contains("w2_weight_scale"), "{err}");
 }

@@ -37,18 +37,20 @@
 
 use moe_core::weights::Proj;
 use moe_core::{
-    DType, EplbSupportStatus, ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantAlgo, QuantizedInput,
-    Result, Tensor,
+    DType, EplbSupportStatus, ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantAlgo, QuantizedInput, Result,
+    Tensor,
 };
 use moe_kernels::cpu::act_quant::ActQuant;
-use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice, NVFP4_BLOCK};
+use moe_kernels::cpu::weight_slice::{NVFP4_BLOCK, QuantMatrix, QuantSlice, WeightSlice};
 use moe_kernels::ops::qdq_activations;
 
 use crate::engine::{
     allclose, derive_per_slot, impl_quant_method, layer_scalar, set_layer_scalar, slot_bytes_of, slot_scalar,
     table_max, unify_fc1_halves,
 };
-use crate::format::{Fc, Fc31InputScale, Format, Geometry, LayerTensor, Scalars, SlotDType, Staging, TensorSpec, PACKED_FP4};
+use crate::format::{
+    Fc, Fc31InputScale, Format, Geometry, LayerTensor, PACKED_FP4, Scalars, SlotDType, Staging, TensorSpec,
+};
 use crate::layout::per_slot_scalar;
 use crate::names::{
     FC2_ALPHA, FC2_EXPERT_INPUT_SCALES, FC2_INPUT_SCALE, FC31_ALPHA, FC31_EXPERT_INPUT_SCALES, FC31_INPUT_SCALE,
@@ -73,21 +75,45 @@ impl Format for Nvfp4Method {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let packed = Geometry::Matrix { rows: 1, cols: 2, exact: true };
-        let blocks = Geometry::Matrix { rows: 1, cols: NVFP4_BLOCK, exact: true };
+        let packed = Geometry::Matrix {
+            rows: 1,
+            cols: 2,
+            exact: true,
+        };
+        let blocks = Geometry::Matrix {
+            rows: 1,
+            cols: NVFP4_BLOCK,
+            exact: true,
+        };
         vec![
             TensorSpec::slotted("weight", PACKED_FP4, packed, "weight", SlotDType::Is(DType::U8)),
-            TensorSpec::slotted("weight_scale", &[DType::F8E4M3], blocks, "weight_scale", SlotDType::Is(DType::F8E4M3)),
+            TensorSpec::slotted(
+                "weight_scale",
+                &[DType::F8E4M3],
+                blocks,
+                "weight_scale",
+                SlotDType::Is(DType::F8E4M3),
+            ),
             TensorSpec::scalar("weight_scale_2"),
         ]
     }
 
     fn derived_slot_tensors(&self, _layout: &LayerLayout) -> Vec<ExpertTensorRegistration> {
-        [W3_W1_WEIGHT_SCALE_2, W2_WEIGHT_SCALE_2, FC31_ALPHA, FC2_ALPHA].into_iter().map(per_slot_scalar).collect()
+        [W3_W1_WEIGHT_SCALE_2, W2_WEIGHT_SCALE_2, FC31_ALPHA, FC2_ALPHA]
+            .into_iter()
+            .map(per_slot_scalar)
+            .collect()
     }
 
     fn layer_tensors(&self, _layout: &LayerLayout) -> Vec<LayerTensor> {
-        [FC31_INPUT_SCALE, FC2_INPUT_SCALE].into_iter().map(|name| LayerTensor { name, shape: vec![1], fill: 0.0 }).collect()
+        [FC31_INPUT_SCALE, FC2_INPUT_SCALE]
+            .into_iter()
+            .map(|name| LayerTensor {
+                name,
+                shape: vec![1],
+                fill: 0.0,
+            })
+            .collect()
     }
 
     fn input_scales(&self) -> Option<Fc31InputScale> {
@@ -96,7 +122,10 @@ impl Format for Nvfp4Method {
 
     fn finish_slot(&self, layout: &LayerLayout, e: usize, sc: &Scalars, st: &mut Staging) -> Result<()> {
         let s2_31 = if layout.activation.is_gated() {
-            let (s3, s1) = (sc.get(e, Proj::W3, "weight_scale_2")?, sc.get(e, Proj::W1, "weight_scale_2")?);
+            let (s3, s1) = (
+                sc.get(e, Proj::W3, "weight_scale_2")?,
+                sc.get(e, Proj::W1, "weight_scale_2")?,
+            );
             if allclose(s3, s1) {
                 s3.max(s1)
             } else {
@@ -112,12 +141,16 @@ impl Format for Nvfp4Method {
             sc.get(e, Proj::W1, "weight_scale_2")?
         };
         st.f32_mut(W3_W1_WEIGHT_SCALE_2)?.fill(s2_31);
-        st.f32_mut(W2_WEIGHT_SCALE_2)?.fill(sc.get(e, Proj::W2, "weight_scale_2")?);
+        st.f32_mut(W2_WEIGHT_SCALE_2)?
+            .fill(sc.get(e, Proj::W2, "weight_scale_2")?);
         Ok(())
     }
 
     fn fold_layer_scales(&self, w: &mut ExpertWeights, _layout: &LayerLayout) -> Result<()> {
-        let (m31, m2) = (table_max(w, FC31_EXPERT_INPUT_SCALES)?, table_max(w, FC2_EXPERT_INPUT_SCALES)?);
+        let (m31, m2) = (
+            table_max(w, FC31_EXPERT_INPUT_SCALES)?,
+            table_max(w, FC2_EXPERT_INPUT_SCALES)?,
+        );
         set_layer_scalar(w, FC31_INPUT_SCALE, 1.0 / m31)?;
         set_layer_scalar(w, FC2_INPUT_SCALE, 1.0 / m2)
     }
@@ -130,7 +163,10 @@ impl Format for Nvfp4Method {
 
     fn quantize_input(&self, x: &Tensor, w: &ExpertWeights) -> Result<QuantizedInput> {
         let q = self.act_quant(w, Fc::Fc1)?;
-        Ok(QuantizedInput { x: qdq_activations(&q, x)?, x_sf: None })
+        Ok(QuantizedInput {
+            x: qdq_activations(&q, x)?,
+            x_sf: None,
+        })
     }
 
     fn matrix<'a>(&self, w: &'a ExpertWeights, layout: &LayerLayout, fc: Fc, slot: usize) -> Result<WeightSlice<'a>> {
@@ -149,7 +185,9 @@ impl Format for Nvfp4Method {
             Fc::Fc1 => FC31_INPUT_SCALE,
             Fc::Fc2 => FC2_INPUT_SCALE,
         };
-        Ok(ActQuant::Nvfp4 { global_scale: layer_scalar(w, name)? })
+        Ok(ActQuant::Nvfp4 {
+            global_scale: layer_scalar(w, name)?,
+        })
     }
 }
 

@@ -24,13 +24,15 @@
 //! every stored scale is positive and finite, as the loaders require. Amaxima are over finite
 //! values.
 
-use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, HostStorage, MoeError, QuantAlgo, QuantConfig, Result, Tensor, WeightSource};
-use moe_kernels::codec::e8m0::{e8m0_from_f32_ceil, e8m0_to_f32};
-use moe_kernels::codec::fp4::{decode_fp4_packed, quantize_fp4_packed, E2M1_MAX};
-use moe_kernels::codec::fp8::{e4m3_to_f32, f32_to_e4m3_sat, quantize_e4m3_sat, E4M3_MAX};
-use moe_kernels::codec::int::{dequantize_int8_per_channel, quantize_int4_grouped, quantize_int8_per_channel, Int4Grouped};
 use moe_kernels::codec::CodecError;
+use moe_kernels::codec::e8m0::{e8m0_from_f32_ceil, e8m0_to_f32};
+use moe_kernels::codec::fp4::{E2M1_MAX, decode_fp4_packed, quantize_fp4_packed};
+use moe_kernels::codec::fp8::{E4M3_MAX, e4m3_to_f32, f32_to_e4m3_sat, quantize_e4m3_sat};
+use moe_kernels::codec::int::{
+    Int4Grouped, dequantize_int8_per_channel, quantize_int4_grouped, quantize_int8_per_channel,
+};
 use moe_kernels::cpu::weight_slice::{MXFP4_BLOCK, NVFP4_BLOCK};
 
 use crate::{Fp8BlockMethod, Int4GroupMethod};
@@ -51,14 +53,22 @@ fn scale_for(amax: f32, qmax: f32) -> f32 {
 
 fn check_matrix(w: &[f32], rows: usize, cols: usize) -> Result<()> {
     if rows.checked_mul(cols) != Some(w.len()) {
-        return Err(MoeError::shape("matrix to quantize", format!("[{rows}, {cols}]"), &[w.len()]));
+        return Err(MoeError::shape(
+            "matrix to quantize",
+            format!("[{rows}, {cols}]"),
+            &[w.len()],
+        ));
     }
     Ok(())
 }
 
 fn divides(cols: usize, unit: usize, what: &str) -> Result<()> {
     if unit == 0 || cols % unit != 0 {
-        return Err(MoeError::shape("matrix to quantize", format!("a column count that is a multiple of {unit} ({what})"), &[cols]));
+        return Err(MoeError::shape(
+            "matrix to quantize",
+            format!("a column count that is a multiple of {unit} ({what})"),
+            &[cols],
+        ));
     }
     Ok(())
 }
@@ -78,7 +88,13 @@ fn scalar(v: f32) -> Result<Tensor> {
 /// FP8 per-tensor: `weight` F8E4M3 `[rows, cols]`, `weight_scale` and `input_scale` f32 `[]`.
 /// `weight_amax` overrides the matrix's own amax (pass the larger of w1 and w3 to give them a
 /// common scale, as ModelOpt does for fused gate/up).
-pub fn fp8_per_tensor(w: &[f32], rows: usize, cols: usize, weight_amax: Option<f32>, input_amax: f32) -> Result<Quantized> {
+pub fn fp8_per_tensor(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    weight_amax: Option<f32>,
+    input_amax: f32,
+) -> Result<Quantized> {
     check_matrix(w, rows, cols)?;
     let scale = scale_for(weight_amax.unwrap_or_else(|| amax(w)), E4M3_MAX);
     let mut codes = vec![0u8; w.len()];
@@ -100,11 +116,16 @@ pub fn fp8_block(w: &[f32], rows: usize, cols: usize, block: [usize; 2]) -> Resu
     for (i, s) in scales.iter_mut().enumerate() {
         let (br, bc) = (i / nc, i % nc);
         let (c0, c1) = (bc * b1, ((bc + 1) * b1).min(cols));
-        let m = (br * b0..((br + 1) * b0).min(rows)).map(|r| amax(&w[r * cols + c0..r * cols + c1])).fold(0.0, f32::max);
+        let m = (br * b0..((br + 1) * b0).min(rows))
+            .map(|r| amax(&w[r * cols + c0..r * cols + c1]))
+            .fold(0.0, f32::max);
         *s = scale_for(m, E4M3_MAX);
     }
-    let codes: Vec<u8> =
-        w.iter().enumerate().map(|(i, &x)| f32_to_e4m3_sat(x / scales[(i / cols / b0) * nc + (i % cols) / b1])).collect();
+    let codes: Vec<u8> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| f32_to_e4m3_sat(x / scales[(i / cols / b0) * nc + (i % cols) / b1]))
+        .collect();
     Ok(vec![
         ("weight", bytes(DType::F8E4M3, vec![rows, cols], codes)?),
         ("weight_scale_inv", Tensor::from_f32(vec![nr, nc], scales)?),
@@ -133,7 +154,10 @@ pub fn nvfp4(w: &[f32], rows: usize, cols: usize, weight_amax: Option<f32>, inpu
     }
     Ok(vec![
         ("weight", bytes(DType::U8, vec![rows, cols / 2], packed)?),
-        ("weight_scale", bytes(DType::F8E4M3, vec![rows, cols / NVFP4_BLOCK], sf)?),
+        (
+            "weight_scale",
+            bytes(DType::F8E4M3, vec![rows, cols / NVFP4_BLOCK], sf)?,
+        ),
         ("weight_scale_2", scalar(s2)?),
         ("input_scale", scalar(scale_for(input_amax, E4M3_MAX * E2M1_MAX))?),
     ])
@@ -152,7 +176,10 @@ pub fn mxfp4(w: &[f32], rows: usize, cols: usize) -> Result<Quantized> {
     }
     Ok(vec![
         ("weight", bytes(DType::U8, vec![rows, cols / 2], packed)?),
-        ("weight_scale", bytes(DType::U8, vec![rows, cols / MXFP4_BLOCK], scales)?),
+        (
+            "weight_scale",
+            bytes(DType::U8, vec![rows, cols / MXFP4_BLOCK], scales)?,
+        ),
     ])
 }
 
@@ -164,7 +191,9 @@ pub fn int4_group(w: &[f32], rows: usize, cols: usize, group: usize) -> Result<Q
     let group = Int4GroupMethod::new(group)?.group();
     divides(cols, group, "INT4 groups")?;
     let q = quantize_int4_grouped(w, rows, cols, group, true).map_err(codec_err)?;
-    let zeros = q.zeros.ok_or_else(|| MoeError::lifecycle("the INT4 codec returned no zero points"))?;
+    let zeros = q
+        .zeros
+        .ok_or_else(|| MoeError::lifecycle("the INT4 codec returned no zero points"))?;
     Ok(vec![
         // With an even column count the codec's flat packing is row-major [rows, cols / 2].
         ("weight", bytes(DType::U8, vec![rows, cols / 2], q.packed)?),
@@ -178,7 +207,10 @@ pub fn int8_channel(w: &[f32], rows: usize, cols: usize) -> Result<Quantized> {
     check_matrix(w, rows, cols)?;
     let q = quantize_int8_per_channel(w, rows, cols).map_err(codec_err)?;
     let codes = q.codes.iter().map(|&c| c as u8).collect();
-    Ok(vec![("weight", bytes(DType::I8, vec![rows, cols], codes)?), ("weight_scale", Tensor::from_f32(vec![rows], q.scales)?)])
+    Ok(vec![
+        ("weight", bytes(DType::I8, vec![rows, cols], codes)?),
+        ("weight_scale", Tensor::from_f32(vec![rows], q.scales)?),
+    ])
 }
 
 /// The f32 weights of one expert (`w3` only for gated activations), unsharded.
@@ -199,7 +231,12 @@ pub struct ExpertMatrices<'a> {
 /// and of FC2's input (used by the formats with static activation scales). w1 and w3 share
 /// their per-tensor weight scale (FP8 per tensor, NVFP4), as ModelOpt exports fused gate/up.
 /// `QuantAlgo::None` gives the f32 weights.
-pub fn quantize_expert(q: &QuantConfig, expert: usize, m: &ExpertMatrices<'_>, input_amax: [f32; 2]) -> Result<Vec<(String, Tensor)>> {
+pub fn quantize_expert(
+    q: &QuantConfig,
+    expert: usize,
+    m: &ExpertMatrices<'_>,
+    input_amax: [f32; 2],
+) -> Result<Vec<(String, Tensor)>> {
     let (h, i) = (m.hidden, m.intermediate);
     let fc1_amax = m.w3.map_or_else(|| amax(m.w1), |w3| amax(m.w1).max(amax(w3)));
     let mut projs = vec![(Proj::W1, m.w1, i, h, input_amax[0])];
@@ -216,20 +253,36 @@ pub fn quantize_expert(q: &QuantConfig, expert: usize, m: &ExpertMatrices<'_>, i
                 vec![("weight", Tensor::from_f32(vec![rows, cols], w.to_vec())?)]
             }
             QuantAlgo::Fp8PerTensor => fp8_per_tensor(w, rows, cols, shared, in_amax)?,
-            QuantAlgo::Fp8Block => fp8_block(w, rows, cols, q.weight_block_size.unwrap_or(Fp8BlockMethod::DEFAULT_BLOCK))?,
+            QuantAlgo::Fp8Block => fp8_block(
+                w,
+                rows,
+                cols,
+                q.weight_block_size.unwrap_or(Fp8BlockMethod::DEFAULT_BLOCK),
+            )?,
             QuantAlgo::Nvfp4 => nvfp4(w, rows, cols, shared, in_amax)?,
             QuantAlgo::W4A16Mxfp4 => mxfp4(w, rows, cols)?,
             QuantAlgo::W4A16Int4 => int4_group(w, rows, cols, q.group_size.unwrap_or(Int4GroupMethod::DEFAULT_GROUP))?,
             QuantAlgo::W8A16 => int8_channel(w, rows, cols)?,
         };
-        out.extend(tensors.into_iter().map(|(suffix, t)| (expert_tensor_name(expert, proj, suffix), t)));
+        out.extend(
+            tensors
+                .into_iter()
+                .map(|(suffix, t)| (expert_tensor_name(expert, proj, suffix), t)),
+        );
     }
     Ok(out)
 }
 
 /// The weight `[out, in]` of `{expert}.{proj}` dequantized from its canonical tensors in `src`
 /// (see [`dequantize_matrix`]).
-pub fn dequantize(q: &QuantConfig, src: &dyn WeightSource, expert: usize, proj: Proj, out: usize, inp: usize) -> Result<Vec<f32>> {
+pub fn dequantize(
+    q: &QuantConfig,
+    src: &dyn WeightSource,
+    expert: usize,
+    proj: Proj,
+    out: usize,
+    inp: usize,
+) -> Result<Vec<f32>> {
     dequantize_matrix(q, src, &format!("{expert}.{}", proj.as_str()), out, inp)
 }
 
@@ -241,7 +294,13 @@ pub fn dequantize(q: &QuantConfig, src: &dyn WeightSource, expert: usize, proj: 
 /// Decoded with the codecs directly, independently of the kernels' decoders, which makes it
 /// the reference of tests and accuracy reports. A missing tensor is `MissingTensor`, one of the
 /// wrong size a shape error naming it.
-pub fn dequantize_matrix(q: &QuantConfig, src: &dyn WeightSource, prefix: &str, out: usize, inp: usize) -> Result<Vec<f32>> {
+pub fn dequantize_matrix(
+    q: &QuantConfig,
+    src: &dyn WeightSource,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+) -> Result<Vec<f32>> {
     let n = out * inp;
     let name = |suffix: &str| format!("{prefix}.{suffix}");
     let fetch = |suffix: &str| {
@@ -249,7 +308,11 @@ pub fn dequantize_matrix(q: &QuantConfig, src: &dyn WeightSource, prefix: &str, 
         src.get(&nm)?.ok_or(MoeError::MissingTensor { name: nm })
     };
     let sized = |suffix: &str, want: usize, got: usize| {
-        if want == got { Ok(()) } else { Err(MoeError::shape(name(suffix), format!("{want} elements"), &[got])) }
+        if want == got {
+            Ok(())
+        } else {
+            Err(MoeError::shape(name(suffix), format!("{want} elements"), &[got]))
+        }
     };
     let bytes = |suffix: &str, len: usize| -> Result<Vec<u8>> {
         let v = fetch(suffix)?;
@@ -276,17 +339,29 @@ pub fn dequantize_matrix(q: &QuantConfig, src: &dyn WeightSource, prefix: &str, 
             let [b0, b1] = Fp8BlockMethod::new(q.weight_block_size.unwrap_or(Fp8BlockMethod::DEFAULT_BLOCK))?.block();
             let nc = inp.div_ceil(b1);
             let s = floats("weight_scale_inv", out.div_ceil(b0) * nc)?;
-            bytes("weight", n)?.iter().enumerate().map(|(i, &c)| e4m3_to_f32(c) * s[(i / inp / b0) * nc + (i % inp) / b1]).collect()
+            bytes("weight", n)?
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| e4m3_to_f32(c) * s[(i / inp / b0) * nc + (i % inp) / b1])
+                .collect()
         }
         QuantAlgo::Nvfp4 => {
             divides(inp, NVFP4_BLOCK, "NVFP4 blocks of 16")?;
             let (sf, s2) = (bytes("weight_scale", n / NVFP4_BLOCK)?, floats("weight_scale_2", 1)?[0]);
-            fp4()?.iter().enumerate().map(|(i, &v)| v * (e4m3_to_f32(sf[i / NVFP4_BLOCK]) * s2)).collect()
+            fp4()?
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v * (e4m3_to_f32(sf[i / NVFP4_BLOCK]) * s2))
+                .collect()
         }
         QuantAlgo::W4A16Mxfp4 => {
             divides(inp, MXFP4_BLOCK, "MXFP4 blocks of 32")?;
             let sc = bytes("weight_scale", n / MXFP4_BLOCK)?;
-            fp4()?.iter().enumerate().map(|(i, &v)| v * e8m0_to_f32(sc[i / MXFP4_BLOCK])).collect()
+            fp4()?
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v * e8m0_to_f32(sc[i / MXFP4_BLOCK]))
+                .collect()
         }
         QuantAlgo::W4A16Int4 => {
             let group = Int4GroupMethod::new(q.group_size.unwrap_or(Int4GroupMethod::DEFAULT_GROUP))?.group();
@@ -366,14 +441,26 @@ mod tests {
         let w1 = vec![0.5f32; i * h];
         let w3 = vec![2.0f32; i * h];
         let w2 = vec![1.0f32; h * i];
-        let m = ExpertMatrices { w1: &w1, w3: Some(&w3), w2: &w2, hidden: h, intermediate: i };
-        let q = QuantConfig { algo: QuantAlgo::Nvfp4, ..QuantConfig::default() };
+        let m = ExpertMatrices {
+            w1: &w1,
+            w3: Some(&w3),
+            w2: &w2,
+            hidden: h,
+            intermediate: i,
+        };
+        let q = QuantConfig {
+            algo: QuantAlgo::Nvfp4,
+            ..QuantConfig::default()
+        };
         let t = quantize_expert(&q, 3, &m, [1.0, 2.0]).unwrap();
         let find = |n: &str| &t.iter().find(|(name, _)| name == n).unwrap().1;
         assert_eq!(find("3.w1.weight").shape(), &[i, h / 2]);
         assert_eq!(find("3.w2.weight_scale").shape(), &[h, i / 16]);
         // w1 and w3 share s2 = max amax / 2688.
-        assert_eq!(find("3.w1.weight_scale_2").as_f32("s").unwrap(), find("3.w3.weight_scale_2").as_f32("s").unwrap());
+        assert_eq!(
+            find("3.w1.weight_scale_2").as_f32("s").unwrap(),
+            find("3.w3.weight_scale_2").as_f32("s").unwrap()
+        );
         assert_eq!(find("3.w1.weight_scale_2").as_f32("s").unwrap(), &[2.0 / 2688.0]);
         assert_eq!(t.len(), 12);
         let bad = ExpertMatrices { w2: &w2[1..], ..m };
@@ -384,8 +471,16 @@ mod tests {
     fn every_format_dequantizes_close_to_its_source() {
         use moe_core::MemoryWeights;
         let (h, i) = (256, 128);
-        let w: Vec<f32> = (0..i * h).map(|k| ((k * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1).collect();
-        let m = ExpertMatrices { w1: &w, w3: None, w2: &w, hidden: h, intermediate: i };
+        let w: Vec<f32> = (0..i * h)
+            .map(|k| ((k * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
+            .collect();
+        let m = ExpertMatrices {
+            w1: &w,
+            w3: None,
+            w2: &w,
+            hidden: h,
+            intermediate: i,
+        };
         // Relative L2 of the weights after a round trip (uniform data): 8-bit formats a few
         // percent at most, 4-bit ones up to a fifth.
         for (algo, bound) in [
@@ -397,16 +492,18 @@ mod tests {
             (QuantAlgo::W4A16Int4, 0.1),
             (QuantAlgo::W8A16, 0.01),
         ] {
-            let q = QuantConfig { algo, ..QuantConfig::default() };
+            let q = QuantConfig {
+                algo,
+                ..QuantConfig::default()
+            };
             let mut src = MemoryWeights::new();
             for (name, t) in quantize_expert(&q, 0, &m, [1.0, 1.0]).unwrap() {
                 src.insert(name, t);
             }
             let back = dequantize(&q, &src, 0, Proj::W1, i, h).unwrap();
-            let (num, den) = back
-                .iter()
-                .zip(&w)
-                .fold((0.0f64, 0.0f64), |(n, d), (&b, &a)| (n + f64::from(b - a).powi(2), d + f64::from(a).powi(2)));
+            let (num, den) = back.iter().zip(&w).fold((0.0f64, 0.0f64), |(n, d), (&b, &a)| {
+                (n + f64::from(b - a).powi(2), d + f64::from(a).powi(2))
+            });
             let err = (num / den).sqrt();
             assert!(err <= bound, "{algo:?}: rel L2 {err:e}");
             // A tensor of the wrong size is named, a missing one too.
@@ -415,7 +512,10 @@ mod tests {
             let err = dequantize(&q, &src, 0, Proj::W2, h, i).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
             src.remove(name);
-            assert!(matches!(dequantize(&q, &src, 0, Proj::W2, h, i), Err(MoeError::MissingTensor { .. })));
+            assert!(matches!(
+                dequantize(&q, &src, 0, Proj::W2, h, i),
+                Err(MoeError::MissingTensor { .. })
+            ));
         }
     }
 }

@@ -19,10 +19,14 @@ pub fn select_host_quant_method(q: &QuantConfig) -> Result<Box<dyn HostQuantMeth
     Ok(match q.algo {
         QuantAlgo::None => Box::new(UnquantizedMethod),
         QuantAlgo::Fp8PerTensor => Box::new(Fp8PerTensorMethod),
-        QuantAlgo::Fp8Block => Box::new(Fp8BlockMethod::new(q.weight_block_size.unwrap_or(Fp8BlockMethod::DEFAULT_BLOCK))?),
+        QuantAlgo::Fp8Block => Box::new(Fp8BlockMethod::new(
+            q.weight_block_size.unwrap_or(Fp8BlockMethod::DEFAULT_BLOCK),
+        )?),
         QuantAlgo::Nvfp4 => Box::new(Nvfp4Method),
         QuantAlgo::W4A16Mxfp4 => Box::new(Mxfp4Method),
-        QuantAlgo::W4A16Int4 => Box::new(Int4GroupMethod::new(q.group_size.unwrap_or(Int4GroupMethod::DEFAULT_GROUP))?),
+        QuantAlgo::W4A16Int4 => Box::new(Int4GroupMethod::new(
+            q.group_size.unwrap_or(Int4GroupMethod::DEFAULT_GROUP),
+        )?),
         QuantAlgo::W8A16 => Box::new(Int8ChannelMethod),
     })
 }
@@ -51,7 +55,11 @@ mod tests {
         ];
         assert_eq!(want.len(), QuantAlgo::ALL.len());
         for (algo, eplb) in want {
-            let m = select_quant_method(&QuantConfig { algo, ..QuantConfig::default() }).unwrap();
+            let m = select_quant_method(&QuantConfig {
+                algo,
+                ..QuantConfig::default()
+            })
+            .unwrap();
             assert_eq!(m.algo(), algo);
             assert_eq!(m.eplb_support_status(), eplb, "{algo:?}");
             assert!(!m.need_load_shared_weights());
@@ -61,9 +69,21 @@ mod tests {
     #[test]
     fn unusable_format_parameters_name_the_field() {
         let bad = [
-            QuantConfig { algo: QuantAlgo::Fp8Block, weight_block_size: Some([0, 128]), group_size: None },
-            QuantConfig { algo: QuantAlgo::W4A16Int4, weight_block_size: None, group_size: Some(0) },
-            QuantConfig { algo: QuantAlgo::W4A16Int4, weight_block_size: None, group_size: Some(33) },
+            QuantConfig {
+                algo: QuantAlgo::Fp8Block,
+                weight_block_size: Some([0, 128]),
+                group_size: None,
+            },
+            QuantConfig {
+                algo: QuantAlgo::W4A16Int4,
+                weight_block_size: None,
+                group_size: Some(0),
+            },
+            QuantConfig {
+                algo: QuantAlgo::W4A16Int4,
+                weight_block_size: None,
+                group_size: Some(33),
+            },
         ];
         for q in bad {
             match select_quant_method(&q) {

@@ -27,7 +27,11 @@ impl Shard {
     pub fn of(dim: usize, tp_size: usize, tp_rank: usize) -> Shard {
         let width = dim.div_ceil(tp_size.max(1));
         let start = (tp_rank * width).min(dim);
-        Shard { start, len: width.min(dim - start), width }
+        Shard {
+            start,
+            len: width.min(dim - start),
+            width,
+        }
     }
 
     /// This shard of a `dim`-element dimension, in units of `unit` elements, for a tensor that
@@ -38,18 +42,29 @@ impl Shard {
         let unit = unit.max(1);
         let width = self.width.div_ceil(unit);
         if self.len == 0 {
-            return Ok(Shard { start: dim.div_ceil(unit), len: 0, width });
+            return Ok(Shard {
+                start: dim.div_ceil(unit),
+                len: 0,
+                width,
+            });
         }
         let end = self.start + self.len;
         if self.start % unit != 0 || (end % unit != 0 && end != dim) {
             return Err(MoeError::shape(
                 what,
-                format!("a TP shard of whole {unit}-element blocks (this rank holds elements {}..{end} of {dim})", self.start),
+                format!(
+                    "a TP shard of whole {unit}-element blocks (this rank holds elements {}..{end} of {dim})",
+                    self.start
+                ),
                 &[self.start, end],
             ));
         }
         let start = self.start / unit;
-        Ok(Shard { start, len: end.div_ceil(unit) - start, width })
+        Ok(Shard {
+            start,
+            len: end.div_ceil(unit) - start,
+            width,
+        })
     }
 }
 
@@ -81,10 +96,38 @@ mod tests {
 
     #[test]
     fn widths_are_ceil_and_last_shard_is_short() {
-        assert_eq!(Shard::of(8, 2, 1), Shard { start: 4, len: 4, width: 4 });
-        assert_eq!(Shard::of(7, 2, 1), Shard { start: 4, len: 3, width: 4 });
-        assert_eq!(Shard::of(2, 4, 3), Shard { start: 2, len: 0, width: 1 });
-        assert_eq!(Shard::of(5, 1, 0), Shard { start: 0, len: 5, width: 5 });
+        assert_eq!(
+            Shard::of(8, 2, 1),
+            Shard {
+                start: 4,
+                len: 4,
+                width: 4
+            }
+        );
+        assert_eq!(
+            Shard::of(7, 2, 1),
+            Shard {
+                start: 4,
+                len: 3,
+                width: 4
+            }
+        );
+        assert_eq!(
+            Shard::of(2, 4, 3),
+            Shard {
+                start: 2,
+                len: 0,
+                width: 1
+            }
+        );
+        assert_eq!(
+            Shard::of(5, 1, 0),
+            Shard {
+                start: 0,
+                len: 5,
+                width: 5
+            }
+        );
     }
 
     #[test]
@@ -106,14 +149,37 @@ mod tests {
     #[test]
     fn unit_shards_keep_blocks_whole() {
         // I = 512 over tp 2, blocks of 128: rank 1 holds blocks 2..4.
-        assert_eq!(Shard::of(512, 2, 1).in_units(512, 128, "t").unwrap(), Shard { start: 2, len: 2, width: 2 });
+        assert_eq!(
+            Shard::of(512, 2, 1).in_units(512, 128, "t").unwrap(),
+            Shard {
+                start: 2,
+                len: 2,
+                width: 2
+            }
+        );
         // Partial edge block (FP8 block scales use ceil): I = 300, tp 1 -> 3 blocks.
-        assert_eq!(Shard::of(300, 1, 0).in_units(300, 128, "t").unwrap(), Shard { start: 0, len: 3, width: 3 });
+        assert_eq!(
+            Shard::of(300, 1, 0).in_units(300, 128, "t").unwrap(),
+            Shard {
+                start: 0,
+                len: 3,
+                width: 3
+            }
+        );
         // Packed nibbles: 2 per byte.
-        assert_eq!(Shard::of(64, 2, 1).in_units(64, 2, "t").unwrap(), Shard { start: 16, len: 16, width: 16 });
+        assert_eq!(
+            Shard::of(64, 2, 1).in_units(64, 2, "t").unwrap(),
+            Shard {
+                start: 16,
+                len: 16,
+                width: 16
+            }
+        );
         // I = 256 over tp 2 with 128-wide blocks is fine, with tp 4 (64 each) it splits blocks.
         for rank in 0..4 {
-            let err = Shard::of(256, 4, rank).in_units(256, 128, "3.w2.weight_scale_inv").unwrap_err();
+            let err = Shard::of(256, 4, rank)
+                .in_units(256, 128, "3.w2.weight_scale_inv")
+                .unwrap_err();
             assert!(err.to_string().contains("3.w2.weight_scale_inv"), "{err}");
         }
         // An empty shard past the end is fine whatever the alignment.

@@ -15,7 +15,11 @@ fn slot_len(t: &Tensor) -> usize {
 pub fn write_slot(t: &mut Tensor, what: &str, slot: usize, data: &[f32]) -> Result<()> {
     let per = slot_len(t);
     if data.len() != per || slot >= t.rows() {
-        return Err(MoeError::shape(what, format!("slot {slot} of {} x {per}", t.rows()), &[data.len()]));
+        return Err(MoeError::shape(
+            what,
+            format!("slot {slot} of {} x {per}", t.rows()),
+            &[data.len()],
+        ));
     }
     let range = slot * per..(slot + 1) * per;
     let dtype = t.dtype();
@@ -28,7 +32,7 @@ pub fn write_slot(t: &mut Tensor, what: &str, slot: usize, data: &[f32]) -> Resu
                 what: what.into(),
                 expected: "f32, f16 or bf16".into(),
                 actual: dtype.to_string(),
-            })
+            });
         }
     }
     Ok(())
@@ -48,7 +52,11 @@ fn slot_range(t: &Tensor, what: &str, slot: usize) -> Result<std::ops::Range<usi
 pub fn write_slot_bytes(t: &mut Tensor, what: &str, slot: usize, data: &[u8]) -> Result<()> {
     let range = slot_range(t, what, slot)?;
     if data.len() != range.len() {
-        return Err(MoeError::shape(what, format!("slot of {} bytes", range.len()), &[data.len()]));
+        return Err(MoeError::shape(
+            what,
+            format!("slot of {} bytes", range.len()),
+            &[data.len()],
+        ));
     }
     let dtype = t.dtype();
     match t.host_mut(what)? {
@@ -58,7 +66,7 @@ pub fn write_slot_bytes(t: &mut Tensor, what: &str, slot: usize, data: &[u8]) ->
                 what: what.into(),
                 expected: "a one-byte dtype".into(),
                 actual: dtype.to_string(),
-            })
+            });
         }
     }
     Ok(())
@@ -68,7 +76,11 @@ pub fn write_slot_bytes(t: &mut Tensor, what: &str, slot: usize, data: &[u8]) ->
 pub fn slot_bytes<'a>(t: &'a Tensor, what: &str, slot: usize) -> Result<&'a [u8]> {
     let range = slot_range(t, what, slot)?;
     if t.dtype().size_in_bytes() != 1 {
-        return Err(MoeError::DTypeMismatch { what: what.into(), expected: "a one-byte dtype".into(), actual: t.dtype().to_string() });
+        return Err(MoeError::DTypeMismatch {
+            what: what.into(),
+            expected: "a one-byte dtype".into(),
+            actual: t.dtype().to_string(),
+        });
     }
     Ok(&t.as_bytes(what)?[range])
 }
@@ -95,7 +107,7 @@ pub fn read_slot(t: &Tensor, what: &str, slot: usize) -> Result<Vec<f32>> {
                 what: what.into(),
                 expected: "f32, f16 or bf16".into(),
                 actual: t.dtype().to_string(),
-            })
+            });
         }
     })
 }

@@ -4,15 +4,15 @@
 
 use std::collections::BTreeSet;
 
-use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{
     Activation, DType, ExpertWeights, LayerLayout, MemoryWeights, MoeError, QuantAlgo, QuantConfig, Tensor,
 };
 use moe_kernels::cpu::weight_slice::WeightSlice;
 
-use crate::quantize::{quantize_expert, ExpertMatrices};
+use crate::quantize::{ExpertMatrices, quantize_expert};
 use crate::shard::Shard;
-use crate::{select_host_quant_method, HostQuantMethod};
+use crate::{HostQuantMethod, select_host_quant_method};
 
 pub const E: usize = 4;
 pub const H: usize = 256;
@@ -38,7 +38,10 @@ pub fn method(q: &QuantConfig) -> Box<dyn HostQuantMethod> {
 }
 
 pub fn config(algo: QuantAlgo) -> QuantConfig {
-    QuantConfig { algo, ..QuantConfig::default() }
+    QuantConfig {
+        algo,
+        ..QuantConfig::default()
+    }
 }
 
 /// Deterministic values in [-scale, scale).
@@ -60,8 +63,18 @@ pub fn checkpoint(q: &QuantConfig, gated: bool, bias: bool) -> MemoryWeights {
     let mut src = MemoryWeights::new();
     for e in 0..E {
         let seed = 100 * e as u64;
-        let (w1, w3, w2) = (values(I * H, seed + 1, 0.1), values(I * H, seed + 3, 0.07), values(H * I, seed + 2, 0.1));
-        let m = ExpertMatrices { w1: &w1, w3: gated.then_some(w3.as_slice()), w2: &w2, hidden: H, intermediate: I };
+        let (w1, w3, w2) = (
+            values(I * H, seed + 1, 0.1),
+            values(I * H, seed + 3, 0.07),
+            values(H * I, seed + 2, 0.1),
+        );
+        let m = ExpertMatrices {
+            w1: &w1,
+            w3: gated.then_some(w3.as_slice()),
+            w2: &w2,
+            hidden: H,
+            intermediate: I,
+        };
         for (name, t) in quantize_expert(q, e, &m, [1.0 + e as f32, 2.0 + e as f32]).unwrap() {
             src.insert(name, t);
         }
@@ -89,7 +102,10 @@ pub fn load(m: &dyn HostQuantMethod, l: &LayerLayout, src: &MemoryWeights) -> Ex
 }
 
 fn f32s(src: &MemoryWeights, name: &str) -> Vec<f32> {
-    src.tensor(name).unwrap_or_else(|| panic!("{name}")).to_f32_vec(name).unwrap()
+    src.tensor(name)
+        .unwrap_or_else(|| panic!("{name}"))
+        .to_f32_vec(name)
+        .unwrap()
 }
 
 /// The checkpoint's `{e}.{proj}` weight `[out, in]` dequantized with the codecs directly
@@ -132,15 +148,26 @@ pub fn check_method(q: &QuantConfig, layer: &[&str]) {
                 for (hf, &p) in halves.iter().enumerate() {
                     let full = dequantize(q, &src, e, p, I, H);
                     let want = &full[shard.start * H..(shard.start + shard.len) * H];
-                    assert_eq!(&fc1[hf * ipp * H..hf * ipp * H + want.len()], want, "{q:?} tp {tp}/{rank} expert {e} {p:?}");
+                    assert_eq!(
+                        &fc1[hf * ipp * H..hf * ipp * H + want.len()],
+                        want,
+                        "{q:?} tp {tp}/{rank} expert {e} {p:?}"
+                    );
                 }
                 let full2 = dequantize(q, &src, e, Proj::W2, H, I);
                 let fc2 = decode(v.w2);
                 for r in 0..H {
-                    assert_eq!(&fc2[r * ipp..r * ipp + shard.len], &full2[r * I + shard.start..r * I + shard.start + shard.len]);
+                    assert_eq!(
+                        &fc2[r * ipp..r * ipp + shard.len],
+                        &full2[r * I + shard.start..r * I + shard.start + shard.len]
+                    );
                 }
                 let b2 = v.w2_bias.unwrap();
-                let want_b2 = if rank == 0 { f32s(&src, &expert_tensor_name(e, Proj::W2, "bias")) } else { vec![0.0; H] };
+                let want_b2 = if rank == 0 {
+                    f32s(&src, &expert_tensor_name(e, Proj::W2, "bias"))
+                } else {
+                    vec![0.0; H]
+                };
                 assert_eq!((0..H).map(|c| b2.at(c)).collect::<Vec<_>>(), want_b2);
             }
         }

@@ -26,7 +26,7 @@ use moe_kernels::cpu::float_slice::FloatSlice;
 use moe_kernels::cpu::weight_slice::WeightSlice;
 
 use crate::engine::impl_quant_method;
-use crate::format::{Fc, Format, Geometry, SlotDType, TensorSpec, FLOATS};
+use crate::format::{FLOATS, Fc, Format, Geometry, SlotDType, TensorSpec};
 
 /// The quant method of unquantized experts (`QuantAlgo::None`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -46,18 +46,36 @@ impl Format for UnquantizedMethod {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let weight = Geometry::Matrix { rows: 1, cols: 1, exact: true };
-        vec![TensorSpec::slotted("weight", FLOATS, weight, "weight", SlotDType::Layer)]
+        let weight = Geometry::Matrix {
+            rows: 1,
+            cols: 1,
+            exact: true,
+        };
+        vec![TensorSpec::slotted(
+            "weight",
+            FLOATS,
+            weight,
+            "weight",
+            SlotDType::Layer,
+        )]
     }
 
     fn bias_dtype(&self) -> SlotDType {
         SlotDType::Layer
     }
 
-    fn matrix<'a>(&self, weights: &'a ExpertWeights, layout: &LayerLayout, fc: Fc, slot: usize) -> Result<WeightSlice<'a>> {
+    fn matrix<'a>(
+        &self,
+        weights: &'a ExpertWeights,
+        layout: &LayerLayout,
+        fc: Fc,
+        slot: usize,
+    ) -> Result<WeightSlice<'a>> {
         let name = fc.tensor("weight");
         let (rows, cols) = fc.dims(layout);
-        Ok(FloatSlice::from_tensor(weights.get(&name)?, &name)?.chunk(&name, slot, rows * cols)?.into())
+        Ok(FloatSlice::from_tensor(weights.get(&name)?, &name)?
+            .chunk(&name, slot, rows * cols)?
+            .into())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{Activation, DType, LayerLayout, MemoryWeights, MoeError, QuantMethod, Tensor};
 
 use super::UnquantizedMethod;
@@ -44,12 +44,19 @@ fn checkpoint(with_w3: bool) -> MemoryWeights {
             projs.push((Proj::W3, 4, 2));
         }
         for (p, rows, cols) in projs {
-            let data: Vec<f32> =
-                (0..rows * cols).map(|i| base + code(p) + 10.0 * (i / cols) as f32 + (i % cols) as f32).collect();
-            w.insert(expert_tensor_name(e, p, "weight"), Tensor::from_f32(vec![rows, cols], data).unwrap());
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|i| base + code(p) + 10.0 * (i / cols) as f32 + (i % cols) as f32)
+                .collect();
+            w.insert(
+                expert_tensor_name(e, p, "weight"),
+                Tensor::from_f32(vec![rows, cols], data).unwrap(),
+            );
             let blen = if p == Proj::W2 { 2 } else { 4 };
             let bias: Vec<f32> = (0..blen).map(|i| base + code(p) + 50.0 + i as f32).collect();
-            w.insert(expert_tensor_name(e, p, "bias"), Tensor::from_f32(vec![blen], bias).unwrap());
+            w.insert(
+                expert_tensor_name(e, p, "bias"),
+                Tensor::from_f32(vec![blen], bias).unwrap(),
+            );
         }
     }
     w
@@ -68,19 +75,28 @@ fn tp_shards_land_in_the_right_half_of_fc1() {
     m.process_weights_after_loading(&mut w, &l).unwrap();
     // Slot 0 serves expert 2; rank 1 of 2 holds intermediate rows 2..4.
     // FC1 = [w3 rows 2, 3 ; w1 rows 2, 3].
-    assert_eq!(slot(&w, W3_W1_WEIGHT, 0), vec![2320., 2321., 2330., 2331., 2120., 2121., 2130., 2131.]);
+    assert_eq!(
+        slot(&w, W3_W1_WEIGHT, 0),
+        vec![2320., 2321., 2330., 2331., 2120., 2121., 2130., 2131.]
+    );
     // w2 [H, I] keeps columns 2..4 of each row.
     assert_eq!(slot(&w, W2_WEIGHT, 0), vec![2202., 2203., 2212., 2213.]);
     assert_eq!(slot(&w, W3_W1_BIAS, 0), vec![2352., 2353., 2152., 2153.]);
     // The w2 bias lives on TP rank 0 only.
     assert_eq!(slot(&w, W2_BIAS, 0), vec![0., 0.]);
     // Slot 1 serves expert 0.
-    assert_eq!(slot(&w, W3_W1_WEIGHT, 1), vec![320., 321., 330., 331., 120., 121., 130., 131.]);
+    assert_eq!(
+        slot(&w, W3_W1_WEIGHT, 1),
+        vec![320., 321., 330., 331., 120., 121., 130., 131.]
+    );
 
     let l0 = layout(Activation::Swiglu, true, 2, 0, vec![2, 0]);
     let mut w0 = m.create_weights(&l0).unwrap();
     m.load_weights(&mut w0, &l0, &checkpoint(true), false).unwrap();
-    assert_eq!(slot(&w0, W3_W1_WEIGHT, 0), vec![2300., 2301., 2310., 2311., 2100., 2101., 2110., 2111.]);
+    assert_eq!(
+        slot(&w0, W3_W1_WEIGHT, 0),
+        vec![2300., 2301., 2310., 2311., 2100., 2101., 2110., 2111.]
+    );
     assert_eq!(slot(&w0, W2_WEIGHT, 0), vec![2200., 2201., 2210., 2211.]);
     assert_eq!(slot(&w0, W2_BIAS, 0), vec![2250., 2251.]);
 }
@@ -92,7 +108,10 @@ fn relu2_fills_fc1_with_w1_only() {
     let mut w = m.create_weights(&l).unwrap();
     assert_eq!(w.get(W3_W1_WEIGHT).unwrap().shape(), &[1, 4, 2]);
     m.load_weights(&mut w, &l, &checkpoint(false), false).unwrap();
-    assert_eq!(slot(&w, W3_W1_WEIGHT, 0), vec![1100., 1101., 1110., 1111., 1120., 1121., 1130., 1131.]);
+    assert_eq!(
+        slot(&w, W3_W1_WEIGHT, 0),
+        vec![1100., 1101., 1110., 1111., 1120., 1121., 1130., 1131.]
+    );
     assert_eq!(slot(&w, W3_W1_BIAS, 0), vec![1150., 1151., 1152., 1153.]);
     assert_eq!(slot(&w, W2_BIAS, 0), vec![1250., 1251.]);
 }
@@ -163,7 +182,10 @@ fn wrong_shape_names_the_tensor_and_loads_nothing_of_the_slot() {
         other => panic!("expected ShapeMismatch, got {other:?}"),
     }
     assert_eq!(w.loaded, vec![false]);
-    assert!(slot(&w, W3_W1_WEIGHT, 0).iter().all(|&v| v == 0.0), "nothing of the slot may be written");
+    assert!(
+        slot(&w, W3_W1_WEIGHT, 0).iter().all(|&v| v == 0.0),
+        "nothing of the slot may be written"
+    );
 }
 
 #[test]
@@ -203,7 +225,10 @@ fn lifecycle_and_contract_details() {
     let m = UnquantizedMethod;
     let l = layout(Activation::Swiglu, false, 1, 0, vec![0]);
     let mut empty = moe_core::ExpertWeights::default();
-    assert!(matches!(m.load_weights(&mut empty, &l, &checkpoint(true), false), Err(MoeError::Lifecycle { .. })));
+    assert!(matches!(
+        m.load_weights(&mut empty, &l, &checkpoint(true), false),
+        Err(MoeError::Lifecycle { .. })
+    ));
     // A layout whose per-rank width disagrees with the TP split is refused.
     let mut bad = l.clone();
     bad.intermediate_per_partition = 3;

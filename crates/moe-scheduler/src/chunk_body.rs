@@ -4,9 +4,7 @@
 
 use std::borrow::Cow;
 
-use moe_core::{
-    CommPlan, DType, DispatchPayload, LayerView, MoeError, MoeRunContext, Result, Tensor,
-};
+use moe_core::{CommPlan, DType, DispatchPayload, LayerView, MoeError, MoeRunContext, Result, Tensor};
 use moe_kernels::ops;
 
 /// One chunk's inputs as the scheduler prepared them.
@@ -68,23 +66,51 @@ pub(crate) fn forward_chunk(layer: &mut LayerView<'_>, chunk: Chunk<'_>) -> Resu
         Some(comm) => {
             comm.prepare_dispatch(&slots, chunk.all_rank_num_tokens)?;
             let post_quant = comm.supports_post_quant_dispatch();
-            let plan = CommPlan { input_sf_swizzled: !post_quant, enable_alltoall: comm.is_alltoall() };
+            let plan = CommPlan {
+                input_sf_swizzled: !post_quant,
+                enable_alltoall: comm.is_alltoall(),
+            };
             let payload = if post_quant {
                 let q = backend.quantize_input(&x)?;
-                let p = DispatchPayload { x: q.x, x_sf: q.x_sf, slots, scales };
+                let p = DispatchPayload {
+                    x: q.x,
+                    x_sf: q.x_sf,
+                    slots,
+                    scales,
+                };
                 comm.dispatch(p, chunk.all_rank_num_tokens, chunk.use_dp_padding)?
             } else {
-                let p = DispatchPayload { x: x.into_owned(), x_sf: None, slots, scales };
+                let p = DispatchPayload {
+                    x: x.into_owned(),
+                    x_sf: None,
+                    slots,
+                    scales,
+                };
                 let p = comm.dispatch(p, chunk.all_rank_num_tokens, chunk.use_dp_padding)?;
                 let q = backend.quantize_input(&p.x)?;
-                DispatchPayload { x: q.x, x_sf: q.x_sf, ..p }
+                DispatchPayload {
+                    x: q.x,
+                    x_sf: q.x_sf,
+                    ..p
+                }
             };
             (payload, plan)
         }
         None => {
             let q = backend.quantize_input(&x)?;
-            let plan = CommPlan { input_sf_swizzled: true, enable_alltoall: false };
-            (DispatchPayload { x: q.x, x_sf: q.x_sf, slots, scales }, plan)
+            let plan = CommPlan {
+                input_sf_swizzled: true,
+                enable_alltoall: false,
+            };
+            (
+                DispatchPayload {
+                    x: q.x,
+                    x_sf: q.x_sf,
+                    slots,
+                    scales,
+                },
+                plan,
+            )
         }
     };
 

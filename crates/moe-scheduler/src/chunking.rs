@@ -29,8 +29,11 @@ pub fn calculate_num_chunks(
             other => {
                 return Err(MoeError::config(
                     "all_rank_num_tokens",
-                    format!("{} entries given, but without attention-DP communication there is one token list", other.len()),
-                ))
+                    format!(
+                        "{} entries given, but without attention-DP communication there is one token list",
+                        other.len()
+                    ),
+                ));
             }
         }
     };

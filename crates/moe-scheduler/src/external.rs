@@ -2,12 +2,10 @@
 //! zero-token-rank guard, chunk counts every rank agrees on, empty-chunk substitution, and
 //! truncation of the padding from the output.
 
-use moe_core::{
-    ForwardArgs, LayerView, MoeError, MoeScheduler, Result, SchedulerKind, Tensor,
-};
+use moe_core::{ForwardArgs, LayerView, MoeError, MoeScheduler, Result, SchedulerKind, Tensor};
 use moe_kernels::ops;
 
-use crate::chunk_body::{forward_chunk, Chunk};
+use crate::chunk_body::{Chunk, forward_chunk};
 use crate::chunking::{calculate_num_chunks, split_chunk};
 
 /// Scheduler for backends whose exchange happens outside the kernel.
@@ -29,7 +27,11 @@ impl MoeScheduler for ExternalCommScheduler {
         let original = token_list(&layer, &args)?;
         let max = original.iter().copied().max().unwrap_or(0);
         let mut use_dp_padding = args.use_dp_padding && use_dp;
-        let mut list = if use_dp_padding { vec![max; original.len()] } else { original.clone() };
+        let mut list = if use_dp_padding {
+            vec![max; original.len()]
+        } else {
+            original.clone()
+        };
         let num_chunks = calculate_num_chunks(&list, use_dp && has_comm, config.moe_max_num_tokens)?;
 
         let mut x = args.x.clone();
@@ -77,7 +79,10 @@ impl MoeScheduler for ExternalCommScheduler {
                 let (xc, lc) = if c == 0 {
                     (x0.clone(), l0.clone())
                 } else if used {
-                    (ops::narrow_rows(&x, offset, size)?, ops::narrow_rows(&logits, offset, size)?)
+                    (
+                        ops::narrow_rows(&x, offset, size)?,
+                        ops::narrow_rows(&logits, offset, size)?,
+                    )
                 } else {
                     // Empty-chunk substitution: this rank still takes part in the chunk's
                     // collectives with chunk 0's rows and drops the result.
@@ -104,7 +109,11 @@ impl MoeScheduler for ExternalCommScheduler {
         };
 
         let keep = original[if use_dp { rank } else { 0 }];
-        if out.rows() > keep { ops::narrow_rows(&out, 0, keep) } else { Ok(out) }
+        if out.rows() > keep {
+            ops::narrow_rows(&out, 0, keep)
+        } else {
+            Ok(out)
+        }
     }
 }
 
@@ -170,8 +179,11 @@ fn token_list(layer: &LayerView<'_>, args: &ForwardArgs<'_>) -> Result<Vec<usize
         None => {
             return Err(MoeError::config(
                 "all_rank_num_tokens",
-                format!("attention-DP over {} ranks needs every rank's token count", p.parallel_size()),
-            ))
+                format!(
+                    "attention-DP over {} ranks needs every rank's token count",
+                    p.parallel_size()
+                ),
+            ));
         }
     };
     if list.len() != p.parallel_size() {

@@ -4,9 +4,7 @@
 //! included, since the kernel's exchange needs every rank), never dispatches or combines on
 //! the host, and moves the EPLB set-CPU stage after the kernel so a migration never races it.
 
-use moe_core::{
-    DType, ForwardArgs, LayerView, MoeError, MoeRunContext, MoeScheduler, Result, SchedulerKind, Tensor,
-};
+use moe_core::{DType, ForwardArgs, LayerView, MoeError, MoeRunContext, MoeScheduler, Result, SchedulerKind, Tensor};
 use moe_kernels::ops;
 
 use crate::chunking::split_chunk;
@@ -36,11 +34,15 @@ impl MoeScheduler for FusedCommScheduler {
             None => vec![args.x.rows()],
         };
         let own = if had_meta { ep_rank } else { 0 };
-        let real_local = *real.get(own).ok_or_else(|| {
-            MoeError::config("all_rank_num_tokens", format!("no entry for EP rank {ep_rank}"))
-        })?;
+        let real_local = *real
+            .get(own)
+            .ok_or_else(|| MoeError::config("all_rank_num_tokens", format!("no entry for EP rank {ep_rank}")))?;
         if real_local > args.x.rows() {
-            return Err(MoeError::shape("x", format!("at least {real_local} rows"), args.x.shape()));
+            return Err(MoeError::shape(
+                "x",
+                format!("at least {real_local} rows"),
+                args.x.shape(),
+            ));
         }
         // Padding rows are dropped before splitting: the kernel exchanges real tokens only.
         let x = ops::narrow_rows(args.x, 0, real_local)?;
@@ -102,7 +104,10 @@ fn fused_chunk(
         let r = ops::route(&config.routing, logits)?;
         (r.ids, r.weights)
     } else {
-        (Tensor::zeros(DType::I32, vec![0, k]), Some(Tensor::zeros(DType::F32, vec![0, k])))
+        (
+            Tensor::zeros(DType::I32, vec![0, k]),
+            Some(Tensor::zeros(DType::F32, vec![0, k])),
+        )
     };
     let slots = match layer.balancer.as_deref_mut() {
         Some(b) => {

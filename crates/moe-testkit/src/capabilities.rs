@@ -51,17 +51,10 @@ pub fn generated_section(doc: &str) -> Option<&str> {
 pub fn splice(doc: &str, table: &str) -> Option<String> {
     let start = doc.find(BEGIN_MARKER)? + BEGIN_MARKER.len();
     let end = start + doc[start..].find(END_MARKER)?;
-    Some(format!(
-        "{}\n{}\n{}",
-        &doc[..start],
-        table.trim(),
-        &doc[end..]
-    ))
+    Some(format!("{}\n{}\n{}", &doc[..start], table.trim(), &doc[end..]))
 }
 
 /// Path of the guide the table lives in.
 pub fn guide_path() -> std::path::PathBuf {
-    crate::workspace_root()
-        .join("docs")
-        .join("MOE_DEVELOPER_GUIDE.md")
+    crate::workspace_root().join("docs").join("MOE_DEVELOPER_GUIDE.md")
 }

@@ -77,28 +77,20 @@ fn float_layer_data(cell: &Cell, weight_dtype: DType) -> Result<LayerData> {
     let (e, h, i, t) = (s.num_experts, s.hidden, s.intermediate, cell.num_tokens);
     let gated = cell.flavor.activation.is_gated();
     let dtype = cell.dtype;
-    let mut rng = SplitMix64::new(seed_of(&format!(
-        "data-{}-{}-t{t}",
-        s.id(),
-        cell.flavor.id()
-    )));
+    let mut rng = SplitMix64::new(seed_of(&format!("data-{}-{}-t{t}", s.id(), cell.flavor.id())));
 
     let mut weights = MemoryWeights::new();
     let mut experts = Vec::with_capacity(e);
     let std_in = 1.0 / (h as f64).sqrt();
     let std_down = 1.0 / (i as f64).sqrt();
     for expert in 0..e {
-        let mut put = |proj: Proj,
-                       suffix: &str,
-                       shape: Vec<usize>,
-                       std: f64,
-                       rng: &mut SplitMix64|
-         -> Result<Vec<f32>> {
-            let n = shape.iter().product();
-            let (tensor, values) = rounded(weight_dtype, shape, &rng.normal_vec(n, std))?;
-            weights.insert(expert_tensor_name(expert, proj, suffix), tensor);
-            Ok(values)
-        };
+        let mut put =
+            |proj: Proj, suffix: &str, shape: Vec<usize>, std: f64, rng: &mut SplitMix64| -> Result<Vec<f32>> {
+                let n = shape.iter().product();
+                let (tensor, values) = rounded(weight_dtype, shape, &rng.normal_vec(n, std))?;
+                weights.insert(expert_tensor_name(expert, proj, suffix), tensor);
+                Ok(values)
+            };
         let w1 = put(Proj::W1, "weight", vec![i, h], std_in, &mut rng)?;
         let w3 = if gated {
             Some(put(Proj::W3, "weight", vec![i, h], std_in, &mut rng)?)
@@ -118,14 +110,7 @@ fn float_layer_data(cell: &Cell, weight_dtype: DType) -> Result<LayerData> {
         } else {
             (None, None, None)
         };
-        experts.push(ExpertData {
-            w1,
-            w3,
-            w2,
-            b1,
-            b3,
-            b2,
-        });
+        experts.push(ExpertData { w1, w3, w2, b1, b3, b2 });
     }
     let (x, x_f32) = rounded(dtype, vec![t, h], &rng.normal_vec(t * h, 1.0))?;
     let logits_f32 = rng.normal_vec(t * e, 1.0);
@@ -177,12 +162,7 @@ fn quantized(cell: &Cell, mut data: LayerData) -> Result<LayerData> {
         }
         ex.w2 = dequantize(&q, &weights, e, Proj::W2, h, i)?;
     }
-    data.act_quant = act_quants(
-        q.algo,
-        &weights,
-        data.experts.len(),
-        cell.flavor.activation.is_gated(),
-    )?;
+    data.act_quant = act_quants(q.algo, &weights, data.experts.len(), cell.flavor.activation.is_gated())?;
     data.weights = weights;
     Ok(data)
 }
@@ -191,12 +171,7 @@ fn quantized(cell: &Cell, mut data: LayerData) -> Result<LayerData> {
 /// (static scales are the maxima of the experts' `input_scale`s, so every EP rank quantizes
 /// alike): FP8 per tensor static, FP8 block dynamic 1x128, NVFP4 dynamic blocks under a static
 /// global scale; the W*A16 formats keep their activations.
-fn act_quants(
-    algo: QuantAlgo,
-    weights: &MemoryWeights,
-    num_experts: usize,
-    gated: bool,
-) -> Result<[ActQuant; 2]> {
+fn act_quants(algo: QuantAlgo, weights: &MemoryWeights, num_experts: usize, gated: bool) -> Result<[ActQuant; 2]> {
     let max_scale = |projs: &[Proj]| -> Result<f32> {
         let mut m = 0.0f32;
         for e in 0..num_experts {
@@ -210,24 +185,15 @@ fn act_quants(
         }
         Ok(m)
     };
-    let fc1: &[Proj] = if gated {
-        &[Proj::W1, Proj::W3]
-    } else {
-        &[Proj::W1]
-    };
+    let fc1: &[Proj] = if gated { &[Proj::W1, Proj::W3] } else { &[Proj::W1] };
     Ok(match algo {
         QuantAlgo::Fp8PerTensor => [
-            ActQuant::Fp8PerTensor {
-                scale: max_scale(fc1)?,
-            },
+            ActQuant::Fp8PerTensor { scale: max_scale(fc1)? },
             ActQuant::Fp8PerTensor {
                 scale: max_scale(&[Proj::W2])?,
             },
         ],
-        QuantAlgo::Fp8Block => [
-            ActQuant::Fp8Group { group: 128 },
-            ActQuant::Fp8Group { group: 128 },
-        ],
+        QuantAlgo::Fp8Block => [ActQuant::Fp8Group { group: 128 }, ActQuant::Fp8Group { group: 128 }],
         QuantAlgo::Nvfp4 => [
             ActQuant::Nvfp4 {
                 global_scale: 1.0 / max_scale(fc1)?,
@@ -251,10 +217,7 @@ fn activation_amax(cell: &Cell, data: &LayerData) -> f32 {
             .collect();
         for ex in &data.experts {
             let gate = matvec(&ex.w1, i, h, &x, ex.b1.as_deref());
-            let up = ex
-                .w3
-                .as_ref()
-                .map(|w3| matvec(w3, i, h, &x, ex.b3.as_deref()));
+            let up = ex.w3.as_ref().map(|w3| matvec(w3, i, h, &x, ex.b3.as_deref()));
             if let Ok(act) = activate(cell.flavor.activation, &gate, up.as_deref()) {
                 m = act.iter().fold(m, |m, a| m.max(a.abs() as f32));
             }

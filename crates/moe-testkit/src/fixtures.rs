@@ -80,13 +80,12 @@ impl HfFixture {
 /// The fixture of `family` in `dtype` (`float32`/`bfloat16`; `f32`/`bf16` also accepted),
 /// or an error naming what is missing.
 pub fn hf_fixture(family: &str, dtype: &str) -> Result<HfFixture> {
-    let family =
-        HF_FAMILIES
-            .iter()
-            .find(|f| **f == family)
-            .ok_or_else(|| MoeError::UnsupportedModel {
-                detail: format!("no HF fixture for family `{family}`; have {HF_FAMILIES:?}"),
-            })?;
+    let family = HF_FAMILIES
+        .iter()
+        .find(|f| **f == family)
+        .ok_or_else(|| MoeError::UnsupportedModel {
+            detail: format!("no HF fixture for family `{family}`; have {HF_FAMILIES:?}"),
+        })?;
     let dtype_name = match dtype {
         "float32" | "f32" => "float32",
         "bfloat16" | "bf16" => "bfloat16",
@@ -97,9 +96,7 @@ pub fn hf_fixture(family: &str, dtype: &str) -> Result<HfFixture> {
             ));
         }
     };
-    let dir = fixtures_dir()
-        .join("hf")
-        .join(format!("{family}-{dtype_name}"));
+    let dir = fixtures_dir().join("hf").join(format!("{family}-{dtype_name}"));
     if !dir.join("config.json").is_file() {
         return Err(MoeError::Io {
             path: dir.display().to_string(),

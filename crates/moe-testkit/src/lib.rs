@@ -33,14 +33,11 @@ pub fn workspace_root() -> std::path::PathBuf {
     here.ancestors().nth(2).unwrap_or(here).to_path_buf()
 }
 
-pub use fixtures::{
-    HF_DTYPES, HF_FAMILIES, HF_TOKEN_COUNTS, HfFixture, fixtures_dir, hf_fixture, hf_fixtures,
-};
+pub use fixtures::{HF_DTYPES, HF_FAMILIES, HF_TOKEN_COUNTS, HfFixture, fixtures_dir, hf_fixture, hf_fixtures};
 pub use matrix::{Cell, Flavor, Shape, cells};
 pub use report::{MatrixReport, all_cells, outcome_line, run_cells};
 pub use runner::{CellOutcome, ORACLE_BACKEND, Oracle, Runner, Verdict, run_layer};
 pub use skip::{Decision, SkipReason, decide};
 pub use tolerance::{
-    AccuracyReport, Tolerance, check_accuracy, hf_rel_l2_bound, quant_tolerance, rel_l2,
-    rel_l2_bound,
+    AccuracyReport, Tolerance, check_accuracy, hf_rel_l2_bound, quant_tolerance, rel_l2, rel_l2_bound,
 };

@@ -22,12 +22,7 @@ pub struct Shape {
 }
 
 impl Shape {
-    pub const fn new(
-        num_experts: usize,
-        top_k: usize,
-        hidden: usize,
-        intermediate: usize,
-    ) -> Shape {
+    pub const fn new(num_experts: usize, top_k: usize, hidden: usize, intermediate: usize) -> Shape {
         Shape {
             num_experts,
             top_k,
@@ -308,18 +303,12 @@ pub fn routing_methods(shape: Shape, num_tokens: usize) -> Vec<RoutingMethod> {
             bias: bias(),
             routed_scaling_factor: 1.0,
         },
-        RoutingMethod::SqrtSoftplus {
-            top_k: k,
-            bias: bias(),
-        },
+        RoutingMethod::SqrtSoftplus { top_k: k, bias: bias() },
         RoutingMethod::SigmoidRenorm {
             top_k: k,
             renormalize: true,
         },
-        RoutingMethod::SparseMixer {
-            top_k: k,
-            eps: 0.01,
-        },
+        RoutingMethod::SparseMixer { top_k: k, eps: 0.01 },
         static_table(shape, num_tokens),
         RoutingMethod::LoadBalanced { top_k: k },
     ];
@@ -358,10 +347,7 @@ fn static_table(shape: Shape, num_tokens: usize) -> RoutingMethod {
 /// logits alone. Such methods are crossed only with `chunking = None`: splitting the batch
 /// changes their output by definition, so chunk invariance (invariant 11) is not defined.
 pub fn position_dependent(m: &RoutingMethod) -> bool {
-    matches!(
-        m,
-        RoutingMethod::Static { .. } | RoutingMethod::LoadBalanced { .. }
-    )
+    matches!(m, RoutingMethod::Static { .. } | RoutingMethod::LoadBalanced { .. })
 }
 
 /// The whole matrix for `backends` (normally `moe::BACKEND_NAMES`), backend-major.
@@ -445,11 +431,7 @@ pub fn cells(backends: &[&str]) -> Vec<Cell> {
                 let methods = routing_methods(shape, NUM_TOKENS);
                 for routing in [&methods[1], &methods[4]] {
                     for parallel in PARALLEL_MODES {
-                        let chunking = if parallel.comm == "packed" {
-                            Some(16)
-                        } else {
-                            None
-                        };
+                        let chunking = if parallel.comm == "packed" { Some(16) } else { None };
                         push(
                             dtype,
                             shape,

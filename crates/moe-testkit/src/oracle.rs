@@ -23,13 +23,7 @@ fn sigmoid(v: f64) -> f64 {
 }
 
 /// `W [rows, cols] @ v [cols] (+ b)`.
-pub(crate) fn matvec(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    v: &[f64],
-    b: Option<&[f32]>,
-) -> Vec<f64> {
+pub(crate) fn matvec(w: &[f32], rows: usize, cols: usize, v: &[f64], b: Option<&[f32]>) -> Vec<f64> {
     (0..rows)
         .map(|r| {
             let row = &w[r * cols..(r + 1) * cols];
@@ -40,11 +34,7 @@ pub(crate) fn matvec(
 }
 
 /// `activation(gate, up)` per channel.
-pub(crate) fn activate(
-    activation: Activation,
-    gate: &[f64],
-    up: Option<&[f64]>,
-) -> Result<Vec<f64>> {
+pub(crate) fn activate(activation: Activation, gate: &[f64], up: Option<&[f64]>) -> Result<Vec<f64>> {
     Ok(match (activation, up) {
         (Activation::Relu2, _) => gate.iter().map(|&g| g.max(0.0).powi(2)).collect(),
         (Activation::Swiglu, Some(up)) => gate.iter().zip(up).map(|(&g, &u)| silu(g) * u).collect(),
@@ -101,16 +91,8 @@ pub fn naive_moe(config: &MoeConfig, data: &LayerData) -> Result<Vec<f32>> {
             let expert = usize::try_from(id)
                 .ok()
                 .and_then(|id| data.experts.get(id))
-                .ok_or_else(|| {
-                    MoeError::config(
-                        "routing",
-                        format!("token {tok} routed to expert {id} of {e}"),
-                    )
-                })?;
-            let w = routed
-                .weights
-                .as_ref()
-                .map_or(1.0, |w| f64::from(w[tok * k + j]));
+                .ok_or_else(|| MoeError::config("routing", format!("token {tok} routed to expert {id} of {e}")))?;
+            let w = routed.weights.as_ref().map_or(1.0, |w| f64::from(w[tok * k + j]));
             let (x_in, out_weight) = if config.apply_router_weight_on_input {
                 (x.iter().map(|v| v * w).collect::<Vec<_>>(), 1.0)
             } else {
@@ -122,10 +104,7 @@ pub fn naive_moe(config: &MoeConfig, data: &LayerData) -> Result<Vec<f32>> {
                 .w3
                 .as_ref()
                 .map(|w3| matvec(w3, i, h, &x_in, expert.b3.as_deref()));
-            let act = qdq(
-                &data.act_quant[1],
-                &activate(config.activation, &gate, up.as_deref())?,
-            )?;
+            let act = qdq(&data.act_quant[1], &activate(config.activation, &gate, up.as_deref())?)?;
             let down = matvec(&expert.w2, h, i, &act, expert.b2.as_deref());
             for (acc, d) in y[tok * h..(tok + 1) * h].iter_mut().zip(down) {
                 *acc += out_weight * d;

@@ -54,11 +54,7 @@ pub fn run_layer_ranks(
             .collect()
     });
     let outputs: Vec<Vec<f32>> = outputs.into_iter().collect::<Result<_>>()?;
-    Ok(if parallel.dp {
-        vec![outputs.concat()]
-    } else {
-        outputs
-    })
+    Ok(if parallel.dp { vec![outputs.concat()] } else { outputs })
 }
 
 fn rank_forward(

@@ -47,9 +47,7 @@ impl MatrixReport {
         let mut reasons: BTreeMap<(String, String), usize> = BTreeMap::new();
         for o in &self.outcomes {
             if let Verdict::Skip(s) = &o.verdict {
-                *reasons
-                    .entry((s.backend.clone(), s.reason.to_string()))
-                    .or_default() += 1;
+                *reasons.entry((s.backend.clone(), s.reason.to_string())).or_default() += 1;
             }
         }
         let mut s = format!(
@@ -87,11 +85,7 @@ pub fn outcome_line(o: &CellOutcome) -> String {
             criterion,
             oracle,
         } => {
-            format!(
-                "PASS {} rel_l2={rel_l2:.2e} ({criterion}, vs {})",
-                o.id,
-                oracle.name()
-            )
+            format!("PASS {} rel_l2={rel_l2:.2e} ({criterion}, vs {})", o.id, oracle.name())
         }
         Verdict::Fail { detail, .. } => format!("FAIL {}: {detail}", o.id),
         Verdict::Skip(s) => format!("SKIP {}: {s}", o.id),

@@ -132,10 +132,7 @@ impl Runner {
                 record_skip(&self.run_id, &id, &skip);
                 if self.required.contains(&skip.backend) {
                     Verdict::Fail {
-                        detail: format!(
-                            "MOE_REQUIRE lists `{}`, which skipped: {skip}",
-                            skip.backend
-                        ),
+                        detail: format!("MOE_REQUIRE lists `{}`, which skipped: {skip}", skip.backend),
                         rel_l2: None,
                     }
                 } else {
@@ -160,9 +157,8 @@ impl Runner {
         if !self.data.contains_key(&key) {
             self.data.insert(key.clone(), layer_data(cell)?);
         }
-        let is_oracle_cell = cell.backend == ORACLE_BACKEND
-            && cell.chunking.is_none()
-            && cell.parallel == Parallel::SINGLE;
+        let is_oracle_cell =
+            cell.backend == ORACLE_BACKEND && cell.chunking.is_none() && cell.parallel == Parallel::SINGLE;
         let (expected, oracle) = if is_oracle_cell {
             (naive_moe(&config, &self.data[&key])?, Oracle::Naive)
         } else {
@@ -173,25 +169,17 @@ impl Runner {
         let outs = if cell.parallel.world() > 1 {
             run_layer_ranks(&config, cell.parallel, &self.env, data)?
         } else {
-            vec![run_layer(
-                config,
-                &self.env,
-                &data.weights,
-                &data.x,
-                &data.logits,
-            )?]
+            vec![run_layer(config, &self.env, &data.weights, &data.x, &data.logits)?]
         };
         // The worst rank decides; NaN (from a non-finite output) counts as worst.
         let errs: Vec<f64> = outs.iter().map(|o| rel_l2(o, &expected)).collect();
         let worst = (0..errs.len())
             .max_by(|&a, &b| {
-                errs[a]
-                    .partial_cmp(&errs[b])
-                    .unwrap_or(if errs[a].is_nan() {
-                        std::cmp::Ordering::Greater
-                    } else {
-                        std::cmp::Ordering::Less
-                    })
+                errs[a].partial_cmp(&errs[b]).unwrap_or(if errs[a].is_nan() {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Less
+                })
             })
             .unwrap_or(0);
         let (out, err) = (&outs[worst], errs[worst]);
@@ -206,10 +194,7 @@ impl Runner {
                 }
             } else {
                 Verdict::Fail {
-                    detail: format!(
-                        "rel L2 {err:.3e} > {bound:.0e} against the {} oracle",
-                        oracle.name()
-                    ),
+                    detail: format!("rel L2 {err:.3e} > {bound:.0e} against the {} oracle", oracle.name()),
                     rel_l2: Some(err),
                 }
             }
@@ -231,10 +216,7 @@ impl Runner {
                     oracle,
                 },
                 Ok(_) => Verdict::Fail {
-                    detail: format!(
-                        "rel L2 {err:.3e} > {bound:.0e} against the {} oracle",
-                        oracle.name()
-                    ),
+                    detail: format!("rel L2 {err:.3e} > {bound:.0e} against the {} oracle", oracle.name()),
                     rel_l2: Some(err),
                 },
                 Err(detail) => Verdict::Fail {

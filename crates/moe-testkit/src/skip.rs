@@ -22,11 +22,7 @@ pub struct SkipReason {
 
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} rejects: {} ({})",
-            self.backend, self.reason, self.detail
-        )
+        write!(f, "{} rejects: {} ({})", self.backend, self.reason, self.detail)
     }
 }
 
@@ -103,13 +99,7 @@ pub fn record_skip(run: &str, cell: &str, skip: &SkipReason) {
         .map(std::fs::create_dir_all)
         .transpose()
         .ok()
-        .and_then(|_| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .ok()
-        });
+        .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(&path).ok());
     if let Some(mut f) = written {
         let _ = writeln!(f, "{line}");
     }

@@ -21,11 +21,7 @@ pub struct Tolerance {
 
 impl Tolerance {
     pub const fn new(rtol: f64, atol: f64, percent: f64) -> Tolerance {
-        Tolerance {
-            rtol,
-            atol,
-            percent,
-        }
+        Tolerance { rtol, atol, percent }
     }
 
     /// Every element within tolerance (`assert_close`).
@@ -106,11 +102,7 @@ pub struct AccuracyReport {
 /// TensorRT-LLM's `check_accuracy`: `Ok` when the mismatch fraction is below
 /// `1 - tol.percent`, `Err` with the numbers otherwise (and for a length mismatch or
 /// non-finite values, which never pass).
-pub fn check_accuracy(
-    out: &[f32],
-    reference: &[f32],
-    tol: Tolerance,
-) -> Result<AccuracyReport, String> {
+pub fn check_accuracy(out: &[f32], reference: &[f32], tol: Tolerance) -> Result<AccuracyReport, String> {
     if out.len() != reference.len() {
         return Err(format!(
             "length mismatch: out has {} elements, reference {}",

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moe::{create_moe, create_moe_with, CreateOptions, ForwardOptions, LayerParts};
+use moe::{CreateOptions, ForwardOptions, LayerParts, create_moe, create_moe_with};
 use moe_comm::MpiGroup;
-use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::*;
 
 const E: usize = 8;
@@ -33,9 +33,18 @@ fn tensor(seed: u64, shape: Vec<usize>, scale: f32) -> Tensor {
 fn weights() -> MemoryWeights {
     let mut w = MemoryWeights::new();
     for e in 0..E as u64 {
-        w.insert(expert_tensor_name(e as usize, Proj::W1, "weight"), tensor(100 + e, vec![I, H], 0.5));
-        w.insert(expert_tensor_name(e as usize, Proj::W3, "weight"), tensor(200 + e, vec![I, H], 0.5));
-        w.insert(expert_tensor_name(e as usize, Proj::W2, "weight"), tensor(300 + e, vec![H, I], 0.5));
+        w.insert(
+            expert_tensor_name(e as usize, Proj::W1, "weight"),
+            tensor(100 + e, vec![I, H], 0.5),
+        );
+        w.insert(
+            expert_tensor_name(e as usize, Proj::W3, "weight"),
+            tensor(200 + e, vec![I, H], 0.5),
+        );
+        w.insert(
+            expert_tensor_name(e as usize, Proj::W2, "weight"),
+            tensor(300 + e, vec![H, I], 0.5),
+        );
     }
     w
 }
@@ -83,7 +92,13 @@ fn run(g: &Arc<MpiGroup>, list: &[usize], case: &Case<'_>) -> Result<(f32, moe::
     let want = want.narrow_rows(start, list[rank])?.to_f32_vec("want")?;
 
     let mut c = config(case.backend, case.chunk);
-    c.parallel = ParallelConfig { ep_size: world, ep_rank: rank, tp_size: 1, tp_rank: 0, attention_dp: true };
+    c.parallel = ParallelConfig {
+        ep_size: world,
+        ep_rank: rank,
+        tp_size: 1,
+        tp_rank: 0,
+        attention_dp: true,
+    };
     c.eplb = case.eplb.clone();
     let parts = LayerParts {
         group: Some(g.clone() as Arc<dyn ProcessGroup>),
@@ -91,10 +106,19 @@ fn run(g: &Arc<MpiGroup>, list: &[usize], case: &Case<'_>) -> Result<(f32, moe::
         comm_timeout: Duration::from_secs(30),
         ..LayerParts::default()
     };
-    let mut layer = create_moe_with(c, CreateOptions { parts, ..CreateOptions::default() })?;
+    let mut layer = create_moe_with(
+        c,
+        CreateOptions {
+            parts,
+            ..CreateOptions::default()
+        },
+    )?;
     layer.load_weights(&w)?;
     let (xs, ls) = (x.narrow_rows(start, list[rank])?, l.narrow_rows(start, list[rank])?);
-    let opts = ForwardOptions { all_rank_num_tokens: Some(list.to_vec()), use_dp_padding: false };
+    let opts = ForwardOptions {
+        all_rank_num_tokens: Some(list.to_vec()),
+        use_dp_padding: false,
+    };
     let mut worst = 0.0f32;
     for _ in 0..case.iterations {
         let got = layer.forward_with(&xs, &ls, &opts)?.to_f32_vec("got")?;
@@ -115,10 +139,22 @@ fn main() -> ExitCode {
     // Uneven tokens, rank 1 empty.
     let list: Vec<usize> = (0..world).map(|r| if r == 1 { 0 } else { 3 + 2 * r }).collect();
     let mut failures = Vec::new();
-    let cases = [("allgather", None), ("alltoall", None), ("packed", None), ("auto", Some("cpu-fused"))];
+    let cases = [
+        ("allgather", None),
+        ("alltoall", None),
+        ("packed", None),
+        ("auto", Some("cpu-fused")),
+    ];
     for (comm, backend) in cases {
         for chunk in [None, Some(2)] {
-            let case = Case { backend, comm, chunk, eplb: None, hot: false, iterations: 1 };
+            let case = Case {
+                backend,
+                comm,
+                chunk,
+                eplb: None,
+                hot: false,
+                iterations: 1,
+            };
             match run(&g, &list, &case) {
                 Ok((err, _)) if err < 1e-4 => {}
                 Ok((err, _)) => failures.push(format!("{comm}/{backend:?}/chunk {chunk:?}: max abs error {err}")),
@@ -127,13 +163,26 @@ fn main() -> ExitCode {
         }
     }
     // Dynamic EPLB: 12 slots over the ranks, rebalanced every iteration.
-    let eplb = Some(EplbConfig { num_slots: 12, layer_updates_per_iter: 1, initial_global_assignments: None });
-    let case = Case { backend: None, comm: "alltoall", chunk: Some(4), eplb, hot: true, iterations: 4 };
+    let eplb = Some(EplbConfig {
+        num_slots: 12,
+        layer_updates_per_iter: 1,
+        initial_global_assignments: None,
+    });
+    let case = Case {
+        backend: None,
+        comm: "alltoall",
+        chunk: Some(4),
+        eplb,
+        hot: true,
+        iterations: 4,
+    };
     let dense: Vec<usize> = (0..world).map(|r| 10 + 3 * r).collect();
     match run(&g, &dense, &case) {
         Ok((err, layer)) => {
             if err >= 1e-4 {
-                failures.push(format!("dynamic eplb: max abs error {err} against the single-rank layer"));
+                failures.push(format!(
+                    "dynamic eplb: max abs error {err} against the single-rank layer"
+                ));
             }
             match layer.rebalance_reports().first() {
                 Some(r) if r.balancedness_after > r.balancedness_before => println!(

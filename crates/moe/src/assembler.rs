@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moe_core::{
-    Communication, EplbSupportStatus, ProcessGroup, Eligibility, ExpertPartition, ForwardArgs, LayerView, LoadBalancer, MoeBackend, MoeConfig,
-    MoeDeployment, MoeError, MoeProblem, MoeScheduler, RejectReason, ResolutionReport, Result, SchedulerKind, Tensor,
-    WeightSource,
+    Communication, Eligibility, EplbSupportStatus, ExpertPartition, ForwardArgs, LayerView, LoadBalancer, MoeBackend,
+    MoeConfig, MoeDeployment, MoeError, MoeProblem, MoeScheduler, ProcessGroup, RejectReason, ResolutionReport, Result,
+    SchedulerKind, Tensor, WeightSource,
 };
 use moe_eplb::{Algorithm, DynamicBalancer, Placement, StaticBalancer};
 use moe_scheduler::create_moe_scheduler;
 
 use crate::comm_factory::build_comm;
-use crate::migration::Staging;
 use crate::comm_slot::{CommSlot, FallbackFactory};
+use crate::migration::Staging;
 use crate::registry::BackendEntry;
 
 /// Communication and load balancing handed to the assembler by the caller.
@@ -86,7 +86,10 @@ impl std::fmt::Debug for ConfigurableMoe {
 impl ConfigurableMoe {
     /// The assembler is never an implementation of its own (TensorRT-LLM `NOT_AN_IMPL`).
     pub fn can_implement(_problem: &MoeProblem, _deployment: &MoeDeployment) -> Eligibility {
-        Eligibility::no(RejectReason::NotAnImpl, "ConfigurableMoe assembles a backend; it does not compute")
+        Eligibility::no(
+            RejectReason::NotAnImpl,
+            "ConfigurableMoe assembles a backend; it does not compute",
+        )
     }
 
     pub(crate) fn assemble(
@@ -119,13 +122,19 @@ impl ConfigurableMoe {
         };
         if fused && config.parallel.parallel_size() > 1 {
             let group = parts_group.clone().ok_or_else(|| {
-                MoeError::config("parallel", "a fused-communication backend over several ranks needs a process group")
+                MoeError::config(
+                    "parallel",
+                    "a fused-communication backend over several ranks needs a process group",
+                )
             })?;
             backend.bind_process_group(group)?;
             report.comm = Some(moe_core::CommSelection {
                 requested: comm_choice,
                 chosen: Some(format!("in-kernel ({})", backend.name())),
-                passed_over: vec![("host strategies".into(), "the backend owns its exchange (FusedComm)".into())],
+                passed_over: vec![(
+                    "host strategies".into(),
+                    "the backend owns its exchange (FusedComm)".into(),
+                )],
             });
         }
         let balancer = match (parts.balancer, &config.eplb) {
@@ -144,7 +153,7 @@ impl ConfigurableMoe {
                                 "quant method `{}` does not support online EPLB (its experts cannot be migrated); use a static placement (layer_updates_per_iter = 0)",
                                 backend.quant_method().name()
                             ),
-                        })
+                        });
                     }
                     EplbSupportStatus::NotVerified => tracing::warn!(
                         quant = backend.quant_method().name(),
@@ -153,7 +162,10 @@ impl ConfigurableMoe {
                     EplbSupportStatus::Supported => {}
                 }
                 let group = parts_group.clone();
-                Some(Box::new(DynamicBalancer::from_moe_config(&config, Algorithm::default(), group)?) as Box<dyn LoadBalancer>)
+                Some(
+                    Box::new(DynamicBalancer::from_moe_config(&config, Algorithm::default(), group)?)
+                        as Box<dyn LoadBalancer>,
+                )
             }
             (None, None) => None,
         };
@@ -301,10 +313,16 @@ impl ConfigurableMoe {
     /// Copies a published migration plan into the backend's slots, then lets the balancer
     /// route by the new placement. Runs between forwards only.
     fn apply_pending_migration(&mut self) -> Result<()> {
-        let Some(balancer) = self.balancer.as_mut() else { return Ok(()) };
-        let Some(plan) = balancer.take_migration() else { return Ok(()) };
+        let Some(balancer) = self.balancer.as_mut() else {
+            return Ok(());
+        };
+        let Some(plan) = balancer.take_migration() else {
+            return Ok(());
+        };
         let staging = self.staging.as_ref().ok_or_else(|| {
-            MoeError::lifecycle("a migration was planned but the layer has no staging copies (weights loaded partially?)")
+            MoeError::lifecycle(
+                "a migration was planned but the layer has no staging copies (weights loaded partially?)",
+            )
         })?;
         self.migrated_slots += staging.apply(self.backend.as_mut(), &self.partition, &plan)?;
         balancer.migration_applied(&plan)

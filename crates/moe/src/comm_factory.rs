@@ -39,10 +39,17 @@ pub(crate) fn build_comm(
     let p = &config.parallel;
     let world = p.parallel_size();
     if world == 1 {
-        return Ok(BuiltComm { strategy: None, fallback: None, selection: None });
+        return Ok(BuiltComm {
+            strategy: None,
+            fallback: None,
+            selection: None,
+        });
     }
     let group = group.ok_or_else(|| {
-        MoeError::config("parallel", format!("the layer spans {world} ranks but no process group was given"))
+        MoeError::config(
+            "parallel",
+            format!("the layer spans {world} ranks but no process group was given"),
+        )
     })?;
     if group.size() != world || group.rank() != p.parallel_rank() {
         return Err(MoeError::config(
@@ -60,7 +67,11 @@ pub(crate) fn build_comm(
     let name = match requested {
         "auto" => {
             if replicated || p.tp_size > 1 {
-                let why = if replicated { "tokens are replicated without attention-DP" } else { "MoE-TP shards every expert" };
+                let why = if replicated {
+                    "tokens are replicated without attention-DP"
+                } else {
+                    "MoE-TP shards every expert"
+                };
                 passed_over.push(("alltoall".to_string(), why.to_string()));
                 "allgather"
             } else if config.moe_max_num_tokens.is_some_and(|m| m * world <= PACKED_MAX_ROWS) {
@@ -77,17 +88,25 @@ pub(crate) fn build_comm(
             return Err(MoeError::config(
                 "comm",
                 "alltoall needs attention-DP and MoE-TP size 1 (every token lives on one rank, every expert on one rank)",
-            ))
+            ));
         }
         "allgather" | "alltoall" | "packed" => requested,
         other => {
-            return Err(MoeError::config("comm", format!("unknown strategy `{other}`; known: {}", COMM_NAMES.join(", "))))
+            return Err(MoeError::config(
+                "comm",
+                format!("unknown strategy `{other}`; known: {}", COMM_NAMES.join(", ")),
+            ));
         }
     };
     let strategy: Box<dyn Communication> = match name {
         "allgather" => Box::new(AllGatherReduceScatter::new(group.clone(), timeout)),
         "packed" => Box::new(PackedAllGather::new(group.clone(), timeout, PACKED_MAX_ROWS)),
-        _ => Box::new(AllToAll::new(group.clone(), timeout, slot_owners(config, allow_non_divisible)?, ALLTOALL_CAPACITY_ROWS)),
+        _ => Box::new(AllToAll::new(
+            group.clone(),
+            timeout,
+            slot_owners(config, allow_non_divisible)?,
+            ALLTOALL_CAPACITY_ROWS,
+        )),
     };
     let fallback_group = group;
     let fallback: FallbackFactory = Box::new(move || {
@@ -96,7 +115,11 @@ pub(crate) fn build_comm(
     Ok(BuiltComm {
         strategy: Some(strategy),
         fallback: Some(fallback),
-        selection: Some(CommSelection { requested: requested.to_string(), chosen: Some(name.to_string()), passed_over }),
+        selection: Some(CommSelection {
+            requested: requested.to_string(),
+            chosen: Some(name.to_string()),
+            passed_over,
+        }),
     })
 }
 

@@ -17,7 +17,11 @@ pub(crate) struct CommSlot {
 
 impl CommSlot {
     pub(crate) fn new(strategy: Option<Box<dyn Communication>>, fallback: Option<FallbackFactory>) -> Self {
-        CommSlot { strategy, fallback, fallbacks: 0 }
+        CommSlot {
+            strategy,
+            fallback,
+            fallbacks: 0,
+        }
     }
 
     pub(crate) fn name(&self) -> Option<&'static str> {
@@ -38,11 +42,15 @@ impl CommHandle for CommSlot {
     }
 
     fn determine_communication_method(&mut self, all_rank_num_tokens: &[usize], num_chunks: usize) -> Result<()> {
-        let Some(current) = self.strategy.as_mut() else { return Ok(()) };
+        let Some(current) = self.strategy.as_mut() else {
+            return Ok(());
+        };
         if !current.is_alltoall() || current.is_workload_feasible(all_rank_num_tokens, num_chunks) {
             return Ok(());
         }
-        let Some(make) = self.fallback.as_mut() else { return Ok(()) };
+        let Some(make) = self.fallback.as_mut() else {
+            return Ok(());
+        };
         let replacement = make()?;
         tracing::warn!(
             from = current.name(),

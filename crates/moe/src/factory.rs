@@ -24,7 +24,11 @@ pub struct CreateOptions {
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        CreateOptions { env: None, allow_degradation: true, parts: LayerParts::default() }
+        CreateOptions {
+            env: None,
+            allow_degradation: true,
+            parts: LayerParts::default(),
+        }
     }
 }
 
@@ -56,7 +60,10 @@ pub(crate) fn resolve_in(
         Some(name) => {
             let family = registry::family(registry, name).ok_or_else(|| {
                 let known: Vec<_> = registry.iter().map(|e| e.name).collect();
-                MoeError::config("backend", format!("unknown backend `{name}`; known: {}", known.join(", ")))
+                MoeError::config(
+                    "backend",
+                    format!("unknown backend `{name}`; known: {}", known.join(", ")),
+                )
             })?;
             let mut candidates = family.clone();
             if !NO_FALLBACK.contains(&name) && !family.iter().any(|e| e.name == FALLBACK) {
@@ -71,9 +78,11 @@ pub(crate) fn resolve_in(
     for c in &candidates {
         match (c.can_implement)(&problem, &deployment) {
             moe_core::Eligibility::Ok => eligible.push(c.name.to_string()),
-            moe_core::Eligibility::No { reason, detail } => {
-                rejected.push(RejectedCandidate { backend: c.name.into(), reason, detail })
-            }
+            moe_core::Eligibility::No { reason, detail } => rejected.push(RejectedCandidate {
+                backend: c.name.into(),
+                reason,
+                detail,
+            }),
         }
     }
     let winner = eligible.first().cloned();
@@ -110,7 +119,11 @@ pub fn create_moe_with(config: MoeConfig, options: CreateOptions) -> Result<Conf
     let report = resolve_moe_impl(&config, &env)?;
     let winner = match &report.winner {
         Some(w) => w.clone(),
-        None => return Err(MoeError::NoEligibleBackend { detail: rejection_trail(&report) }),
+        None => {
+            return Err(MoeError::NoEligibleBackend {
+                detail: rejection_trail(&report),
+            });
+        }
     };
     if report.degraded() {
         if !options.allow_degradation {
@@ -130,8 +143,9 @@ pub fn create_moe_with(config: MoeConfig, options: CreateOptions) -> Result<Conf
             rejection_trail(&report)
         );
     }
-    let entry = registry::lookup(REGISTRY, &winner)
-        .ok_or_else(|| MoeError::NoEligibleBackend { detail: format!("winner `{winner}` is not registered") })?;
+    let entry = registry::lookup(REGISTRY, &winner).ok_or_else(|| MoeError::NoEligibleBackend {
+        detail: format!("winner `{winner}` is not registered"),
+    })?;
     ConfigurableMoe::assemble(config, entry, report, options.parts)
 }
 
@@ -190,13 +204,32 @@ mod tests {
     }
 
     static FAKE: &[BackendEntry] = &[
-        BackendEntry { name: "fast", can_implement: only_f32, capabilities: caps, build: no_build },
-        BackendEntry { name: "cpu", can_implement: any, capabilities: caps, build: no_build },
-        BackendEntry { name: "reference", can_implement: never, capabilities: caps, build: no_build },
+        BackendEntry {
+            name: "fast",
+            can_implement: only_f32,
+            capabilities: caps,
+            build: no_build,
+        },
+        BackendEntry {
+            name: "cpu",
+            can_implement: any,
+            capabilities: caps,
+            build: no_build,
+        },
+        BackendEntry {
+            name: "reference",
+            can_implement: never,
+            capabilities: caps,
+            build: no_build,
+        },
     ];
 
     fn env() -> MoeEnvironment {
-        MoeEnvironment { cpu_threads: 2, cuda_sm: None, available_deps: vec![] }
+        MoeEnvironment {
+            cpu_threads: 2,
+            cuda_sm: None,
+            available_deps: vec![],
+        }
     }
 
     fn config(dtype: DType, backend: Option<&str>) -> MoeConfig {
@@ -211,7 +244,11 @@ mod tests {
         assert_eq!(r.winner.as_deref(), Some("fast"));
         assert_eq!(r.selected_by, SelectedBy::Pinned);
         assert!(!r.degraded());
-        assert_eq!(r.alternatives(), &["cpu".to_string()], "the fallback is asked too and listed");
+        assert_eq!(
+            r.alternatives(),
+            &["cpu".to_string()],
+            "the fallback is asked too and listed"
+        );
     }
 
     #[test]
@@ -245,7 +282,12 @@ mod tests {
 
     #[test]
     fn unknown_backend_is_an_error_naming_it() {
-        let err = resolve_in(FAKE, &config(DType::F32, Some("tpu")), &env()).unwrap_err().to_string();
-        assert!(err.contains("unknown backend `tpu`") && err.contains("fast, cpu, reference"), "{err}");
+        let err = resolve_in(FAKE, &config(DType::F32, Some("tpu")), &env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown backend `tpu`") && err.contains("fast, cpu, reference"),
+            "{err}"
+        );
     }
 }

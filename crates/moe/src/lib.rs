@@ -23,8 +23,8 @@ pub use assembler::{ConfigurableMoe, ForwardOptions, LayerParts};
 pub use comm_factory::COMM_NAMES;
 pub use comm_slot::FallbackFactory;
 pub use env::probe_environment;
-pub use factory::{create_moe, create_moe_with, resolve_moe_impl, CreateOptions};
-pub use registry::{BackendEntry, BACKEND_NAMES, REGISTRY};
+pub use factory::{CreateOptions, create_moe, create_moe_with, resolve_moe_impl};
+pub use registry::{BACKEND_NAMES, BackendEntry, REGISTRY};
 
 /// Process groups a multi-rank layer runs over: in-process ranks (threads) always, MPI ranks
 /// with the `mpi` feature. Re-exported so model code and tools reach them through the

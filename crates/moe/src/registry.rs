@@ -5,9 +5,7 @@
 use moe_backends::cpu::CpuBackend;
 use moe_backends::cpu_fused::FusedCpuBackend;
 use moe_backends::reference::ReferenceBackend;
-use moe_core::{
-    Capabilities, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeProblem, Result,
-};
+use moe_core::{Capabilities, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeProblem, Result};
 
 /// One backend, as the factory sees it.
 #[derive(Clone, Copy)]
@@ -20,7 +18,9 @@ pub struct BackendEntry {
 
 impl std::fmt::Debug for BackendEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendEntry").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("BackendEntry")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -29,7 +29,12 @@ fn build<B: MoeBackend + 'static>(config: &MoeConfig, partition: ExpertPartition
 }
 
 const fn entry<B: MoeBackend + 'static>(name: &'static str) -> BackendEntry {
-    BackendEntry { name, can_implement: B::can_implement, capabilities: B::declared_capabilities, build: build::<B> }
+    BackendEntry {
+        name,
+        can_implement: B::can_implement,
+        capabilities: B::declared_capabilities,
+        build: build::<B>,
+    }
 }
 
 /// Every backend, in the order candidates are tried (fastest first; the reference oracle last).
@@ -67,7 +72,13 @@ mod tests {
         let names: Vec<_> = REGISTRY.iter().map(|e| e.name).collect();
         assert_eq!(names, BACKEND_NAMES);
         for e in REGISTRY {
-            let config = MoeConfig::new(4, 8, 8, moe_core::DType::F32, moe_core::RoutingMethod::Renormalize { top_k: 2 });
+            let config = MoeConfig::new(
+                4,
+                8,
+                8,
+                moe_core::DType::F32,
+                moe_core::RoutingMethod::Renormalize { top_k: 2 },
+            );
             let p = ExpertPartition::compute(&config, true).unwrap();
             let b = (e.build)(&config, p).unwrap();
             assert_eq!(b.name(), e.name, "registry name must be the backend's own name");

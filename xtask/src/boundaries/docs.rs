@@ -17,12 +17,7 @@ fn backticked(line: &str) -> Vec<&str> {
 }
 
 /// Checks `text` (the doc) against the rule ids and the workspace sources.
-pub fn check(
-    text: Option<&str>,
-    rule_ids: &[&str],
-    files: &[SourceFile],
-    out: &mut Vec<Violation>,
-) {
+pub fn check(text: Option<&str>, rule_ids: &[&str], files: &[SourceFile], out: &mut Vec<Violation>) {
     let Some(text) = text else {
         out.push(Violation::new(
             ARCHITECTURE_DOC,
@@ -62,16 +57,11 @@ pub fn check(
             } else if span.contains("::") {
                 let name = span.rsplit("::").next().unwrap_or(span);
                 let needle = format!("fn {name}(");
-                if !files
-                    .iter()
-                    .any(|f| f.code.iter().any(|l| l.contains(&needle)))
-                {
+                if !files.iter().any(|f| f.code.iter().any(|l| l.contains(&needle))) {
                     out.push(Violation::new(
                         ARCHITECTURE_DOC,
                         "architecture-doc",
-                        format!(
-                            "line {n}: no test `fn {name}` in the workspace (named as `{span}`)"
-                        ),
+                        format!("line {n}: no test `fn {name}` in the workspace (named as `{span}`)"),
                     ));
                 }
             }

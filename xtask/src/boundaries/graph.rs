@@ -67,11 +67,7 @@ pub const EXTERNAL_OWNERS: &[(&str, &[&str], &str)] = &[
         &[KERNELS, COMM],
         "CUDA driver/NVRTC/cuBLAS live in moe-kernels, NCCL in moe-comm",
     ),
-    (
-        "mpi",
-        &[COMM],
-        "MPI is one ProcessGroup implementation of moe-comm",
-    ),
+    ("mpi", &[COMM], "MPI is one ProcessGroup implementation of moe-comm"),
     (
         "safetensors",
         // moe-cli writes `--output` tensors and moe-testkit reads the fixtures' io files; both
@@ -79,16 +75,8 @@ pub const EXTERNAL_OWNERS: &[(&str, &[&str], &str)] = &[
         &[HF, QUANT, CLI, TESTKIT],
         "checkpoint formats belong to the loaders (moe-hf, moe-quant)",
     ),
-    (
-        "clap",
-        &[CLI, XTASK],
-        "argument parsing belongs to binaries",
-    ),
-    (
-        "indicatif",
-        &[CLI, XTASK],
-        "progress bars belong to binaries",
-    ),
+    ("clap", &[CLI, XTASK], "argument parsing belongs to binaries"),
+    ("indicatif", &[CLI, XTASK], "progress bars belong to binaries"),
     (
         "anyhow",
         &[CLI, XTASK],
@@ -109,12 +97,7 @@ fn permits(allowed: Allowed, dep: &str) -> bool {
 
 /// Checks one member manifest. `file` is its path relative to the root; `workspace_crates`
 /// are the package names of all members.
-pub fn check_manifest(
-    file: &str,
-    m: &Manifest,
-    workspace_crates: &[String],
-    out: &mut Vec<Violation>,
-) {
+pub fn check_manifest(file: &str, m: &Manifest, workspace_crates: &[String], out: &mut Vec<Violation>) {
     let Some(krate) = m.package.as_deref() else {
         out.push(Violation::new(file, "graph", "no [package] name".into()));
         return;
@@ -144,13 +127,7 @@ pub fn check_manifest(
     }
 }
 
-fn check_internal(
-    file: &str,
-    krate: &str,
-    allowed: Allowed,
-    dep: &super::manifest::Dep,
-    out: &mut Vec<Violation>,
-) {
+fn check_internal(file: &str, krate: &str, allowed: Allowed, dep: &super::manifest::Dep, out: &mut Vec<Violation>) {
     let at = format!("line {}: {} `{}`", dep.line, dep.kind.table(), dep.name);
     if !dep.workspace || dep.has_path {
         out.push(Violation::new(
@@ -185,14 +162,8 @@ fn check_internal(
             }
         }
         DepKind::Dev => {
-            let extra = DEV_EXTRA
-                .iter()
-                .find(|(k, _)| *k == krate)
-                .map_or(&[][..], |(_, e)| *e);
-            if !(permits(allowed, &dep.name)
-                || dep.name == TESTKIT
-                || extra.contains(&dep.name.as_str()))
-            {
+            let extra = DEV_EXTRA.iter().find(|(k, _)| *k == krate).map_or(&[][..], |(_, e)| *e);
+            if !(permits(allowed, &dep.name) || dep.name == TESTKIT || extra.contains(&dep.name.as_str())) {
                 out.push(Violation::new(
                     file,
                     "graph-dev",

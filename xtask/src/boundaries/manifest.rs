@@ -65,11 +65,7 @@ enum Section {
 fn dep_kind_of(table: &str) -> Option<DepKind> {
     // `[target.'cfg(..)'.dependencies]` counts as its plain table.
     let last = table.rsplit('.').next().unwrap_or(table);
-    let base = if table.starts_with("target.") {
-        last
-    } else {
-        table
-    };
+    let base = if table.starts_with("target.") { last } else { table };
     match base {
         "dependencies" => Some(DepKind::Normal),
         "dev-dependencies" | "dev_dependencies" => Some(DepKind::Dev),
@@ -89,11 +85,7 @@ fn line_key(line: &str) -> Option<(&str, &str)> {
     } else {
         key_part.split('.').next()?.trim()
     };
-    if key.is_empty()
-        || !key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return None;
     }
     Some((key, value.trim()))
@@ -102,8 +94,7 @@ fn line_key(line: &str) -> Option<(&str, &str)> {
 fn quoted_value_of<'a>(text: &'a str, field: &str) -> Option<&'a str> {
     let mut rest = text;
     while let Some(i) = rest.find(field) {
-        let before_ok = i == 0
-            || !rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let before_ok = i == 0 || !rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         let after = rest[i + field.len()..].trim_start();
         if let (true, Some(v)) = (before_ok, after.strip_prefix('=')) {
             let v = v.trim_start().strip_prefix('"')?;
@@ -193,11 +184,7 @@ pub fn parse(text: &str) -> Manifest {
             .map(|(_, a)| a.trim());
         match section {
             Section::Package if key == "name" => {
-                m.package = value
-                    .trim_matches('"')
-                    .split('"')
-                    .next()
-                    .map(str::to_string);
+                m.package = value.trim_matches('"').split('"').next().map(str::to_string);
             }
             Section::Lints if key == "workspace" => m.lints_workspace = value == "true",
             Section::Workspace if key == "members" => {
@@ -206,10 +193,8 @@ pub fn parse(text: &str) -> Manifest {
             }
             Section::Deps(kind) => {
                 let name = quoted_value_of(value, "package").unwrap_or(key).to_string();
-                let workspace = (dotted_attr == Some("workspace") && value == "true")
-                    || has_true(value, "workspace");
-                let has_path =
-                    dotted_attr == Some("path") || quoted_value_of(value, "path").is_some();
+                let workspace = (dotted_attr == Some("workspace") && value == "true") || has_true(value, "workspace");
+                let has_path = dotted_attr == Some("path") || quoted_value_of(value, "path").is_some();
                 m.deps.push(Dep {
                     name,
                     kind,

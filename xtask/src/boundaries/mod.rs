@@ -84,10 +84,7 @@ pub fn rules() -> Vec<RuleInfo> {
     ];
     for r in patterns::RULES {
         if !v.iter().any(|i| i.id == r.id) {
-            v.push(RuleInfo {
-                id: r.id,
-                what: r.what,
-            });
+            v.push(RuleInfo { id: r.id, what: r.what });
         }
     }
     v.push(RuleInfo {
@@ -98,7 +95,10 @@ pub fn rules() -> Vec<RuleInfo> {
         id: "doc-comment",
         what: "every .rs file starts with a `//!` comment",
     });
-    v.push(RuleInfo { id: "safety-comment", what: "every `unsafe {` / `unsafe impl` has a `// SAFETY:` comment within the 3 lines above" });
+    v.push(RuleInfo {
+        id: "safety-comment",
+        what: "every `unsafe {` / `unsafe impl` has a `// SAFETY:` comment within the 3 lines above",
+    });
     v
 }
 
@@ -112,8 +112,7 @@ pub fn check(root: &Path) -> Result<Vec<Violation>> {
     let mut members = Vec::new();
     for dir in &dirs {
         let path = dir.join("Cargo.toml");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         members.push((source::relative(root, &path), manifest::parse(&text)));
     }
     if let Err(krate) = graph::topological_order() {
@@ -123,15 +122,11 @@ pub fn check(root: &Path) -> Result<Vec<Violation>> {
             format!("the layer table ALLOWED has a cycle through `{krate}`"),
         ));
     }
-    let names: Vec<String> = members
-        .iter()
-        .filter_map(|(_, m)| m.package.clone())
-        .collect();
+    let names: Vec<String> = members.iter().filter_map(|(_, m)| m.package.clone()).collect();
     for (rel, m) in &members {
         graph::check_manifest(rel, m, &names, &mut out);
     }
-    let files = source::collect(root)
-        .with_context(|| format!("reading sources under {}", root.display()))?;
+    let files = source::collect(root).with_context(|| format!("reading sources under {}", root.display()))?;
     for file in &files {
         patterns::check(file, &mut out);
         tidy::check(file, &mut out);

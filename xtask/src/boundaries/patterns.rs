@@ -169,8 +169,7 @@ pub fn matches_prefix(prefix: &str, rel: &str) -> bool {
 }
 
 fn in_scope(rule: &PatternRule, rel: &str) -> bool {
-    rule.include.iter().any(|p| matches_prefix(p, rel))
-        && !rule.exclude.iter().any(|p| matches_prefix(p, rel))
+    rule.include.iter().any(|p| matches_prefix(p, rel)) && !rule.exclude.iter().any(|p| matches_prefix(p, rel))
 }
 
 /// Runs every pattern rule over `file`.
@@ -179,11 +178,7 @@ pub fn check(file: &SourceFile, out: &mut Vec<Violation>) {
     for rule in RULES.iter().filter(applies) {
         for (i, line) in file.code.iter().enumerate() {
             if let Some(msg) = (rule.find)(line) {
-                out.push(Violation::new(
-                    &file.rel,
-                    rule.id,
-                    format!("line {}: {msg}", i + 1),
-                ));
+                out.push(Violation::new(&file.rel, rule.id, format!("line {}: {msg}", i + 1)));
             }
         }
     }
@@ -203,20 +198,12 @@ fn writes_repeat_idx(line: &str) -> Option<String> {
         let after = line[pos + "repeat_idx".len()..].trim_start();
         let path = path_before(line, pos);
         let before = line[..pos - path.len()].trim_end();
-        let compound = ["+=", "-=", "*=", "/="]
-            .iter()
-            .any(|op| after.starts_with(op));
+        let compound = ["+=", "-=", "*=", "/="].iter().any(|op| after.starts_with(op));
         let assign = after.starts_with('=') && !after.starts_with("==") && !after.starts_with("=>");
         let local_binding = before.ends_with("let") || before.ends_with("let mut");
-        let mutator = [
-            ".fetch_add(",
-            ".fetch_sub(",
-            ".store(",
-            ".set(",
-            ".replace(",
-        ]
-        .iter()
-        .any(|m| after.starts_with(m));
+        let mutator = [".fetch_add(", ".fetch_sub(", ".store(", ".set(", ".replace("]
+            .iter()
+            .any(|m| after.starts_with(m));
         let borrowed_mut = before.ends_with("&mut");
         if compound || (assign && !local_binding) || mutator || borrowed_mut {
             return Some("writes `repeat_idx`; the assembler advances it once per forward".into());
@@ -242,11 +229,8 @@ fn calls_lifecycle_hook(line: &str) -> Option<String> {
 
 fn manages_comm_lifetime(line: &str) -> Option<String> {
     for pos in word_positions(line, "destroy") {
-        if line[..pos].ends_with('.') && line[pos + "destroy".len()..].trim_start().starts_with('(')
-        {
-            return Some(
-                "destroys a communication strategy; its lifetime belongs to the assembler".into(),
-            );
+        if line[..pos].ends_with('.') && line[pos + "destroy".len()..].trim_start().starts_with('(') {
+            return Some("destroys a communication strategy; its lifetime belongs to the assembler".into());
         }
     }
     for strategy in COMM_STRATEGIES {
@@ -265,14 +249,8 @@ fn names_forward_policy(line: &str) -> Option<String> {
     const POLICY: &[(&str, &str)] = &[
         ("moe_max_num_tokens", "chunking is the scheduler's"),
         ("LoadBalancer", "EPLB ordering is the scheduler's"),
-        (
-            "Communication",
-            "dispatch/combine strategies are the scheduler's",
-        ),
-        (
-            "CommHandle",
-            "dispatch/combine strategies are the scheduler's",
-        ),
+        ("Communication", "dispatch/combine strategies are the scheduler's"),
+        ("CommHandle", "dispatch/combine strategies are the scheduler's"),
     ];
     POLICY
         .iter()
@@ -282,24 +260,18 @@ fn names_forward_policy(line: &str) -> Option<String> {
 
 fn names_process_group(line: &str) -> Option<String> {
     (!word_positions(line, "ProcessGroup").is_empty()).then(|| {
-        "names `ProcessGroup` without declaring `SchedulerKind::FusedComm`: host communication is the scheduler's".into()
+        "names `ProcessGroup` without declaring `SchedulerKind::FusedComm`: host communication is the scheduler's"
+            .into()
     })
 }
 
 fn declares_fused_comm(file: &SourceFile) -> bool {
-    file.code
-        .iter()
-        .any(|l| l.contains("SchedulerKind::FusedComm"))
+    file.code.iter().any(|l| l.contains("SchedulerKind::FusedComm"))
 }
 
 fn names_concrete_backend(line: &str) -> Option<String> {
-    if let Some(t) = CONCRETE_BACKENDS
-        .iter()
-        .find(|t| !word_positions(line, t).is_empty())
-    {
-        return Some(format!(
-            "names `{t}`; only the factory knows concrete backends"
-        ));
+    if let Some(t) = CONCRETE_BACKENDS.iter().find(|t| !word_positions(line, t).is_empty()) {
+        return Some(format!("names `{t}`; only the factory knows concrete backends"));
     }
     for module in BACKEND_NAMES {
         if line.contains(&format!("moe_backends::{module}")) {
@@ -320,19 +292,15 @@ fn names_concrete_backend(line: &str) -> Option<String> {
 fn constructs_layer_parts(line: &str) -> Option<String> {
     for pos in word_positions(line, "create_moe_scheduler") {
         let defines = line[..pos].trim_end().ends_with("fn");
-        if !defines
-            && line[pos + "create_moe_scheduler".len()..]
-                .trim_start()
-                .starts_with('(')
-        {
-            return Some(
-                "builds a scheduler; only ConfigurableMoe does (through moe::create_moe)".into(),
-            );
+        if !defines && line[pos + "create_moe_scheduler".len()..].trim_start().starts_with('(') {
+            return Some("builds a scheduler; only ConfigurableMoe does (through moe::create_moe)".into());
         }
     }
     let squashed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
     if squashed.contains(".build)(") {
-        return Some("builds a backend from a registry entry; only ConfigurableMoe does (through moe::create_moe)".into());
+        return Some(
+            "builds a backend from a registry entry; only ConfigurableMoe does (through moe::create_moe)".into(),
+        );
     }
     None
 }
@@ -342,8 +310,7 @@ fn reaches_cpu_kernels(line: &str) -> Option<String> {
     if squashed.contains("ops::linear(") || squashed.contains("moe_kernels::ops::linear") {
         return Some("calls `ops::linear`; expert compute goes through MoeBackend::run_moe".into());
     }
-    let grouped =
-        squashed.contains("moe_kernels::{") && !word_positions(&squashed, "cpu").is_empty();
+    let grouped = squashed.contains("moe_kernels::{") && !word_positions(&squashed, "cpu").is_empty();
     if squashed.contains("moe_kernels::cpu") || grouped {
         return Some("reaches `moe_kernels::cpu`; compute goes through MoeBackend::run_moe".into());
     }
@@ -355,10 +322,7 @@ fn ignores_test(line: &str) -> Option<String> {
     let attr = concat!("#[", "ignore");
     let cfg_attr = squashed.starts_with(concat!("#[", "cfg_attr(")) && squashed.contains(",ignore");
     if squashed.contains(attr) || cfg_attr {
-        return Some(
-            "ignores a test; unsupported cells are skipped by moe-testkit from can_implement"
-                .into(),
-        );
+        return Some("ignores a test; unsupported cells are skipped by moe-testkit from can_implement".into());
     }
     None
 }

@@ -141,11 +141,7 @@ pub fn strip_comments(lines: &[String]) -> Vec<String> {
 fn char_literal_len(s: &[char]) -> usize {
     match s {
         ['\'', '\\', _, '\'', ..] => 4,
-        ['\'', '\\', ..] => s
-            .iter()
-            .skip(2)
-            .position(|&c| c == '\'')
-            .map_or(1, |p| p + 3),
+        ['\'', '\\', ..] => s.iter().skip(2).position(|&c| c == '\'').map_or(1, |p| p + 3),
         ['\'', _, '\'', ..] => 3,
         _ => 1,
     }

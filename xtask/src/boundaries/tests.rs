@@ -88,18 +88,9 @@ workspace = true
 fn scope_prefixes_take_one_segment_wildcards() {
     use super::patterns::matches_prefix;
     assert!(matches_prefix("crates/*/src/", "crates/moe-hf/src/lib.rs"));
-    assert!(!matches_prefix(
-        "crates/*/src/",
-        "crates/moe-hf/tests/it/main.rs"
-    ));
-    assert!(matches_prefix(
-        "crates/moe/src/factory",
-        "crates/moe/src/factory.rs"
-    ));
-    assert!(!matches_prefix(
-        "crates/moe/src/",
-        "crates/moe-hf/src/lib.rs"
-    ));
+    assert!(!matches_prefix("crates/*/src/", "crates/moe-hf/tests/it/main.rs"));
+    assert!(matches_prefix("crates/moe/src/factory", "crates/moe/src/factory.rs"));
+    assert!(!matches_prefix("crates/moe/src/", "crates/moe-hf/src/lib.rs"));
     assert!(matches_prefix("", "xtask/src/main.rs"));
 }
 
@@ -138,11 +129,7 @@ fn copy_workspace() -> PathBuf {
     std::fs::create_dir_all(&dst).unwrap();
     std::fs::copy(src.join("Cargo.toml"), dst.join("Cargo.toml")).unwrap();
     std::fs::create_dir_all(dst.join("docs")).unwrap();
-    std::fs::copy(
-        src.join("docs/ARCHITECTURE.md"),
-        dst.join("docs/ARCHITECTURE.md"),
-    )
-    .unwrap();
+    std::fs::copy(src.join("docs/ARCHITECTURE.md"), dst.join("docs/ARCHITECTURE.md")).unwrap();
     let mut members: Vec<PathBuf> = std::fs::read_dir(src.join("crates"))
         .unwrap()
         .map(|e| e.unwrap().path())

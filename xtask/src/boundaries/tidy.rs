@@ -38,8 +38,7 @@ fn safety_comment(file: &SourceFile, out: &mut Vec<Violation>) {
             continue;
         }
         let has = |l: &String| l.contains("SAFETY:");
-        let mut justified =
-            has(&file.raw[i]) || file.raw[i.saturating_sub(SAFETY_WINDOW)..i].iter().any(has);
+        let mut justified = has(&file.raw[i]) || file.raw[i.saturating_sub(SAFETY_WINDOW)..i].iter().any(has);
         // Walk up a contiguous `//` block directly above.
         let mut j = i;
         while !justified && j > 0 && file.raw[j - 1].trim_start().starts_with("//") {
@@ -50,7 +49,10 @@ fn safety_comment(file: &SourceFile, out: &mut Vec<Violation>) {
             out.push(Violation::new(
                 &file.rel,
                 "safety-comment",
-                format!("line {}: `unsafe` without a `// SAFETY:` comment in the {SAFETY_WINDOW} lines above", i + 1),
+                format!(
+                    "line {}: `unsafe` without a `// SAFETY:` comment in the {SAFETY_WINDOW} lines above",
+                    i + 1
+                ),
             ));
         }
     }

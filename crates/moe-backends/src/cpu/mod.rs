@@ -19,20 +19,20 @@ mod plan;
 use std::sync::{Mutex, TryLockError};
 
 use moe_core::{
-    Capabilities, DType, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeProblem,
-    MoeRunContext, Result, Tensor,
+    Capabilities, DType, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeProblem, MoeRunContext,
+    Result, Tensor,
 };
-use moe_kernels::cpu::expert_mlp::{expert_mlp, MlpScratch};
+use moe_kernels::cpu::expert_mlp::{MlpScratch, expert_mlp};
 use moe_kernels::cpu::finalize::weighted_sum_rows;
 use moe_kernels::cpu::float_slice::FloatSlice;
 use moe_kernels::cpu::permute::SlotPermutation;
 use moe_kernels::cpu::scratch::ScratchPool;
 
 use crate::capabilities::{check, host_capabilities};
-use crate::inputs::{output_tensor, RunInputs};
-use crate::lifecycle::{delegate_to_expert_layer, ExpertLayer};
+use crate::inputs::{RunInputs, output_tensor};
+use crate::lifecycle::{ExpertLayer, delegate_to_expert_layer};
 use crate::views::LayerViews;
-use plan::{plan, WorkItem};
+use plan::{WorkItem, plan};
 
 /// Buffers of one `run_moe` call, kept across calls.
 #[derive(Debug, Default)]
@@ -85,7 +85,10 @@ fn run_items(items: &[WorkItem], out: &mut [f32], cx: &TaskContext<'_>) -> Resul
             let mid = items.len() / 2;
             let split = (items[mid].start - items[0].start) * cx.views.dims.hidden;
             let (left, right) = out.split_at_mut(split);
-            let (a, b) = rayon::join(|| run_items(&items[..mid], left, cx), || run_items(&items[mid..], right, cx));
+            let (a, b) = rayon::join(
+                || run_items(&items[..mid], left, cx),
+                || run_items(&items[mid..], right, cx),
+            );
             a.and(b)
         }
     }
@@ -98,7 +101,15 @@ fn run_item(item: &WorkItem, out: &mut [f32], cx: &TaskContext<'_>) -> Result<()
     x.resize(item.len * h, 0.0);
     cx.perm.gather_rows(cx.x, h, item.start..item.start + item.len, x)?;
     let weights = cx.views.slot(item.slot)?;
-    expert_mlp(x, item.len, &weights, cx.views.dims, &mut out[..item.len * h], mlp, cx.gemm_threads)
+    expert_mlp(
+        x,
+        item.len,
+        &weights,
+        cx.views.dims,
+        &mut out[..item.len * h],
+        mlp,
+        cx.gemm_threads,
+    )
 }
 
 impl MoeBackend for CpuBackend {
@@ -116,7 +127,11 @@ impl MoeBackend for CpuBackend {
 
     fn create(config: &MoeConfig, partition: ExpertPartition) -> Result<Self> {
         let layer = ExpertLayer::new(Self::NAME, &host_capabilities(), config, partition)?;
-        Ok(CpuBackend { layer, workspace: Mutex::new(Workspace::default()), pool: ScratchPool::new() })
+        Ok(CpuBackend {
+            layer,
+            workspace: Mutex::new(Workspace::default()),
+            pool: ScratchPool::new(),
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -152,7 +167,13 @@ impl MoeBackend for CpuBackend {
         ws.perm.compute(inp.slots, k, p.num_slots, p.slot_start..p.slot_end)?;
         let gemm_threads = plan(&ws.perm, rayon::current_num_threads(), &mut ws.items);
         ws.rows_out.resize(ws.perm.num_rows() * h, 0.0);
-        let cx = TaskContext { perm: &ws.perm, x: inp.x, views, gemm_threads, pool: &self.pool };
+        let cx = TaskContext {
+            perm: &ws.perm,
+            x: inp.x,
+            views,
+            gemm_threads,
+            pool: &self.pool,
+        };
         run_items(&ws.items, &mut ws.rows_out, &cx)?;
 
         let row_of_pair = ws.perm.row_of_pair();

@@ -64,16 +64,39 @@ mod tests {
         let inner = plan(&perm, 1, &mut items);
         assert_eq!(inner, 1);
         let want = vec![
-            WorkItem { slot: 0, start: 0, len: 14 },
-            WorkItem { slot: 0, start: 14, len: 13 },
-            WorkItem { slot: 0, start: 27, len: 13 },
-            WorkItem { slot: 2, start: 40, len: 3 },
+            WorkItem {
+                slot: 0,
+                start: 0,
+                len: 14,
+            },
+            WorkItem {
+                slot: 0,
+                start: 14,
+                len: 13,
+            },
+            WorkItem {
+                slot: 0,
+                start: 27,
+                len: 13,
+            },
+            WorkItem {
+                slot: 2,
+                start: 40,
+                len: 3,
+            },
         ];
         assert_eq!(items, want);
         // Decode: one row, 8 workers -> one item whose GEMMs get all 8.
         perm.compute(&[1], 1, 3, 0..3).unwrap();
         assert_eq!(plan(&perm, 8, &mut items), 8);
-        assert_eq!(items, vec![WorkItem { slot: 1, start: 0, len: 1 }]);
+        assert_eq!(
+            items,
+            vec![WorkItem {
+                slot: 1,
+                start: 0,
+                len: 1
+            }]
+        );
         perm.compute(&[], 1, 3, 0..3).unwrap();
         assert_eq!(plan(&perm, 8, &mut items), 8);
         assert!(items.is_empty());

@@ -1,7 +1,7 @@
 //! Shared fixtures: a deterministic PRNG, random checkpoints and routings, backend setup and
 //! the relative-L2 comparison.
 
-use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, ExpertPartition, MemoryWeights, MoeBackend, MoeConfig, MoeRunContext, RoutingMethod, Tensor};
 
 /// splitmix64: tiny, deterministic, good enough for test data.

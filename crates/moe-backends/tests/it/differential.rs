@@ -75,7 +75,11 @@ fn outputs_in_another_dtype_than_the_layer() {
     let (ids, w) = routing(9, 2, 4, 2);
     let want = run(&reference, &x, &ids, Some(&w), DType::F32);
     let got = run(&cpu, &x, &ids, Some(&w), DType::F32);
-    assert!(rel_l2(&got, &want) <= 1e-5, "f32 output of a bf16 layer: {:e}", rel_l2(&got, &want));
+    assert!(
+        rel_l2(&got, &want) <= 1e-5,
+        "f32 output of a bf16 layer: {:e}",
+        rel_l2(&got, &want)
+    );
 }
 
 #[test]
@@ -149,11 +153,19 @@ fn concurrent_calls_on_one_backend_agree() {
     // The work plan depends on the pool size, so the baseline runs in the same pool; then the
     // concurrent results must be bit-identical.
     let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
-    let serial: Vec<_> =
-        pool.install(|| inputs.iter().map(|(x, ids, w)| run(&cpu, x, ids, Some(w), DType::F32)).collect());
+    let serial: Vec<_> = pool.install(|| {
+        inputs
+            .iter()
+            .map(|(x, ids, w)| run(&cpu, x, ids, Some(w), DType::F32))
+            .collect()
+    });
     for _ in 0..3 {
-        let parallel: Vec<_> =
-            pool.install(|| inputs.par_iter().map(|(x, ids, w)| run(&cpu, x, ids, Some(w), DType::F32)).collect());
+        let parallel: Vec<_> = pool.install(|| {
+            inputs
+                .par_iter()
+                .map(|(x, ids, w)| run(&cpu, x, ids, Some(w), DType::F32))
+                .collect()
+        });
         assert!(parallel == serial, "concurrent calls differ from serial ones");
     }
 }

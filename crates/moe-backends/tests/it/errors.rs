@@ -7,7 +7,10 @@ use crate::common::{activations, checkpoint, config, loaded, run};
 
 fn backends(c: &MoeConfig) -> Vec<Box<dyn MoeBackend>> {
     let p = || ExpertPartition::compute(c, true).unwrap();
-    vec![Box::new(CpuBackend::create(c, p()).unwrap()), Box::new(ReferenceBackend::create(c, p()).unwrap())]
+    vec![
+        Box::new(CpuBackend::create(c, p()).unwrap()),
+        Box::new(ReferenceBackend::create(c, p()).unwrap()),
+    ]
 }
 
 fn ctx<'a>(x: &'a Tensor, ids: &'a Tensor, w: Option<&'a Tensor>) -> MoeRunContext<'a> {
@@ -34,8 +37,14 @@ fn lifecycle_order_is_enforced() {
     let ids = Tensor::from_i32(vec![3, 2], vec![0, 1, 2, 3, 1, 0]).unwrap();
     for mut b in backends(&c) {
         let name = b.name();
-        assert!(is_lifecycle(b.run_moe(&ctx(&x, &ids, None))), "{name}: run before create_weights");
-        assert!(matches!(b.load_weights(&src, false), Err(MoeError::Lifecycle { .. })), "{name}");
+        assert!(
+            is_lifecycle(b.run_moe(&ctx(&x, &ids, None))),
+            "{name}: run before create_weights"
+        );
+        assert!(
+            matches!(b.load_weights(&src, false), Err(MoeError::Lifecycle { .. })),
+            "{name}"
+        );
         b.create_weights().unwrap();
         assert!(is_lifecycle(b.run_moe(&ctx(&x, &ids, None))), "{name}: run before load");
 
@@ -48,7 +57,10 @@ fn lifecycle_order_is_enforced() {
             }
         }
         b.load_weights(&partial, true).unwrap();
-        assert!(is_lifecycle(b.run_moe(&ctx(&x, &ids, None))), "{name}: run after a partial load");
+        assert!(
+            is_lifecycle(b.run_moe(&ctx(&x, &ids, None))),
+            "{name}: run after a partial load"
+        );
         let err = b.process_weights_after_loading().unwrap_err().to_string();
         assert!(err.contains("slot 2 (expert 2)"), "{name}: {err}");
 
@@ -60,9 +72,15 @@ fn lifecycle_order_is_enforced() {
 
         // Reloading needs pre_reload_weights; afterwards the layer is not runnable until
         // the new weights are processed.
-        assert!(matches!(b.load_weights(&src, false), Err(MoeError::Lifecycle { .. })), "{name}");
+        assert!(
+            matches!(b.load_weights(&src, false), Err(MoeError::Lifecycle { .. })),
+            "{name}"
+        );
         b.pre_reload_weights().unwrap();
-        assert!(is_lifecycle(b.run_moe(&ctx(&x, &ids, None))), "{name}: run after pre_reload");
+        assert!(
+            is_lifecycle(b.run_moe(&ctx(&x, &ids, None))),
+            "{name}: run after pre_reload"
+        );
         assert!(b.expert_weights().loaded.iter().all(|l| !l));
         b.load_weights(&src, false).unwrap();
         let again = b.run_moe(&ctx(&x, &ids, None)).unwrap();
@@ -119,16 +137,25 @@ fn malformed_inputs_are_typed_errors() {
         for bad in [-1, 4] {
             let ids_bad = Tensor::from_i32(vec![3, 2], vec![0, 1, 2, 3, bad, 0]).unwrap();
             let err = b.run_moe(&ctx(&x, &ids_bad, Some(&w))).unwrap_err().to_string();
-            assert!(err.contains(&format!("token 2, selection 0: slot id {bad}")), "{name}: {err}");
+            assert!(
+                err.contains(&format!("token 2, selection 0: slot id {bad}")),
+                "{name}: {err}"
+            );
         }
         // Activation scales make no sense for an unquantized layer.
         let mut with_sf = ctx(&x, &ids, Some(&w));
         with_sf.x_sf = Some(&w);
-        assert!(matches!(b.run_moe(&with_sf), Err(MoeError::DTypeMismatch { .. })), "{name}");
+        assert!(
+            matches!(b.run_moe(&with_sf), Err(MoeError::DTypeMismatch { .. })),
+            "{name}"
+        );
         // The output dtype must be a float type.
         let mut to_int = ctx(&x, &ids, Some(&w));
         to_int.output_dtype = DType::I32;
-        assert!(matches!(b.run_moe(&to_int), Err(MoeError::DTypeMismatch { .. })), "{name}");
+        assert!(
+            matches!(b.run_moe(&to_int), Err(MoeError::DTypeMismatch { .. })),
+            "{name}"
+        );
     }
 }
 

@@ -9,12 +9,19 @@ use moe_core::{
 use crate::common::config;
 
 fn env() -> MoeEnvironment {
-    MoeEnvironment { cpu_threads: 2, cuda_sm: None, available_deps: vec![] }
+    MoeEnvironment {
+        cpu_threads: 2,
+        cuda_sm: None,
+        available_deps: vec![],
+    }
 }
 
 fn verdicts(c: &moe_core::MoeConfig) -> [Eligibility; 2] {
     let (p, d) = (MoeProblem::from_config(c), MoeDeployment::from_config(c, env()));
-    [CpuBackend::can_implement(&p, &d), ReferenceBackend::can_implement(&p, &d)]
+    [
+        CpuBackend::can_implement(&p, &d),
+        ReferenceBackend::can_implement(&p, &d),
+    ]
 }
 
 #[test]
@@ -39,7 +46,10 @@ fn every_format_is_accepted_on_its_dtypes_and_refused_on_others_naming_both() {
                     Eligibility::No { reason, detail } => {
                         assert!(!supported, "{algo:?} on {dtype} refused: {detail}");
                         assert_eq!(reason, RejectReason::DtypeUnsupported);
-                        assert!(detail.contains(algo.as_str()) && detail.contains(dtype.as_str()), "{detail}");
+                        assert!(
+                            detail.contains(algo.as_str()) && detail.contains(dtype.as_str()),
+                            "{detail}"
+                        );
                     }
                 }
             }
@@ -74,7 +84,11 @@ fn supported_problems_are_accepted() {
     }
     let mut c = config(8, 16, 16, 2, DType::BF16);
     c.parallel.ep_size = 2;
-    c.eplb = Some(EplbConfig { num_slots: 10, layer_updates_per_iter: 0, initial_global_assignments: None });
+    c.eplb = Some(EplbConfig {
+        num_slots: 10,
+        layer_updates_per_iter: 0,
+        initial_global_assignments: None,
+    });
     assert_eq!(verdicts(&c), [Eligibility::Ok, Eligibility::Ok]);
 }
 
@@ -83,19 +97,41 @@ fn other_rejections_carry_their_reason() {
     let c = config(8, 16, 16, 2, DType::BF16);
     let (mut p, d) = (MoeProblem::from_config(&c), MoeDeployment::from_config(&c, env()));
     p.dtype_act = DType::I32;
-    assert!(matches!(CpuBackend::can_implement(&p, &d), Eligibility::No { reason: RejectReason::DtypeUnsupported, .. }));
+    assert!(matches!(
+        CpuBackend::can_implement(&p, &d),
+        Eligibility::No {
+            reason: RejectReason::DtypeUnsupported,
+            ..
+        }
+    ));
     p.dtype_act = DType::BF16;
     p.activation = "geglu".into();
     assert!(matches!(
         ReferenceBackend::can_implement(&p, &d),
-        Eligibility::No { reason: RejectReason::ActivationUnsupported, .. }
+        Eligibility::No {
+            reason: RejectReason::ActivationUnsupported,
+            ..
+        }
     ));
 
     let mut c = config(8, 16, 16, 2, DType::BF16);
     c.parallel.ep_size = 3;
-    c.eplb = Some(EplbConfig { num_slots: 8, layer_updates_per_iter: 0, initial_global_assignments: None });
+    c.eplb = Some(EplbConfig {
+        num_slots: 8,
+        layer_updates_per_iter: 0,
+        initial_global_assignments: None,
+    });
     for v in verdicts(&c) {
-        assert!(matches!(v, Eligibility::No { reason: RejectReason::SlotsNotDivisibleByEp, .. }), "{v:?}");
+        assert!(
+            matches!(
+                v,
+                Eligibility::No {
+                    reason: RejectReason::SlotsNotDivisibleByEp,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
     }
 }
 

@@ -141,7 +141,11 @@ fn eplb_replica_slots_reproduce_the_expert_layer() {
         let mut c = base.clone();
         c.parallel.ep_size = 2;
         c.parallel.ep_rank = r;
-        c.eplb = Some(EplbConfig { num_slots: 6, layer_updates_per_iter: 0, initial_global_assignments: None });
+        c.eplb = Some(EplbConfig {
+            num_slots: 6,
+            layer_updates_per_iter: 0,
+            initial_global_assignments: None,
+        });
         c
     };
     let got = sum_over_ranks::<CpuBackend>(2, rank_config, &src, &x, &slots, &w);

@@ -11,14 +11,14 @@
 //! malformed checkpoints are typed errors naming the tensor.
 
 use moe_backends::{CpuBackend, ReferenceBackend};
-use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{
     Activation, DType, MemoryWeights, MoeBackend, MoeConfig, MoeError, MoeRunContext, QuantAlgo, QuantConfig, Tensor,
 };
-use moe_kernels::cpu::act_quant::{qdq_rows, ActQuant};
-use moe_quant::quantize::{amax, dequantize, quantize_expert, ExpertMatrices};
+use moe_kernels::cpu::act_quant::{ActQuant, qdq_rows};
+use moe_quant::quantize::{ExpertMatrices, amax, dequantize, quantize_expert};
 
-use crate::common::{config, loaded, rel_l2, routing, Rng};
+use crate::common::{Rng, config, loaded, rel_l2, routing};
 
 const E: usize = 6;
 const H: usize = 256;
@@ -47,7 +47,11 @@ fn tolerance(algo: QuantAlgo, reference: &[f64]) -> Tolerance {
         QuantAlgo::Fp8Block => t(0.01, 0.1, 1.0),
         QuantAlgo::Nvfp4 => t(0.01, 0.15, 0.97),
         QuantAlgo::W4A16Mxfp4 | QuantAlgo::W4A16Int4 => t(0.10, 0.1, 0.85),
-        QuantAlgo::W8A16 => t(1e-7, 1.5 * reference.iter().fold(0.0f64, |m, v| m.max(v.abs())) / 128.0, 1.0),
+        QuantAlgo::W8A16 => t(
+            1e-7,
+            1.5 * reference.iter().fold(0.0f64, |m, v| m.max(v.abs())) / 128.0,
+            1.0,
+        ),
     }
 }
 
@@ -71,9 +75,21 @@ fn check_accuracy(out: &[f64], reference: &[f64], tol: Tolerance) -> Result<Accu
         max_abs_diff = max_abs_diff.max(d);
     }
     let mismatch_fraction = mismatches as f64 / out.len().max(1) as f64;
-    let acc = Accuracy { mismatch_fraction, max_abs_diff, rel_l2: rel_l2(out, reference) };
-    let pass = if tol.percent >= 1.0 { mismatches == 0 } else { mismatch_fraction < 1.0 - tol.percent };
-    if pass { Ok(acc) } else { Err(format!("{acc:?} outside {tol:?}")) }
+    let acc = Accuracy {
+        mismatch_fraction,
+        max_abs_diff,
+        rel_l2: rel_l2(out, reference),
+    };
+    let pass = if tol.percent >= 1.0 {
+        mismatches == 0
+    } else {
+        mismatch_fraction < 1.0 - tol.percent
+    };
+    if pass {
+        Ok(acc)
+    } else {
+        Err(format!("{acc:?} outside {tol:?}"))
+    }
 }
 
 /// The bf16 "model" layer: master weights (bf16 values in f32) and biases.
@@ -93,7 +109,13 @@ fn bf16(v: Vec<f32>) -> Vec<f32> {
 fn float_layer(seed: u64, gated: bool, bias: bool) -> FloatLayer {
     let mut rng = Rng::new(seed);
     let (sh, si) = (2.0 / (H as f32).sqrt(), 2.0 / (I as f32).sqrt());
-    let mut l = FloatLayer { gated, w1: vec![], w3: vec![], w2: vec![], bias: bias.then(Vec::new) };
+    let mut l = FloatLayer {
+        gated,
+        w1: vec![],
+        w3: vec![],
+        w2: vec![],
+        bias: bias.then(Vec::new),
+    };
     for _ in 0..E {
         l.w1.push(bf16(rng.vec(I * H, sh)));
         l.w3.push(if gated { bf16(rng.vec(I * H, sh)) } else { vec![] });
@@ -116,12 +138,31 @@ struct Dense {
 impl FloatLayer {
     fn dense(&self) -> Dense {
         Dense {
-            fc1: (0..E).map(|e| if self.gated { [self.w3[e].clone(), self.w1[e].clone()].concat() } else { self.w1[e].clone() }).collect(),
+            fc1: (0..E)
+                .map(|e| {
+                    if self.gated {
+                        [self.w3[e].clone(), self.w1[e].clone()].concat()
+                    } else {
+                        self.w1[e].clone()
+                    }
+                })
+                .collect(),
             fc2: self.w2.clone(),
             fc1_bias: self.bias.as_ref().map(|b| {
-                b.iter().map(|[b1, b3, _]| if self.gated { [b3.clone(), b1.clone()].concat() } else { b1.clone() }).collect()
+                b.iter()
+                    .map(|[b1, b3, _]| {
+                        if self.gated {
+                            [b3.clone(), b1.clone()].concat()
+                        } else {
+                            b1.clone()
+                        }
+                    })
+                    .collect()
             }),
-            fc2_bias: self.bias.as_ref().map(|b| b.iter().map(|[_, _, b2]| b2.clone()).collect()),
+            fc2_bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.iter().map(|[_, _, b2]| b2.clone()).collect()),
         }
     }
 }
@@ -142,7 +183,15 @@ fn activate(act: Activation, fc1: &[f64], inter: usize, c: usize) -> f64 {
 
 /// The dense f64 MoE: `Σ_k w_k · FC2(qdq2(act(FC1(qdq1(x)))))`; also returns the largest
 /// |activation| seen (the calibration amax of FC2's input).
-fn oracle(d: &Dense, act: Activation, x: &[f32], ids: &[i32], w: &[f32], q1: ActQuant, q2: ActQuant) -> (Vec<f64>, f32) {
+fn oracle(
+    d: &Dense,
+    act: Activation,
+    x: &[f32],
+    ids: &[i32],
+    w: &[f32],
+    q1: ActQuant,
+    q2: ActQuant,
+) -> (Vec<f64>, f32) {
     let fc1_rows = d.fc1[0].len() / H;
     let mut out = vec![0.0f64; N * H];
     let mut act_amax = 0.0f32;
@@ -187,7 +236,10 @@ fn quantized_checkpoint(q: &QuantConfig, layer: &FloatLayer, input_amax: [f32; 2
         if let Some(b) = &layer.bias {
             let [b1, b3, b2] = &b[e];
             let mut put = |p: Proj, v: &[f32]| {
-                src.insert(expert_tensor_name(e, p, "bias"), Tensor::from_f32_as(DType::BF16, vec![v.len()], v).unwrap())
+                src.insert(
+                    expert_tensor_name(e, p, "bias"),
+                    Tensor::from_f32_as(DType::BF16, vec![v.len()], v).unwrap(),
+                )
             };
             put(Proj::W1, b1);
             put(Proj::W2, b2);
@@ -204,31 +256,48 @@ fn dequantized(q: &QuantConfig, src: &MemoryWeights, layer: &FloatLayer) -> Dens
     let deq = |e: usize, p: Proj, out: usize, inp: usize| dequantize(q, src, e, p, out, inp).unwrap();
     let mut d = layer.dense();
     for e in 0..E {
-        d.fc1[e] = if layer.gated { [deq(e, Proj::W3, I, H), deq(e, Proj::W1, I, H)].concat() } else { deq(e, Proj::W1, I, H) };
+        d.fc1[e] = if layer.gated {
+            [deq(e, Proj::W3, I, H), deq(e, Proj::W1, I, H)].concat()
+        } else {
+            deq(e, Proj::W1, I, H)
+        };
         d.fc2[e] = deq(e, Proj::W2, H, I);
     }
     d
 }
 
 fn scalar(src: &MemoryWeights, e: usize, p: Proj, suffix: &str) -> f32 {
-    src.tensor(&expert_tensor_name(e, p, suffix)).unwrap().to_f32_vec(suffix).unwrap()[0]
+    src.tensor(&expert_tensor_name(e, p, suffix))
+        .unwrap()
+        .to_f32_vec(suffix)
+        .unwrap()[0]
 }
 
 /// The format's activation quantization, folded from the checkpoint as spec A.3 says (maxima
 /// of the input scales over all experts), independently of the quant methods.
 fn act_quants(q: &QuantConfig, src: &MemoryWeights, gated: bool) -> (ActQuant, ActQuant) {
     let max_over = |projs: &[Proj]| {
-        (0..E).flat_map(|e| projs.iter().map(move |&p| (e, p))).map(|(e, p)| scalar(src, e, p, "input_scale")).fold(0.0f32, f32::max)
+        (0..E)
+            .flat_map(|e| projs.iter().map(move |&p| (e, p)))
+            .map(|(e, p)| scalar(src, e, p, "input_scale"))
+            .fold(0.0f32, f32::max)
     };
     let fc1: &[Proj] = if gated { &[Proj::W1, Proj::W3] } else { &[Proj::W1] };
     match q.algo {
-        QuantAlgo::Fp8PerTensor => {
-            (ActQuant::Fp8PerTensor { scale: max_over(fc1) }, ActQuant::Fp8PerTensor { scale: max_over(&[Proj::W2]) })
-        }
+        QuantAlgo::Fp8PerTensor => (
+            ActQuant::Fp8PerTensor { scale: max_over(fc1) },
+            ActQuant::Fp8PerTensor {
+                scale: max_over(&[Proj::W2]),
+            },
+        ),
         QuantAlgo::Fp8Block => (ActQuant::Fp8Group { group: 128 }, ActQuant::Fp8Group { group: 128 }),
         QuantAlgo::Nvfp4 => (
-            ActQuant::Nvfp4 { global_scale: 1.0 / max_over(fc1) },
-            ActQuant::Nvfp4 { global_scale: 1.0 / max_over(&[Proj::W2]) },
+            ActQuant::Nvfp4 {
+                global_scale: 1.0 / max_over(fc1),
+            },
+            ActQuant::Nvfp4 {
+                global_scale: 1.0 / max_over(&[Proj::W2]),
+            },
         ),
         _ => (ActQuant::None, ActQuant::None),
     }
@@ -249,11 +318,20 @@ fn run_quantized(b: &dyn MoeBackend, x: &Tensor, ids: &[i32], w: &[f32]) -> Vec<
         all_rank_num_tokens: None,
         comm_plan: None,
     };
-    b.run_moe(&ctx).unwrap().to_f32_vec("out").unwrap().into_iter().map(f64::from).collect()
+    b.run_moe(&ctx)
+        .unwrap()
+        .to_f32_vec("out")
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }
 
 fn quant_config(algo: QuantAlgo) -> QuantConfig {
-    let mut q = QuantConfig { algo, ..QuantConfig::default() };
+    let mut q = QuantConfig {
+        algo,
+        ..QuantConfig::default()
+    };
     match algo {
         QuantAlgo::Fp8Block => q.weight_block_size = Some([128, 128]),
         QuantAlgo::W4A16Int4 => q.group_size = Some(128),
@@ -294,7 +372,15 @@ fn case(algo: QuantAlgo, act: Activation, bias: bool, seed: u64) -> Case {
     let src = quantized_checkpoint(&q, &layer, [amax(&xv), act_amax]);
     let (q1, q2) = act_quants(&q, &src, act.is_gated());
     let (want, _) = oracle(&dequantized(&q, &src, &layer), act, &xv, &ids, &w, q1, q2);
-    Case { c: layer_config(&q, act, bias), src, x, ids, w, want, float }
+    Case {
+        c: layer_config(&q, act, bias),
+        src,
+        x,
+        ids,
+        w,
+        want,
+        float,
+    }
 }
 
 /// Runs one format through both backends and checks (a) and (b) and the quantization error.
@@ -309,8 +395,10 @@ fn round_trip(algo: QuantAlgo, act: Activation, bias: bool, max_quant_err: f64, 
     let got_ref = run_quantized(&reference, &k.x, &k.ids, &k.w);
     let tol = tolerance(algo, &k.want);
     let what = format!("{algo:?} {act:?} bias={bias}");
-    let acc_cpu = check_accuracy(&got_cpu, &k.want, tol).unwrap_or_else(|e| panic!("{what}: cpu vs dequantized oracle: {e}"));
-    let acc_ref = check_accuracy(&got_ref, &k.want, tol).unwrap_or_else(|e| panic!("{what}: reference vs dequantized oracle: {e}"));
+    let acc_cpu =
+        check_accuracy(&got_cpu, &k.want, tol).unwrap_or_else(|e| panic!("{what}: cpu vs dequantized oracle: {e}"));
+    let acc_ref = check_accuracy(&got_ref, &k.want, tol)
+        .unwrap_or_else(|e| panic!("{what}: reference vs dequantized oracle: {e}"));
     let between = rel_l2(&got_cpu, &got_ref);
     let quant_err = rel_l2(&got_cpu, &k.float);
     // Shown with `--nocapture`: the measured errors of each format.
@@ -320,8 +408,14 @@ fn round_trip(algo: QuantAlgo, act: Activation, bias: bool, max_quant_err: f64, 
         acc_cpu.rel_l2, acc_cpu.max_abs_diff, acc_cpu.mismatch_fraction, acc_ref.rel_l2, between, quant_err
     );
     assert!(between <= cpu_vs_ref, "{what}: cpu vs reference rel L2 {between:e}");
-    assert!(quant_err <= max_quant_err, "{what}: quantization error vs the bf16 layer, rel L2 {quant_err:e}");
-    assert!(quant_err > 0.0 || algo == QuantAlgo::None, "{what}: no quantization happened");
+    assert!(
+        quant_err <= max_quant_err,
+        "{what}: quantization error vs the bf16 layer, rel L2 {quant_err:e}"
+    );
+    assert!(
+        quant_err > 0.0 || algo == QuantAlgo::None,
+        "{what}: no quantization happened"
+    );
 }
 
 // Bounds: weight-only formats differ between backends only by f32 summation order (~1e-6).
@@ -419,19 +513,27 @@ fn malformed_quantized_checkpoints_are_typed_errors_naming_the_tensor() {
         let mut src = good.clone();
         src.remove(&name);
         let err = load(&src);
-        assert!(matches!(&err, MoeError::MissingTensor { name: n } if *n == name), "{algo:?}: {err}");
+        assert!(
+            matches!(&err, MoeError::MissingTensor { name: n } if *n == name),
+            "{algo:?}: {err}"
+        );
 
         let mut src = good.clone();
         let t = good.tensor(&name).unwrap();
         src.insert(name.clone(), Tensor::zeros(t.dtype(), vec![2, t.numel()]));
         let err = load(&src);
-        assert!(matches!(&err, MoeError::ShapeMismatch { what, .. } if *what == name), "{algo:?}: {err}");
+        assert!(
+            matches!(&err, MoeError::ShapeMismatch { what, .. } if *what == name),
+            "{algo:?}: {err}"
+        );
 
         let weight = expert_tensor_name(1, Proj::W2, "weight");
         let mut src = good.clone();
         src.insert(weight.clone(), Tensor::zeros(DType::BF16, vec![H, I]));
         let err = load(&src);
-        assert!(matches!(&err, MoeError::DTypeMismatch { what, .. } if *what == weight), "{algo:?}: {err}");
+        assert!(
+            matches!(&err, MoeError::DTypeMismatch { what, .. } if *what == weight),
+            "{algo:?}: {err}"
+        );
     }
 }
-

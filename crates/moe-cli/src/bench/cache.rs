@@ -18,16 +18,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::{bail, Context};
-use moe_core::weights::{expert_tensor_name, Proj};
+use anyhow::{Context, bail};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, Tensor, TensorView, WeightSource};
 use moe_hf::Checkpoint;
 use serde::{Deserialize, Serialize};
 
-use super::preset::{Preset, WeightFormat, FP8_BLOCK};
+use super::preset::{FP8_BLOCK, Preset, WeightFormat};
 use crate::prng::SplitMix64;
 
 /// Bumped whenever the generated content changes, so stale caches are not reused.
@@ -66,7 +66,11 @@ pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 /// Directory of `preset`'s cache under `root`.
 pub fn dir_of(root: &Path, preset: &Preset, seed: u64) -> PathBuf {
-    root.join(format!("{}-{}-seed{seed}-v{CACHE_VERSION}", preset.name, preset.weights.name()))
+    root.join(format!(
+        "{}-{}-seed{seed}-v{CACHE_VERSION}",
+        preset.name,
+        preset.weights.name()
+    ))
 }
 
 /// Opens the cache of `preset` under `root`, generating whatever is missing: the weights when
@@ -86,15 +90,19 @@ pub fn ensure(root: &Path, preset: &Preset, seed: u64, rows: usize, progress: Pr
         shards,
         input_rows,
     };
-    let existing: Option<Meta> = std::fs::read_to_string(&meta_path).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let existing: Option<Meta> = std::fs::read_to_string(&meta_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     let mut meta = match existing {
         Some(m) if m == expected(m.shards.clone(), m.input_rows) && m.shards.iter().all(|s| dir.join(s).is_file()) => m,
         _ => {
             // Incomplete or from another version: start over.
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("clearing the stale cache `{}`", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing the stale cache `{}`", dir.display()))?;
             }
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating the cache directory `{}`", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating the cache directory `{}`", dir.display()))?;
             let shards = write_experts(&dir, preset, seed, progress)?;
             expected(shards, 0)
         }
@@ -111,7 +119,8 @@ pub fn ensure(root: &Path, preset: &Preset, seed: u64, rows: usize, progress: Pr
 impl Cache {
     /// The expert weights, memory-mapped, under their canonical names.
     pub fn weights(&self) -> anyhow::Result<CachedWeights> {
-        let ck = Checkpoint::open(&self.dir).with_context(|| format!("opening the weight cache `{}`", self.dir.display()))?;
+        let ck = Checkpoint::open(&self.dir)
+            .with_context(|| format!("opening the weight cache `{}`", self.dir.display()))?;
         Ok(CachedWeights(ck))
     }
 
@@ -145,7 +154,8 @@ impl WeightSource for CachedWeights {
 
 /// A seed per (run seed, stream, index): independent streams without a shared generator.
 fn stream_seed(seed: u64, stream: u64, index: u64) -> u64 {
-    let mut g = SplitMix64::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut g =
+        SplitMix64::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     g.next_u64()
 }
 
@@ -174,10 +184,14 @@ fn expert_tensors(preset: &Preset, seed: u64, e: usize) -> anyhow::Result<Vec<(S
         let mut rng = SplitMix64::new(stream_seed(seed, 1 + k, e as u64));
         let w = rng.fill(rows * cols, a);
         match preset.weights {
-            WeightFormat::F32 => out.push((expert_tensor_name(e, proj, "weight"), Tensor::from_f32(vec![rows, cols], w)?)),
-            WeightFormat::Bf16 => {
-                out.push((expert_tensor_name(e, proj, "weight"), Tensor::from_f32_as(DType::BF16, vec![rows, cols], &w)?))
-            }
+            WeightFormat::F32 => out.push((
+                expert_tensor_name(e, proj, "weight"),
+                Tensor::from_f32(vec![rows, cols], w)?,
+            )),
+            WeightFormat::Bf16 => out.push((
+                expert_tensor_name(e, proj, "weight"),
+                Tensor::from_f32_as(DType::BF16, vec![rows, cols], &w)?,
+            )),
             WeightFormat::Fp8Block => {
                 for (suffix, t) in moe_quant::quantize::fp8_block(&w, rows, cols, [FP8_BLOCK, FP8_BLOCK])? {
                     out.push((expert_tensor_name(e, proj, suffix), t));
@@ -199,8 +213,10 @@ fn st_dtype(d: DType) -> anyhow::Result<safetensors::Dtype> {
 
 /// Writes `tensors` as one safetensors file.
 fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
-    let views: Vec<(String, TensorView<'_>)> =
-        tensors.iter().map(|(n, t)| Ok((n.clone(), t.view()?))).collect::<anyhow::Result<_>>()?;
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.view()?)))
+        .collect::<anyhow::Result<_>>()?;
     let mut st = Vec::with_capacity(views.len());
     for (name, v) in &views {
         let view = safetensors::tensor::TensorView::new(st_dtype(v.dtype)?, v.shape.clone(), &v.data)
@@ -219,7 +235,9 @@ fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>)
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let weight_map = Mutex::new(BTreeMap::new());
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(n_shards);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(n_shards);
     std::thread::scope(|s| -> anyhow::Result<()> {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -232,7 +250,9 @@ fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>)
                         let experts = shard * per_shard..((shard + 1) * per_shard).min(preset.experts);
                         let mut tensors = Vec::new();
                         for e in experts {
-                            tensors.extend(expert_tensors(preset, seed, e).with_context(|| format!("generating expert {e}"))?);
+                            tensors.extend(
+                                expert_tensors(preset, seed, e).with_context(|| format!("generating expert {e}"))?,
+                            );
                             progress(done.fetch_add(1, Ordering::Relaxed) + 1, preset.experts);
                         }
                         write_file(&dir.join(&names[shard]), &tensors)?;
@@ -245,7 +265,8 @@ fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>)
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a weight generation thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a weight generation thread panicked"))??;
         }
         Ok(())
     })?;
@@ -258,14 +279,23 @@ fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>)
 
 /// Writes `rows` rows of `x` and `logits`; row `r` is the same whatever `rows` is.
 fn write_inputs(dir: &Path, preset: &Preset, seed: u64, rows: usize) -> anyhow::Result<()> {
-    let (mut x, mut logits) = (Vec::with_capacity(rows * preset.hidden), Vec::with_capacity(rows * preset.experts));
+    let (mut x, mut logits) = (
+        Vec::with_capacity(rows * preset.hidden),
+        Vec::with_capacity(rows * preset.experts),
+    );
     for r in 0..rows as u64 {
         x.extend(normals(&mut SplitMix64::new(stream_seed(seed, 100, r)), preset.hidden));
         logits.extend(normals(&mut SplitMix64::new(stream_seed(seed, 101, r)), preset.experts));
     }
     let tensors = vec![
-        ("logits".to_string(), Tensor::from_f32(vec![rows, preset.experts], logits)?),
-        ("x".to_string(), Tensor::from_f32_as(DType::BF16, vec![rows, preset.hidden], &x)?),
+        (
+            "logits".to_string(),
+            Tensor::from_f32(vec![rows, preset.experts], logits)?,
+        ),
+        (
+            "x".to_string(),
+            Tensor::from_f32_as(DType::BF16, vec![rows, preset.hidden], &x)?,
+        ),
     ];
     write_file(&dir.join(INPUTS_FILE), &tensors)
 }
@@ -299,7 +329,10 @@ mod tests {
         let again = ensure(&root, &preset, 7, 6, &|_, _| {}).unwrap();
         assert_eq!(std::fs::metadata(&shard).unwrap().modified().unwrap(), before);
         let (x6, _) = again.inputs(6).unwrap();
-        assert_eq!(x6.narrow_rows(0, 4).unwrap().to_f32_vec("x").unwrap(), x.to_f32_vec("x").unwrap());
+        assert_eq!(
+            x6.narrow_rows(0, 4).unwrap().to_f32_vec("x").unwrap(),
+            x.to_f32_vec("x").unwrap()
+        );
         // FP8 block weights carry their block scales.
         let fp8 = ensure(&root, &preset.with_weights(WeightFormat::Fp8Block), 7, 1, &|_, _| {}).unwrap();
         let fw = fp8.weights().unwrap();

@@ -70,15 +70,36 @@ pub fn gemm_gflops(n: usize, repeats: usize) -> f64 {
     let b = rng.fill(n * n, 1.0);
     let mut c = vec![0.0f32; n * n];
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     let times = time_repeats(repeats, || {
         // SAFETY: `a`, `b` and `c` are `n * n` row-major f32 matrices (row stride n, column
         // stride 1); the call reads and writes only (i, j) with i, j < n, inside all three.
         // `c` is a unique borrow, so the destination aliases neither input.
         unsafe {
             gemm::gemm(
-                n, n, n, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, n as isize, b.as_ptr(), 1, n as isize, 0.0f32,
-                1.0f32, false, false, false, parallelism,
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
             );
         }
     });
@@ -95,7 +116,10 @@ pub fn gemv_read_gbps(bytes: u64, repeats: usize) -> f64 {
     let rows = ((bytes / 4) as usize / cols).max(4) / 4 * 4;
     // Real values, written once: a zero-filled allocation could map every page to the one
     // shared zero page and measure the cache instead of memory.
-    let a: Vec<f32> = (0..rows * cols).into_par_iter().map(|i| ((i % 251) as f32) * 1e-3).collect();
+    let a: Vec<f32> = (0..rows * cols)
+        .into_par_iter()
+        .map(|i| ((i % 251) as f32) * 1e-3)
+        .collect();
     let x: Vec<f32> = (0..cols).map(|i| 1.0 + (i % 7) as f32).collect();
     let mut y = vec![0.0f32; rows];
     let workers = rayon::current_num_threads().max(1);
@@ -169,7 +193,12 @@ fn dot4_avx2(rows: &[f32], x: &[f32]) -> [f32; 4] {
         let mut lanes = [0.0f32; 8];
         // SAFETY: `lanes` holds exactly 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[r][0], acc[r][1])) };
-        *o = lanes.iter().sum::<f32>() + rows[r * k + i..(r + 1) * k].iter().zip(&x[i..]).map(|(a, b)| a * b).sum::<f32>();
+        *o = lanes.iter().sum::<f32>()
+            + rows[r * k + i..(r + 1) * k]
+                .iter()
+                .zip(&x[i..])
+                .map(|(a, b)| a * b)
+                .sum::<f32>();
     }
     out
 }
@@ -178,7 +207,13 @@ fn dot4_avx2(rows: &[f32], x: &[f32]) -> [f32; 4] {
 pub fn measure(gemm_n: usize, gemv_bytes: u64) -> Ceilings {
     let gemm = gemm_gflops(gemm_n, 10);
     let read = gemv_read_gbps(gemv_bytes, 10);
-    Ceilings { gemm_n, gemm_gflops: gemm, gemv_bytes, read_gbps: read, threads: rayon::current_num_threads() }
+    Ceilings {
+        gemm_n,
+        gemm_gflops: gemm,
+        gemv_bytes,
+        read_gbps: read,
+        threads: rayon::current_num_threads(),
+    }
 }
 
 #[cfg(test)]

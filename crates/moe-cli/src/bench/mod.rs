@@ -19,11 +19,11 @@ pub mod runner;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use ceilings::Ceilings;
-use preset::{Preset, WeightFormat, DEFAULT_RUN_MAX_FLOP, TOKENS};
+use preset::{DEFAULT_RUN_MAX_FLOP, Preset, TOKENS, WeightFormat};
 use report::{Machine, Page};
 use runner::Row;
 
@@ -100,12 +100,16 @@ struct Plan {
 /// The presets and rows the flags select, and notes on the default rows left out.
 fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
     let override_weights = match &args.weights {
-        Some(w) => Some(WeightFormat::parse(w).with_context(|| format!("unknown weight format `{w}` (f32, bf16, fp8-block)"))?),
+        Some(w) => Some(
+            WeightFormat::parse(w).with_context(|| format!("unknown weight format `{w}` (f32, bf16, fp8-block)"))?,
+        ),
         None => None,
     };
     let presets: Vec<Preset> = match &args.preset {
-        Some(name) => vec![Preset::find(name)
-            .with_context(|| format!("unknown preset `{name}` (known: {})", Preset::names().join(", ")))?],
+        Some(name) => vec![
+            Preset::find(name)
+                .with_context(|| format!("unknown preset `{name}` (known: {})", Preset::names().join(", ")))?,
+        ],
         None => preset::PRESETS.iter().copied().filter(|p| p.in_default_run).collect(),
     };
     let mut plans = Vec::new();
@@ -131,7 +135,13 @@ fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
         };
         let rows = tokens
             .into_iter()
-            .map(|t| (t, args.repeats.map_or_else(|| runner::default_repeats(runner::estimate_s(&p, t)), |r| r as usize)))
+            .map(|t| {
+                (
+                    t,
+                    args.repeats
+                        .map_or_else(|| runner::default_repeats(runner::estimate_s(&p, t)), |r| r as usize),
+                )
+            })
             .collect();
         plans.push(Plan { preset: p, rows });
     }
@@ -150,10 +160,21 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 /// Opens (generating if needed) the cache of `plan`'s preset, with a progress bar.
 fn cache_of(args: &BenchArgs, plan: &Plan) -> anyhow::Result<cache::Cache> {
     let p = &plan.preset;
-    let rows = plan.rows.iter().map(|r| r.0).max().unwrap_or(1).max(TOKENS[TOKENS.len() - 1]);
-    let bar_gen = bar(p.experts as u64, "{spinner} generating {msg} weights {bar:30} {pos}/{len} experts {elapsed}");
+    let rows = plan
+        .rows
+        .iter()
+        .map(|r| r.0)
+        .max()
+        .unwrap_or(1)
+        .max(TOKENS[TOKENS.len() - 1]);
+    let bar_gen = bar(
+        p.experts as u64,
+        "{spinner} generating {msg} weights {bar:30} {pos}/{len} experts {elapsed}",
+    );
     bar_gen.set_message(p.name);
-    let c = cache::ensure(&args.cache_dir, p, args.seed, rows, &|done, _| bar_gen.set_position(done as u64))?;
+    let c = cache::ensure(&args.cache_dir, p, args.seed, rows, &|done, _| {
+        bar_gen.set_position(done as u64)
+    })?;
     bar_gen.finish_and_clear();
     Ok(c)
 }
@@ -175,8 +196,11 @@ fn read_peer(path: &Path, ours: &[Row]) -> anyhow::Result<Vec<Row>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading peer timings `{}`", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let l: Line = serde_json::from_str(line).with_context(|| format!("{}:{}: not a peer timing line", path.display(), i + 1))?;
-        let Some(ours) = ours.iter().find(|r| r.preset == l.preset && r.tokens == l.tokens) else { continue };
+        let l: Line = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a peer timing line", path.display(), i + 1))?;
+        let Some(ours) = ours.iter().find(|r| r.preset == l.preset && r.tokens == l.tokens) else {
+            continue;
+        };
         let Some(p) = Preset::find(&l.preset) else { continue };
         let p = WeightFormat::parse(&ours.weights).map_or(p, |w| p.with_weights(w));
         let mut t = [l.median_ms / 1e3];
@@ -194,7 +218,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         for plan in &plans {
             let c = cache_of(&args, plan)?;
             let p = &plan.preset;
-            eprintln!("{}: {} experts, {:.2} GB of {} weights in {} shards", p.name, p.experts, p.total_bytes() as f64 / 1e9, p.weights, c.meta.shards.len());
+            eprintln!(
+                "{}: {} experts, {:.2} GB of {} weights in {} shards",
+                p.name,
+                p.experts,
+                p.total_bytes() as f64 / 1e9,
+                p.weights,
+                c.meta.shards.len()
+            );
             let rows: Vec<String> = plan.rows.iter().map(|(t, r)| format!("{t}:{r}")).collect();
             println!("{} {} {}", plan.preset.name, c.dir.display(), rows.join(","));
         }
@@ -205,14 +236,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let machine = Machine::probe();
     if machine.busy_rustc > 0 {
-        eprintln!("warning: {} rustc processes are running; timings will be noisy", machine.busy_rustc);
+        eprintln!(
+            "warning: {} rustc processes are running; timings will be noisy",
+            machine.busy_rustc
+        );
     }
     let ceilings: Ceilings = ceilings::measure(args.ceiling_gemm as usize, args.ceiling_mib << 20);
     if !args.json {
         println!("moe bench: {}", machine.line());
         println!("{}", report::ceilings_line(&ceilings));
     }
-    let total: u64 = plans.iter().flat_map(|p| p.rows.iter()).map(|(_, r)| (*r as u64) + args.warmup).sum();
+    let total: u64 = plans
+        .iter()
+        .flat_map(|p| p.rows.iter())
+        .map(|(_, r)| (*r as u64) + args.warmup)
+        .sum();
     let mut rows = Vec::new();
     let progress = bar(total, "{spinner} {msg} {bar:30} {pos}/{len} forwards {elapsed}");
     for plan in &plans {
@@ -224,8 +262,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             progress.set_message(format!("{} T={tokens}", p.name));
             let (x, logits) = cache.inputs(tokens)?;
             let touched = runner::touched(p, &logits)?;
-            let mut times = runner::time_forward(&mut layer, &x, &logits, args.warmup as usize, repeats, &|| progress.inc(1))
-                .with_context(|| format!("{} T={tokens} on {}", p.name, args.backend))?;
+            let mut times = runner::time_forward(&mut layer, &x, &logits, args.warmup as usize, repeats, &|| {
+                progress.inc(1)
+            })
+            .with_context(|| format!("{} T={tokens} on {}", p.name, args.backend))?;
             let row = Row::new(p, tokens, layer.backend_name(), &mut times, touched);
             if args.json {
                 // Rows stream out as they finish; the peer's are matched at the end.
@@ -263,7 +303,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("no rows were selected");
     }
     if let Some(path) = &args.markdown {
-        let machine = Machine { busy_rustc: machine.busy_rustc.max(report::busy_rustc()), ..machine };
+        let machine = Machine {
+            busy_rustc: machine.busy_rustc.max(report::busy_rustc()),
+            ..machine
+        };
         let page = report::markdown(&Page {
             machine: &machine,
             ceilings: &ceilings,

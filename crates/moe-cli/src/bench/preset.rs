@@ -29,7 +29,9 @@ impl WeightFormat {
     }
 
     pub fn parse(s: &str) -> Option<WeightFormat> {
-        [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Fp8Block].into_iter().find(|f| f.name() == s)
+        [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Fp8Block]
+            .into_iter()
+            .find(|f| f.name() == s)
     }
 
     /// Stored bytes of one `[rows, cols]` matrix, scales included.
@@ -72,12 +74,44 @@ pub const TOKENS: [usize; 5] = [1, 8, 64, 512, 4096];
 pub const DEFAULT_RUN_MAX_FLOP: f64 = 1.0e12;
 
 pub const PRESETS: [Preset; 4] = [
-    Preset { name: "qwen3-30b-a3b", hidden: 2048, inter: 768, experts: 128, top_k: 8, weights: WeightFormat::Bf16, in_default_run: true },
-    Preset { name: "mixtral-8x7b", hidden: 4096, inter: 14336, experts: 8, top_k: 2, weights: WeightFormat::Bf16, in_default_run: true },
+    Preset {
+        name: "qwen3-30b-a3b",
+        hidden: 2048,
+        inter: 768,
+        experts: 128,
+        top_k: 8,
+        weights: WeightFormat::Bf16,
+        in_default_run: true,
+    },
+    Preset {
+        name: "mixtral-8x7b",
+        hidden: 4096,
+        inter: 14336,
+        experts: 8,
+        top_k: 2,
+        weights: WeightFormat::Bf16,
+        in_default_run: true,
+    },
     // 22.5 GB in bf16 would not fit next to the OS in 24 GB; FP8 128-block is its released format.
-    Preset { name: "deepseek-v3", hidden: 7168, inter: 2048, experts: 256, top_k: 8, weights: WeightFormat::Fp8Block, in_default_run: true },
+    Preset {
+        name: "deepseek-v3",
+        hidden: 7168,
+        inter: 2048,
+        experts: 256,
+        top_k: 8,
+        weights: WeightFormat::Fp8Block,
+        in_default_run: true,
+    },
     // For tests and smoke runs: generated in milliseconds.
-    Preset { name: "tiny", hidden: 64, inter: 32, experts: 8, top_k: 2, weights: WeightFormat::Bf16, in_default_run: false },
+    Preset {
+        name: "tiny",
+        hidden: 64,
+        inter: 32,
+        experts: 8,
+        top_k: 2,
+        weights: WeightFormat::Bf16,
+        in_default_run: false,
+    },
 ];
 
 impl Preset {
@@ -159,7 +193,10 @@ mod tests {
         // 64x32 matrix: 2048 code bytes + one (partial) 128x128 block scale of 4 bytes.
         assert_eq!(WeightFormat::Fp8Block.matrix_bytes(64, 32), 2048 + 4);
         // DeepSeek-V3 gate: 2048x7168 codes + 16 x 56 scales.
-        assert_eq!(WeightFormat::Fp8Block.matrix_bytes(2048, 7168), 2048 * 7168 + 4 * 16 * 56);
+        assert_eq!(
+            WeightFormat::Fp8Block.matrix_bytes(2048, 7168),
+            2048 * 7168 + 4 * 16 * 56
+        );
         let p = Preset::find("tiny").unwrap().with_weights(WeightFormat::Fp8Block);
         assert_eq!(p.expert_bytes(), 3 * (2048 + 4));
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::ceilings::Ceilings;
 use super::runner::Row;
@@ -32,7 +32,11 @@ impl Machine {
     pub fn probe() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let field = |key: &str| {
-            cpuinfo.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+            cpuinfo
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
         };
         let mut cpu = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
         if let (Some(fam), Some(model)) = (field("cpu family"), field("model\t")) {
@@ -40,7 +44,11 @@ impl Machine {
         }
         let flags = field("flags").unwrap_or_default();
         let wanted = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16"];
-        let features = wanted.iter().filter(|w| flags.split_whitespace().any(|f| f == **w)).map(|w| w.to_string()).collect();
+        let features = wanted
+            .iter()
+            .filter(|w| flags.split_whitespace().any(|f| f == **w))
+            .map(|w| w.to_string())
+            .collect();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem_kib: f64 = meminfo
             .lines()
@@ -58,7 +66,13 @@ impl Machine {
     }
 
     pub fn line(&self) -> String {
-        format!("{}, {} cores (nproc), {:.1} GiB, {}", self.cpu, self.cores, self.memory_gib, self.features.join(" "))
+        format!(
+            "{}, {} cores (nproc), {:.1} GiB, {}",
+            self.cpu,
+            self.cores,
+            self.memory_gib,
+            self.features.join(" ")
+        )
     }
 }
 
@@ -135,17 +149,40 @@ pub fn table(rows: &[Row], peers: &[Row], c: &Ceilings) -> String {
     let _ = writeln!(
         s,
         "{:<14} {:<9} {:>5} {:<9} {:>10} {:>8} {:>8} {:>7} {:>17} {:>11} {:>8}",
-        "preset", "weights", "T", "backend", "median ms", "GFLOP/s", "GB/s", "experts", "vs ceiling", "peer ms", "speedup"
+        "preset",
+        "weights",
+        "T",
+        "backend",
+        "median ms",
+        "GFLOP/s",
+        "GB/s",
+        "experts",
+        "vs ceiling",
+        "peer ms",
+        "speedup"
     );
     for r in rows {
         let (pm, sp) = match peer_of(r, peers) {
-            Some(p) => (format!("{:.2}", p.median_ms), format!("{:.2}x", p.median_ms / r.median_ms)),
+            Some(p) => (
+                format!("{:.2}", p.median_ms),
+                format!("{:.2}x", p.median_ms / r.median_ms),
+            ),
             None => ("-".into(), "-".into()),
         };
         let _ = writeln!(
             s,
             "{:<14} {:<9} {:>5} {:<9} {:>10.2} {:>8.1} {:>8.2} {:>7} {:>17} {:>11} {:>8}",
-            r.preset, r.weights, r.tokens, r.backend, r.median_ms, r.gflops, r.weight_gbps, r.experts_touched, ratio_cell(r, c), pm, sp
+            r.preset,
+            r.weights,
+            r.tokens,
+            r.backend,
+            r.median_ms,
+            r.gflops,
+            r.weight_gbps,
+            r.experts_touched,
+            ratio_cell(r, c),
+            pm,
+            sp
         );
     }
     s
@@ -155,10 +192,16 @@ pub fn table(rows: &[Row], peers: &[Row], c: &Ceilings) -> String {
 pub fn targets(rows: &[Row], peers: &[Row], c: &Ceilings) -> Vec<String> {
     let mut out = Vec::new();
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let prefill: Vec<&Row> = rows.iter().filter(|r| r.tokens >= PREFILL_MIN_TOKENS && r.weights == "bf16").collect();
+    let prefill: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.tokens >= PREFILL_MIN_TOKENS && r.weights == "bf16")
+        .collect();
     if !prefill.is_empty() {
         let worst = prefill.iter().map(|r| r.gemm_ratio(c)).fold(f64::INFINITY, f64::min);
-        let cells: Vec<String> = prefill.iter().map(|r| format!("{} T={} {:.0}%", r.preset, r.tokens, 100.0 * r.gemm_ratio(c))).collect();
+        let cells: Vec<String> = prefill
+            .iter()
+            .map(|r| format!("{} T={} {:.0}%", r.preset, r.tokens, 100.0 * r.gemm_ratio(c)))
+            .collect();
         out.push(format!(
             "prefill (T >= {PREFILL_MIN_TOKENS}, bf16) >= {:.0}% of the GEMM ceiling: {} (worst {:.0}%: {})",
             100.0 * PREFILL_TARGET,
@@ -170,7 +213,10 @@ pub fn targets(rows: &[Row], peers: &[Row], c: &Ceilings) -> Vec<String> {
     let decode: Vec<&Row> = rows.iter().filter(|r| r.tokens <= DECODE_MAX_TOKENS).collect();
     if !decode.is_empty() {
         let worst = decode.iter().map(|r| r.read_ratio(c)).fold(f64::INFINITY, f64::min);
-        let cells: Vec<String> = decode.iter().map(|r| format!("{} T={} {:.0}%", r.preset, r.tokens, 100.0 * r.read_ratio(c))).collect();
+        let cells: Vec<String> = decode
+            .iter()
+            .map(|r| format!("{} T={} {:.0}%", r.preset, r.tokens, 100.0 * r.read_ratio(c)))
+            .collect();
         out.push(format!(
             "decode (T <= {DECODE_MAX_TOKENS}) >= {:.0}% of the read bandwidth: {} (worst {:.0}%: {})",
             100.0 * DECODE_TARGET,
@@ -181,7 +227,10 @@ pub fn targets(rows: &[Row], peers: &[Row], c: &Ceilings) -> Vec<String> {
     }
     let paired: Vec<(&Row, &Row)> = rows.iter().filter_map(|r| peer_of(r, peers).map(|p| (r, p))).collect();
     if !paired.is_empty() {
-        let worst = paired.iter().map(|(r, p)| p.median_ms / r.median_ms).fold(f64::INFINITY, f64::min);
+        let worst = paired
+            .iter()
+            .map(|(r, p)| p.median_ms / r.median_ms)
+            .fold(f64::INFINITY, f64::min);
         out.push(format!(
             "faster than {} on every row: {} (smallest speedup {:.2}x over {} rows)",
             paired[0].1.backend,
@@ -195,7 +244,9 @@ pub fn targets(rows: &[Row], peers: &[Row], c: &Ceilings) -> Vec<String> {
 
 /// Today's date (UTC) as `YYYY-MM-DD`, from the system clock.
 fn today() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = (secs / 86400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -232,21 +283,43 @@ pub fn markdown(p: &Page<'_>) -> String {
         p.command,
         today()
     );
-    let _ = writeln!(s, "The MoE layer on CPU, measured against this machine's own limits and against candle's MoE block on the same weights and inputs.\n");
+    let _ = writeln!(
+        s,
+        "The MoE layer on CPU, measured against this machine's own limits and against candle's MoE block on the same weights and inputs.\n"
+    );
     let _ = writeln!(s, "## Machine\n");
     let _ = writeln!(s, "- CPU: {} ({} cores per `nproc`)", p.machine.cpu, p.machine.cores);
     let _ = writeln!(s, "- Memory: {:.1} GiB", p.machine.memory_gib);
     let _ = writeln!(s, "- SIMD: {}", p.machine.features.join(", "));
     if p.machine.busy_rustc > 0 {
-        let _ = writeln!(s, "- **Noise:** {} `rustc` processes were running while measuring; the numbers are noisier than on a quiet machine.", p.machine.busy_rustc);
+        let _ = writeln!(
+            s,
+            "- **Noise:** {} `rustc` processes were running while measuring; the numbers are noisier than on a quiet machine.",
+            p.machine.busy_rustc
+        );
     } else {
         let _ = writeln!(s, "- No `rustc` was running at the start of the measurement.");
     }
     let _ = writeln!(s, "\n## Ceilings (measured in the same run)\n");
-    let _ = writeln!(s, "Best of 10 timed repetitions after a warm-up (a ceiling is what the machine can do; a higher one only makes the ratios below stricter).\n");
+    let _ = writeln!(
+        s,
+        "Best of 10 timed repetitions after a warm-up (a ceiling is what the machine can do; a higher one only makes the ratios below stricter).\n"
+    );
     let _ = writeln!(s, "| ceiling | how | value |\n|---|---|---|");
-    let _ = writeln!(s, "| compute | f32 GEMM {n}x{n}x{n}, `gemm` crate, {} threads | {:.1} GFLOP/s |", c.threads, c.gemm_gflops, n = c.gemm_n);
-    let _ = writeln!(s, "| memory | f32 GEMV over a {} MiB matrix, {} threads | {:.1} GB/s |", c.gemv_bytes >> 20, c.threads, c.read_gbps);
+    let _ = writeln!(
+        s,
+        "| compute | f32 GEMM {n}x{n}x{n}, `gemm` crate, {} threads | {:.1} GFLOP/s |",
+        c.threads,
+        c.gemm_gflops,
+        n = c.gemm_n
+    );
+    let _ = writeln!(
+        s,
+        "| memory | f32 GEMV over a {} MiB matrix, {} threads | {:.1} GB/s |",
+        c.gemv_bytes >> 20,
+        c.threads,
+        c.read_gbps
+    );
     let _ = writeln!(s, "| balance | GEMM / read | {:.1} FLOP per weight byte |", c.balance());
     let _ = writeln!(s, "\n## Results\n");
     let _ = writeln!(
@@ -260,17 +333,31 @@ pub fn markdown(p: &Page<'_>) -> String {
     );
     for r in p.rows {
         let (pm, pg, sp) = match peer_of(r, p.peers) {
-            Some(q) => (format!("{:.2}", q.median_ms), format!("{:.1}", q.gflops), format!("**{:.2}x**", q.median_ms / r.median_ms)),
+            Some(q) => (
+                format!("{:.2}", q.median_ms),
+                format!("{:.1}", q.gflops),
+                format!("**{:.2}x**", q.median_ms / r.median_ms),
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {} | {pm} | {pg} | {sp} |",
-            r.preset, r.weights, r.tokens, r.experts_touched, r.median_ms, r.gflops, r.weight_gbps, ratio_cell(r, c)
+            r.preset,
+            r.weights,
+            r.tokens,
+            r.experts_touched,
+            r.median_ms,
+            r.gflops,
+            r.weight_gbps,
+            ratio_cell(r, c)
         );
     }
     if !p.not_run.is_empty() {
-        let _ = writeln!(s, "\nNot in the default run (each would take minutes on this machine; `moe bench --preset P --tokens N` runs one):\n");
+        let _ = writeln!(
+            s,
+            "\nNot in the default run (each would take minutes on this machine; `moe bench --preset P --tokens N` runs one):\n"
+        );
         for n in p.not_run {
             let _ = writeln!(s, "- {n}");
         }
@@ -305,7 +392,13 @@ mod tests {
 
     #[test]
     fn targets_and_peer_speedups() {
-        let c = Ceilings { gemm_n: 8, gemm_gflops: 100.0, gemv_bytes: 1 << 20, read_gbps: 20.0, threads: 2 };
+        let c = Ceilings {
+            gemm_n: 8,
+            gemm_gflops: 100.0,
+            gemv_bytes: 1 << 20,
+            read_gbps: 20.0,
+            threads: 2,
+        };
         let ours = [row(1, "cpu", 0.001, 2), row(512, "cpu", 0.2, 8)];
         let peers = [row(1, "candle", 0.004, 2), row(512, "candle", 0.1, 8)];
         let t = targets(&ours, &peers, &c);
@@ -321,7 +414,14 @@ mod tests {
         for key in ["preset", "tokens", "backend", "median_ms", "gflops", "weight_gbps"] {
             assert!(j.get(key).is_some(), "{key}");
         }
-        let page = markdown(&Page { machine: &Machine::probe(), ceilings: &c, rows: &ours, peers: &peers, not_run: &[], command: "x" });
+        let page = markdown(&Page {
+            machine: &Machine::probe(),
+            ceilings: &c,
+            rows: &ours,
+            peers: &peers,
+            not_run: &[],
+            command: "x",
+        });
         assert!(page.contains("| tiny | bf16 | 1 |") && page.contains("**4.00x**"));
     }
 

@@ -9,8 +9,8 @@ use moe_core::{DType, MoeConfig, QuantAlgo, QuantConfig, RoutingMethod, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::cache::Cache;
-use super::ceilings::{median, Ceilings};
-use super::preset::{touched_experts, Preset, WeightFormat, FP8_BLOCK};
+use super::ceilings::{Ceilings, median};
+use super::preset::{FP8_BLOCK, Preset, WeightFormat, touched_experts};
 
 /// Routing of every preset: softmax over the logits, top-k, renormalized (Mixtral, Qwen3).
 /// DeepSeek-V3's sigmoid group routing is left out on purpose: the peer has none, and both
@@ -27,7 +27,11 @@ pub fn config(preset: &Preset, backend: &str) -> MoeConfig {
     };
     let mut c = MoeConfig::new(preset.experts, preset.hidden, preset.inter, dtype, routing(preset));
     if preset.weights == WeightFormat::Fp8Block {
-        c.quant = QuantConfig { algo: QuantAlgo::Fp8Block, weight_block_size: Some([FP8_BLOCK, FP8_BLOCK]), group_size: None };
+        c.quant = QuantConfig {
+            algo: QuantAlgo::Fp8Block,
+            weight_block_size: Some([FP8_BLOCK, FP8_BLOCK]),
+            group_size: None,
+        };
     }
     c.backend = Some(backend.to_string());
     c
@@ -35,12 +39,20 @@ pub fn config(preset: &Preset, backend: &str) -> MoeConfig {
 
 /// Builds the layer of `preset` on `backend` and loads the cached weights into it.
 pub fn build(preset: &Preset, backend: &str, cache: &Cache) -> anyhow::Result<ConfigurableMoe> {
-    let mut layer = moe::create_moe(config(preset, backend)).with_context(|| format!("building the {} layer", preset.name))?;
+    let mut layer =
+        moe::create_moe(config(preset, backend)).with_context(|| format!("building the {} layer", preset.name))?;
     if layer.backend_name() != backend {
-        anyhow::bail!("backend `{backend}` cannot run {} (the factory chose `{}`):\n{}", preset.name, layer.backend_name(), layer.report());
+        anyhow::bail!(
+            "backend `{backend}` cannot run {} (the factory chose `{}`):\n{}",
+            preset.name,
+            layer.backend_name(),
+            layer.report()
+        );
     }
     let weights = cache.weights()?;
-    layer.load_weights(&weights).with_context(|| format!("loading the {} weights from `{}`", preset.name, cache.dir.display()))?;
+    layer
+        .load_weights(&weights)
+        .with_context(|| format!("loading the {} weights from `{}`", preset.name, cache.dir.display()))?;
     Ok(layer)
 }
 
@@ -114,7 +126,14 @@ pub fn touched(preset: &Preset, logits: &Tensor) -> anyhow::Result<usize> {
 }
 
 /// Times `repeats` forwards of `layer` on `x` after `warmup` untimed ones.
-pub fn time_forward(layer: &mut ConfigurableMoe, x: &Tensor, logits: &Tensor, warmup: usize, repeats: usize, tick: &dyn Fn()) -> anyhow::Result<Vec<f64>> {
+pub fn time_forward(
+    layer: &mut ConfigurableMoe,
+    x: &Tensor,
+    logits: &Tensor,
+    warmup: usize,
+    repeats: usize,
+    tick: &dyn Fn(),
+) -> anyhow::Result<Vec<f64>> {
     for _ in 0..warmup {
         std::hint::black_box(layer.forward(x, logits)?);
         tick();
@@ -164,7 +183,13 @@ mod tests {
         assert!((r.gflops - 196608.0 / 0.002 / 1e9).abs() < 1e-12);
         assert!((r.weight_gbps - 61440.0 / 0.002 / 1e9).abs() < 1e-12);
         // Balance 100 / 20 = 5 FLOP/B; this row does 196608 / 61440 = 3.2 FLOP/B: memory-bound.
-        let c = Ceilings { gemm_n: 0, gemm_gflops: 100.0, gemv_bytes: 0, read_gbps: 20.0, threads: 1 };
+        let c = Ceilings {
+            gemm_n: 0,
+            gemm_gflops: 100.0,
+            gemv_bytes: 0,
+            read_gbps: 20.0,
+            threads: 1,
+        };
         assert!(r.memory_bound(&c));
         assert!((r.roofline_ratio(&c) - r.weight_gbps / 20.0).abs() < 1e-12);
     }

@@ -27,10 +27,23 @@ fn bench_tiny_json_is_one_row_with_the_arithmetic_done_by_hand() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
     let v: Value = serde_json::from_str(lines[0]).unwrap();
-    for key in ["preset", "tokens", "backend", "median_ms", "gflops", "weight_gbps", "gemm_ceiling_gflops", "read_ceiling_gbps", "roofline_ratio"] {
+    for key in [
+        "preset",
+        "tokens",
+        "backend",
+        "median_ms",
+        "gflops",
+        "weight_gbps",
+        "gemm_ceiling_gflops",
+        "read_ceiling_gbps",
+        "roofline_ratio",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}: {v}");
     }
-    assert_eq!((v["preset"].as_str(), v["tokens"].as_u64(), v["backend"].as_str()), (Some("tiny"), Some(1), Some("cpu")));
+    assert_eq!(
+        (v["preset"].as_str(), v["tokens"].as_u64(), v["backend"].as_str()),
+        (Some("tiny"), Some(1), Some("cpu"))
+    );
     // One token, top-2 of 8 experts, H=64, I=32: 2 * 1 * 2 * 3 * 64 * 32 = 24576 FLOP, and
     // exactly two experts of 3 * 64 * 32 bf16 weights = 2 * 12288 bytes.
     assert!((v["gflop"].as_f64().unwrap() - 24576e-9).abs() < 1e-15);
@@ -45,7 +58,11 @@ fn bench_tiny_json_is_one_row_with_the_arithmetic_done_by_hand() {
     let dir = cache.join("tiny-bf16-seed0-v1");
     let shard = dir.join("experts-00000.safetensors");
     let before = std::fs::metadata(&shard).unwrap().modified().unwrap();
-    assert!(bench(&cache, &["--tokens", "1", "--json", "--repeats", "1"]).status.success());
+    assert!(
+        bench(&cache, &["--tokens", "1", "--json", "--repeats", "1"])
+            .status
+            .success()
+    );
     assert_eq!(std::fs::metadata(&shard).unwrap().modified().unwrap(), before);
 }
 
@@ -53,21 +70,43 @@ fn bench_tiny_json_is_one_row_with_the_arithmetic_done_by_hand() {
 fn bench_table_with_a_peer_and_the_markdown_page() {
     let cache = scratch("bench-peer");
     let peer = cache.join("peer.jsonl");
-    std::fs::write(&peer, "{\"preset\":\"tiny\",\"tokens\":8,\"backend\":\"candle\",\"median_ms\":1000.0}\n").unwrap();
+    std::fs::write(
+        &peer,
+        "{\"preset\":\"tiny\",\"tokens\":8,\"backend\":\"candle\",\"median_ms\":1000.0}\n",
+    )
+    .unwrap();
     let page = cache.join("BENCHMARKS.md");
     let out = bench(
         &cache,
-        &["--tokens", "1,8", "--repeats", "1", "--peer", peer.to_str().unwrap(), "--markdown", page.to_str().unwrap()],
+        &[
+            "--tokens",
+            "1,8",
+            "--repeats",
+            "1",
+            "--peer",
+            peer.to_str().unwrap(),
+            "--markdown",
+            page.to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("ceilings: f32 GEMM 64x64x64"), "{text}");
-    let row8 = text.lines().find(|l| l.starts_with("tiny") && l.split_whitespace().nth(2) == Some("8")).unwrap();
+    let row8 = text
+        .lines()
+        .find(|l| l.starts_with("tiny") && l.split_whitespace().nth(2) == Some("8"))
+        .unwrap();
     // The peer's 1000 ms is in the T=8 row with a speedup; T=1 has no peer timing.
     assert!(row8.contains("1000.00") && row8.trim_end().ends_with('x'), "{row8}");
     assert!(text.contains("faster than candle on every row: met"), "{text}");
     let md = std::fs::read_to_string(&page).unwrap();
-    for want in ["## Machine", "## Ceilings", "| tiny | bf16 | 8 |", "candle ms", "## Targets"] {
+    for want in [
+        "## Machine",
+        "## Ceilings",
+        "| tiny | bf16 | 8 |",
+        "candle ms",
+        "## Targets",
+    ] {
         assert!(md.contains(want), "missing {want}:\n{md}");
     }
 }
@@ -90,7 +129,10 @@ fn bench_unknown_preset_or_backend_fails_naming_it() {
     let out = moe(&["bench", "--preset", "qwen9", "--cache-dir", cache.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown preset `qwen9`") && err.contains("qwen3-30b-a3b"), "{err}");
+    assert!(
+        err.contains("unknown preset `qwen9`") && err.contains("qwen3-30b-a3b"),
+        "{err}"
+    );
     let out = bench(&cache, &["--tokens", "1", "--backend", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));

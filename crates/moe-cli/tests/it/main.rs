@@ -15,7 +15,10 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixt
 const QUANT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixtures/hf-quant");
 
 fn moe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moe")).args(args).output().expect("run the moe binary")
+    Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(args)
+        .output()
+        .expect("run the moe binary")
 }
 
 fn scratch(tag: &str) -> PathBuf {
@@ -29,7 +32,12 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 fn read(path: &Path, key: &str) -> Tensor {
-    Checkpoint::open_file(path).unwrap().tensor(key).unwrap().to_tensor(key).unwrap()
+    Checkpoint::open_file(path)
+        .unwrap()
+        .tensor(key)
+        .unwrap()
+        .to_tensor(key)
+        .unwrap()
 }
 
 fn rel_l2(y: &Tensor, r: &Tensor) -> f64 {
@@ -44,7 +52,12 @@ fn rel_l2(y: &Tensor, r: &Tensor) -> f64 {
 }
 
 fn check_fixture(name: &str, tol: f64, extra: &[&str]) {
-    check_dir(&Path::new(FIXTURES).join(name), &Path::new(FIXTURES).join(name), tol, extra);
+    check_dir(
+        &Path::new(FIXTURES).join(name),
+        &Path::new(FIXTURES).join(name),
+        tol,
+        extra,
+    );
 }
 
 /// Runs the checkpoint in `model` on the inputs of fixture `oracle` and compares with its outputs.
@@ -73,12 +86,19 @@ fn check_dir(model: &Path, oracle: &Path, tol: f64, extra: &[&str]) -> f64 {
         ];
         args.extend_from_slice(extra);
         let o = moe(&args);
-        assert!(o.status.success(), "{name} T={t}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{name} T={t}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let y = read(&out, "y");
         let y_ref = read(&io, &format!("y_{t}"));
         assert_eq!(y.dtype(), y_ref.dtype(), "{name}: output dtype is the model's");
         let err = rel_l2(&y, &y_ref);
-        assert!(err <= tol, "{name} {extra:?} T={t}: relative L2 error {err:.3e} > {tol:.0e}");
+        assert!(
+            err <= tol,
+            "{name} {extra:?} T={t}: relative L2 error {err:.3e} > {tol:.0e}"
+        );
         worst = worst.max(err);
     }
     let _ = std::fs::remove_dir_all(out_dir);
@@ -92,7 +112,11 @@ fn f32_checkpoint_matches_oracle() {
 
 #[test]
 fn bf16_checkpoint_matches_oracle_chunked_on_cpu() {
-    check_fixture("deepseek_v3-bfloat16", 3e-2, &["--backend", "cpu", "--max-tokens-per-chunk", "16"]);
+    check_fixture(
+        "deepseek_v3-bfloat16",
+        3e-2,
+        &["--backend", "cpu", "--max-tokens-per-chunk", "16"],
+    );
 }
 
 #[test]
@@ -104,7 +128,16 @@ fn fused_checkpoint_matches_oracle_on_reference() {
 fn json_summary_is_one_object() {
     let dir = Path::new(FIXTURES).join("llama4-float32");
     let io = dir.join("io.safetensors");
-    let o = moe(&["run", "--model", dir.to_str().unwrap(), "--input", io.to_str().unwrap(), "--input-key", "x_7", "--json"]);
+    let o = moe(&[
+        "run",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        io.to_str().unwrap(),
+        "--input-key",
+        "x_7",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is one JSON object");
     assert_eq!(v["mode"], "model");
@@ -147,7 +180,15 @@ fn missing_model_dir_fails_naming_it() {
 fn bad_input_key_fails_naming_it() {
     let dir = Path::new(FIXTURES).join("olmoe-float32");
     let io = dir.join("io.safetensors");
-    let o = moe(&["run", "--model", dir.to_str().unwrap(), "--input", io.to_str().unwrap(), "--input-key", "no_such_key"]);
+    let o = moe(&[
+        "run",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        io.to_str().unwrap(),
+        "--input-key",
+        "no_such_key",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("error: ") && err.contains("no_such_key"), "{err}");
@@ -162,7 +203,13 @@ fn wrong_input_shape_and_dense_layer_fail() {
     let data = vec![0u8; 2 * 3 * 4];
     let st = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data).unwrap();
     std::fs::write(&input, safetensors::serialize([("x", st)], None).unwrap()).unwrap();
-    let o = moe(&["run", "--model", dir.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    let o = moe(&[
+        "run",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("shape mismatch") && err.contains("`x`"), "{err}");
@@ -179,7 +226,16 @@ fn help_describes_run() {
     let o = moe(&["run", "--help"]);
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
-    for flag in ["--model", "--layer", "--input", "--input-key", "--output", "--max-tokens-per-chunk", "--backend", "--json"] {
+    for flag in [
+        "--model",
+        "--layer",
+        "--input",
+        "--input-key",
+        "--output",
+        "--max-tokens-per-chunk",
+        "--backend",
+        "--json",
+    ] {
         assert!(s.contains(flag), "--help lacks {flag}");
     }
 }
@@ -192,7 +248,10 @@ fn every_fixture_backend_and_chunk_limit_matches_oracle_through_the_cli() {
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
-            e.path().join("config.json").exists().then(|| e.file_name().to_string_lossy().into_owned())
+            e.path()
+                .join("config.json")
+                .exists()
+                .then(|| e.file_name().to_string_lossy().into_owned())
         })
         .collect();
     names.sort();
@@ -249,7 +308,15 @@ fn quantized_bound(format: &str) -> f64 {
 }
 
 fn quantize_cmd(model: &Path, format: &str, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["quantize", "--model", model.to_str().unwrap(), "--format", format, "--output", out.to_str().unwrap()];
+    let mut args = vec![
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--format",
+        format,
+        "--output",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     moe(&args)
 }
@@ -259,21 +326,38 @@ fn quantize_cmd(model: &Path, format: &str, out: &Path, extra: &[&str]) -> Outpu
 /// against the float model's oracle.
 #[test]
 fn quantize_then_run_matches_bf16_oracle() {
-    let families = ["deepseek_v3-bfloat16", "mixtral-bfloat16", "gpt_oss-bfloat16", "llama4-bfloat16"];
+    let families = [
+        "deepseek_v3-bfloat16",
+        "mixtral-bfloat16",
+        "gpt_oss-bfloat16",
+        "llama4-bfloat16",
+    ];
     for format in ["fp8-block", "nvfp4", "mxfp4"] {
         for name in families {
             let src = Path::new(FIXTURES).join(name);
             let d = scratch(&format!("quantize-{name}-{format}"));
             let out = d.join(format!("{name}-{format}"));
             let o = quantize_cmd(&src, format, &out, &[]);
-            assert!(o.status.success(), "quantize {name} {format}: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "quantize {name} {format}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             let stdout = String::from_utf8_lossy(&o.stdout);
             assert!(stdout.contains("moe quantize:") && stdout.contains(format), "{stdout}");
-            assert!(o.stderr.is_empty(), "no progress bar without a terminal: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.stderr.is_empty(),
+                "no progress bar without a terminal: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             // The bf16 fixtures have I = 32; the FP8 block kernels need whole 128-row blocks
             // per FC1 half (TensorRT-LLM's `I % 128 == 0`), so their FP8 block checkpoints run
             // dequantized; the quantized FP8 block path is the DeepSeek FP8 fixture's test above.
-            let extra: &[&str] = if format == "fp8-block" { &["--backend", "cpu", "--dequantize"] } else { &["--backend", "cpu"] };
+            let extra: &[&str] = if format == "fp8-block" {
+                &["--backend", "cpu", "--dequantize"]
+            } else {
+                &["--backend", "cpu"]
+            };
             let worst = check_dir(&out, &src, quantized_bound(format), extra);
             eprintln!("{name} quantized to {format}: worst relative L2 error {worst:.3e}");
             let _ = std::fs::remove_dir_all(d);
@@ -291,8 +375,14 @@ fn quantize_json_reports_sizes() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
     assert_eq!(v["mode"], "quantize");
     assert_eq!(v["summary"]["format"], "nvfp4");
-    let (bytes_in, bytes_out) = (v["summary"]["expert_bytes_in"].as_u64().unwrap(), v["summary"]["expert_bytes_out"].as_u64().unwrap());
-    assert!(bytes_out * 3 < bytes_in, "NVFP4 is under a third of bf16: {bytes_in} -> {bytes_out}");
+    let (bytes_in, bytes_out) = (
+        v["summary"]["expert_bytes_in"].as_u64().unwrap(),
+        v["summary"]["expert_bytes_out"].as_u64().unwrap(),
+    );
+    assert!(
+        bytes_out * 3 < bytes_in,
+        "NVFP4 is under a third of bf16: {bytes_in} -> {bytes_out}"
+    );
     // `moe run --json` on the result reports the format and the resident/disk sizes.
     let o = moe(&["run", "--model", out.to_str().unwrap(), "--tokens", "4", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -308,7 +398,12 @@ fn nvfp4_calibration_sets_input_scales() {
     let io = src.join("io.safetensors");
     let d = scratch("quantize-calibration");
     let out = d.join("q");
-    let o = quantize_cmd(&src, "nvfp4", &out, &["--calibration", io.to_str().unwrap(), "--calibration-key", "x_130"]);
+    let o = quantize_cmd(
+        &src,
+        "nvfp4",
+        &out,
+        &["--calibration", io.to_str().unwrap(), "--calibration-key", "x_130"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // FC1's input_scale is the calibration amax / (448 * 6); FC2's comes from each expert's
     // activation output, so it differs from expert to expert.
@@ -319,12 +414,29 @@ fn nvfp4_calibration_sets_input_scales() {
     let p = "model.layers.0.mlp.experts.";
     let fc1 = scalar(&format!("{p}3.gate_proj.input_scale"));
     assert!((fc1 - amax / 2688.0).abs() <= 1e-6 * fc1, "{fc1} vs {}", amax / 2688.0);
-    assert_eq!(fc1, scalar(&format!("{p}3.up_proj.input_scale")), "FC1's halves share their activation scale");
-    assert_ne!(scalar(&format!("{p}0.down_proj.input_scale")), scalar(&format!("{p}1.down_proj.input_scale")));
+    assert_eq!(
+        fc1,
+        scalar(&format!("{p}3.up_proj.input_scale")),
+        "FC1's halves share their activation scale"
+    );
+    assert_ne!(
+        scalar(&format!("{p}0.down_proj.input_scale")),
+        scalar(&format!("{p}1.down_proj.input_scale"))
+    );
     let worst = check_dir(&out, &src, quantized_bound("nvfp4"), &["--backend", "reference"]);
     eprintln!("olmoe-bfloat16 quantized to nvfp4 with calibration: worst relative L2 error {worst:.3e}");
     // A calibration tensor of the wrong width is refused naming it.
-    let o = quantize_cmd(&Path::new(FIXTURES).join("olmoe-bfloat16"), "nvfp4", &d.join("bad"), &["--calibration", out.join("model.safetensors").to_str().unwrap(), "--calibration-key", "model.norm.weight"]);
+    let o = quantize_cmd(
+        &Path::new(FIXTURES).join("olmoe-bfloat16"),
+        "nvfp4",
+        &d.join("bad"),
+        &[
+            "--calibration",
+            out.join("model.safetensors").to_str().unwrap(),
+            "--calibration-key",
+            "model.norm.weight",
+        ],
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("calibration"), "{err}");
@@ -335,7 +447,12 @@ fn nvfp4_calibration_sets_input_scales() {
 fn quantize_refusals_exit_non_zero_naming_the_problem() {
     let d = scratch("quantize-refusals");
     // An already-quantized checkpoint.
-    let o = quantize_cmd(&Path::new(QUANT_FIXTURES).join("gpt_oss-mxfp4"), "fp8-block", &d.join("a"), &[]);
+    let o = quantize_cmd(
+        &Path::new(QUANT_FIXTURES).join("gpt_oss-mxfp4"),
+        "fp8-block",
+        &d.join("a"),
+        &[],
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("error: ") && err.contains("already quantized"), "{err}");
@@ -343,14 +460,20 @@ fn quantize_refusals_exit_non_zero_naming_the_problem() {
     let o = quantize_cmd(&Path::new(FIXTURES).join("olmoe-bfloat16"), "int3", &d.join("b"), &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("fp8-block") && err.contains("nvfp4") && err.contains("mxfp4"), "{err}");
+    assert!(
+        err.contains("fp8-block") && err.contains("nvfp4") && err.contains("mxfp4"),
+        "{err}"
+    );
     // A shape the format cannot hold: Mixtral with I = 24 (not a multiple of 32) as MXFP4.
     let src = d.join("mixtral-i24");
     write_ragged_mixtral(&src);
     let o = quantize_cmd(&src, "mxfp4", &d.join("c"), &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("experts.0.w2.weight") && err.contains("multiple of 32"), "{err}");
+    assert!(
+        err.contains("experts.0.w2.weight") && err.contains("multiple of 32"),
+        "{err}"
+    );
     assert!(!d.join("c").join("model.safetensors").exists());
     let _ = std::fs::remove_dir_all(d);
 }
@@ -360,7 +483,16 @@ fn help_describes_quantize() {
     let o = moe(&["quantize", "--help"]);
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
-    for flag in ["--model", "--format", "--output", "fp8-block", "nvfp4", "mxfp4", "--max-shard-mib", "--calibration"] {
+    for flag in [
+        "--model",
+        "--format",
+        "--output",
+        "fp8-block",
+        "nvfp4",
+        "mxfp4",
+        "--max-shard-mib",
+        "--calibration",
+    ] {
         assert!(s.contains(flag), "--help lacks {flag}");
     }
 }
@@ -369,7 +501,8 @@ fn help_describes_quantize() {
 fn write_ragged_mixtral(dir: &Path) {
     let src = Path::new(FIXTURES).join("mixtral-bfloat16");
     std::fs::create_dir_all(dir).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["intermediate_size"] = 24.into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
@@ -391,20 +524,37 @@ fn write_ragged_mixtral(dir: &Path) {
     }
     let views: Vec<_> = out
         .iter()
-        .map(|(n, s, d, t)| (n.clone(), safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap()))
+        .map(|(n, s, d, t)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap(),
+            )
+        })
         .collect();
-    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
 }
 
 /// `--world N`: in-process expert-parallel ranks, every strategy, each rank a contiguous
 /// slice of the rows; rank 0 writes the gathered `y`, which must match the oracle.
 #[test]
 fn world_ranks_match_the_oracle_through_the_cli() {
-    for (name, tol) in [("mixtral-float32", 1e-5), ("deepseek_v3-bfloat16", 3e-2), ("llama4-float32", 1e-5)] {
+    for (name, tol) in [
+        ("mixtral-float32", 1e-5),
+        ("deepseek_v3-bfloat16", 3e-2),
+        ("llama4-float32", 1e-5),
+    ] {
         for (world, comm) in [("2", "allgather"), ("4", "alltoall"), ("3", "packed")] {
             check_fixture(name, tol, &["--world", world, "--comm", comm]);
         }
-        check_fixture(name, tol, &["--world", "2", "--backend", "cpu-fused", "--max-tokens-per-chunk", "16"]);
+        check_fixture(
+            name,
+            tol,
+            &["--world", "2", "--backend", "cpu-fused", "--max-tokens-per-chunk", "16"],
+        );
         // Online EPLB with replicas: the output must not change while experts migrate.
         check_fixture(name, tol, &["--world", "4", "--eplb-slots", "24", "--iterations", "3"]);
     }
@@ -416,24 +566,65 @@ fn eplb_plan_and_stats_round_trip_a_recorded_load() {
     let load = dir.join("load.json");
     let o = moe(&["run", "--tokens", "256", "--record-stats", load.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stats = moe(&["eplb", "stats", load.to_str().unwrap(), "--num-slots", "80", "--num-gpus", "8"]);
+    let stats = moe(&[
+        "eplb",
+        "stats",
+        load.to_str().unwrap(),
+        "--num-slots",
+        "80",
+        "--num-gpus",
+        "8",
+    ]);
     assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
     assert!(String::from_utf8_lossy(&stats.stdout).contains("rank balancedness"));
     let first = dir.join("p1.json");
     let plan = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["eplb", "plan", "--load", load.to_str().unwrap(), "--num-slots", "80", "--num-gpus", "8", "--output", out.to_str().unwrap(), "--json"];
+        let mut args = vec![
+            "eplb",
+            "plan",
+            "--load",
+            load.to_str().unwrap(),
+            "--num-slots",
+            "80",
+            "--num-gpus",
+            "8",
+            "--output",
+            out.to_str().unwrap(),
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let o = moe(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
     let p1 = plan(&first, &["--algorithm", "deepseek"]);
-    let (before, after) = (p1["balancedness_before"][0].as_f64().unwrap(), p1["balancedness"][0].as_f64().unwrap());
+    let (before, after) = (
+        p1["balancedness_before"][0].as_f64().unwrap(),
+        p1["balancedness"][0].as_f64().unwrap(),
+    );
     assert!(after > before, "planning improves balance: {before} -> {after}");
-    let p2 = plan(&dir.join("p2.json"), &["--previous", first.to_str().unwrap(), "--max-changed-slots", "4"]);
+    let p2 = plan(
+        &dir.join("p2.json"),
+        &["--previous", first.to_str().unwrap(), "--max-changed-slots", "4"],
+    );
     assert!(p2["changed_slots"][0].as_u64().unwrap() <= 4);
-    let bad = moe(&["eplb", "plan", "--load", load.to_str().unwrap(), "--num-slots", "70", "--num-gpus", "8", "--output", "/dev/null"]);
+    let bad = moe(&[
+        "eplb",
+        "plan",
+        "--load",
+        load.to_str().unwrap(),
+        "--num-slots",
+        "70",
+        "--num-gpus",
+        "8",
+        "--output",
+        "/dev/null",
+    ]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("num_slots"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("num_slots"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -35,7 +35,12 @@ pub(super) struct Scratch {
 
 impl Scratch {
     fn new(e: usize, k: usize, groups: Groups) -> Self {
-        Scratch { a: vec![0.0; e], b: vec![0.0; e], top: TopK::new(k), groups }
+        Scratch {
+            a: vec![0.0; e],
+            b: vec![0.0; e],
+            top: TopK::new(k),
+            groups,
+        }
     }
 }
 
@@ -56,10 +61,16 @@ pub(super) fn apply(m: &RoutingMethod, logits: &[f32], n: usize, e: usize) -> Re
     // `validate` has already run in `apply_host`; repeated here because the chunking below
     // would panic on k = 0 and the id casts need E to fit in i32.
     if k == 0 || k > e {
-        return Err(MoeError::config("routing.top_k", format!("top_k {k} must be in 1..={e}")));
+        return Err(MoeError::config(
+            "routing.top_k",
+            format!("top_k {k} must be in 1..={e}"),
+        ));
     }
     if i32::try_from(e).is_err() {
-        return Err(MoeError::config("num_experts", format!("{e} experts do not fit i32 expert ids")));
+        return Err(MoeError::config(
+            "num_experts",
+            format!("{e} experts do not fit i32 expert ids"),
+        ));
     }
     match m {
         // These two never read the logits, so a NaN there cannot mis-route anything.
@@ -73,13 +84,17 @@ pub(super) fn apply(m: &RoutingMethod, logits: &[f32], n: usize, e: usize) -> Re
     check_logits(logits, e, k)?;
 
     let groups = match m {
-        RoutingMethod::DeepSeekV3 { n_group, topk_group, .. } if *n_group > 1 => Groups::new(*n_group, *topk_group, k),
+        RoutingMethod::DeepSeekV3 {
+            n_group, topk_group, ..
+        } if *n_group > 1 => Groups::new(*n_group, *topk_group, k),
         _ => Groups::new(0, 0, 0),
     };
     let mut sc = Scratch::new(e, k, groups);
     let mut ids = vec![0i32; n * k];
     let mut weights = vec![0.0f32; n * k];
-    let rows = logits.chunks_exact(e).zip(ids.chunks_exact_mut(k).zip(weights.chunks_exact_mut(k)));
+    let rows = logits
+        .chunks_exact(e)
+        .zip(ids.chunks_exact_mut(k).zip(weights.chunks_exact_mut(k)));
     for (t, (row, (out_i, out_w))) in rows.enumerate() {
         match m {
             RoutingMethod::Default { .. } => default_row(&mut sc, row, out_i, out_w),
@@ -92,7 +107,11 @@ pub(super) fn apply(m: &RoutingMethod, logits: &[f32], n: usize, e: usize) -> Re
             }
             RoutingMethod::Llama4 { .. } => llama4_row(&mut sc, row, out_i, out_w),
             RoutingMethod::DeepSeekV3 {
-                n_group, e_score_correction_bias, renormalize, routed_scaling_factor, ..
+                n_group,
+                e_score_correction_bias,
+                renormalize,
+                routed_scaling_factor,
+                ..
             } => {
                 let norm = if *renormalize { Norm::Eps } else { Norm::Raw };
                 let bias = e_score_correction_bias.as_deref();
@@ -101,18 +120,60 @@ pub(super) fn apply(m: &RoutingMethod, logits: &[f32], n: usize, e: usize) -> Re
                 } else {
                     // validate pins topk_group to 1 when n_group is 1: the spec's short path,
                     // ordered by the biased score.
-                    scored_row(&mut sc, row, sigmoid, bias, norm, *routed_scaling_factor, t, out_i, out_w)?;
+                    scored_row(
+                        &mut sc,
+                        row,
+                        sigmoid,
+                        bias,
+                        norm,
+                        *routed_scaling_factor,
+                        t,
+                        out_i,
+                        out_w,
+                    )?;
                 }
             }
-            RoutingMethod::DeepSeekV4 { bias, routed_scaling_factor, .. } => {
-                scored_row(&mut sc, row, sqrt_softplus, bias.as_deref(), Norm::Exact, *routed_scaling_factor, t, out_i, out_w)?
-            }
-            RoutingMethod::MiniMax2 { bias, routed_scaling_factor, .. } => {
-                scored_row(&mut sc, row, sigmoid, bias.as_deref(), Norm::Eps, *routed_scaling_factor, t, out_i, out_w)?
-            }
-            RoutingMethod::SqrtSoftplus { bias, .. } => {
-                scored_row(&mut sc, row, sqrt_softplus, bias.as_deref(), Norm::Eps, 1.0, t, out_i, out_w)?
-            }
+            RoutingMethod::DeepSeekV4 {
+                bias,
+                routed_scaling_factor,
+                ..
+            } => scored_row(
+                &mut sc,
+                row,
+                sqrt_softplus,
+                bias.as_deref(),
+                Norm::Exact,
+                *routed_scaling_factor,
+                t,
+                out_i,
+                out_w,
+            )?,
+            RoutingMethod::MiniMax2 {
+                bias,
+                routed_scaling_factor,
+                ..
+            } => scored_row(
+                &mut sc,
+                row,
+                sigmoid,
+                bias.as_deref(),
+                Norm::Eps,
+                *routed_scaling_factor,
+                t,
+                out_i,
+                out_w,
+            )?,
+            RoutingMethod::SqrtSoftplus { bias, .. } => scored_row(
+                &mut sc,
+                row,
+                sqrt_softplus,
+                bias.as_deref(),
+                Norm::Eps,
+                1.0,
+                t,
+                out_i,
+                out_w,
+            )?,
             RoutingMethod::SigmoidRenorm { renormalize, .. } => {
                 let norm = if *renormalize { Norm::Eps } else { Norm::Raw };
                 scored_row(&mut sc, row, sigmoid, None, norm, 1.0, t, out_i, out_w)?
@@ -121,7 +182,12 @@ pub(super) fn apply(m: &RoutingMethod, logits: &[f32], n: usize, e: usize) -> Re
             RoutingMethod::Static { .. } | RoutingMethod::LoadBalanced { .. } => {}
         }
     }
-    Ok(RoutingOutput { num_tokens: n, top_k: k, ids, weights: Some(weights) })
+    Ok(RoutingOutput {
+        num_tokens: n,
+        top_k: k,
+        ids,
+        weights: Some(weights),
+    })
 }
 
 /// Enforces the NaN policy of the `routing` module doc.
@@ -266,7 +332,14 @@ fn scored_row(
 /// code computes it from the original scores): the two copies differ only at earlier picks,
 /// which are `-inf` in the working copy whatever the mask says. `[2, 0, -inf, -inf]` gives
 /// `[1, 1]` either way: step 1 masks 0 (gap `2/2 = 1 > 0.4`), step 2 has only expert 1 left.
-fn sparse_mixer_row(sc: &mut Scratch, row: &[f32], eps: f32, t: usize, out_i: &mut [i32], out_w: &mut [f32]) -> Result<()> {
+fn sparse_mixer_row(
+    sc: &mut Scratch,
+    row: &[f32],
+    eps: f32,
+    t: usize,
+    out_i: &mut [i32],
+    out_w: &mut [f32],
+) -> Result<()> {
     let threshold = 2.0 * eps;
     let work = &mut sc.a;
     work.copy_from_slice(row);
@@ -314,16 +387,34 @@ fn sparse_mixer_row(sc: &mut Scratch, row: &[f32], eps: f32, t: usize, out_i: &m
 /// Returns the fixed table; one row per token.
 fn static_table(ids: &[i32], scales: Option<&[f32]>, n: usize, k: usize) -> Result<RoutingOutput> {
     if n.checked_mul(k) != Some(ids.len()) {
-        return Err(MoeError::shape("routing.ids", format!("[{n}, {k}] (one row per token)"), &[ids.len() / k, k]));
+        return Err(MoeError::shape(
+            "routing.ids",
+            format!("[{n}, {k}] (one row per token)"),
+            &[ids.len() / k, k],
+        ));
     }
     if let Some(s) = scales.filter(|s| s.len() != ids.len()) {
-        return Err(MoeError::shape("routing.scales", format!("[{n}, {k}]"), &[s.len() / k, k]));
+        return Err(MoeError::shape(
+            "routing.scales",
+            format!("[{n}, {k}]"),
+            &[s.len() / k, k],
+        ));
     }
-    Ok(RoutingOutput { num_tokens: n, top_k: k, ids: ids.to_vec(), weights: scales.map(<[f32]>::to_vec) })
+    Ok(RoutingOutput {
+        num_tokens: n,
+        top_k: k,
+        ids: ids.to_vec(),
+        weights: scales.map(<[f32]>::to_vec),
+    })
 }
 
 /// Ids cycle through `0..E` over the flattened `[N, k]` slots; weights 1.
 fn load_balanced(n: usize, e: usize, k: usize) -> RoutingOutput {
     let ids = (0..n * k).map(|s| (s % e) as i32).collect();
-    RoutingOutput { num_tokens: n, top_k: k, ids, weights: Some(vec![1.0; n * k]) }
+    RoutingOutput {
+        num_tokens: n,
+        top_k: k,
+        ids,
+        weights: Some(vec![1.0; n * k]),
+    }
 }

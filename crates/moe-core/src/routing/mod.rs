@@ -176,13 +176,22 @@ impl RoutingMethod {
                     ));
                 }
                 if let Some(i) = b.iter().position(|v| !v.is_finite()) {
-                    return Err(MoeError::NonFinite { what: field.into(), location: format!("expert {i}") });
+                    return Err(MoeError::NonFinite {
+                        what: field.into(),
+                        location: format!("expert {i}"),
+                    });
                 }
             }
             Ok(())
         };
         match self {
-            RoutingMethod::DeepSeekV3 { n_group, topk_group, e_score_correction_bias, routed_scaling_factor, .. } => {
+            RoutingMethod::DeepSeekV3 {
+                n_group,
+                topk_group,
+                e_score_correction_bias,
+                routed_scaling_factor,
+                ..
+            } => {
                 if num_experts.checked_rem(*n_group) != Some(0) {
                     return Err(MoeError::config(
                         "routing.n_group",
@@ -205,7 +214,10 @@ impl RoutingMethod {
                 if k > topk_group * per_group {
                     return Err(MoeError::config(
                         "routing.top_k",
-                        format!("top_k {k} exceeds the {} experts of {topk_group} selected groups", topk_group * per_group),
+                        format!(
+                            "top_k {k} exceeds the {} experts of {topk_group} selected groups",
+                            topk_group * per_group
+                        ),
                     ));
                 }
                 if !routed_scaling_factor.is_finite() {
@@ -213,8 +225,16 @@ impl RoutingMethod {
                 }
                 check_bias("routing.e_score_correction_bias", e_score_correction_bias)
             }
-            RoutingMethod::DeepSeekV4 { bias, routed_scaling_factor, .. }
-            | RoutingMethod::MiniMax2 { bias, routed_scaling_factor, .. } => {
+            RoutingMethod::DeepSeekV4 {
+                bias,
+                routed_scaling_factor,
+                ..
+            }
+            | RoutingMethod::MiniMax2 {
+                bias,
+                routed_scaling_factor,
+                ..
+            } => {
                 if !routed_scaling_factor.is_finite() {
                     return Err(MoeError::config("routing.routed_scaling_factor", "must be finite"));
                 }
@@ -223,19 +243,31 @@ impl RoutingMethod {
             RoutingMethod::SqrtSoftplus { bias, .. } => check_bias("routing.bias", bias),
             RoutingMethod::SparseMixer { eps, .. } => {
                 if !(eps.is_finite() && *eps >= 0.0) {
-                    return Err(MoeError::config("routing.eps", format!("must be finite and >= 0, got {eps}")));
+                    return Err(MoeError::config(
+                        "routing.eps",
+                        format!("must be finite and >= 0, got {eps}"),
+                    ));
                 }
                 Ok(())
             }
             RoutingMethod::Static { ids, scales, .. } => {
                 if ids.len() % k != 0 {
-                    return Err(MoeError::config("routing.ids", format!("{} ids do not form rows of top_k {k}", ids.len())));
+                    return Err(MoeError::config(
+                        "routing.ids",
+                        format!("{} ids do not form rows of top_k {k}", ids.len()),
+                    ));
                 }
                 if let Some(i) = ids.iter().position(|&e| e < 0 || e as usize >= num_experts) {
-                    return Err(MoeError::config("routing.ids", format!("entry {i} = {} is not an expert id", ids[i])));
+                    return Err(MoeError::config(
+                        "routing.ids",
+                        format!("entry {i} = {} is not an expert id", ids[i]),
+                    ));
                 }
                 if let Some(s) = scales.as_ref().filter(|s| s.len() != ids.len()) {
-                    return Err(MoeError::config("routing.scales", format!("{} scales for {} ids", s.len(), ids.len())));
+                    return Err(MoeError::config(
+                        "routing.scales",
+                        format!("{} scales for {} ids", s.len(), ids.len()),
+                    ));
                 }
                 Ok(())
             }

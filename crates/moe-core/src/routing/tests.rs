@@ -42,7 +42,10 @@ fn assert_non_finite(res: crate::error::Result<RoutingOutput>, want_location: &s
     match res {
         Err(MoeError::NonFinite { what, location }) => {
             assert_eq!(what, "router_logits");
-            assert!(location.contains(want_location), "location {location:?} lacks {want_location:?}");
+            assert!(
+                location.contains(want_location),
+                "location {location:?} lacks {want_location:?}"
+            );
         }
         other => panic!("expected NonFinite at {want_location}, got {other:?}"),
     }
@@ -63,7 +66,10 @@ fn default_is_raw_softmax_top_k() {
 #[test]
 fn renormalize_is_softmax_of_the_top_k_logits() {
     // top-2 of [1,2,3] = [3, 2]; softmax([3,2]) = [1, e^-1] / 1.36787944 = [0.73105858, 0.26894142].
-    for m in [RoutingMethod::Renormalize { top_k: 2 }, RoutingMethod::RenormalizeNaive { top_k: 2 }] {
+    for m in [
+        RoutingMethod::Renormalize { top_k: 2 },
+        RoutingMethod::RenormalizeNaive { top_k: 2 },
+    ] {
         let out = route(&m, &[1.0, 2.0, 3.0], 1, 3);
         assert_eq!(out.ids, vec![2, 1], "{}", m.name());
         assert_close(weights(&out), &[0.731_058_6, 0.268_941_4], 1e-6);
@@ -75,7 +81,11 @@ fn renormalize_naive_is_softmax_then_top_k_then_renormalize() {
     // Qwen3 on [1,2,3], k = 2: p = [0.09003057, 0.24472847, 0.66524096]; selected p sum to
     // 0.91 (0.90996943); 0.66524096 / 0.90996943 = 0.73105858 -- the same as Renormalize.
     let out = route(&RoutingMethod::RenormalizeNaive { top_k: 2 }, &[1.0, 2.0, 3.0], 1, 3);
-    assert_close(weights(&out), &[0.665_240_96 / 0.909_969_43, 0.244_728_47 / 0.909_969_43], 1e-6);
+    assert_close(
+        weights(&out),
+        &[0.665_240_96 / 0.909_969_43, 0.244_728_47 / 0.909_969_43],
+        1e-6,
+    );
 }
 
 #[test]
@@ -91,16 +101,27 @@ fn llama4_is_sigmoid_of_top_k_logits_without_renormalization() {
 #[test]
 fn rows_are_routed_independently() {
     // Row 0 = [1,2,3] as above; row 1 = [3,2,1] mirrors it.
-    let out = route(&RoutingMethod::Renormalize { top_k: 2 }, &[1.0, 2.0, 3.0, 3.0, 2.0, 1.0], 2, 3);
+    let out = route(
+        &RoutingMethod::Renormalize { top_k: 2 },
+        &[1.0, 2.0, 3.0, 3.0, 2.0, 1.0],
+        2,
+        3,
+    );
     assert_eq!(out.ids, vec![2, 1, 0, 1]);
-    assert_close(weights(&out), &[0.731_058_6, 0.268_941_4, 0.731_058_6, 0.268_941_4], 1e-6);
+    assert_close(
+        weights(&out),
+        &[0.731_058_6, 0.268_941_4, 0.731_058_6, 0.268_941_4],
+        1e-6,
+    );
 }
 
 /// A small deterministic generator (64-bit LCG), so the test needs no extra crate.
 fn lcg_row(state: &mut u64, len: usize) -> Vec<f32> {
     (0..len)
         .map(|_| {
-            *state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            *state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             // top 24 bits -> [0, 1) -> [-4, 4)
             ((*state >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
         })
@@ -117,10 +138,18 @@ fn renormalize_equals_default_then_renormalize_on_random_rows() {
         let default = route(&RoutingMethod::Default { top_k: k }, &logits, n, e);
         for t in 0..n {
             let row = t * k..(t + 1) * k;
-            let mut a: Vec<(i32, f32)> = renorm.ids[row.clone()].iter().copied().zip(weights(&renorm)[row.clone()].iter().copied()).collect();
+            let mut a: Vec<(i32, f32)> = renorm.ids[row.clone()]
+                .iter()
+                .copied()
+                .zip(weights(&renorm)[row.clone()].iter().copied())
+                .collect();
             let p = &weights(&default)[row.clone()];
             let sum: f32 = p.iter().sum();
-            let mut b: Vec<(i32, f32)> = default.ids[row].iter().copied().zip(p.iter().map(|v| v / sum)).collect();
+            let mut b: Vec<(i32, f32)> = default.ids[row]
+                .iter()
+                .copied()
+                .zip(p.iter().map(|v| v / sum))
+                .collect();
             a.sort_by_key(|x| x.0);
             b.sort_by_key(|x| x.0);
             let ids_a: Vec<i32> = a.iter().map(|x| x.0).collect();
@@ -144,7 +173,15 @@ fn ties_go_to_the_lower_expert_index() {
     let out = route(&RoutingMethod::Renormalize { top_k: 2 }, &[0.0, 5.0, 5.0, 5.0], 1, 4);
     assert_eq!(out.ids, vec![1, 2]);
     assert_close(weights(&out), &[0.5, 0.5], 1e-7);
-    let out = route(&RoutingMethod::SigmoidRenorm { top_k: 3, renormalize: true }, &[2.0, 1.0, 2.0, 2.0], 1, 4);
+    let out = route(
+        &RoutingMethod::SigmoidRenorm {
+            top_k: 3,
+            renormalize: true,
+        },
+        &[2.0, 1.0, 2.0, 2.0],
+        1,
+        4,
+    );
     assert_eq!(out.ids, vec![0, 2, 3]);
 }
 
@@ -159,7 +196,15 @@ fn neg_infinity_logits_are_never_picked_by_softmax_methods() {
     assert_eq!(out.ids, vec![1, 2]);
     assert_close(weights(&out), &[0.5, 0.5], 1e-7);
     // sigmoid(-inf) = 0 < sigmoid(0): the finite entries win without a bias.
-    let out = route(&RoutingMethod::SigmoidRenorm { top_k: 2, renormalize: false }, &logits, 1, 4);
+    let out = route(
+        &RoutingMethod::SigmoidRenorm {
+            top_k: 2,
+            renormalize: false,
+        },
+        &logits,
+        1,
+        4,
+    );
     assert_eq!(out.ids, vec![1, 2]);
     assert_close(weights(&out), &[SIG_0, SIG_0], 1e-7);
 }
@@ -186,10 +231,21 @@ fn logit_methods(k: usize) -> Vec<RoutingMethod> {
             e_score_correction_bias: None,
             renormalize: true,
         },
-        RoutingMethod::DeepSeekV4 { top_k: k, routed_scaling_factor: 1.0, bias: None },
-        RoutingMethod::MiniMax2 { top_k: k, bias: None, routed_scaling_factor: 1.0 },
+        RoutingMethod::DeepSeekV4 {
+            top_k: k,
+            routed_scaling_factor: 1.0,
+            bias: None,
+        },
+        RoutingMethod::MiniMax2 {
+            top_k: k,
+            bias: None,
+            routed_scaling_factor: 1.0,
+        },
         RoutingMethod::SqrtSoftplus { top_k: k, bias: None },
-        RoutingMethod::SigmoidRenorm { top_k: k, renormalize: true },
+        RoutingMethod::SigmoidRenorm {
+            top_k: k,
+            renormalize: true,
+        },
         RoutingMethod::SparseMixer { top_k: k, eps: 0.2 },
     ]
 }
@@ -220,12 +276,22 @@ fn rows_with_fewer_than_k_finite_logits_are_refused() {
 #[test]
 fn logits_of_the_wrong_length_are_refused() {
     let res = RoutingMethod::Default { top_k: 1 }.apply_host(&[0.0; 7], 2, 4);
-    assert!(matches!(res, Err(MoeError::ShapeMismatch { ref what, .. }) if what == "router_logits"), "{res:?}");
+    assert!(
+        matches!(res, Err(MoeError::ShapeMismatch { ref what, .. }) if what == "router_logits"),
+        "{res:?}"
+    );
 }
 
 // --- DeepSeek-V3 --------------------------------------------------------------------------------
 
-fn ds3(k: usize, n_group: usize, topk_group: usize, r: f32, bias: Option<Vec<f32>>, renormalize: bool) -> RoutingMethod {
+fn ds3(
+    k: usize,
+    n_group: usize,
+    topk_group: usize,
+    r: f32,
+    bias: Option<Vec<f32>>,
+    renormalize: bool,
+) -> RoutingMethod {
     RoutingMethod::DeepSeekV3 {
         top_k: k,
         n_group,
@@ -309,13 +375,21 @@ fn deepseek_v3_group_score_counts_a_repeated_maximum_twice() {
 #[test]
 fn deepseek_v4_is_sqrt_softplus_renormalized_without_eps() {
     // top-2 = 3, 1; sum = 2.60437543; [1.45839913, 1.14597630] / sum x 1.5 = [0.83997056, 0.66002944].
-    let m = RoutingMethod::DeepSeekV4 { top_k: 2, routed_scaling_factor: 1.5, bias: None };
+    let m = RoutingMethod::DeepSeekV4 {
+        top_k: 2,
+        routed_scaling_factor: 1.5,
+        bias: None,
+    };
     let out = route(&m, &[0.0, 1.0, -1.0, 2.0], 1, 4);
     assert_eq!(out.ids, vec![3, 1]);
     assert_close(weights(&out), &[0.839_970_6, 0.660_029_4], 1e-6);
     // bias [1, 0, 0, 0]: expert 0 scores 1.83255461 > 1.45839913 and comes first;
     // sum = 2.29095374; [0.83255461, 1.45839913] / sum x 1.5 = [0.54511442, 0.95488558].
-    let m = RoutingMethod::DeepSeekV4 { top_k: 2, routed_scaling_factor: 1.5, bias: Some(vec![1.0, 0.0, 0.0, 0.0]) };
+    let m = RoutingMethod::DeepSeekV4 {
+        top_k: 2,
+        routed_scaling_factor: 1.5,
+        bias: Some(vec![1.0, 0.0, 0.0, 0.0]),
+    };
     let out = route(&m, &[0.0, 1.0, -1.0, 2.0], 1, 4);
     assert_eq!(out.ids, vec![0, 3]);
     assert_close(weights(&out), &[0.545_114_4, 0.954_885_6], 1e-6);
@@ -324,9 +398,16 @@ fn deepseek_v4_is_sqrt_softplus_renormalized_without_eps() {
 #[test]
 fn deepseek_v4_refuses_a_zero_score_sum_instead_of_dividing_by_it() {
     // sqrt(softplus(-200)) underflows to 0 in f32, so every selected score is 0.
-    let m = RoutingMethod::DeepSeekV4 { top_k: 1, routed_scaling_factor: 1.0, bias: None };
+    let m = RoutingMethod::DeepSeekV4 {
+        top_k: 1,
+        routed_scaling_factor: 1.0,
+        bias: None,
+    };
     let res = m.apply_host(&[-200.0, -200.0], 1, 2);
-    assert!(matches!(res, Err(MoeError::NonFinite { ref what, .. }) if what == "routing_weights"), "{res:?}");
+    assert!(
+        matches!(res, Err(MoeError::NonFinite { ref what, .. }) if what == "routing_weights"),
+        "{res:?}"
+    );
 }
 
 #[test]
@@ -344,12 +425,20 @@ fn minimax2_picks_by_biased_sigmoid_and_weights_by_unbiased() {
     // sb = [1.0, 0.73105858, 0.26894142, 0.88079708] -> 0, 3 (as in the DeepSeek-V3 case);
     // w = [0.5, 0.88079708] / (1.38079708 + 1e-20) = [0.36210969, 0.63789031].
     let bias = Some(vec![0.5, 0.0, 0.0, 0.0]);
-    let m = RoutingMethod::MiniMax2 { top_k: 2, bias: bias.clone(), routed_scaling_factor: 1.0 };
+    let m = RoutingMethod::MiniMax2 {
+        top_k: 2,
+        bias: bias.clone(),
+        routed_scaling_factor: 1.0,
+    };
     let out = route(&m, &[0.0, 1.0, -1.0, 2.0], 1, 4);
     assert_eq!(out.ids, vec![0, 3]);
     assert_close(weights(&out), &[0.362_109_7, 0.637_890_3], 1e-6);
     // MiniMax-M3's factor multiplies the renormalized weights.
-    let m = RoutingMethod::MiniMax2 { top_k: 2, bias, routed_scaling_factor: 2.0 };
+    let m = RoutingMethod::MiniMax2 {
+        top_k: 2,
+        bias,
+        routed_scaling_factor: 2.0,
+    };
     let out = route(&m, &[0.0, 1.0, -1.0, 2.0], 1, 4);
     assert_close(weights(&out), &[0.724_219_4, 1.275_780_6], 1e-6);
 }
@@ -367,10 +456,26 @@ fn sqrt_softplus_renormalizes_with_factor_one() {
 fn sigmoid_renorm_with_and_without_renormalization() {
     // top-2 of s = 3, 1; [0.88079708, 0.73105858] / 1.61185566 = [0.54644910, 0.45355090].
     let logits = [0.0, 1.0, -1.0, 2.0];
-    let out = route(&RoutingMethod::SigmoidRenorm { top_k: 2, renormalize: true }, &logits, 1, 4);
+    let out = route(
+        &RoutingMethod::SigmoidRenorm {
+            top_k: 2,
+            renormalize: true,
+        },
+        &logits,
+        1,
+        4,
+    );
     assert_eq!(out.ids, vec![3, 1]);
     assert_close(weights(&out), &[0.546_449_1, 0.453_550_9], 1e-6);
-    let out = route(&RoutingMethod::SigmoidRenorm { top_k: 2, renormalize: false }, &logits, 1, 4);
+    let out = route(
+        &RoutingMethod::SigmoidRenorm {
+            top_k: 2,
+            renormalize: false,
+        },
+        &logits,
+        1,
+        4,
+    );
     assert_eq!(out.ids, vec![3, 1]);
     assert_close(weights(&out), &[SIG_2, SIG_1], 1e-6);
 }
@@ -402,7 +507,12 @@ fn sparse_mixer_keeps_entries_within_the_relative_gap() {
     //   (2-1)/2 = 0.5 (masked) -> softmax over {2, 1.5}: 1 / (1 + e^-0.5 = 1.60653066) = 0.62245933.
     // Step 2, expert 0 removed, m = 1.5: gaps (1.5+1)/1.5 = 1.67 (masked), (1.5-1)/1.5 = 0.33
     //   (kept) -> softmax over {1.5, 1}: 0.62245933 again, at expert 1.
-    let out = route(&RoutingMethod::SparseMixer { top_k: 2, eps: 0.2 }, &[2.0, 1.5, -1.0, 1.0], 1, 4);
+    let out = route(
+        &RoutingMethod::SparseMixer { top_k: 2, eps: 0.2 },
+        &[2.0, 1.5, -1.0, 1.0],
+        1,
+        4,
+    );
     assert_eq!(out.ids, vec![0, 1]);
     assert_close(weights(&out), &[0.622_459_3, 0.622_459_3], 1e-6);
 }
@@ -412,12 +522,20 @@ fn sparse_mixer_keeps_entries_within_the_relative_gap() {
 #[test]
 fn static_returns_its_table() {
     let logits = [0.1, 0.2, 0.3, 0.4, 0.4, 0.3, 0.2, 0.1];
-    let m = RoutingMethod::Static { top_k: 4, ids: vec![0, 1, 2, 3, 0, 1, 2, 3], scales: None };
+    let m = RoutingMethod::Static {
+        top_k: 4,
+        ids: vec![0, 1, 2, 3, 0, 1, 2, 3],
+        scales: None,
+    };
     let out = route(&m, &logits, 2, 4);
     assert_eq!(out.ids, vec![0, 1, 2, 3, 0, 1, 2, 3]);
     assert_eq!(out.weights, None);
     let scales = vec![1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0];
-    let m = RoutingMethod::Static { top_k: 4, ids: vec![3, 2, 1, 0, 0, 1, 2, 3], scales: Some(scales.clone()) };
+    let m = RoutingMethod::Static {
+        top_k: 4,
+        ids: vec![3, 2, 1, 0, 0, 1, 2, 3],
+        scales: Some(scales.clone()),
+    };
     let out = route(&m, &logits, 2, 4);
     assert_eq!(out.ids, vec![3, 2, 1, 0, 0, 1, 2, 3]);
     assert_eq!(out.weights, Some(scales));
@@ -425,7 +543,11 @@ fn static_returns_its_table() {
 
 #[test]
 fn static_with_the_wrong_row_count_is_refused() {
-    let m = RoutingMethod::Static { top_k: 2, ids: vec![0, 1, 2, 3], scales: None }; // 2 rows
+    let m = RoutingMethod::Static {
+        top_k: 2,
+        ids: vec![0, 1, 2, 3],
+        scales: None,
+    }; // 2 rows
     let res = m.apply_host(&[0.0; 12], 3, 4);
     match res {
         Err(MoeError::ShapeMismatch { what, actual, .. }) => {
@@ -439,7 +561,12 @@ fn static_with_the_wrong_row_count_is_refused() {
 #[test]
 fn load_balanced_spreads_slots_evenly() {
     for (k, tokens) in [(2usize, 2usize), (2, 32), (3, 100)] {
-        let out = route(&RoutingMethod::LoadBalanced { top_k: k }, &vec![0.0; tokens * 4], tokens, 4);
+        let out = route(
+            &RoutingMethod::LoadBalanced { top_k: k },
+            &vec![0.0; tokens * 4],
+            tokens,
+            4,
+        );
         assert_eq!(out.ids.len(), tokens * k);
         assert!(weights(&out).iter().all(|&w| w == 1.0));
         for expert in 0..4 {
@@ -474,14 +601,25 @@ fn validate_refuses_n_group_not_dividing_num_experts() {
     assert_config_error(ds3(2, 3, 1, 1.0, None, true).validate(8), "routing.n_group");
     assert_config_error(ds3(2, 0, 1, 1.0, None, true).validate(8), "routing.n_group");
     assert_config_error(ds3(2, 4, 5, 1.0, None, true).validate(8), "routing.topk_group");
-    assert_config_error(ds3(2, 2, 1, 1.0, Some(vec![0.0; 3]), true).validate(8), "routing.e_score_correction_bias");
+    assert_config_error(
+        ds3(2, 2, 1, 1.0, Some(vec![0.0; 3]), true).validate(8),
+        "routing.e_score_correction_bias",
+    );
     assert!(ds3(2, 4, 2, 1.0, None, true).validate(8).is_ok());
 }
 
 #[test]
 fn validate_refuses_a_non_finite_scaling_factor() {
-    let m = RoutingMethod::MiniMax2 { top_k: 1, bias: None, routed_scaling_factor: f32::NAN };
+    let m = RoutingMethod::MiniMax2 {
+        top_k: 1,
+        bias: None,
+        routed_scaling_factor: f32::NAN,
+    };
     assert_config_error(m.validate(4), "routing.routed_scaling_factor");
-    let m = RoutingMethod::DeepSeekV4 { top_k: 1, routed_scaling_factor: f32::INFINITY, bias: None };
+    let m = RoutingMethod::DeepSeekV4 {
+        top_k: 1,
+        routed_scaling_factor: f32::INFINITY,
+        bias: None,
+    };
     assert_config_error(m.validate(4), "routing.routed_scaling_factor");
 }

@@ -16,7 +16,10 @@ pub(super) struct TopK {
 
 impl TopK {
     pub(super) fn new(k: usize) -> Self {
-        TopK { k, entries: Vec::with_capacity(k + 1) }
+        TopK {
+            k,
+            entries: Vec::with_capacity(k + 1),
+        }
     }
 
     pub(super) fn clear(&mut self) {

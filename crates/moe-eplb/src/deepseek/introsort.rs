@@ -18,7 +18,13 @@ pub(super) fn sort<T: Copy>(v: &mut [T], less: impl Fn(&T, &T) -> bool) {
     final_insertion_sort(v, 0, n, &less);
 }
 
-fn introsort_loop<T: Copy>(v: &mut [T], first: usize, mut last: usize, mut depth: usize, less: &impl Fn(&T, &T) -> bool) {
+fn introsort_loop<T: Copy>(
+    v: &mut [T],
+    first: usize,
+    mut last: usize,
+    mut depth: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) {
     while last - first > THRESHOLD {
         if depth == 0 {
             // `__partial_sort(first, last, last)`: make_heap + sort_heap.
@@ -39,7 +45,14 @@ fn partition_pivot<T: Copy>(v: &mut [T], first: usize, last: usize, less: &impl 
     unguarded_partition(v, first + 1, last, first, less)
 }
 
-fn move_median_to_first<T: Copy>(v: &mut [T], result: usize, a: usize, b: usize, c: usize, less: &impl Fn(&T, &T) -> bool) {
+fn move_median_to_first<T: Copy>(
+    v: &mut [T],
+    result: usize,
+    a: usize,
+    b: usize,
+    c: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) {
     let pick = if less(&v[a], &v[b]) {
         if less(&v[b], &v[c]) {
             b
@@ -58,7 +71,13 @@ fn move_median_to_first<T: Copy>(v: &mut [T], result: usize, a: usize, b: usize,
     v.swap(result, pick);
 }
 
-fn unguarded_partition<T: Copy>(v: &mut [T], mut first: usize, mut last: usize, pivot: usize, less: &impl Fn(&T, &T) -> bool) -> usize {
+fn unguarded_partition<T: Copy>(
+    v: &mut [T],
+    mut first: usize,
+    mut last: usize,
+    pivot: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) -> usize {
     loop {
         while less(&v[first], &v[pivot]) {
             first += 1;
@@ -137,7 +156,14 @@ fn sort_heap<T: Copy>(v: &mut [T], first: usize, mut last: usize, less: &impl Fn
     }
 }
 
-fn adjust_heap<T: Copy>(v: &mut [T], first: usize, mut hole: usize, len: usize, value: T, less: &impl Fn(&T, &T) -> bool) {
+fn adjust_heap<T: Copy>(
+    v: &mut [T],
+    first: usize,
+    mut hole: usize,
+    len: usize,
+    value: T,
+    less: &impl Fn(&T, &T) -> bool,
+) {
     let top = hole;
     let mut child = hole;
     while child < (len - 1) / 2 {

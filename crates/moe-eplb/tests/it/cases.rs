@@ -30,8 +30,16 @@ impl Case {
     }
 
     pub fn run(&self, algorithm: Algorithm) -> PlanOutput {
-        plan(&self.load, self.num_replicas, self.num_gpus, self.num_nodes, self.num_groups, algorithm, None)
-            .unwrap_or_else(|e| panic!("{}: {e}", self.name()))
+        plan(
+            &self.load,
+            self.num_replicas,
+            self.num_gpus,
+            self.num_nodes,
+            self.num_groups,
+            algorithm,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", self.name()))
     }
 }
 
@@ -54,14 +62,21 @@ fn deepseek_reproduces_every_fixture_case_exactly() {
         assert_eq!(out.logcnt, c.logcnt, "logcnt of {}", c.name());
         assert_eq!(out.log2phy, c.log2phy, "log2phy of {}", c.name());
         for (l, (&ours, &theirs)) in out.balancedness.iter().zip(&c.balancedness).enumerate() {
-            assert!((ours - theirs).abs() < 1e-9, "{} layer {l}: balancedness {ours} vs {theirs}", c.name());
+            assert!(
+                (ours - theirs).abs() < 1e-9,
+                "{} layer {l}: balancedness {ours} vs {theirs}",
+                c.name()
+            );
         }
     }
 }
 
 #[test]
 fn default_is_at_least_as_balanced_as_deepseek_on_every_case() {
-    println!("{:<32} {:>5} {:>10} {:>10} {:>10}", "case", "layer", "deepseek", "default", "gain");
+    println!(
+        "{:<32} {:>5} {:>10} {:>10} {:>10}",
+        "case", "layer", "deepseek", "default", "gain"
+    );
     let mut skewed_gains = Vec::new();
     for c in &cases() {
         let out = c.run(Algorithm::default());
@@ -70,15 +85,29 @@ fn default_is_at_least_as_balanced_as_deepseek_on_every_case() {
             let ours = out.balancedness[l];
             // Recompute from the table itself rather than trusting the reported number.
             assert!((balancedness(&c.load[l], &out.phy2log[l], c.num_gpus) - ours).abs() < 1e-12);
-            println!("{:<32} {:>5} {:>10.6} {:>10.6} {:>+10.6}", c.name(), l, ds, ours, ours - ds);
-            assert!(ours >= ds - 1e-12, "{} layer {l}: default {ours} < deepseek {ds}", c.name());
+            println!(
+                "{:<32} {:>5} {:>10.6} {:>10.6} {:>+10.6}",
+                c.name(),
+                l,
+                ds,
+                ours,
+                ours - ds
+            );
+            assert!(
+                ours >= ds - 1e-12,
+                "{} layer {l}: default {ours} < deepseek {ds}",
+                c.name()
+            );
             if c.skew > 0.0 {
                 skewed_gains.push(ours - ds);
             }
         }
     }
     let gain = mean(&skewed_gains);
-    println!("mean balancedness gain over DeepSeek on skewed cases: {gain:+.6} ({} layers)", skewed_gains.len());
+    println!(
+        "mean balancedness gain over DeepSeek on skewed cases: {gain:+.6} ({} layers)",
+        skewed_gains.len()
+    );
     assert!(gain >= 0.0);
 }
 
@@ -90,7 +119,11 @@ fn greedy_is_a_valid_placement_that_balances() {
             let p2l = &out.phy2log[l];
             assert_eq!(p2l.len(), c.num_replicas);
             assert_eq!(out.logcnt[l].iter().sum::<usize>(), c.num_replicas);
-            assert!(out.logcnt[l].iter().all(|&n| n >= 1), "{}: an expert lost its slot", c.name());
+            assert!(
+                out.logcnt[l].iter().all(|&n| n >= 1),
+                "{}: an expert lost its slot",
+                c.name()
+            );
             // Every replica listed in log2phy points back at its expert.
             for (e, slots) in out.log2phy[l].iter().enumerate() {
                 let listed: Vec<i64> = slots.iter().copied().filter(|&s| s >= 0).collect();
@@ -101,10 +134,20 @@ fn greedy_is_a_valid_placement_that_balances() {
             // mean (the list-scheduling bound), and beats the default wrap it replaces.
             let gpu = gpu_loads(&c.load[l], p2l, c.num_gpus);
             let mean = gpu.iter().sum::<f64>() / gpu.len() as f64;
-            let max_share = (0..c.num_experts).map(|e| c.load[l][e] / out.logcnt[l][e] as f64).fold(0.0, f64::max);
+            let max_share = (0..c.num_experts)
+                .map(|e| c.load[l][e] / out.logcnt[l][e] as f64)
+                .fold(0.0, f64::max);
             let max = gpu.iter().copied().fold(0.0, f64::max);
-            assert!(max <= mean + max_share + 1e-9, "{} layer {l}: max {max}, mean {mean}, share {max_share}", c.name());
-            assert!(out.balancedness[l] >= out.balancedness_before[l] - 1e-12, "{} layer {l}", c.name());
+            assert!(
+                max <= mean + max_share + 1e-9,
+                "{} layer {l}: max {max}, mean {mean}, share {max_share}",
+                c.name()
+            );
+            assert!(
+                out.balancedness[l] >= out.balancedness_before[l] - 1e-12,
+                "{} layer {l}",
+                c.name()
+            );
         }
     }
 }

@@ -16,7 +16,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
 }
@@ -63,8 +66,18 @@ fn run(algorithm: Algorithm, use_previous: bool) -> Vec<(f64, usize)> {
 fn previous_placement_moves_fewer_slots_at_the_same_balance() {
     let fresh = run(Algorithm::default(), false);
     let kept = run(Algorithm::default(), true);
-    let capped = run(Algorithm::Default { max_changed_slots: Some(CAP) }, true);
-    let wide = run(Algorithm::Default { max_changed_slots: Some(WIDE_CAP) }, true);
+    let capped = run(
+        Algorithm::Default {
+            max_changed_slots: Some(CAP),
+        },
+        true,
+    );
+    let wide = run(
+        Algorithm::Default {
+            max_changed_slots: Some(WIDE_CAP),
+        },
+        true,
+    );
     let deepseek = run(Algorithm::DeepSeek, false);
 
     println!("balancedness / slots moved per rebalance ({E} experts, {SLOTS} slots, {GPUS} GPUs)");
@@ -73,22 +86,50 @@ fn previous_placement_moves_fewer_slots_at_the_same_balance() {
         let cell = |v: &[(f64, usize)]| format!("{:.4} {:>3}", v[t].0, v[t].1);
         println!(
             "{t:>4} | {} | {} | {} | {} | {}",
-            cell(&deepseek), cell(&fresh), cell(&kept), cell(&wide), cell(&capped)
+            cell(&deepseek),
+            cell(&fresh),
+            cell(&kept),
+            cell(&wide),
+            cell(&capped)
         );
     }
     let total = |v: &[(f64, usize)]| v.iter().map(|x| x.1).sum::<usize>();
     let mean = |v: &[(f64, usize)]| v.iter().map(|x| x.0).sum::<f64>() / v.len() as f64;
-    for (name, v) in [("deepseek", &deepseek), ("fresh", &fresh), ("previous", &kept), ("cap 24", &wide), ("cap 8", &capped)] {
-        println!("{name:>9}: {:>4} slots moved, mean balancedness {:.4}", total(v), mean(v));
+    for (name, v) in [
+        ("deepseek", &deepseek),
+        ("fresh", &fresh),
+        ("previous", &kept),
+        ("cap 24", &wide),
+        ("cap 8", &capped),
+    ] {
+        println!(
+            "{name:>9}: {:>4} slots moved, mean balancedness {:.4}",
+            total(v),
+            mean(v)
+        );
     }
 
-    assert!(total(&kept) < total(&fresh), "previous {} vs fresh {}", total(&kept), total(&fresh));
+    assert!(
+        total(&kept) < total(&fresh),
+        "previous {} vs fresh {}",
+        total(&kept),
+        total(&fresh)
+    );
     assert!(total(&capped) <= total(&wide) && total(&wide) <= total(&kept));
     for t in 0..STEPS {
         // Same balance as planning from scratch (the relabeled fresh plan is a candidate).
-        assert!(kept[t].0 >= fresh[t].0 - 1e-6, "step {t}: {} < {}", kept[t].0, fresh[t].0);
+        assert!(
+            kept[t].0 >= fresh[t].0 - 1e-6,
+            "step {t}: {} < {}",
+            kept[t].0,
+            fresh[t].0
+        );
         assert!(fresh[t].0 >= deepseek[t].0 - 1e-12);
         assert!(capped[t].1 <= CAP, "step {t}: {} slots moved over the cap", capped[t].1);
-        assert!(wide[t].1 <= WIDE_CAP, "step {t}: {} slots moved over the cap", wide[t].1);
+        assert!(
+            wide[t].1 <= WIDE_CAP,
+            "step {t}: {} slots moved over the cap",
+            wide[t].1
+        );
     }
 }

@@ -87,7 +87,9 @@ fn rounded(mut r: RebalanceReport) -> RebalanceReport {
 #[test]
 fn migration_follows_the_cadence_and_routing_waits_for_it() {
     let mut cfg = DynamicBalancerConfig::new(3, E, SLOTS, RANKS, 1, 2);
-    cfg.algorithm = Algorithm::Default { max_changed_slots: Some(4) };
+    cfg.algorithm = Algorithm::Default {
+        max_changed_slots: Some(4),
+    };
     let initial = moe_eplb::default_assignment(E, SLOTS, RANKS);
     // Ranks 1..3 route the same tokens, so the other three ranks add three times ours.
     // The other ranks' counts are a fixed background: two tokens per expert per iteration.
@@ -117,14 +119,27 @@ fn migration_follows_the_cadence_and_routing_waits_for_it() {
                 assert_eq!(table[m.slot], m.from_expert);
                 assert_eq!(plan.new_slot_to_expert[m.slot], m.to_expert);
             }
-            assert_eq!(b.placement().slot_to_expert(), &table[..], "not routed through before it is applied");
+            assert_eq!(
+                b.placement().slot_to_expert(),
+                &table[..],
+                "not routed through before it is applied"
+            );
             in_flight = Some(plan.clone());
         }
         assert_eq!(b.placement().slot_to_expert(), &table[..]);
         let taken = taken.map_or_else(Vec::new, |p| {
-            p.moves.iter().map(|m| format!("{}: {} -> {}", m.slot, m.from_expert, m.to_expert)).collect()
+            p.moves
+                .iter()
+                .map(|m| format!("{}: {} -> {}", m.slot, m.from_expert, m.to_expert))
+                .collect()
         });
-        events.push(Event { after_iteration: it, hot, taken, applied, routing_table: by_rank(&table) });
+        events.push(Event {
+            after_iteration: it,
+            hot,
+            taken,
+            applied,
+            routing_table: by_rank(&table),
+        });
     }
     assert_eq!(b.iteration(), 8);
     let reports = b.reports().to_vec();
@@ -132,7 +147,10 @@ fn migration_follows_the_cadence_and_routing_waits_for_it() {
     for r in &reports {
         assert!(r.balancedness_after >= r.balancedness_before, "{r:?}");
     }
-    assert!(reports.iter().filter(|r| r.changed_slots > 0).count() >= 2, "the moved hot set is rebalanced too");
+    assert!(
+        reports.iter().filter(|r| r.changed_slots > 0).count() >= 2,
+        "the moved hot set is rebalanced too"
+    );
     let reports = reports.into_iter().map(rounded).collect();
     insta::assert_json_snapshot!("dynamic_hook_sequence", Trace { events, reports });
 }
@@ -186,7 +204,8 @@ fn warm_up_and_gathered_statistics() {
                 gathered[r * E + e as usize] += 1.0;
             }
         }
-        b.update_gathered_statistic(&Tensor::from_f32(vec![RANKS, E], gathered).unwrap()).unwrap();
+        b.update_gathered_statistic(&Tensor::from_f32(vec![RANKS, E], gathered).unwrap())
+            .unwrap();
         b.done_set_cpu_stage().unwrap();
         // Iterations <= 2 are warm-up: no plan before the end of iteration 3.
         assert_eq!(b.take_migration().is_some(), it == 3, "iteration {it}");
@@ -198,7 +217,10 @@ fn return_to_idle(b: &mut DynamicBalancer) {
     let counts = Tensor::from_f32(vec![RANKS, E], vec![0.0; RANKS * E]).unwrap();
     b.update_gathered_statistic(&counts).unwrap();
     b.done_set_cpu_stage().unwrap();
-    assert!(b.update_gathered_statistic(&counts).is_err(), "nothing is waiting any more");
+    assert!(
+        b.update_gathered_statistic(&counts).is_err(),
+        "nothing is waiting any more"
+    );
 }
 
 #[test]
@@ -207,11 +229,18 @@ fn built_from_a_layer_config() {
     c.parallel.ep_size = RANKS;
     c.parallel.ep_rank = 2;
     c.layer_idx = Some(7);
-    c.eplb = Some(EplbConfig { num_slots: SLOTS, layer_updates_per_iter: 3, initial_global_assignments: None });
+    c.eplb = Some(EplbConfig {
+        num_slots: SLOTS,
+        layer_updates_per_iter: 3,
+        initial_global_assignments: None,
+    });
     let b = DynamicBalancer::from_moe_config(&c, Algorithm::Greedy, None).unwrap();
     assert_eq!(b.config().layer_idx, 7);
     assert_eq!(b.config().layer_updates_per_iter, 3);
-    assert_eq!(b.placement().slot_to_expert(), &moe_eplb::default_assignment(E, SLOTS, RANKS)[..]);
+    assert_eq!(
+        b.placement().slot_to_expert(),
+        &moe_eplb::default_assignment(E, SLOTS, RANKS)[..]
+    );
     assert!(b.is_dynamic());
     c.eplb = None;
     assert!(DynamicBalancer::from_moe_config(&c, Algorithm::Greedy, None).is_err());

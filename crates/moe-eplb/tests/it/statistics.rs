@@ -17,12 +17,19 @@ pub struct FakeGroup {
 
 impl FakeGroup {
     pub fn new(size: usize, others: Vec<f32>) -> Arc<FakeGroup> {
-        Arc::new(FakeGroup { size, others, seen: Mutex::new(Vec::new()) })
+        Arc::new(FakeGroup {
+            size,
+            others,
+            seen: Mutex::new(Vec::new()),
+        })
     }
 }
 
 fn unused() -> MoeError {
-    MoeError::Comm { peer: None, detail: "not used by the balancer".into() }
+    MoeError::Comm {
+        peer: None,
+        detail: "not used by the balancer".into(),
+    }
 }
 
 impl ProcessGroup for FakeGroup {
@@ -75,7 +82,10 @@ fn counts_are_all_reduced_then_decayed() {
     for (a, b) in s.load_factor().iter().zip(expect) {
         assert!((a - b).abs() < 1e-12, "{:?} vs {expect:?}", s.load_factor());
     }
-    assert_eq!(*group.seen.lock().unwrap(), vec![vec![2.0, 1.0, 0.0], vec![0.0, 2.0, 1.0]]);
+    assert_eq!(
+        *group.seen.lock().unwrap(),
+        vec![vec![2.0, 1.0, 0.0], vec![0.0, 2.0, 1.0]]
+    );
 }
 
 #[test]
@@ -87,10 +97,14 @@ fn ignore_allreduce_waits_for_the_gathered_counts() {
     assert!(s.awaiting_gathered());
     assert_eq!(s.load_factor(), &[0.0, 0.0]);
     // Rank 0 counted [2, 1], rank 1 [3, 0]: the strategy hands both back.
-    s.apply_gathered(&Tensor::from_f32(vec![2, 2], vec![2.0, 1.0, 3.0, 0.0]).unwrap()).unwrap();
+    s.apply_gathered(&Tensor::from_f32(vec![2, 2], vec![2.0, 1.0, 3.0, 0.0]).unwrap())
+        .unwrap();
     assert_eq!(s.load_factor(), &[5.0, 1.0]);
     assert!(!s.awaiting_gathered());
-    assert!(group.seen.lock().unwrap().is_empty(), "no all-reduce on the ignore_allreduce path");
+    assert!(
+        group.seen.lock().unwrap().is_empty(),
+        "no all-reduce on the ignore_allreduce path"
+    );
     let wrong = Tensor::from_f32(vec![2, 3], vec![0.0; 6]).unwrap();
     assert!(s.apply_gathered(&wrong).unwrap_err().to_string().contains("[ep, 2]"));
 }

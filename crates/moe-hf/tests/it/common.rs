@@ -9,7 +9,15 @@ use moe_hf::Checkpoint;
 /// Vendored fixtures (never `/work/shared`).
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixtures/hf");
 
-pub const FAMILIES: [&str; 7] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "llama4"];
+pub const FAMILIES: [&str; 7] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v3",
+    "gpt_oss",
+    "llama4",
+];
 pub const TOKENS: [usize; 3] = [1, 7, 130];
 pub const BACKENDS: [&str; 2] = ["reference", "cpu"];
 
@@ -20,7 +28,9 @@ pub fn fixture(name: &str) -> PathBuf {
 /// `x_T` / `y_T` of a fixture.
 pub fn io_tensor(dir: &Path, key: &str) -> Tensor {
     let io = Checkpoint::open_file(dir.join("io.safetensors")).expect("io.safetensors opens");
-    io.tensor(key).and_then(|v| v.to_tensor(key)).unwrap_or_else(|e| panic!("{key}: {e}"))
+    io.tensor(key)
+        .and_then(|v| v.to_tensor(key))
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
 }
 
 /// `||y - y_ref|| / ||y_ref||` in f64.
@@ -92,7 +102,12 @@ impl Scratch {
         edit(&mut entries);
         let views: Vec<_> = entries
             .iter()
-            .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .map(|(n, d, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
             .collect();
         let out = safetensors::serialize(views, None).unwrap();
         std::fs::write(&p, out).unwrap();

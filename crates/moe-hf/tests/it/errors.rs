@@ -3,7 +3,7 @@
 use moe_core::{MoeError, Tensor};
 use moe_hf::{BlockOptions, Checkpoint, HfConfig, MoeBlock};
 
-use crate::common::{fixture, Scratch};
+use crate::common::{Scratch, fixture};
 
 fn load(dir: &std::path::Path, layer: usize) -> Result<MoeBlock, MoeError> {
     MoeBlock::load(dir, layer, BlockOptions::default())
@@ -194,7 +194,10 @@ fn dense_layer_is_unsupported() {
     });
     let e = load(s.path(), 0).unwrap_err();
     assert!(matches!(e, MoeError::UnsupportedModel { .. }), "{e:?}");
-    assert!(e.to_string().contains("layer 0") && e.to_string().contains("dense"), "{e}");
+    assert!(
+        e.to_string().contains("layer 0") && e.to_string().contains("dense"),
+        "{e}"
+    );
 
     let s = Scratch::copy_of("qwen2_moe-float32", "mlp-only");
     s.edit_config(|c| {
@@ -265,5 +268,8 @@ fn quantized_config_over_float_weights_is_refused() {
     assert_eq!(cfg.quant.algo, moe_core::QuantAlgo::Fp8Block);
     let e = load(s.path(), 0).unwrap_err();
     assert!(matches!(e, MoeError::DTypeMismatch { .. }), "{e:?}");
-    assert!(e.to_string().contains("model.layers.0.mlp.experts.0.gate_proj.weight"), "{e}");
+    assert!(
+        e.to_string().contains("model.layers.0.mlp.experts.0.gate_proj.weight"),
+        "{e}"
+    );
 }

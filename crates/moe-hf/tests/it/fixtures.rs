@@ -3,7 +3,7 @@
 
 use moe_hf::{BlockOptions, MoeBlock};
 
-use crate::common::{fixture, io_tensor, rel_l2, tolerance, BACKENDS, TOKENS};
+use crate::common::{BACKENDS, TOKENS, fixture, io_tensor, rel_l2, tolerance};
 
 fn check_fixture(name: &str) {
     let dir = fixture(name);
@@ -18,7 +18,11 @@ fn check_fixture(name: &str) {
         let mut blocks: Vec<(Option<usize>, MoeBlock)> = [Some(1), Some(16), None]
             .into_iter()
             .map(|chunk| {
-                let opts = BlockOptions { backend: Some(backend.into()), max_tokens_per_chunk: chunk, ..Default::default() };
+                let opts = BlockOptions {
+                    backend: Some(backend.into()),
+                    max_tokens_per_chunk: chunk,
+                    ..Default::default()
+                };
                 let b = MoeBlock::load(&dir, 0, opts).unwrap_or_else(|e| panic!("{name} [{backend}] load: {e}"));
                 (chunk, b)
             })
@@ -28,7 +32,9 @@ fn check_fixture(name: &str) {
             let y_ref = io_tensor(&dir, &format!("y_{t}"));
             let mut outs = Vec::new();
             for (chunk, block) in &mut blocks {
-                let y = block.forward(&x).unwrap_or_else(|e| panic!("{name} [{backend}] T={t} chunk={chunk:?}: {e}"));
+                let y = block
+                    .forward(&x)
+                    .unwrap_or_else(|e| panic!("{name} [{backend}] T={t} chunk={chunk:?}: {e}"));
                 assert_eq!(y.dtype(), x.dtype(), "{name}: output dtype");
                 let err = rel_l2(&y, &y_ref);
                 worst = worst.max(err);
@@ -113,7 +119,10 @@ fn block_reports_family_layout() {
 #[test]
 fn dtype_override_runs_f32_checkpoint_in_bf16() {
     let dir = fixture("mixtral-float32");
-    let opts = BlockOptions { dtype: Some(moe_core::DType::BF16), ..Default::default() };
+    let opts = BlockOptions {
+        dtype: Some(moe_core::DType::BF16),
+        ..Default::default()
+    };
     let mut b = MoeBlock::load(&dir, 0, opts).unwrap();
     let x = io_tensor(&dir, "x_7");
     let y = b.forward(&x).unwrap();
@@ -140,6 +149,9 @@ fn multimodal_llama4_layout_loads() {
     assert_eq!(b.prefix(), "language_model.model.layers.0.feed_forward.");
     assert!(b.hf_config().multimodal);
     let dir = fixture("llama4-bfloat16");
-    let err = rel_l2(&b.forward(&io_tensor(&dir, "x_130")).unwrap(), &io_tensor(&dir, "y_130"));
+    let err = rel_l2(
+        &b.forward(&io_tensor(&dir, "x_130")).unwrap(),
+        &io_tensor(&dir, "y_130"),
+    );
     assert!(err <= 3e-2, "{err:.3e}");
 }

@@ -8,17 +8,27 @@ use moe::process_group::InProcessGroup;
 use moe_core::{ProcessGroup, Tensor};
 use moe_hf::{BlockOptions, Distributed, MoeBlock};
 
-use crate::common::{fixture, io_tensor, rel_l2, FAMILIES};
+use crate::common::{FAMILIES, fixture, io_tensor, rel_l2};
 
 /// Rows per rank: contiguous, uneven, one rank empty when there are 3 or more.
 fn split(t: usize, ranks: usize) -> Vec<usize> {
-    let mut counts: Vec<usize> = (0..ranks).map(|r| if r == 1 && ranks > 2 { 0 } else { t / ranks }).collect();
+    let mut counts: Vec<usize> = (0..ranks)
+        .map(|r| if r == 1 && ranks > 2 { 0 } else { t / ranks })
+        .collect();
     let assigned: usize = counts.iter().sum();
     counts[0] += t - assigned;
     counts
 }
 
-fn run_ranks(name: &str, x: &Tensor, ranks: usize, backend: &str, comm: &str, chunk: Option<usize>, pad: bool) -> Tensor {
+fn run_ranks(
+    name: &str,
+    x: &Tensor,
+    ranks: usize,
+    backend: &str,
+    comm: &str,
+    chunk: Option<usize>,
+    pad: bool,
+) -> Tensor {
     let counts = split(x.rows(), ranks);
     let dir = fixture(name);
     let x = Arc::new(x.clone());
@@ -29,8 +39,16 @@ fn run_ranks(name: &str, x: &Tensor, ranks: usize, backend: &str, comm: &str, ch
             let (dir, x, counts) = (dir.clone(), x.clone(), counts.clone());
             let (backend, comm) = (backend.to_string(), comm.to_string());
             std::thread::spawn(move || {
-                let opts = BlockOptions { backend: Some(backend), max_tokens_per_chunk: chunk, ..BlockOptions::default() };
-                let dist = Distributed { group: Arc::new(g) as Arc<dyn ProcessGroup>, comm, eplb: None };
+                let opts = BlockOptions {
+                    backend: Some(backend),
+                    max_tokens_per_chunk: chunk,
+                    ..BlockOptions::default()
+                };
+                let dist = Distributed {
+                    group: Arc::new(g) as Arc<dyn ProcessGroup>,
+                    comm,
+                    eplb: None,
+                };
                 let mut block = MoeBlock::load_distributed(&dir, 0, opts, Some(dist)).expect("load rank");
                 let start: usize = counts[..rank].iter().sum();
                 let xs = x.narrow_rows(start, counts[rank]).expect("slice");
@@ -64,7 +82,10 @@ fn every_family_over_expert_parallel_ranks_matches_one_rank() {
             for (ranks, backend, comm, chunk, pad) in setups {
                 let got = run_ranks(&name, &x, ranks, backend, comm, chunk, pad);
                 let err = rel_l2(&got, &want);
-                assert!(err <= tol, "{name} ep={ranks} {backend}/{comm} chunk={chunk:?} pad={pad}: rel L2 {err:.2e}");
+                assert!(
+                    err <= tol,
+                    "{name} ep={ranks} {backend}/{comm} chunk={chunk:?} pad={pad}: rel L2 {err:.2e}"
+                );
                 // The oracle too, as a guard that splitting changed nothing material.
                 let y = io_tensor(&fixture(&name), "y_130");
                 let oracle = if dtype == "float32" { 1e-5 } else { 3e-2 };

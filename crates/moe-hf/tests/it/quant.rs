@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use moe_core::{DType, MoeError};
 use moe_hf::{BlockOptions, CheckpointQuant, MoeBlock};
 
-use crate::common::{io_tensor, rel_l2, Scratch, BACKENDS, TOKENS};
+use crate::common::{BACKENDS, Scratch, TOKENS, io_tensor, rel_l2};
 
 /// Vendored quantized fixtures (never `/work/shared`).
 pub const QUANT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixtures/hf-quant");
@@ -27,7 +27,11 @@ fn tolerance(name: &str, dequantized: bool) -> f64 {
 }
 
 fn opts(backend: &str, dequantize: bool) -> BlockOptions {
-    BlockOptions { backend: Some(backend.into()), dequantize, ..Default::default() }
+    BlockOptions {
+        backend: Some(backend.into()),
+        dequantize,
+        ..Default::default()
+    }
 }
 
 /// Worst relative L2 error of `name` over T and both backends.
@@ -40,11 +44,16 @@ fn check(name: &str, dequantize: bool) -> f64 {
             .unwrap_or_else(|e| panic!("{name} [{backend}, dequantize={dequantize}] load: {e}"));
         for t in TOKENS {
             let x = io_tensor(&dir, &format!("x_{t}"));
-            let y = block.forward(&x).unwrap_or_else(|e| panic!("{name} [{backend}] T={t}: {e}"));
+            let y = block
+                .forward(&x)
+                .unwrap_or_else(|e| panic!("{name} [{backend}] T={t}: {e}"));
             assert_eq!(y.dtype(), DType::BF16, "{name}: output in the model dtype");
             let err = rel_l2(&y, &io_tensor(&dir, &format!("y_{t}")));
             eprintln!("{name} [{backend}, dequantize={dequantize}] T={t}: relative L2 error {err:.3e}");
-            assert!(err <= tol, "{name} [{backend}, dequantize={dequantize}] T={t}: relative L2 error {err:.3e} > {tol:.0e}");
+            assert!(
+                err <= tol,
+                "{name} [{backend}, dequantize={dequantize}] T={t}: relative L2 error {err:.3e} > {tol:.0e}"
+            );
             worst = worst.max(err);
         }
     }
@@ -77,7 +86,11 @@ fn fixtures_declare_their_formats() {
     assert_eq!(b.checkpoint_quant(), CheckpointQuant::Mxfp4);
     let b = MoeBlock::load(quant_fixture("deepseek_v3-fp8block"), 0, opts("reference", true)).unwrap();
     assert_eq!(b.checkpoint_quant(), CheckpointQuant::Fp8Block { block: [128, 128] });
-    assert_eq!(b.shared_intermediate_size(), Some(128), "FP8 shared expert dequantized at load");
+    assert_eq!(
+        b.shared_intermediate_size(),
+        Some(128),
+        "FP8 shared expert dequantized at load"
+    );
 }
 
 // --- checkpoints that contradict their config ----------------------------------------------
@@ -127,7 +140,10 @@ fn bf16_experts_in_an_fp8_config_are_refused() {
     let e = load_err(s.path());
     assert!(matches!(e, MoeError::DTypeMismatch { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains(bad) && msg.contains("FP8 block") && msg.contains("f8e4m3"), "{msg}");
+    assert!(
+        msg.contains(bad) && msg.contains("FP8 block") && msg.contains("f8e4m3"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -146,7 +162,10 @@ fn mxfp4_config_over_bf16_experts_is_named() {
     // The bf16 GPT-OSS fixture under an MXFP4 config: the blocks the config promises are absent.
     let s = Scratch::copy_of("gpt_oss-bfloat16", "mxfp4-over-bf16");
     s.edit_config(|c| {
-        c.insert("quantization_config".into(), serde_json::json!({"quant_method": "mxfp4"}));
+        c.insert(
+            "quantization_config".into(),
+            serde_json::json!({"quant_method": "mxfp4"}),
+        );
     });
     let e = load_err(s.path());
     assert!(matches!(e, MoeError::MissingTensor { .. }), "{e:?}");
@@ -237,8 +256,20 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
 }
 
 /// Canonical tensors under `{prefix}{suffix}`, as stored by ModelOpt and friends.
-fn canonical(prefix: &str, q: moe_quant::quantize::Quantized) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
-    q.into_iter().map(|(s, t)| (format!("{prefix}{s}"), st_dtype(t.dtype()), t.shape().to_vec(), st_bytes(&t))).collect()
+fn canonical(
+    prefix: &str,
+    q: moe_quant::quantize::Quantized,
+) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+    q.into_iter()
+        .map(|(s, t)| {
+            (
+                format!("{prefix}{s}"),
+                st_dtype(t.dtype()),
+                t.shape().to_vec(),
+                st_bytes(&t),
+            )
+        })
+        .collect()
 }
 
 fn worst_error(dir: &Path, oracle: &str, backend: &str) -> f64 {
@@ -246,7 +277,12 @@ fn worst_error(dir: &Path, oracle: &str, backend: &str) -> f64 {
     let fx = crate::common::fixture(oracle);
     TOKENS
         .iter()
-        .map(|t| rel_l2(&b.forward(&io_tensor(&fx, &format!("x_{t}"))).unwrap(), &io_tensor(&fx, &format!("y_{t}"))))
+        .map(|t| {
+            rel_l2(
+                &b.forward(&io_tensor(&fx, &format!("x_{t}"))).unwrap(),
+                &io_tensor(&fx, &format!("y_{t}")),
+            )
+        })
         .fold(0.0, f64::max)
 }
 
@@ -262,15 +298,27 @@ fn modelopt_fp8_per_tensor_loads() {
         // would show as a large error, an oversized scale as a small one).
         |p, w, out, inp| {
             let input_amax = if p.ends_with("down_proj.") { 40.0 } else { 5.0 };
-            canonical(p, moe_quant::quantize::fp8_per_tensor(w, out, inp, None, input_amax).unwrap())
+            canonical(
+                p,
+                moe_quant::quantize::fp8_per_tensor(w, out, inp, None, input_amax).unwrap(),
+            )
         },
     );
-    assert_eq!(moe_hf::HfConfig::from_dir(s.path()).unwrap().checkpoint_quant().unwrap(), CheckpointQuant::Fp8PerTensor);
+    assert_eq!(
+        moe_hf::HfConfig::from_dir(s.path())
+            .unwrap()
+            .checkpoint_quant()
+            .unwrap(),
+        CheckpointQuant::Fp8PerTensor
+    );
     // Weight-only (the loader's part): FP8 rounding of three GEMMs' weights.
     let mut b = MoeBlock::load(s.path(), 0, opts("cpu", true)).unwrap();
     let fx = crate::common::fixture("qwen3_moe-bfloat16");
     for t in TOKENS {
-        let err = rel_l2(&b.forward(&io_tensor(&fx, &format!("x_{t}"))).unwrap(), &io_tensor(&fx, &format!("y_{t}")));
+        let err = rel_l2(
+            &b.forward(&io_tensor(&fx, &format!("x_{t}"))).unwrap(),
+            &io_tensor(&fx, &format!("y_{t}")),
+        );
         assert!(err <= 8e-2, "dequantized T={t}: {err:.3e}");
     }
     for backend in BACKENDS {
@@ -300,7 +348,13 @@ fn int8_weight_only_loads() {
 
 /// AutoAWQ GEMM packing: `qweight` i32 `[in, out/8]` and `qzeros` i32 `[in/g, out/8]` with
 /// nibble order 0,2,4,6,1,3,5,7, `scales` f16 `[in/g, out]`.
-fn awq_pack(prefix: &str, w: &[f32], out: usize, inp: usize, group: usize) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+fn awq_pack(
+    prefix: &str,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    group: usize,
+) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
     let q = moe_quant::quantize::int4_group(w, out, inp, group).unwrap();
     let get = |s: &str| q.iter().find(|(x, _)| *x == s).unwrap().1.clone();
     let (codes, scales, zeros) = (get("weight"), get("weight_scale"), get("weight_zero"));
@@ -322,11 +376,29 @@ fn awq_pack(prefix: &str, w: &[f32], out: usize, inp: usize, group: usize) -> Ve
     let qweight = pack(inp, &|n, k| code(n, k));
     let qzeros = pack(groups, &|n, g| u32::from(zeros[n * groups + g]));
     let s = scales.as_f32("scales").unwrap();
-    let st: Vec<u8> = (0..groups).flat_map(|g| (0..out).map(move |n| (g, n))).flat_map(|(g, n)| half::f16::from_f32(s[n * groups + g]).to_le_bytes()).collect();
+    let st: Vec<u8> = (0..groups)
+        .flat_map(|g| (0..out).map(move |n| (g, n)))
+        .flat_map(|(g, n)| half::f16::from_f32(s[n * groups + g]).to_le_bytes())
+        .collect();
     vec![
-        (format!("{prefix}qweight"), safetensors::Dtype::I32, vec![inp, out / 8], qweight),
-        (format!("{prefix}qzeros"), safetensors::Dtype::I32, vec![groups, out / 8], qzeros),
-        (format!("{prefix}scales"), safetensors::Dtype::F16, vec![groups, out], st),
+        (
+            format!("{prefix}qweight"),
+            safetensors::Dtype::I32,
+            vec![inp, out / 8],
+            qweight,
+        ),
+        (
+            format!("{prefix}qzeros"),
+            safetensors::Dtype::I32,
+            vec![groups, out / 8],
+            qzeros,
+        ),
+        (
+            format!("{prefix}scales"),
+            safetensors::Dtype::F16,
+            vec![groups, out],
+            st,
+        ),
     ]
 }
 
@@ -335,7 +407,9 @@ fn awq_int4_unpacks_to_the_canonical_codes() {
     use moe_core::WeightSource;
     let group = 32;
     let cfg = serde_json::json!({"quant_method": "awq", "bits": 4, "group_size": group, "version": "gemm", "zero_point": true});
-    let s = requantized("mixtral-bfloat16", "awq", cfg, |p, w, out, inp| awq_pack(p, w, out, inp, group));
+    let s = requantized("mixtral-bfloat16", "awq", cfg, |p, w, out, inp| {
+        awq_pack(p, w, out, inp, group)
+    });
     let hf = moe_hf::HfConfig::from_dir(s.path()).unwrap();
     assert_eq!(hf.checkpoint_quant().unwrap(), CheckpointQuant::Int4Awq { group });
     // The served canonical tensors are the quantizer's, bit for bit (scales rounded to f16).
@@ -346,15 +420,37 @@ fn awq_int4_unpacks_to_the_canonical_codes() {
     let fnames = moe_hf::BlockNames::resolve(hf.family, 0, &fck).unwrap();
     let float = moe_hf::ExpertSource::new(&fck, &fnames, 8, 64, 32);
     for (canon, out, inp) in [("5.w3", 32, 64), ("2.w2", 64, 32)] {
-        let w = float.get(&format!("{canon}.weight")).unwrap().unwrap().to_f32_vec(canon).unwrap();
+        let w = float
+            .get(&format!("{canon}.weight"))
+            .unwrap()
+            .unwrap()
+            .to_f32_vec(canon)
+            .unwrap();
         let q = moe_quant::quantize::int4_group(&w, out, inp, group).unwrap();
         let get = |s: &str| q.iter().find(|(x, _)| *x == s).unwrap().1.clone();
         let served = |s: &str| src.get(&format!("{canon}.{s}")).unwrap().unwrap();
-        assert_eq!(served("weight").data.as_ref(), get("weight").as_bytes("w").unwrap(), "{canon} codes");
+        assert_eq!(
+            served("weight").data.as_ref(),
+            get("weight").as_bytes("w").unwrap(),
+            "{canon} codes"
+        );
         assert_eq!(served("weight").shape, vec![out, inp / 2]);
-        assert_eq!(served("weight_zero").data.as_ref(), get("weight_zero").as_bytes("z").unwrap(), "{canon} zeros");
-        let scales: Vec<f32> = get("weight_scale").as_f32("s").unwrap().iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
-        assert_eq!(served("weight_scale").to_f32_vec("s").unwrap(), scales, "{canon} scales");
+        assert_eq!(
+            served("weight_zero").data.as_ref(),
+            get("weight_zero").as_bytes("z").unwrap(),
+            "{canon} zeros"
+        );
+        let scales: Vec<f32> = get("weight_scale")
+            .as_f32("s")
+            .unwrap()
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(
+            served("weight_scale").to_f32_vec("s").unwrap(),
+            scales,
+            "{canon} scales"
+        );
     }
     drop(ck);
     for backend in BACKENDS {
@@ -368,8 +464,14 @@ fn awq_int4_unpacks_to_the_canonical_codes() {
 fn gptq_is_refused_naming_the_packing() {
     let s = Scratch::copy_of("mixtral-bfloat16", "gptq");
     s.edit_config(|c| {
-        c.insert("quantization_config".into(), serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": 32}));
+        c.insert(
+            "quantization_config".into(),
+            serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": 32}),
+        );
     });
     let e = load_err(s.path());
-    assert!(matches!(e, MoeError::UnsupportedModel { .. }) && e.to_string().contains("gptq"), "{e}");
+    assert!(
+        matches!(e, MoeError::UnsupportedModel { .. }) && e.to_string().contains("gptq"),
+        "{e}"
+    );
 }

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use moe_core::{DType, MoeError, Tensor};
-use moe_hf::{quantize_checkpoint, BlockOptions, Checkpoint, MoeBlock, QuantizeOptions, TargetFormat};
+use moe_hf::{BlockOptions, Checkpoint, MoeBlock, QuantizeOptions, TargetFormat, quantize_checkpoint};
 
-use crate::common::{fixture, io_tensor, rel_l2, Scratch, TOKENS};
+use crate::common::{Scratch, TOKENS, fixture, io_tensor, rel_l2};
 use crate::quant::quant_fixture;
 
 /// Relative L2 bound of a quantized-by-us layer against the bf16 oracle of the float model:
@@ -40,7 +40,13 @@ fn quantize(src: &Path, dst: &Path, opts: &QuantizeOptions) -> moe_hf::QuantizeS
 /// bf16 fixtures covering every expert layout: per-expert `gate_proj` with shared experts
 /// (deepseek_v3, qwen2_moe), Mixtral's `w1/w3/w2`, fused interleaved with biases (gpt_oss)
 /// and fused halves (llama4).
-const FAMILIES: [&str; 5] = ["deepseek_v3-bfloat16", "qwen2_moe-bfloat16", "mixtral-bfloat16", "gpt_oss-bfloat16", "llama4-bfloat16"];
+const FAMILIES: [&str; 5] = [
+    "deepseek_v3-bfloat16",
+    "qwen2_moe-bfloat16",
+    "mixtral-bfloat16",
+    "gpt_oss-bfloat16",
+    "llama4-bfloat16",
+];
 
 /// Whether the quantized kernels can load `format` for this fixture. The FP8 block method
 /// (TensorRT-LLM's rule) needs each FC1 half to hold whole 128-row blocks (`I % 128 == 0`);
@@ -60,13 +66,19 @@ fn roundtrip(name: &str, format: TargetFormat, backend: &str) -> f64 {
     let out = s.path().join("q");
     quantize(&fixture(name), &out, &QuantizeOptions::new(format));
     let dequantize = !runs_quantized(format, 32);
-    let opts = BlockOptions { backend: Some(backend.into()), dequantize, ..Default::default() };
+    let opts = BlockOptions {
+        backend: Some(backend.into()),
+        dequantize,
+        ..Default::default()
+    };
     let mut block = MoeBlock::load(&out, 0, opts).unwrap_or_else(|e| panic!("{name} as {format}: load: {e}"));
     assert_eq!(block.checkpoint_quant(), format.checkpoint_quant());
     let mut worst = 0.0f64;
     for t in TOKENS {
         let x = io_tensor(&fixture(name), &format!("x_{t}"));
-        let y = block.forward(&x).unwrap_or_else(|e| panic!("{name} as {format} T={t}: {e}"));
+        let y = block
+            .forward(&x)
+            .unwrap_or_else(|e| panic!("{name} as {format} T={t}: {e}"));
         worst = worst.max(rel_l2(&y, &io_tensor(&fixture(name), &format!("y_{t}"))));
     }
     eprintln!("{name} as {format} [{backend}, dequantize={dequantize}]: worst relative L2 error {worst:.3e}");
@@ -112,9 +124,17 @@ fn written_weights_decode_to_the_float_weights() {
             quantize(&fixture(name), &out, &QuantizeOptions::new(format));
             let hf = HfConfig::from_dir(&out).unwrap();
             let (e, h, i) = (hf.num_experts, hf.hidden_size, hf.expert_intermediate_size);
-            let (qc, fc) = (Checkpoint::open(&out).unwrap(), Checkpoint::open(fixture(name)).unwrap());
-            let (qn, fnames) = (BlockNames::resolve(hf.family, 0, &qc).unwrap(), BlockNames::resolve(hf.family, 0, &fc).unwrap());
-            let quantized = ExpertSource::new(&qc, &qn, e, h, i).with_quant(hf.checkpoint_quant().unwrap()).with_dequantize(true);
+            let (qc, fc) = (
+                Checkpoint::open(&out).unwrap(),
+                Checkpoint::open(fixture(name)).unwrap(),
+            );
+            let (qn, fnames) = (
+                BlockNames::resolve(hf.family, 0, &qc).unwrap(),
+                BlockNames::resolve(hf.family, 0, &fc).unwrap(),
+            );
+            let quantized = ExpertSource::new(&qc, &qn, e, h, i)
+                .with_quant(hf.checkpoint_quant().unwrap())
+                .with_dequantize(true);
             let float = ExpertSource::new(&fc, &fnames, e, h, i);
             let mut worst = 0.0f64;
             for x in 0..e {
@@ -127,7 +147,10 @@ fn written_weights_decode_to_the_float_weights() {
             }
             let bound = weight_bound(format);
             eprintln!("{name} as {format}: worst weight error {worst:.3e}");
-            assert!(worst <= bound, "{name} as {format}: weight error {worst:.3e} > {bound:.0e}");
+            assert!(
+                worst <= bound,
+                "{name} as {format}: weight error {worst:.3e} > {bound:.0e}"
+            );
         }
     }
 }
@@ -142,17 +165,29 @@ fn aligned_layer_runs_quantized() {
     let src = s.path().join("mixtral-aligned");
     write_mixtral(&src, 8, 256, 128, 5);
     let x = {
-        let v: Vec<f32> = (0..64 * 256).map(|k| ((k * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.7).collect();
+        let v: Vec<f32> = (0..64 * 256)
+            .map(|k| ((k * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.7)
+            .collect();
         Tensor::from_f32_as(DType::BF16, vec![64, 256], &v).unwrap()
     };
-    let y_float = MoeBlock::load(&src, 0, BlockOptions::default()).unwrap().forward(&x).unwrap();
+    let y_float = MoeBlock::load(&src, 0, BlockOptions::default())
+        .unwrap()
+        .forward(&x)
+        .unwrap();
     for format in TargetFormat::ALL {
         let out = s.path().join(format.name());
         quantize(&src, &out, &QuantizeOptions::new(format));
         for backend in ["reference", "cpu"] {
             let run = |dequantize| {
-                let opts = BlockOptions { backend: Some(backend.into()), dequantize, ..Default::default() };
-                MoeBlock::load(&out, 0, opts).unwrap_or_else(|e| panic!("{format} [{backend}]: {e}")).forward(&x).unwrap()
+                let opts = BlockOptions {
+                    backend: Some(backend.into()),
+                    dequantize,
+                    ..Default::default()
+                };
+                MoeBlock::load(&out, 0, opts)
+                    .unwrap_or_else(|e| panic!("{format} [{backend}]: {e}"))
+                    .forward(&x)
+                    .unwrap()
             };
             let (yq, yd) = (run(false), run(true));
             let (err, act) = (rel_l2(&yq, &y_float), rel_l2(&yq, &yd));
@@ -164,7 +199,10 @@ fn aligned_layer_runs_quantized() {
                 TargetFormat::Fp8Block => 5e-2,
                 TargetFormat::Nvfp4 => 0.25,
             };
-            assert!(act <= act_bound, "{format} [{backend}]: quantized vs dequantized {act:.3e} > {act_bound:.0e}");
+            assert!(
+                act <= act_bound,
+                "{format} [{backend}]: quantized vs dequantized {act:.3e} > {act_bound:.0e}"
+            );
         }
     }
 }
@@ -173,46 +211,98 @@ fn aligned_layer_runs_quantized() {
 fn written_layouts_are_the_formats_real_ones() {
     let s = Scratch::new("layouts");
     let gpt = s.path().join("gpt-mxfp4");
-    let summary = quantize(&fixture("gpt_oss-bfloat16"), &gpt, &QuantizeOptions::new(TargetFormat::Mxfp4));
+    let summary = quantize(
+        &fixture("gpt_oss-bfloat16"),
+        &gpt,
+        &QuantizeOptions::new(TargetFormat::Mxfp4),
+    );
     assert_eq!(summary.layout, "fused-blocks");
     let ck = Checkpoint::open(&gpt).unwrap();
     let p = "model.layers.0.mlp.experts.";
-    assert_eq!(ck.info(&format!("{p}gate_up_proj_blocks")), Some((DType::U8, &[8, 64, 2, 16][..])));
-    assert_eq!(ck.info(&format!("{p}gate_up_proj_scales")), Some((DType::U8, &[8, 64, 2][..])));
-    assert_eq!(ck.info(&format!("{p}down_proj_blocks")), Some((DType::U8, &[8, 64, 1, 16][..])));
+    assert_eq!(
+        ck.info(&format!("{p}gate_up_proj_blocks")),
+        Some((DType::U8, &[8, 64, 2, 16][..]))
+    );
+    assert_eq!(
+        ck.info(&format!("{p}gate_up_proj_scales")),
+        Some((DType::U8, &[8, 64, 2][..]))
+    );
+    assert_eq!(
+        ck.info(&format!("{p}down_proj_blocks")),
+        Some((DType::U8, &[8, 64, 1, 16][..]))
+    );
     assert!(ck.contains(&format!("{p}gate_up_proj_bias")) && !ck.contains(&format!("{p}gate_up_proj")));
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(gpt.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gpt.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["quantization_config"]["quant_method"], "mxfp4");
 
     let ds = s.path().join("ds-fp8");
-    quantize(&fixture("deepseek_v3-bfloat16"), &ds, &QuantizeOptions::new(TargetFormat::Fp8Block));
+    quantize(
+        &fixture("deepseek_v3-bfloat16"),
+        &ds,
+        &QuantizeOptions::new(TargetFormat::Fp8Block),
+    );
     let ck = Checkpoint::open(&ds).unwrap();
     let p = "model.layers.0.mlp.experts.3.";
-    assert_eq!(ck.info(&format!("{p}gate_proj.weight")), Some((DType::F8E4M3, &[32, 64][..])));
+    assert_eq!(
+        ck.info(&format!("{p}gate_proj.weight")),
+        Some((DType::F8E4M3, &[32, 64][..]))
+    );
     // H = 64, I = 32: one partial 128x128 block per projection.
-    assert_eq!(ck.info(&format!("{p}down_proj.weight_scale_inv")), Some((DType::F32, &[1, 1][..])));
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ds.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        ck.info(&format!("{p}down_proj.weight_scale_inv")),
+        Some((DType::F32, &[1, 1][..]))
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ds.join("config.json")).unwrap()).unwrap();
     let q = &cfg["quantization_config"];
-    assert_eq!((q["quant_method"].as_str(), q["activation_scheme"].as_str()), (Some("fp8"), Some("dynamic")));
+    assert_eq!(
+        (q["quant_method"].as_str(), q["activation_scheme"].as_str()),
+        (Some("fp8"), Some("dynamic"))
+    );
     assert_eq!(q["weight_block_size"], serde_json::json!([128, 128]));
     // Non-expert tensors are copied byte for byte (shared experts, router, attention).
     let src = Checkpoint::open(fixture("deepseek_v3-bfloat16")).unwrap();
-    for name in ["model.layers.0.mlp.shared_experts.up_proj.weight", "model.layers.0.mlp.gate.weight", "lm_head.weight"] {
+    for name in [
+        "model.layers.0.mlp.shared_experts.up_proj.weight",
+        "model.layers.0.mlp.gate.weight",
+        "lm_head.weight",
+    ] {
         assert_eq!(ck.raw(name).unwrap(), src.raw(name).unwrap(), "{name} copied unchanged");
     }
 
     let gpt_nv = s.path().join("gpt-nvfp4");
-    let summary = quantize(&fixture("gpt_oss-bfloat16"), &gpt_nv, &QuantizeOptions::new(TargetFormat::Nvfp4));
+    let summary = quantize(
+        &fixture("gpt_oss-bfloat16"),
+        &gpt_nv,
+        &QuantizeOptions::new(TargetFormat::Nvfp4),
+    );
     assert_eq!(summary.layout, "per-expert");
     let ck = Checkpoint::open(&gpt_nv).unwrap();
     let p = "model.layers.0.mlp.experts.5.";
     assert_eq!(ck.info(&format!("{p}up_proj.weight")), Some((DType::U8, &[32, 32][..])));
-    assert_eq!(ck.info(&format!("{p}up_proj.weight_scale")), Some((DType::F8E4M3, &[32, 4][..])));
-    assert_eq!(ck.info(&format!("{p}up_proj.weight_scale_2")).map(|(d, _)| d), Some(DType::F32));
-    assert_eq!(ck.info(&format!("{p}down_proj.input_scale")).map(|(d, _)| d), Some(DType::F32));
-    assert_eq!(ck.info(&format!("{p}up_proj.bias")), Some((DType::BF16, &[32][..])), "fused biases split per expert");
+    assert_eq!(
+        ck.info(&format!("{p}up_proj.weight_scale")),
+        Some((DType::F8E4M3, &[32, 4][..]))
+    );
+    assert_eq!(
+        ck.info(&format!("{p}up_proj.weight_scale_2")).map(|(d, _)| d),
+        Some(DType::F32)
+    );
+    assert_eq!(
+        ck.info(&format!("{p}down_proj.input_scale")).map(|(d, _)| d),
+        Some(DType::F32)
+    );
+    assert_eq!(
+        ck.info(&format!("{p}up_proj.bias")),
+        Some((DType::BF16, &[32][..])),
+        "fused biases split per expert"
+    );
     // FC1's halves share one global scale.
-    assert_eq!(ck.raw(&format!("{p}gate_proj.weight_scale_2")).unwrap().2, ck.raw(&format!("{p}up_proj.weight_scale_2")).unwrap().2);
+    assert_eq!(
+        ck.raw(&format!("{p}gate_proj.weight_scale_2")).unwrap().2,
+        ck.raw(&format!("{p}up_proj.weight_scale_2")).unwrap().2
+    );
     assert!(gpt_nv.join("hf_quant_config.json").is_file());
 }
 
@@ -220,12 +310,30 @@ fn written_layouts_are_the_formats_real_ones() {
 fn sharded_output_loads_through_its_index() {
     let s = Scratch::new("sharded-out");
     let out = s.path().join("q");
-    let opts = QuantizeOptions { max_shard_bytes: 16 << 10, ..QuantizeOptions::new(TargetFormat::Fp8Block) };
+    let opts = QuantizeOptions {
+        max_shard_bytes: 16 << 10,
+        ..QuantizeOptions::new(TargetFormat::Fp8Block)
+    };
     let summary = quantize(&fixture("qwen2_moe-bfloat16"), &out, &opts);
-    assert!(summary.files.len() > 2 && out.join("model.safetensors.index.json").is_file(), "{:?}", summary.files);
-    let mut b = MoeBlock::load(&out, 0, BlockOptions { dequantize: true, ..Default::default() }).unwrap();
+    assert!(
+        summary.files.len() > 2 && out.join("model.safetensors.index.json").is_file(),
+        "{:?}",
+        summary.files
+    );
+    let mut b = MoeBlock::load(
+        &out,
+        0,
+        BlockOptions {
+            dequantize: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let dir = fixture("qwen2_moe-bfloat16");
-    let err = rel_l2(&b.forward(&io_tensor(&dir, "x_130")).unwrap(), &io_tensor(&dir, "y_130"));
+    let err = rel_l2(
+        &b.forward(&io_tensor(&dir, "x_130")).unwrap(),
+        &io_tensor(&dir, "y_130"),
+    );
     assert!(err <= quantized_bound(TargetFormat::Fp8Block), "{err:.3e}");
 }
 
@@ -234,17 +342,33 @@ fn refusals_are_typed_and_write_nothing() {
     let s = Scratch::new("refusals");
     // Already quantized input.
     let out = s.path().join("a");
-    let e = quantize_checkpoint(&quant_fixture("gpt_oss-mxfp4"), &out, &QuantizeOptions::new(TargetFormat::Nvfp4), &mut |_| {})
-        .unwrap_err();
-    assert!(matches!(e, MoeError::UnsupportedModel { .. }) && e.to_string().contains("already quantized"), "{e}");
+    let e = quantize_checkpoint(
+        &quant_fixture("gpt_oss-mxfp4"),
+        &out,
+        &QuantizeOptions::new(TargetFormat::Nvfp4),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, MoeError::UnsupportedModel { .. }) && e.to_string().contains("already quantized"),
+        "{e}"
+    );
     assert!(!out.join("config.json").exists());
     // Non-empty output directory.
     let busy = s.path().join("busy");
     std::fs::create_dir_all(&busy).unwrap();
     std::fs::write(busy.join("keep.txt"), "x").unwrap();
-    let e = quantize_checkpoint(&fixture("olmoe-bfloat16"), &busy, &QuantizeOptions::new(TargetFormat::Mxfp4), &mut |_| {})
-        .unwrap_err();
-    assert!(matches!(e, MoeError::Io { .. }) && e.to_string().contains("not empty"), "{e}");
+    let e = quantize_checkpoint(
+        &fixture("olmoe-bfloat16"),
+        &busy,
+        &QuantizeOptions::new(TargetFormat::Mxfp4),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, MoeError::Io { .. }) && e.to_string().contains("not empty"),
+        "{e}"
+    );
     assert_eq!(std::fs::read_to_string(busy.join("keep.txt")).unwrap(), "x");
 }
 
@@ -260,28 +384,53 @@ fn ragged_input_dimension_is_refused_naming_the_tensor() {
         let e = quantize_checkpoint(&src, &out, &QuantizeOptions::new(format), &mut |_| {}).unwrap_err();
         assert!(matches!(e, MoeError::ShapeMismatch { .. }), "{format}: {e:?}");
         let msg = e.to_string();
-        let multiple = if format == TargetFormat::Mxfp4 { "multiple of 32" } else { "multiple of 16" };
-        assert!(msg.contains("block_sparse_moe.experts.0.w2.weight") && msg.contains(multiple), "{msg}");
+        let multiple = if format == TargetFormat::Mxfp4 {
+            "multiple of 32"
+        } else {
+            "multiple of 16"
+        };
+        assert!(
+            msg.contains("block_sparse_moe.experts.0.w2.weight") && msg.contains(multiple),
+            "{msg}"
+        );
         assert!(!out.join("model.safetensors").exists(), "{format}: nothing written");
     }
     let out = s.path().join("fp8");
     quantize(&src, &out, &QuantizeOptions::new(TargetFormat::Fp8Block));
-    MoeBlock::load(&out, 0, BlockOptions { dequantize: true, ..Default::default() }).unwrap();
+    MoeBlock::load(
+        &out,
+        0,
+        BlockOptions {
+            dequantize: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
 }
 
 // --- memory ---------------------------------------------------------------------------------
 
 /// Resident bytes of the loaded layer's expert slots vs the expert tensors' bytes on disk.
 fn memory(dir: &Path, backend: &str) -> (usize, usize) {
-    let b = MoeBlock::load(dir, 0, BlockOptions { backend: Some(backend.into()), ..Default::default() })
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let b = MoeBlock::load(
+        dir,
+        0,
+        BlockOptions {
+            backend: Some(backend.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     (b.expert_resident_bytes(), b.expert_disk_bytes())
 }
 
 fn assert_within_10pct(what: &str, resident: usize, disk: usize) {
     let ratio = resident as f64 / disk as f64;
     eprintln!("memory {what}: resident {resident} B, on disk {disk} B, ratio {ratio:.3}");
-    assert!((0.9..=1.1).contains(&ratio), "{what}: resident {resident} B vs {disk} B on disk (ratio {ratio:.3})");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{what}: resident {resident} B vs {disk} B on disk (ratio {ratio:.3})"
+    );
 }
 
 #[test]
@@ -305,7 +454,10 @@ fn resident_size_of_a_larger_quantized_layer_matches_disk() {
         let summary = quantize(&src, &out, &QuantizeOptions::new(format));
         let (r, d) = memory(&out, "cpu");
         assert_eq!(d, summary.expert_bytes_out);
-        eprintln!("{format}: bf16 experts {} B -> {} B on disk", summary.expert_bytes_in, summary.expert_bytes_out);
+        eprintln!(
+            "{format}: bf16 experts {} B -> {} B on disk",
+            summary.expert_bytes_in, summary.expert_bytes_out
+        );
         assert_within_10pct(&format!("mixtral E=8 H=1024 I=512 {format}"), r, d);
     }
 }
@@ -349,7 +501,16 @@ pub fn write_mixtral(dir: &Path, e: usize, h: usize, i: usize, seed: u64) {
     }
     let views: Vec<_> = tensors
         .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
-    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
 }

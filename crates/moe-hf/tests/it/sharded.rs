@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use moe_hf::{BlockOptions, Checkpoint, MoeBlock};
 
-use crate::common::{fixture, io_tensor, rel_l2, Scratch};
+use crate::common::{Scratch, fixture, io_tensor, rel_l2};
 
 /// Splits a fixture's `model.safetensors` into two shards plus an index.
 fn shard(name: &str, tag: &str) -> Scratch {
@@ -37,7 +37,10 @@ fn sharded_checkpoint_matches_single_file() {
     assert_eq!(ck.names().collect::<Vec<_>>(), single.names().collect::<Vec<_>>());
     let n = "model.layers.0.mlp.gate.weight";
     assert_eq!(ck.tensor(n).unwrap().data, single.tensor(n).unwrap().data);
-    assert!(matches!(ck.tensor(n).unwrap().data, std::borrow::Cow::Borrowed(_)), "views borrow the mapping");
+    assert!(
+        matches!(ck.tensor(n).unwrap().data, std::borrow::Cow::Borrowed(_)),
+        "views borrow the mapping"
+    );
 
     let mut b = MoeBlock::load(s.path(), 0, BlockOptions::default()).unwrap();
     let dir = fixture("qwen2_moe-float32");

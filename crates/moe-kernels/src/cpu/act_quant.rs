@@ -23,8 +23,8 @@
 use moe_core::{MoeError, Result};
 
 use super::weight_slice::NVFP4_BLOCK;
-use crate::codec::fp4::{e2m1_to_f32, f32_to_e2m1, E2M1_MAX};
-use crate::codec::fp8::{e4m3_to_f32_lut, f32_to_e4m3_sat, E4M3_MAX};
+use crate::codec::fp4::{E2M1_MAX, e2m1_to_f32, f32_to_e2m1};
+use crate::codec::fp8::{E4M3_MAX, e4m3_to_f32_lut, f32_to_e4m3_sat};
 
 /// How a GEMM input is quantized (see the module docs for each rule).
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
@@ -51,7 +51,10 @@ fn positive_finite(what: &str, v: f32) -> Result<f32> {
     if v > 0.0 && v.is_finite() {
         Ok(v)
     } else {
-        Err(MoeError::config(what, format!("must be a positive finite number, got {v}")))
+        Err(MoeError::config(
+            what,
+            format!("must be a positive finite number, got {v}"),
+        ))
     }
 }
 
@@ -63,7 +66,11 @@ pub fn qdq_rows(q: &ActQuant, data: &mut [f32], cols: usize) -> Result<()> {
         return Ok(());
     }
     if cols == 0 || data.len() % cols != 0 {
-        return Err(MoeError::shape("activation rows", format!("[rows, {cols}]"), &[data.len()]));
+        return Err(MoeError::shape(
+            "activation rows",
+            format!("[rows, {cols}]"),
+            &[data.len()],
+        ));
     }
     match *q {
         ActQuant::None => {}
@@ -165,7 +172,9 @@ mod tests {
         qdq_rows(&ActQuant::Nvfp4 { global_scale: 1.0 }, &mut v, 16).unwrap();
         assert_eq!(&v[..4], &[6.0, 2.0, -0.5, 0.0]);
         // g = 2, vmax 3: sf = e4m3(2 * 0.5) = 1; x' = e2m1(2x) / 2.
-        let mut w = [3.0f32, 1.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let mut w = [
+            3.0f32, 1.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        ];
         qdq_rows(&ActQuant::Nvfp4 { global_scale: 2.0 }, &mut w, 16).unwrap();
         assert_eq!(&w[..2], &[3.0, 1.0]);
         // An all-zero block, and a tail block shorter than 16 (cols = 20).

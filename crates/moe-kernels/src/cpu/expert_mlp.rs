@@ -9,10 +9,10 @@
 
 use moe_core::{Activation, MoeError, Result};
 
-use super::act_quant::{qdq_rows, ActQuant};
+use super::act_quant::{ActQuant, qdq_rows};
 use super::activation::apply_rows;
 use super::float_slice::FloatSlice;
-use super::gemm::{matmul_bt, GemmScratch};
+use super::gemm::{GemmScratch, matmul_bt};
 use super::weight_slice::WeightSlice;
 
 /// The weights of one local slot, in their stored dtype or format, and how the format
@@ -72,9 +72,19 @@ pub fn expert_mlp(
     scratch: &mut MlpScratch,
     threads: usize,
 ) -> Result<()> {
-    let MlpDims { hidden, inter, activation } = dims;
+    let MlpDims {
+        hidden,
+        inter,
+        activation,
+    } = dims;
     let fc1_rows = dims.fc1_rows();
-    let MlpScratch { xq, fc1, act, bias, gemm } = scratch;
+    let MlpScratch {
+        xq,
+        fc1,
+        act,
+        bias,
+        gemm,
+    } = scratch;
     fc1.resize(rows * fc1_rows, 0.0);
     act.resize(rows * inter, 0.0);
 
@@ -82,7 +92,9 @@ pub fn expert_mlp(
         x
     } else {
         let n = rows * hidden;
-        let src = x.get(..n).ok_or_else(|| MoeError::shape("expert input rows", format!("{n} elements"), &[x.len()]))?;
+        let src = x
+            .get(..n)
+            .ok_or_else(|| MoeError::shape("expert input rows", format!("{n} elements"), &[x.len()]))?;
         xq.clear();
         xq.extend_from_slice(src);
         qdq_rows(&w.fc1_input, xq, hidden)?;
@@ -137,7 +149,11 @@ mod tests {
             fc1_input: ActQuant::None,
             fc2_input: ActQuant::None,
         };
-        let dims = MlpDims { hidden: 2, inter: 1, activation: Activation::Relu2 };
+        let dims = MlpDims {
+            hidden: 2,
+            inter: 1,
+            activation: Activation::Relu2,
+        };
         let mut out = [0.0; 4];
         expert_mlp(&[3., 1., 0., 1.], 2, &w, dims, &mut out, &mut MlpScratch::default(), 1).unwrap();
         assert_eq!(out, [12.5, 19.75, 0., 1.]);
@@ -153,7 +169,11 @@ mod tests {
             fc1_input: ActQuant::None,
             fc2_input: ActQuant::None,
         };
-        let dims = MlpDims { hidden: 2, inter: 1, activation: Activation::Relu2 };
+        let dims = MlpDims {
+            hidden: 2,
+            inter: 1,
+            activation: Activation::Relu2,
+        };
         let r = expert_mlp(&[3., 1.], 1, &w, dims, &mut [0.0; 2], &mut MlpScratch::default(), 1);
         assert!(matches!(r, Err(MoeError::ShapeMismatch { .. })));
     }
@@ -171,7 +191,11 @@ mod tests {
             fc1_input: ActQuant::Fp8PerTensor { scale: 0.125 },
             fc2_input: ActQuant::Fp8PerTensor { scale: 0.125 },
         };
-        let dims = MlpDims { hidden: 2, inter: 1, activation: Activation::Relu2 };
+        let dims = MlpDims {
+            hidden: 2,
+            inter: 1,
+            activation: Activation::Relu2,
+        };
         let x = [1.3f32, 0.0];
         let mut out = [0.0; 2];
         expert_mlp(&x, 1, &w, dims, &mut out, &mut MlpScratch::default(), 1).unwrap();

@@ -35,26 +35,33 @@ pub fn weighted_sum_rows(
     }
     let num_rows = rows.len().checked_div(hidden).unwrap_or(0);
     if let Some(&bad) = row_of_pair.iter().find(|&&r| r != NOT_LOCAL && r >= num_rows) {
-        return Err(MoeError::shape("finalize rows", format!("row {bad} within {num_rows} rows"), &[rows.len()]));
+        return Err(MoeError::shape(
+            "finalize rows",
+            format!("row {bad} within {num_rows} rows"),
+            &[rows.len()],
+        ));
     }
     if hidden == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(hidden).with_min_len(MIN_TOKENS_PER_TASK).enumerate().for_each(|(t, o)| {
-        o.fill(0.0);
-        for j in 0..top_k {
-            let p = t * top_k + j;
-            let r = row_of_pair[p];
-            if r == NOT_LOCAL {
-                continue;
+    out.par_chunks_mut(hidden)
+        .with_min_len(MIN_TOKENS_PER_TASK)
+        .enumerate()
+        .for_each(|(t, o)| {
+            o.fill(0.0);
+            for j in 0..top_k {
+                let p = t * top_k + j;
+                let r = row_of_pair[p];
+                if r == NOT_LOCAL {
+                    continue;
+                }
+                let w = weights.map_or(1.0, |w| w[p]);
+                let src = &rows[r * hidden..(r + 1) * hidden];
+                for (d, &s) in o.iter_mut().zip(src) {
+                    *d += w * s;
+                }
             }
-            let w = weights.map_or(1.0, |w| w[p]);
-            let src = &rows[r * hidden..(r + 1) * hidden];
-            for (d, &s) in o.iter_mut().zip(src) {
-                *d += w * s;
-            }
-        }
-    });
+        });
     Ok(())
 }
 

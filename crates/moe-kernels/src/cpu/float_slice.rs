@@ -70,7 +70,11 @@ impl<'a> FloatSlice<'a> {
         start
             .and_then(|s| self.get(s..s.checked_add(chunk_len)?))
             .ok_or_else(|| {
-                MoeError::shape(what, format!("at least {} chunks of {chunk_len}", index + 1), &[self.len()])
+                MoeError::shape(
+                    what,
+                    format!("at least {} chunks of {chunk_len}", index + 1),
+                    &[self.len()],
+                )
             })
     }
 
@@ -140,6 +144,9 @@ mod tests {
     #[test]
     fn refuses_integer_tensors() {
         let t = Tensor::from_i32(vec![1], vec![3]).unwrap();
-        assert!(matches!(FloatSlice::from_tensor(&t, "ids"), Err(MoeError::DTypeMismatch { .. })));
+        assert!(matches!(
+            FloatSlice::from_tensor(&t, "ids"),
+            Err(MoeError::DTypeMismatch { .. })
+        ));
     }
 }

@@ -58,7 +58,10 @@ fn check_len(what: &str, have: usize, need: Option<usize>) -> Result<usize> {
         Some(n) if have >= n => Ok(n),
         _ => Err(MoeError::shape(
             what,
-            need.map_or_else(|| "a size that fits in memory".to_string(), |n| format!("at least {n} elements")),
+            need.map_or_else(
+                || "a size that fits in memory".to_string(),
+                |n| format!("at least {n} elements"),
+            ),
             &[have],
         )),
     }
@@ -117,11 +120,19 @@ fn sgemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, nb: usize, k: usize, ldc
     // These bounds are what the unsafe call below relies on; check them for real.
     check_len("gemm lhs", a.len(), m.checked_mul(k))?;
     check_len("gemm weights", b.len(), nb.checked_mul(k))?;
-    check_len("gemm output", c.len(), m.checked_sub(1).and_then(|r| r.checked_mul(ldc)?.checked_add(nb)))?;
+    check_len(
+        "gemm output",
+        c.len(),
+        m.checked_sub(1).and_then(|r| r.checked_mul(ldc)?.checked_add(nb)),
+    )?;
     if nb > ldc {
         return Err(MoeError::shape("gemm output", format!("row stride >= {nb}"), &[ldc]));
     }
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: `gemm::gemm` reads lhs (i, p) at a[i * k + p] (column stride 1, row stride k)
     // for i < m, p < k: in bounds by the check on `a`. It reads rhs (p, j) = B[j, p] at
     // b[j * k + p] (rhs column stride k, row stride 1) for j < nb: in bounds by the check on
@@ -158,7 +169,9 @@ fn sgemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, nb: usize, k: usize, ldc
 /// Widens `out.len() / k` weight rows starting at element `start` into `out`.
 fn widen_rows(b: WeightSlice<'_>, start: usize, out: &mut [f32], k: usize, threads: usize) -> Result<()> {
     if threads > 1 {
-        out.par_chunks_mut(k).enumerate().try_for_each(|(r, row)| b.widen_into(start + r * k, row))
+        out.par_chunks_mut(k)
+            .enumerate()
+            .try_for_each(|(r, row)| b.widen_into(start + r * k, row))
     } else {
         b.widen_into(start, out)
     }
@@ -169,7 +182,16 @@ fn widen_rows(b: WeightSlice<'_>, start: usize, out: &mut [f32], k: usize, threa
 /// per row of `A` (a single row against f32 weights uses a plain dot loop instead). Workers take disjoint ranges of weight rows; for `m > 1` the result is
 /// built transposed (`ct`, `[n, m]`) so each worker's range is contiguous, then transposed
 /// into `c`.
-fn few_rows(a: &[f32], b: WeightSlice<'_>, c: &mut [f32], m: usize, n: usize, k: usize, threads: usize, scratch: &mut GemmScratch) -> Result<()> {
+fn few_rows(
+    a: &[f32],
+    b: WeightSlice<'_>,
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+    scratch: &mut GemmScratch,
+) -> Result<()> {
     let GemmScratch { ct, pieces, .. } = scratch;
     let out: &mut [f32] = if m == 1 {
         // c^T and c coincide for a single row.
@@ -192,14 +214,18 @@ fn few_rows(a: &[f32], b: WeightSlice<'_>, c: &mut [f32], m: usize, n: usize, k:
             if let (1, WeightSlice::Float(FloatSlice::F32(v))) = (m, b) {
                 // One row against f32 weights is a pure stream over the weights; a plain dot
                 // loop keeps up with memory where the crate's gemv pays per-call overhead.
-                let w = v.get(start..start + rows * k).ok_or_else(|| MoeError::shape("gemm weights", "in-range rows", &[v.len()]))?;
+                let w = v
+                    .get(start..start + rows * k)
+                    .ok_or_else(|| MoeError::shape("gemm weights", "in-range rows", &[v.len()]))?;
                 for (dst, wr) in chunk[b0..b0 + rows].iter_mut().zip(w.chunks_exact(k)) {
                     *dst = dot(a, wr);
                 }
                 continue;
             }
             let w: &[f32] = match b {
-                WeightSlice::Float(FloatSlice::F32(v)) => v.get(start..start + rows * k).ok_or_else(|| MoeError::shape("gemm weights", "in-range rows", &[v.len()]))?,
+                WeightSlice::Float(FloatSlice::F32(v)) => v
+                    .get(start..start + rows * k)
+                    .ok_or_else(|| MoeError::shape("gemm weights", "in-range rows", &[v.len()]))?,
                 _ => {
                     widened.resize(rows * k, 0.0);
                     b.widen_into(start, &mut widened[..])?;
@@ -277,12 +303,20 @@ mod tests {
         let b16w: Vec<f32> = b16.iter().map(|v| v.to_f32()).collect();
         let bhw: Vec<f32> = bh.iter().map(|v| v.to_f32()).collect();
         let mut scratch = GemmScratch::default();
-        for (w, widened) in [(FloatSlice::F32(&b), &b), (FloatSlice::BF16(&b16), &b16w), (FloatSlice::F16(&bh), &bhw)] {
+        for (w, widened) in [
+            (FloatSlice::F32(&b), &b),
+            (FloatSlice::BF16(&b16), &b16w),
+            (FloatSlice::F16(&bh), &bhw),
+        ] {
             let want = naive(&a, widened, m, n, k);
             let mut c = vec![f32::NAN; m * n];
             matmul_bt(&a, w.into(), &mut c, m, n, k, threads, &mut scratch).unwrap();
             for (got, want) in c.iter().zip(&want) {
-                assert!((f64::from(*got) - want).abs() <= 1e-4 * (1.0 + want.abs()), "{m}x{n}x{k} {:?}: {got} vs {want}", w.dtype());
+                assert!(
+                    (f64::from(*got) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{m}x{n}x{k} {:?}: {got} vs {want}",
+                    w.dtype()
+                );
             }
         }
     }
@@ -290,7 +324,15 @@ mod tests {
     #[test]
     fn matches_naive_on_both_paths() {
         // Includes k large enough that a few-rows block holds a single weight row.
-        for &(m, n, k) in &[(1, 7, 5), (3, 33, 300), (4, 5, 1), (2, 3, 40000), (5, 17, 9), (37, 70, 129), (64, 300, 260)] {
+        for &(m, n, k) in &[
+            (1, 7, 5),
+            (3, 33, 300),
+            (4, 5, 1),
+            (2, 3, 40000),
+            (5, 17, 9),
+            (37, 70, 129),
+            (64, 300, 260),
+        ] {
             check(m, n, k, 1);
             check(m, n, k, 3);
         }
@@ -319,8 +361,15 @@ mod tests {
         let packed: Vec<u8> = (0..n * k / 2).map(|i| (i * 37 % 256) as u8).collect();
         let sf: Vec<u8> = (0..n * k / 16).map(|i| 0x30 + (i % 9) as u8).collect();
         let mats = [
-            QuantMatrix::Int8Channel { codes: &codes, scales: &scales },
-            QuantMatrix::Nvfp4 { packed: &packed, block_scales: &sf, global: 0.125 },
+            QuantMatrix::Int8Channel {
+                codes: &codes,
+                scales: &scales,
+            },
+            QuantMatrix::Nvfp4 {
+                packed: &packed,
+                block_scales: &sf,
+                global: 0.125,
+            },
         ];
         for matrix in mats {
             let q = QuantSlice::new("w", n, k, matrix).unwrap();
@@ -331,12 +380,24 @@ mod tests {
                 let mut c = vec![f32::NAN; m * n];
                 matmul_bt(&a, q.into(), &mut c, m, n, k, threads, &mut GemmScratch::default()).unwrap();
                 for (got, want) in c.iter().zip(&want) {
-                    assert!((f64::from(*got) - want).abs() <= 1e-4 * (1.0 + want.abs()), "m={m}: {got} vs {want}");
+                    assert!(
+                        (f64::from(*got) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "m={m}: {got} vs {want}"
+                    );
                 }
             }
             // A quantized operand must have exactly the GEMM's shape.
             let mut c = vec![0.0; 2 * n];
-            let err = matmul_bt(&[0.0; 2 * 32], q.into(), &mut c, 2, n, 32, 1, &mut GemmScratch::default());
+            let err = matmul_bt(
+                &[0.0; 2 * 32],
+                q.into(),
+                &mut c,
+                2,
+                n,
+                32,
+                1,
+                &mut GemmScratch::default(),
+            );
             assert!(matches!(err, Err(MoeError::ShapeMismatch { .. })), "{err:?}");
         }
     }

@@ -50,7 +50,11 @@ impl SlotPermutation {
     pub fn compute(&mut self, slots: &[i32], top_k: usize, num_slots: usize, local: Range<usize>) -> Result<()> {
         // `checked_rem` is `None` for top_k = 0, which is refused along with ragged rows.
         if slots.len().checked_rem(top_k) != Some(0) {
-            return Err(MoeError::shape("token_selected_slots", format!("[N, {top_k}]"), &[slots.len()]));
+            return Err(MoeError::shape(
+                "token_selected_slots",
+                format!("[N, {top_k}]"),
+                &[slots.len()],
+            ));
         }
         if local.start > local.end || local.end > num_slots {
             return Err(MoeError::config(
@@ -140,7 +144,11 @@ impl SlotPermutation {
     /// each row's token from `x` (`[N, hidden]`).
     pub fn gather_rows(&self, x: FloatSlice<'_>, hidden: usize, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
         if rows.end > self.num_rows() {
-            return Err(MoeError::shape("gathered rows", format!("rows {rows:?}"), &[self.num_rows()]));
+            return Err(MoeError::shape(
+                "gathered rows",
+                format!("rows {rows:?}"),
+                &[self.num_rows()],
+            ));
         }
         if hidden == 0 {
             return Ok(());
@@ -205,9 +213,16 @@ mod tests {
         let mut p = SlotPermutation::new();
         p.compute(&[1, 0, 1], 1, 2, 0..2).unwrap();
         let mut out = vec![0.0; 6];
-        p.gather_rows(FloatSlice::from_tensor(&x, "x").unwrap(), 2, 0..3, &mut out).unwrap();
+        p.gather_rows(FloatSlice::from_tensor(&x, "x").unwrap(), 2, 0..3, &mut out)
+            .unwrap();
         assert_eq!(out, vec![10., 11., 0., 1., 20., 21.]);
-        assert!(p.gather_rows(FloatSlice::from_tensor(&x, "x").unwrap(), 2, 0..3, &mut out[..4]).is_err());
-        assert!(p.gather_rows(FloatSlice::from_tensor(&x, "x").unwrap(), 2, 2..4, &mut out).is_err());
+        assert!(
+            p.gather_rows(FloatSlice::from_tensor(&x, "x").unwrap(), 2, 0..3, &mut out[..4])
+                .is_err()
+        );
+        assert!(
+            p.gather_rows(FloatSlice::from_tensor(&x, "x").unwrap(), 2, 2..4, &mut out)
+                .is_err()
+        );
     }
 }

@@ -16,14 +16,21 @@ pub struct ScratchPool<T> {
 
 impl<T: Default> ScratchPool<T> {
     pub fn new() -> Self {
-        ScratchPool { free: Mutex::new(Vec::new()) }
+        ScratchPool {
+            free: Mutex::new(Vec::new()),
+        }
     }
 
     /// Borrows a value (a pooled one, or a fresh `T::default()`).
     pub fn take(&self) -> Pooled<'_, T> {
         // A poisoned lock only means another task panicked while pushing or popping; the
         // vector itself is intact, and scratch contents carry no invariants.
-        let value = self.free.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default();
+        let value = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
         Pooled { pool: self, value }
     }
 

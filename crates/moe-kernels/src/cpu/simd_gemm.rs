@@ -113,7 +113,11 @@ enum Source<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
     /// E4M3 codes and block scales (`[ceil(n / b0), ceil(k / b1)]`).
-    Fp8Block { codes: &'a [u8], scales: &'a [f32], block: [usize; 2] },
+    Fp8Block {
+        codes: &'a [u8],
+        scales: &'a [f32],
+        block: [usize; 2],
+    },
     /// Whole rows through `widen_into`.
     Rows(WeightSlice<'a>),
 }
@@ -152,7 +156,11 @@ pub(crate) fn matmul_bt_simd(
     scratch: &mut SimdScratch,
 ) -> Result<()> {
     if a.len() < m * k || c.len() < m * n || b.len() < n * k {
-        return Err(MoeError::shape("simd gemm operands", format!("m={m} n={n} k={k}"), &[a.len(), b.len(), c.len()]));
+        return Err(MoeError::shape(
+            "simd gemm operands",
+            format!("m={m} n={n} k={k}"),
+            &[a.len(), b.len(), c.len()],
+        ));
     }
     let src = match b {
         WeightSlice::Float(FloatSlice::F32(v)) => Source::F32(v),
@@ -176,7 +184,11 @@ pub(crate) fn matmul_bt_simd(
         }
         _ => &a[..m * k],
     };
-    let kc = if !src.splits_k() || m * k * 4 <= A_BLOCK_BYTES { k } else { KC };
+    let kc = if !src.splits_k() || m * k * 4 <= A_BLOCK_BYTES {
+        k
+    } else {
+        KC
+    };
     let out = OutPtr(c.as_mut_ptr());
     let run = |lo: usize, hi: usize| -> Result<()> {
         let mut tile = tiles.take();
@@ -238,14 +250,19 @@ unsafe fn run_range(
     if let Source::Fp8Block { codes, scales, block } = src {
         // Fused in-register decode: few rows, whole `k`, NR-row groups inside one scale row
         // (so one scale per column block), and scales whose `x 2^8` stays finite.
-        let fused = m <= FUSED_FP8_MAX_M && kc == k && block[0] % NR == 0 && scales.iter().all(|s| (s * 256.0).is_finite());
+        let fused =
+            m <= FUSED_FP8_MAX_M && kc == k && block[0] % NR == 0 && scales.iter().all(|s| (s * 256.0).is_finite());
         if fused {
             let nb = k.div_ceil(block[1]);
             for n0 in (lo..hi).step_by(NR) {
                 let nr = NR.min(hi - n0);
                 let srow = &scales[(n0 / block[0]) * nb..(n0 / block[0] + 1) * nb];
                 // The next group of this worker's rows, to prefetch while this one computes.
-                let next = if n0 + NR < hi { &codes[(n0 + NR) * k..(n0 + NR + NR.min(hi - n0 - NR)) * k] } else { &[][..] };
+                let next = if n0 + NR < hi {
+                    &codes[(n0 + NR) * k..(n0 + NR + NR.min(hi - n0 - NR)) * k]
+                } else {
+                    &[][..]
+                };
                 let mut i0 = 0;
                 while i0 < m {
                     let mr = FUSED_MR.min(m - i0);
@@ -254,7 +271,23 @@ unsafe fn run_range(
                     // SAFETY: rows i0..i0+mr of `A` (k each) and of `C` exist; `codes` holds
                     // rows n0..n0+nr of `k` codes; `srow` is their scale row (`nb` blocks);
                     // columns n0..n0+nr of `C` are this worker's.
-                    unsafe { micro_fp8(isa, mr, nr, ap, k, codes.as_ptr().wrapping_add(n0 * k), k, k, srow, block[1], cp, n, next) };
+                    unsafe {
+                        micro_fp8(
+                            isa,
+                            mr,
+                            nr,
+                            ap,
+                            k,
+                            codes.as_ptr().wrapping_add(n0 * k),
+                            k,
+                            k,
+                            srow,
+                            block[1],
+                            cp,
+                            n,
+                            next,
+                        )
+                    };
                     i0 += mr;
                 }
             }
@@ -425,7 +458,16 @@ unsafe fn micro_fp8(
 /// # Safety
 /// `codes` holds `[n, k]` with `row < n`, `scales` its block scales, `k0 + dst.len() <= k`.
 #[allow(unused_variables)]
-unsafe fn decode_fp8_block(isa: Isa, codes: &[u8], scales: &[f32], block: [usize; 2], k: usize, row: usize, k0: usize, dst: &mut [f32]) {
+unsafe fn decode_fp8_block(
+    isa: Isa,
+    codes: &[u8],
+    scales: &[f32],
+    block: [usize; 2],
+    k: usize,
+    row: usize,
+    k0: usize,
+    dst: &mut [f32],
+) {
     let [b0, b1] = block;
     let nb = k.div_ceil(b1);
     let srow = &scales[(row / b0) * nb..(row / b0 + 1) * nb];
@@ -765,7 +807,11 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx512f")]
         unsafe fn has_nan_e4m3(p: *const u8, len: usize) -> bool {
-            let (low7, one, top) = (_mm512_set1_epi8(0x7F), _mm512_set1_epi8(1), _mm512_set1_epi8(0x80u8 as i8));
+            let (low7, one, top) = (
+                _mm512_set1_epi8(0x7F),
+                _mm512_set1_epi8(1),
+                _mm512_set1_epi8(0x80u8 as i8),
+            );
             let mut acc = _mm512_setzero_si512();
             let mut i = 0;
             while i + 64 <= len {
@@ -879,7 +925,11 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn has_nan_e4m3(p: *const u8, len: usize) -> bool {
-            let (low7, one, top) = (_mm256_set1_epi8(0x7F), _mm256_set1_epi8(1), _mm256_set1_epi8(0x80u8 as i8));
+            let (low7, one, top) = (
+                _mm256_set1_epi8(0x7F),
+                _mm256_set1_epi8(1),
+                _mm256_set1_epi8(0x80u8 as i8),
+            );
             let mut acc = _mm256_setzero_si256();
             let mut i = 0;
             while i + 32 <= len {
@@ -923,7 +973,10 @@ mod tests {
         let src: Vec<f32> = (0..37).map(|i| i as f32).collect();
         let mut dst = vec![0.0; 37];
         permute_even_odd(&src, &mut dst, 16);
-        assert_eq!(&dst[..16], &[0., 2., 4., 6., 8., 10., 12., 14., 1., 3., 5., 7., 9., 11., 13., 15.]);
+        assert_eq!(
+            &dst[..16],
+            &[0., 2., 4., 6., 8., 10., 12., 14., 1., 3., 5., 7., 9., 11., 13., 15.]
+        );
         assert_eq!(dst[16], 16.0);
         assert_eq!(dst[24], 17.0);
         assert_eq!(&dst[32..], &[32., 33., 34., 35., 36.]);
@@ -937,7 +990,10 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx512f") {
             isas.push(Isa::Avx512);
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c") {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
             isas.push(Isa::Avx2);
         }
         for isa in isas {
@@ -947,7 +1003,10 @@ mod tests {
                 unsafe { decode_fp8_block(isa, &codes, &[s], [1 << 20, 1 << 20], codes.len(), 0, 0, &mut d) };
                 for (i, (&q, &v)) in codes.iter().zip(&d).enumerate() {
                     let want = E4M3_TO_F32[q as usize] * s;
-                    assert!(want.to_bits() == v.to_bits() || (want.is_nan() && v.is_nan()), "{isa:?} s={s} code {q:#x} at {i}: {v} vs {want}");
+                    assert!(
+                        want.to_bits() == v.to_bits() || (want.is_nan() && v.is_nan()),
+                        "{isa:?} s={s} code {q:#x} at {i}: {v} vs {want}"
+                    );
                 }
             }
         }
@@ -965,7 +1024,10 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx512f") {
             isas.push(Isa::Avx512);
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c") {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
             isas.push(Isa::Avx2);
         }
         let mut seed = 5u64;
@@ -973,25 +1035,65 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        for &(m, n, k) in &[(1usize, 7usize, 5usize), (3, 9, 45), (5, 13, 256), (1, 4, 300), (70, 5, 2100), (70, 6, 40), (2, 3, 1280)] {
+        for &(m, n, k) in &[
+            (1usize, 7usize, 5usize),
+            (3, 9, 45),
+            (5, 13, 256),
+            (1, 4, 300),
+            (70, 5, 2100),
+            (70, 6, 40),
+            (2, 3, 1280),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let b16: Vec<bf16> = b.iter().map(|&v| bf16::from_f32(v)).collect();
             let bh: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
             let codes: Vec<u8> = (0..n * k).map(|i| (i * 37 % 251) as u8 & 0x7E).collect();
             let (b0, b1): (usize, usize) = (2, 128);
-            let scales: Vec<f32> = (0..n.div_ceil(b0) * k.div_ceil(b1)).map(|i| 0.01 + i as f32 * 1e-3).collect();
-            let fp8 = QuantSlice::new("w", n, k, QuantMatrix::Fp8Block { codes: &codes, scales: &scales, block: [b0, b1] }).unwrap();
+            let scales: Vec<f32> = (0..n.div_ceil(b0) * k.div_ceil(b1))
+                .map(|i| 0.01 + i as f32 * 1e-3)
+                .collect();
+            let fp8 = QuantSlice::new(
+                "w",
+                n,
+                k,
+                QuantMatrix::Fp8Block {
+                    codes: &codes,
+                    scales: &scales,
+                    block: [b0, b1],
+                },
+            )
+            .unwrap();
             // Row blocks of 4 take the fused kernel for m <= 4; a NaN code (0x7F, 0xFF) in the
             // last row must make that row's outputs NaN.
             let mut nan_codes: Vec<u8> = (0..n * k).map(|i| (i * 53 % 253) as u8 & 0x7E).collect();
             nan_codes[n * k - 1 - (k - 1) / 2] = if k % 2 == 0 { 0x7F } else { 0xFF };
-            let scales4: Vec<f32> = (0..n.div_ceil(4) * k.div_ceil(b1)).map(|i| 0.02 + i as f32 * 1e-3).collect();
-            let fp8_fused =
-                QuantSlice::new("w", n, k, QuantMatrix::Fp8Block { codes: &nan_codes, scales: &scales4, block: [4, b1] }).unwrap();
+            let scales4: Vec<f32> = (0..n.div_ceil(4) * k.div_ceil(b1))
+                .map(|i| 0.02 + i as f32 * 1e-3)
+                .collect();
+            let fp8_fused = QuantSlice::new(
+                "w",
+                n,
+                k,
+                QuantMatrix::Fp8Block {
+                    codes: &nan_codes,
+                    scales: &scales4,
+                    block: [4, b1],
+                },
+            )
+            .unwrap();
             let i8codes: Vec<u8> = (0..n * k).map(|i| (i * 13 % 255) as u8).collect();
             let i8scales: Vec<f32> = (0..n).map(|r| 0.01 * (r + 1) as f32).collect();
-            let int8 = QuantSlice::new("w", n, k, QuantMatrix::Int8Channel { codes: &i8codes, scales: &i8scales }).unwrap();
+            let int8 = QuantSlice::new(
+                "w",
+                n,
+                k,
+                QuantMatrix::Int8Channel {
+                    codes: &i8codes,
+                    scales: &i8scales,
+                },
+            )
+            .unwrap();
             let sources: [WeightSlice<'_>; 6] = [
                 FloatSlice::F32(&b).into(),
                 FloatSlice::BF16(&b16).into(),
@@ -1009,13 +1111,17 @@ mod tests {
                         for i in 0..m {
                             for j in 0..n {
                                 let want: f64 = (0..k).map(|p| f64::from(a[i * k + p]) * dense[j * k + p]).sum();
-                                let scale: f64 = (0..k).map(|p| (f64::from(a[i * k + p]) * dense[j * k + p]).abs()).sum();
+                                let scale: f64 =
+                                    (0..k).map(|p| (f64::from(a[i * k + p]) * dense[j * k + p]).abs()).sum();
                                 let got = f64::from(c[i * n + j]);
                                 if want.is_nan() {
                                     assert!(got.is_nan(), "{isa:?} {m}x{n}x{k} ({i},{j}): {got} for a NaN weight");
                                     continue;
                                 }
-                                assert!((got - want).abs() <= 1e-5 * (1.0 + scale), "{isa:?} {m}x{n}x{k} t={threads} ({i},{j}): {got} vs {want}");
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * (1.0 + scale),
+                                    "{isa:?} {m}x{n}x{k} t={threads} ({i},{j}): {got} vs {want}"
+                                );
                             }
                         }
                     }

@@ -36,17 +36,30 @@ pub enum QuantMatrix<'a> {
     /// E4M3 codes `[rows, cols]`, f32 scales `[ceil(rows / b0), ceil(cols / b1)]` for
     /// `block = [b0, b1]`; `W[r, c] = e4m3(q[r, c]) * S[r / b0, c / b1]` (DeepSeek's
     /// `weight_scale_inv` is this multiplier despite its name).
-    Fp8Block { codes: &'a [u8], scales: &'a [f32], block: [usize; 2] },
+    Fp8Block {
+        codes: &'a [u8],
+        scales: &'a [f32],
+        block: [usize; 2],
+    },
     /// E2M1 codes packed `[rows, cols / 2]` (low nibble first), E4M3 block scales
     /// `[rows, cols / 16]`, a per-tensor f32 `global`; `W = e2m1 * e4m3(sf) * global`.
-    Nvfp4 { packed: &'a [u8], block_scales: &'a [u8], global: f32 },
+    Nvfp4 {
+        packed: &'a [u8],
+        block_scales: &'a [u8],
+        global: f32,
+    },
     /// E2M1 codes packed `[rows, cols / 2]`, UE8M0 scales `[rows, cols / 32]`;
     /// `W = e2m1 * 2^(s - 127)`.
     Mxfp4 { packed: &'a [u8], scales: &'a [u8] },
     /// 4-bit codes packed `[rows, cols / 2]` (low nibble first), f32 scales
     /// `[rows, cols / group]`. With `zeros` (`[rows, cols / group]`, u8): unsigned codes,
     /// `W = (q - z) * s`; without: signed two's-complement nibbles, `W = q * s`.
-    Int4Group { packed: &'a [u8], scales: &'a [f32], zeros: Option<&'a [u8]>, group: usize },
+    Int4Group {
+        packed: &'a [u8],
+        scales: &'a [f32],
+        zeros: Option<&'a [u8]>,
+        group: usize,
+    },
     /// i8 codes `[rows, cols]` (stored as bytes), one f32 scale per row; `W = q * s[row]`.
     Int8Channel { codes: &'a [u8], scales: &'a [f32] },
 }
@@ -85,7 +98,11 @@ fn length_error(what: &str, part: &str, want: usize, got: usize) -> MoeError {
 }
 
 fn check_part(what: &str, part: &str, want: usize, got: usize) -> Result<()> {
-    if want == got { Ok(()) } else { Err(length_error(what, part, want, got)) }
+    if want == got {
+        Ok(())
+    } else {
+        Err(length_error(what, part, want, got))
+    }
 }
 
 /// The low (`i` even) or high nibble of element `i` of a packed array.
@@ -119,20 +136,30 @@ impl<'a> QuantSlice<'a> {
             .ok_or_else(|| MoeError::shape(what, "a size that fits in memory", &[rows, cols]))?;
         let divides = |unit: usize, why: &str| -> Result<()> {
             if unit == 0 || cols % unit != 0 {
-                return Err(MoeError::shape(what, format!("cols a multiple of {unit} ({why})"), &[rows, cols]));
+                return Err(MoeError::shape(
+                    what,
+                    format!("cols a multiple of {unit} ({why})"),
+                    &[rows, cols],
+                ));
             }
             Ok(())
         };
         match self.matrix {
             QuantMatrix::Fp8PerTensor { codes, .. } => check_part(what, "codes", elems, codes.len()),
-            QuantMatrix::Fp8Block { codes, scales, block: [b0, b1] } => {
+            QuantMatrix::Fp8Block {
+                codes,
+                scales,
+                block: [b0, b1],
+            } => {
                 if b0 == 0 || b1 == 0 {
                     return Err(MoeError::shape(what, "a non-empty FP8 scale block", &[b0, b1]));
                 }
                 check_part(what, "codes", elems, codes.len())?;
                 check_part(what, "scales", rows.div_ceil(b0) * cols.div_ceil(b1), scales.len())
             }
-            QuantMatrix::Nvfp4 { packed, block_scales, .. } => {
+            QuantMatrix::Nvfp4 {
+                packed, block_scales, ..
+            } => {
                 divides(NVFP4_BLOCK, "NVFP4 blocks of 16")?;
                 check_part(what, "packed", elems / 2, packed.len())?;
                 check_part(what, "block_scales", elems / NVFP4_BLOCK, block_scales.len())
@@ -142,7 +169,12 @@ impl<'a> QuantSlice<'a> {
                 check_part(what, "packed", elems / 2, packed.len())?;
                 check_part(what, "scales", elems / MXFP4_BLOCK, scales.len())
             }
-            QuantMatrix::Int4Group { packed, scales, zeros, group } => {
+            QuantMatrix::Int4Group {
+                packed,
+                scales,
+                zeros,
+                group,
+            } => {
                 // An even group keeps each byte within one group, so rows decode group by group.
                 if group % 2 != 0 {
                     return Err(MoeError::shape(what, "an even INT4 group size", &[group]));
@@ -176,19 +208,32 @@ impl<'a> QuantSlice<'a> {
         let cols = self.cols;
         match self.matrix {
             QuantMatrix::Fp8PerTensor { codes, scale } => E4M3_TO_F32[codes[i] as usize] * scale,
-            QuantMatrix::Fp8Block { codes, scales, block: [b0, b1] } => {
+            QuantMatrix::Fp8Block {
+                codes,
+                scales,
+                block: [b0, b1],
+            } => {
                 let (r, c) = (i / cols, i % cols);
                 E4M3_TO_F32[codes[i] as usize] * scales[(r / b0) * cols.div_ceil(b1) + c / b1]
             }
             // Blocks and groups divide `cols`, so the flat index maps to the block directly.
-            QuantMatrix::Nvfp4 { packed, block_scales, global } => {
+            QuantMatrix::Nvfp4 {
+                packed,
+                block_scales,
+                global,
+            } => {
                 let s = E4M3_TO_F32[block_scales[i / NVFP4_BLOCK] as usize] * global;
                 E2M1_VALUES[nibble(packed, i) as usize] * s
             }
             QuantMatrix::Mxfp4 { packed, scales } => {
                 E2M1_VALUES[nibble(packed, i) as usize] * e8m0_to_f32(scales[i / MXFP4_BLOCK])
             }
-            QuantMatrix::Int4Group { packed, scales, zeros, group } => {
+            QuantMatrix::Int4Group {
+                packed,
+                scales,
+                zeros,
+                group,
+            } => {
                 let (q, s) = (nibble(packed, i), scales[i / group]);
                 match zeros {
                     Some(z) => int4_zero_point(q, z[i / group], s),
@@ -217,7 +262,11 @@ impl<'a> QuantSlice<'a> {
                     *o = E4M3_TO_F32[q as usize] * scale;
                 }
             }
-            QuantMatrix::Fp8Block { codes, scales, block: [b0, b1] } => {
+            QuantMatrix::Fp8Block {
+                codes,
+                scales,
+                block: [b0, b1],
+            } => {
                 let nb = cols.div_ceil(b1);
                 let srow = &scales[(r / b0) * nb..(r / b0 + 1) * nb];
                 let blocks = out.chunks_mut(b1).zip(codes[row..row + cols].chunks(b1));
@@ -227,9 +276,15 @@ impl<'a> QuantSlice<'a> {
                     }
                 }
             }
-            QuantMatrix::Nvfp4 { packed, block_scales, global } => {
+            QuantMatrix::Nvfp4 {
+                packed,
+                block_scales,
+                global,
+            } => {
                 let sf = &block_scales[row / NVFP4_BLOCK..(row + cols) / NVFP4_BLOCK];
-                let blocks = out.chunks_exact_mut(NVFP4_BLOCK).zip(packed[row / 2..(row + cols) / 2].chunks_exact(NVFP4_BLOCK / 2));
+                let blocks = out
+                    .chunks_exact_mut(NVFP4_BLOCK)
+                    .zip(packed[row / 2..(row + cols) / 2].chunks_exact(NVFP4_BLOCK / 2));
                 for ((o, p), &sf) in blocks.zip(sf) {
                     let s = E4M3_TO_F32[sf as usize] * global;
                     unpack_fp4(o, p, s);
@@ -237,14 +292,23 @@ impl<'a> QuantSlice<'a> {
             }
             QuantMatrix::Mxfp4 { packed, scales } => {
                 let sc = &scales[row / MXFP4_BLOCK..(row + cols) / MXFP4_BLOCK];
-                let blocks = out.chunks_exact_mut(MXFP4_BLOCK).zip(packed[row / 2..(row + cols) / 2].chunks_exact(MXFP4_BLOCK / 2));
+                let blocks = out
+                    .chunks_exact_mut(MXFP4_BLOCK)
+                    .zip(packed[row / 2..(row + cols) / 2].chunks_exact(MXFP4_BLOCK / 2));
                 for ((o, p), &e) in blocks.zip(sc) {
                     unpack_fp4(o, p, e8m0_to_f32(e));
                 }
             }
-            QuantMatrix::Int4Group { packed, scales, zeros, group } => {
+            QuantMatrix::Int4Group {
+                packed,
+                scales,
+                zeros,
+                group,
+            } => {
                 let (g0, g1) = (row / group, (row + cols) / group);
-                let groups = out.chunks_exact_mut(group).zip(packed[row / 2..(row + cols) / 2].chunks_exact(group / 2));
+                let groups = out
+                    .chunks_exact_mut(group)
+                    .zip(packed[row / 2..(row + cols) / 2].chunks_exact(group / 2));
                 for (g, (o, p)) in (g0..g1).zip(groups) {
                     let s = scales[g];
                     match zeros {
@@ -311,7 +375,11 @@ impl WeightSlice<'_> {
         match self {
             WeightSlice::Float(f) => match rows.checked_mul(cols) {
                 Some(n) if f.len() >= n => Ok(()),
-                _ => Err(MoeError::shape(what, format!("at least {rows} x {cols} elements"), &[f.len()])),
+                _ => Err(MoeError::shape(
+                    what,
+                    format!("at least {rows} x {cols} elements"),
+                    &[f.len()],
+                )),
             },
             WeightSlice::Quant(q) => {
                 if (q.rows, q.cols) != (rows, cols) {

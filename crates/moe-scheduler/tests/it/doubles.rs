@@ -51,7 +51,10 @@ impl QuantMethod for NoQuant {
         Ok(())
     }
     fn quantize_input(&self, x: &Tensor, _: &ExpertWeights) -> Result<QuantizedInput> {
-        Ok(QuantizedInput { x: x.clone(), x_sf: None })
+        Ok(QuantizedInput {
+            x: x.clone(),
+            x_sf: None,
+        })
     }
     fn eplb_support_status(&self) -> EplbSupportStatus {
         EplbSupportStatus::Supported
@@ -94,7 +97,10 @@ impl MoeBackend for ScaleBackend {
         true
     }
     fn quantize_input(&self, x: &Tensor) -> Result<QuantizedInput> {
-        Ok(QuantizedInput { x: x.clone(), x_sf: None })
+        Ok(QuantizedInput {
+            x: x.clone(),
+            x_sf: None,
+        })
     }
     fn run_moe(&self, ctx: &MoeRunContext<'_>) -> Result<Tensor> {
         self.calls.lock().unwrap().push(ctx.x.rows());
@@ -105,7 +111,9 @@ impl MoeBackend for ScaleBackend {
         let w = ctx.token_final_scales.map(|s| s.as_f32("scales")).transpose()?;
         let mut out = vec![0.0; x.len()];
         for t in 0..ctx.x.rows() {
-            let f: f32 = (0..k).map(|j| w.map_or(1.0, |w| w[t * k + j]) * (slots[t * k + j] + 1) as f32).sum();
+            let f: f32 = (0..k)
+                .map(|j| w.map_or(1.0, |w| w[t * k + j]) * (slots[t * k + j] + 1) as f32)
+                .sum();
             for i in 0..h {
                 out[t * h + i] = x[t * h + i] * f;
             }
@@ -171,7 +179,10 @@ impl LoadBalancer for RecordingBalancer {
         Ok(())
     }
     fn update_statistic(&mut self, ids: &Tensor, first: bool, last: bool, ignore_allreduce: bool) -> Result<()> {
-        self.push(format!("statistic(rows={}, first={first}, last={last}, ignore_allreduce={ignore_allreduce})", ids.rows()));
+        self.push(format!(
+            "statistic(rows={}, first={first}, last={last}, ignore_allreduce={ignore_allreduce})",
+            ids.rows()
+        ));
         Ok(())
     }
     fn route(&mut self, ids: &Tensor, _use_dp: bool) -> Result<Tensor> {
@@ -200,7 +211,11 @@ pub struct RecordingComm {
 
 impl Communication for RecordingComm {
     fn name(&self) -> &'static str {
-        if self.alltoall { "recording-alltoall" } else { "recording-allgather" }
+        if self.alltoall {
+            "recording-alltoall"
+        } else {
+            "recording-allgather"
+        }
     }
     fn is_platform_supported(&self) -> bool {
         true
@@ -215,15 +230,24 @@ impl Communication for RecordingComm {
         self.alltoall
     }
     fn prepare_dispatch(&mut self, slots: &Tensor, list: &[usize]) -> Result<()> {
-        self.log.lock().unwrap().push(format!("prepare(rows={}, list={list:?})", slots.rows()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("prepare(rows={}, list={list:?})", slots.rows()));
         Ok(())
     }
     fn dispatch(&mut self, p: DispatchPayload, list: &[usize], pad: bool) -> Result<DispatchPayload> {
-        self.log.lock().unwrap().push(format!("dispatch(rows={}, list={list:?}, padded={pad})", p.x.rows()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("dispatch(rows={}, list={list:?}, padded={pad})", p.x.rows()));
         Ok(p)
     }
     fn combine(&mut self, out: Tensor, max: usize) -> Result<Tensor> {
-        self.log.lock().unwrap().push(format!("combine(rows={}, max={max})", out.rows()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("combine(rows={}, max={max})", out.rows()));
         Ok(out)
     }
     fn destroy(&mut self) -> Result<()> {
@@ -246,5 +270,9 @@ impl CommHandle for Slot {
 
 /// `x[t] = [t + 1, -(t + 1)]`.
 pub fn ramp(t: usize) -> Tensor {
-    Tensor::from_f32(vec![t, 2], (0..t).flat_map(|i| [(i + 1) as f32, -((i + 1) as f32)]).collect()).unwrap()
+    Tensor::from_f32(
+        vec![t, 2],
+        (0..t).flat_map(|i| [(i + 1) as f32, -((i + 1) as f32)]).collect(),
+    )
+    .unwrap()
 }

@@ -28,14 +28,25 @@ fn run_with_balancer(
     };
     let x = ramp(4);
     let l = Tensor::from_f32(vec![4, 4], vec![0.0; 16]).unwrap();
-    let args = ForwardArgs { x: &x, router_logits: &l, output_dtype: DType::F32, all_rank_num_tokens: None, use_dp_padding: false };
+    let args = ForwardArgs {
+        x: &x,
+        router_logits: &l,
+        output_dtype: DType::F32,
+        all_rank_num_tokens: None,
+        use_dp_padding: false,
+    };
     ExternalCommScheduler.forward(view, args).unwrap()
 }
 
 #[test]
 fn dynamic_hooks_span_chunks_and_repeats() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut b = RecordingBalancer { log: log.clone(), dynamic: true, repeats: 2, offset: 0 };
+    let mut b = RecordingBalancer {
+        log: log.clone(),
+        dynamic: true,
+        repeats: 2,
+        offset: 0,
+    };
     run_with_balancer(&mut b, None, 0, Some(2));
     log.lock().unwrap().push("-- repeat 1 --".into());
     run_with_balancer(&mut b, None, 1, Some(2));
@@ -61,7 +72,12 @@ fn dynamic_hooks_span_chunks_and_repeats() {
 #[test]
 fn static_balancer_only_routes_and_its_slots_reach_the_backend() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut b = RecordingBalancer { log: log.clone(), dynamic: false, repeats: 1, offset: 1 };
+    let mut b = RecordingBalancer {
+        log: log.clone(),
+        dynamic: false,
+        repeats: 1,
+        offset: 1,
+    };
     let out = run_with_balancer(&mut b, None, 0, None);
     assert_eq!(*log.lock().unwrap(), vec!["route(rows=4)".to_string()]);
     // LoadBalanced routes token t to expert t; the balancer maps it to slot t + 1, and the
@@ -73,8 +89,18 @@ fn static_balancer_only_routes_and_its_slots_reach_the_backend() {
 #[test]
 fn set_cpu_stage_brackets_combine() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let comm = RecordingComm { log: log.clone(), alltoall: false, feasible: true, post_quant: true };
-    let mut b = RecordingBalancer { log: log.clone(), dynamic: true, repeats: 1, offset: 0 };
+    let comm = RecordingComm {
+        log: log.clone(),
+        alltoall: false,
+        feasible: true,
+        post_quant: true,
+    };
+    let mut b = RecordingBalancer {
+        log: log.clone(),
+        dynamic: true,
+        repeats: 1,
+        offset: 0,
+    };
     run_with_balancer(&mut b, Some(Box::new(comm)), 0, None);
     insta::assert_debug_snapshot!(log.lock().unwrap().clone(), @r#"
     [

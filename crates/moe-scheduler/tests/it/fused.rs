@@ -17,7 +17,13 @@ fn run(
 ) -> (Tensor, Vec<usize>) {
     let mut c = MoeConfig::new(4, 2, 2, DType::F32, RoutingMethod::LoadBalanced { top_k: 1 });
     c.moe_max_num_tokens = chunk;
-    c.parallel = ParallelConfig { ep_size: 2, ep_rank: rank, tp_size: 1, tp_rank: 0, attention_dp: true };
+    c.parallel = ParallelConfig {
+        ep_size: 2,
+        ep_rank: rank,
+        tp_size: 1,
+        tp_rank: 0,
+        attention_dp: true,
+    };
     let backend = ScaleBackend::new(&c);
     let mut slot = Slot(None);
     let view = LayerView {
@@ -30,7 +36,13 @@ fn run(
     };
     let x = ramp(x_rows);
     let l = Tensor::from_f32(vec![x_rows, 4], vec![0.0; x_rows * 4]).unwrap();
-    let args = ForwardArgs { x: &x, router_logits: &l, output_dtype: DType::F32, all_rank_num_tokens: list, use_dp_padding: true };
+    let args = ForwardArgs {
+        x: &x,
+        router_logits: &l,
+        output_dtype: DType::F32,
+        all_rank_num_tokens: list,
+        use_dp_padding: true,
+    };
     let out = FusedCommScheduler.forward(view, args).unwrap();
     let calls = backend.calls.lock().unwrap().clone();
     (out, calls)
@@ -50,7 +62,12 @@ fn every_rank_launches_every_chunk_even_without_tokens() {
 #[test]
 fn set_cpu_stage_follows_the_kernel() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut b = RecordingBalancer { log: log.clone(), dynamic: true, repeats: 1, offset: 0 };
+    let mut b = RecordingBalancer {
+        log: log.clone(),
+        dynamic: true,
+        repeats: 1,
+        offset: 0,
+    };
     run(0, Some(&[3, 1]), 3, None, Some(&mut b));
     insta::assert_debug_snapshot!(log.lock().unwrap().clone(), @r#"
     [

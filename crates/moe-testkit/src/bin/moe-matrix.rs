@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use moe_testkit::{all_cells, capabilities, outcome_line, run_cells};
 
-const USAGE: &str = "usage: moe-matrix [--json] [--filter SUBSTRING] | moe-matrix --capability-table [--write | --check]";
+const USAGE: &str =
+    "usage: moe-matrix [--json] [--filter SUBSTRING] | moe-matrix --capability-table [--write | --check]";
 
 fn main() -> ExitCode {
     let mut json = false;

@@ -20,10 +20,7 @@ fn capability_table_is_fresh() {
 fn table_has_one_row_per_registered_backend() {
     let table = capability_table();
     for name in moe::BACKEND_NAMES {
-        assert!(
-            table.contains(&format!("| `{name}` |")),
-            "no row for {name}:\n{table}"
-        );
+        assert!(table.contains(&format!("| `{name}` |")), "no row for {name}:\n{table}");
     }
 }
 
@@ -46,10 +43,7 @@ fn splicing_is_idempotent() {
 /// the backend accepts. A table that claims more (or less) than the gate fails here.
 #[test]
 fn declared_capabilities_agree_with_can_implement() {
-    use moe_core::{
-        Activation, DType, EplbConfig, MoeConfig, MoeDeployment, MoeProblem, QuantAlgo,
-        RoutingMethod,
-    };
+    use moe_core::{Activation, DType, EplbConfig, MoeConfig, MoeDeployment, MoeProblem, QuantAlgo, RoutingMethod};
     let env = moe::probe_environment();
     let mut lies = Vec::new();
     for entry in moe::REGISTRY {
@@ -61,11 +55,7 @@ fn declared_capabilities_agree_with_can_implement() {
         };
         let dtype = caps.dtypes.first().copied().unwrap_or(DType::F32);
         let base = MoeConfig::new(8, 128, 128, dtype, RoutingMethod::Renormalize { top_k: 2 });
-        assert!(
-            accepts(&base),
-            "{} rejects a plain {dtype} SwiGLU layer",
-            entry.name
-        );
+        assert!(accepts(&base), "{} rejects a plain {dtype} SwiGLU layer", entry.name);
         let mut check = |what: String, claimed: bool, c: &MoeConfig| {
             if accepts(c) != claimed {
                 lies.push(format!(
@@ -136,14 +126,9 @@ fn declared_capabilities_agree_with_can_implement() {
             initial_global_assignments: None,
         });
         check("EPLB".into(), caps.supports_eplb, &eplb);
-        let mut uneven =
-            MoeConfig::new(7, 128, 128, dtype, RoutingMethod::Renormalize { top_k: 2 });
+        let mut uneven = MoeConfig::new(7, 128, 128, dtype, RoutingMethod::Renormalize { top_k: 2 });
         uneven.parallel.ep_size = 2;
-        check(
-            "non-divisible EP".into(),
-            caps.supports_non_divisible_ep,
-            &uneven,
-        );
+        check("non-divisible EP".into(), caps.supports_non_divisible_ep, &uneven);
     }
     assert!(
         lies.is_empty(),

@@ -20,9 +20,7 @@ fn every_family_has_both_dtypes_with_all_files() {
 fn io_tensors_have_the_documented_shapes_and_dtypes() {
     for f in hf_fixtures().unwrap() {
         for t in HF_TOKEN_COUNTS {
-            let (x, y) = f
-                .io(t)
-                .unwrap_or_else(|e| panic!("{}: x_{t}/y_{t}: {e}", f.id()));
+            let (x, y) = f.io(t).unwrap_or_else(|e| panic!("{}: x_{t}/y_{t}: {e}", f.id()));
             assert_eq!(x.shape(), &[t, 64], "{} x_{t}", f.id());
             assert_eq!(y.shape(), &[t, 64], "{} y_{t}", f.id());
             assert_eq!(x.dtype(), f.dtype(), "{} x_{t}", f.id());
@@ -33,15 +31,9 @@ fn io_tensors_have_the_documented_shapes_and_dtypes() {
 
 #[test]
 fn bounds_follow_the_fixture_readme() {
-    assert_eq!(
-        hf_fixture("mixtral", "float32").unwrap().rel_l2_bound(),
-        1e-5
-    );
+    assert_eq!(hf_fixture("mixtral", "float32").unwrap().rel_l2_bound(), 1e-5);
     assert_eq!(hf_fixture("llama4", "bf16").unwrap().rel_l2_bound(), 3e-2);
-    assert_eq!(
-        hf_fixture("olmoe", "bfloat16").unwrap().dtype(),
-        DType::BF16
-    );
+    assert_eq!(hf_fixture("olmoe", "bfloat16").unwrap().dtype(), DType::BF16);
 }
 
 #[test]

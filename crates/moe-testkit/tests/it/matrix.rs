@@ -31,19 +31,13 @@ fn every_cell_config_is_valid_and_ids_are_unique() {
     let cells = all_cells();
     let mut ids = HashSet::new();
     for c in &cells {
-        c.config()
-            .validate()
-            .unwrap_or_else(|e| panic!("{}: {e}", c.id()));
+        c.config().validate().unwrap_or_else(|e| panic!("{}: {e}", c.id()));
         assert!(ids.insert(c.id()), "duplicate cell id {}", c.id());
     }
     // Every backend gets the same cells.
     let per_backend = cells.len() / moe::BACKEND_NAMES.len();
     for b in moe::BACKEND_NAMES {
-        assert_eq!(
-            cells.iter().filter(|c| c.backend == *b).count(),
-            per_backend,
-            "{b}"
-        );
+        assert_eq!(cells.iter().filter(|c| c.backend == *b).count(), per_backend, "{b}");
     }
 }
 
@@ -57,10 +51,7 @@ fn every_parallel_mode_and_quant_format_appears() {
         );
     }
     for algo in moe_core::QuantAlgo::ALL {
-        assert!(
-            cells.iter().any(|c| c.quant == algo),
-            "{algo:?} is not in the matrix"
-        );
+        assert!(cells.iter().any(|c| c.quant == algo), "{algo:?} is not in the matrix");
     }
     assert_eq!(token_split(19, 2), vec![10, 9]);
     assert_eq!(token_split(1, 2), vec![1, 0]);
@@ -120,13 +111,7 @@ fn naive_oracle_matches_a_hand_computation() {
         ],
         act_quant: [ActQuant::None; 2],
     };
-    let config = MoeConfig::new(
-        2,
-        2,
-        1,
-        moe_core::DType::F32,
-        RoutingMethod::Renormalize { top_k: 1 },
-    );
+    let config = MoeConfig::new(2, 2, 1, moe_core::DType::F32, RoutingMethod::Renormalize { top_k: 1 });
     let y = naive_moe(&config, &data).unwrap();
     let silu1 = 1.0 / (1.0 + (-1.0f64).exp());
     assert!((f64::from(y[0]) - 2.0 * silu1).abs() < 1e-6, "{y:?}");
@@ -149,12 +134,7 @@ fn the_matrix_passes() {
         "{} of {} cells failed (first 40 shown):\n{}",
         failures.len(),
         cells.len(),
-        failures
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
     );
     assert!(report.passed() > 0, "no cell ran");
 }

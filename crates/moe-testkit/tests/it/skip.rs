@@ -2,21 +2,14 @@
 //! (closed reason + detail) is the skip; anything else is a run or an error, never a skip.
 
 use moe_core::{
-    DType, MoeConfig, MoeEnvironment, RejectReason, RejectedCandidate, ResolutionReport,
-    RoutingMethod, SelectedBy,
+    DType, MoeConfig, MoeEnvironment, RejectReason, RejectedCandidate, ResolutionReport, RoutingMethod, SelectedBy,
 };
 use moe_testkit::skip::{Decision, decision_from_report};
 
 /// A report from the real factory with its verdict fields replaced, so new report fields
 /// never break these tests.
 fn report(winner: Option<&str>, rejected: &[(&str, RejectReason)]) -> ResolutionReport {
-    let config = MoeConfig::new(
-        8,
-        16,
-        16,
-        DType::F32,
-        RoutingMethod::Renormalize { top_k: 2 },
-    );
+    let config = MoeConfig::new(8, 16, 16, DType::F32, RoutingMethod::Renormalize { top_k: 2 });
     let env = MoeEnvironment {
         cpu_threads: 1,
         cuda_sm: None,
@@ -58,10 +51,7 @@ fn a_rejected_request_skips_with_its_reason_even_when_a_fallback_won() {
     assert_eq!(s.backend, "gpu");
     assert_eq!(s.reason, RejectReason::DeviceUnsupported);
     assert_eq!(s.detail, "gpu says no");
-    assert_eq!(
-        s.to_string(),
-        "gpu rejects: DEVICE_UNSUPPORTED (gpu says no)"
-    );
+    assert_eq!(s.to_string(), "gpu rejects: DEVICE_UNSUPPORTED (gpu says no)");
 }
 
 #[test]
@@ -73,13 +63,7 @@ fn losing_without_a_rejection_is_an_error_not_a_skip() {
 fn the_real_factory_decides_the_real_backends() {
     let env = moe::probe_environment();
     for name in moe::BACKEND_NAMES {
-        let mut c = MoeConfig::new(
-            8,
-            32,
-            48,
-            DType::F32,
-            RoutingMethod::Renormalize { top_k: 2 },
-        );
+        let mut c = MoeConfig::new(8, 32, 48, DType::F32, RoutingMethod::Renormalize { top_k: 2 });
         c.backend = Some(name.to_string());
         assert_eq!(
             moe_testkit::decide(&c, &env).unwrap(),
@@ -87,13 +71,7 @@ fn the_real_factory_decides_the_real_backends() {
             "{name} must run plain f32 SwiGLU"
         );
     }
-    let mut c = MoeConfig::new(
-        8,
-        32,
-        48,
-        DType::F32,
-        RoutingMethod::Renormalize { top_k: 2 },
-    );
+    let mut c = MoeConfig::new(8, 32, 48, DType::F32, RoutingMethod::Renormalize { top_k: 2 });
     c.backend = Some("no-such-backend".into());
     assert!(
         moe_testkit::decide(&c, &env).is_err(),

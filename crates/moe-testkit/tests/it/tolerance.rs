@@ -1,9 +1,7 @@
 //! The accuracy helpers on hand-made vectors, including the edges of `percent`.
 
 use moe_core::{DType, QuantAlgo};
-use moe_testkit::tolerance::{
-    QUANT_TOLERANCES, Tolerance, check_accuracy, quant_tolerance, rel_l2, rel_l2_bound,
-};
+use moe_testkit::tolerance::{QUANT_TOLERANCES, Tolerance, check_accuracy, quant_tolerance, rel_l2, rel_l2_bound};
 
 #[test]
 fn identical_vectors_pass_with_zero_error() {
@@ -84,10 +82,7 @@ fn tables_cover_every_quant_algo_and_dtype() {
             "{algo:?} has no §7.5 row"
         );
     }
-    assert_eq!(
-        quant_tolerance(QuantAlgo::None),
-        Tolerance::new(0.2, 0.2, 0.96)
-    );
+    assert_eq!(quant_tolerance(QuantAlgo::None), Tolerance::new(0.2, 0.2, 0.96));
     assert_eq!(quant_tolerance(QuantAlgo::Fp8Block).percent, 1.0);
     assert_eq!(rel_l2_bound(DType::F32), 1e-5);
     assert!(rel_l2_bound(DType::F16) < rel_l2_bound(DType::BF16));

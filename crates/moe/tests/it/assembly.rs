@@ -2,10 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use moe::{create_moe, create_moe_with, resolve_moe_impl, ConfigurableMoe, CreateOptions, LayerParts};
+use moe::{ConfigurableMoe, CreateOptions, LayerParts, create_moe, create_moe_with, resolve_moe_impl};
 use moe_core::*;
 
-use crate::random::{expert_weights, Rng};
+use crate::random::{Rng, expert_weights};
 
 const E: usize = 8;
 const H: usize = 16;
@@ -19,12 +19,17 @@ fn config(backend: Option<&str>) -> MoeConfig {
 
 fn inputs(t: usize) -> (Tensor, Tensor) {
     let mut rng = Rng::new(7);
-    (rng.tensor(DType::F32, vec![t, H], 1.0), rng.tensor(DType::F32, vec![t, E], 3.0))
+    (
+        rng.tensor(DType::F32, vec![t, H], 1.0),
+        rng.tensor(DType::F32, vec![t, E], 3.0),
+    )
 }
 
 fn loaded(c: MoeConfig) -> ConfigurableMoe {
     let mut layer = create_moe(c).unwrap();
-    layer.load_weights(&expert_weights(&mut Rng::new(1), E, H, I, DType::F32)).unwrap();
+    layer
+        .load_weights(&expert_weights(&mut Rng::new(1), E, H, I, DType::F32))
+        .unwrap();
     layer
 }
 
@@ -42,7 +47,10 @@ fn automatic_selection_picks_the_fast_cpu_backend() {
     assert_eq!(r.selected_by, SelectedBy::Automatic);
     assert_eq!(r.alternatives(), &["cpu-fused".to_string(), "reference".to_string()]);
     let text = r.to_string();
-    assert!(text.starts_with("backend: cpu (selected by Automatic; requested: auto)"), "{text}");
+    assert!(
+        text.starts_with("backend: cpu (selected by Automatic; requested: auto)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -72,7 +80,13 @@ fn the_assembler_is_not_an_implementation() {
     let c = config(None);
     let env = moe::probe_environment();
     let v = ConfigurableMoe::can_implement(&MoeProblem::from_config(&c), &MoeDeployment::from_config(&c, env));
-    assert!(matches!(v, Eligibility::No { reason: RejectReason::NotAnImpl, .. }));
+    assert!(matches!(
+        v,
+        Eligibility::No {
+            reason: RejectReason::NotAnImpl,
+            ..
+        }
+    ));
 }
 
 /// Counts calls and tells the scheduler the layer repeats 3 times per iteration.
@@ -111,9 +125,21 @@ fn repeat_idx_advances_once_per_call_whatever_the_chunking() {
     let flags = Arc::new(Mutex::new(Vec::new()));
     let mut c = config(None);
     c.moe_max_num_tokens = Some(2);
-    let parts = LayerParts { balancer: Some(Box::new(Repeating(flags.clone()))), ..LayerParts::default() };
-    let mut layer = create_moe_with(c, CreateOptions { parts, ..CreateOptions::default() }).unwrap();
-    layer.load_weights(&expert_weights(&mut Rng::new(1), E, H, I, DType::F32)).unwrap();
+    let parts = LayerParts {
+        balancer: Some(Box::new(Repeating(flags.clone()))),
+        ..LayerParts::default()
+    };
+    let mut layer = create_moe_with(
+        c,
+        CreateOptions {
+            parts,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    layer
+        .load_weights(&expert_weights(&mut Rng::new(1), E, H, I, DType::F32))
+        .unwrap();
     let (x, l) = inputs(5); // 3 chunks per call
     let mut seen = Vec::new();
     for _ in 0..4 {
@@ -135,7 +161,11 @@ fn static_eplb_placement_with_replicas_leaves_the_output_unchanged() {
     let plain = loaded(config(None)).forward(&x, &l).unwrap();
     for table in [None, Some(vec![3, 1, 4, 0, 5, 2, 7, 6, 3, 3, 0, 7])] {
         let mut c = config(None);
-        c.eplb = Some(EplbConfig { num_slots: 12, layer_updates_per_iter: 0, initial_global_assignments: table });
+        c.eplb = Some(EplbConfig {
+            num_slots: 12,
+            layer_updates_per_iter: 0,
+            initial_global_assignments: table,
+        });
         let y = loaded(c).forward(&x, &l).unwrap();
         assert!(max_abs_diff(&plain, &y) < 1e-5, "{}", max_abs_diff(&plain, &y));
     }
@@ -146,7 +176,10 @@ fn impossible_configurations_are_refused_with_the_field_named() {
     let mut c = config(None);
     c.routing = RoutingMethod::Renormalize { top_k: E + 1 };
     let err = create_moe(c).unwrap_err();
-    assert!(matches!(&err, MoeError::InvalidConfig { field, .. } if field == "routing.top_k"), "{err}");
+    assert!(
+        matches!(&err, MoeError::InvalidConfig { field, .. } if field == "routing.top_k"),
+        "{err}"
+    );
 
     let mut c = config(None);
     c.routing = RoutingMethod::DeepSeekV3 {
@@ -158,10 +191,16 @@ fn impossible_configurations_are_refused_with_the_field_named() {
         renormalize: true,
     };
     let err = create_moe(c).unwrap_err();
-    assert!(matches!(&err, MoeError::InvalidConfig { field, .. } if field == "routing.n_group"), "{err}");
+    assert!(
+        matches!(&err, MoeError::InvalidConfig { field, .. } if field == "routing.n_group"),
+        "{err}"
+    );
 
     let err = create_moe(config(Some("tpu"))).unwrap_err();
-    assert!(matches!(&err, MoeError::InvalidConfig { field, .. } if field == "backend"), "{err}");
+    assert!(
+        matches!(&err, MoeError::InvalidConfig { field, .. } if field == "backend"),
+        "{err}"
+    );
 
     let mut c = config(None);
     c.parallel.ep_size = 2;
@@ -171,9 +210,22 @@ fn impossible_configurations_are_refused_with_the_field_named() {
     // FP8 per-tensor folds scales across experts at load, so its slots cannot migrate.
     let mut c = config(None);
     c.quant.algo = QuantAlgo::Fp8PerTensor;
-    c.eplb = Some(EplbConfig { num_slots: 8, layer_updates_per_iter: 1, initial_global_assignments: None });
+    c.eplb = Some(EplbConfig {
+        num_slots: 8,
+        layer_updates_per_iter: 1,
+        initial_global_assignments: None,
+    });
     let err = create_moe(c).unwrap_err();
-    assert!(matches!(&err, MoeError::Unsupported { reason: RejectReason::EplbUnsupported, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            MoeError::Unsupported {
+                reason: RejectReason::EplbUnsupported,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("does not support online EPLB"), "{err}");
 }
 
@@ -186,7 +238,15 @@ fn unsupported_quantization_lists_every_rejection() {
     assert_eq!(report.selected_by, SelectedBy::Failed);
     let names: Vec<_> = report.rejected.iter().map(|r| r.backend.as_str()).collect();
     assert_eq!(names, ["cpu", "cpu-fused", "reference"]);
-    assert!(report.rejected.iter().all(|r| r.reason == RejectReason::DtypeUnsupported));
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|r| r.reason == RejectReason::DtypeUnsupported)
+    );
     let err = create_moe(c).unwrap_err().to_string();
-    assert!(err.contains("cpu: DTYPE_UNSUPPORTED") && err.contains("reference: DTYPE_UNSUPPORTED"), "{err}");
+    assert!(
+        err.contains("cpu: DTYPE_UNSUPPORTED") && err.contains("reference: DTYPE_UNSUPPORTED"),
+        "{err}"
+    );
 }

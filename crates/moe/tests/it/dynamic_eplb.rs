@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use moe::{create_moe, create_moe_with, CreateOptions, ForwardOptions, LayerParts};
-use moe_quant::quantize::{quantize_expert, ExpertMatrices};
+use moe::{CreateOptions, ForwardOptions, LayerParts, create_moe, create_moe_with};
 use moe_comm::InProcessGroup;
 use moe_core::*;
+use moe_quant::quantize::{ExpertMatrices, quantize_expert};
 
-use crate::random::{expert_weights, Rng};
+use crate::random::{Rng, expert_weights};
 
 const E: usize = 8;
 const H: usize = 16;
@@ -68,41 +68,78 @@ fn run_world_with(base: MoeConfig, w: MemoryWeights, ep: usize, slots: usize, li
             let (x, l, w, list, base) = (x.clone(), l.clone(), w.clone(), list.clone(), base.clone());
             std::thread::spawn(move || -> Result<RankResult> {
                 let mut c = base.as_ref().clone();
-                c.parallel = ParallelConfig { ep_size: ep, ep_rank: rank, tp_size: 1, tp_rank: 0, attention_dp: true };
-                c.eplb = Some(EplbConfig { num_slots: slots, layer_updates_per_iter: 1, initial_global_assignments: None });
+                c.parallel = ParallelConfig {
+                    ep_size: ep,
+                    ep_rank: rank,
+                    tp_size: 1,
+                    tp_rank: 0,
+                    attention_dp: true,
+                };
+                c.eplb = Some(EplbConfig {
+                    num_slots: slots,
+                    layer_updates_per_iter: 1,
+                    initial_global_assignments: None,
+                });
                 let parts = LayerParts {
                     group: Some(Arc::new(g)),
                     comm_choice: "alltoall".into(),
                     comm_timeout: Duration::from_secs(20),
                     ..LayerParts::default()
                 };
-                let mut layer = create_moe_with(c, CreateOptions { parts, ..CreateOptions::default() })?;
+                let mut layer = create_moe_with(
+                    c,
+                    CreateOptions {
+                        parts,
+                        ..CreateOptions::default()
+                    },
+                )?;
                 layer.load_weights(w.as_ref())?;
                 let start: usize = list[..rank].iter().sum();
                 let (xs, ls) = (x.narrow_rows(start, list[rank])?, l.narrow_rows(start, list[rank])?);
-                let opts = ForwardOptions { all_rank_num_tokens: Some(list.clone()), use_dp_padding: false };
+                let opts = ForwardOptions {
+                    all_rank_num_tokens: Some(list.clone()),
+                    use_dp_padding: false,
+                };
                 let mut outputs = Vec::new();
                 for _ in 0..ITERS {
                     outputs.push(layer.forward_with(&xs, &ls, &opts)?);
                 }
-                Ok(RankResult { outputs, reports: layer.rebalance_reports().to_vec(), migrated: layer.migrated_slots() })
+                Ok(RankResult {
+                    outputs,
+                    reports: layer.rebalance_reports().to_vec(),
+                    migrated: layer.migrated_slots(),
+                })
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().expect("rank thread").expect("rank result")).collect()
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("rank thread").expect("rank result"))
+        .collect()
 }
 
 fn check(ep: usize, slots: usize, list: Vec<usize>) {
     let total: usize = list.iter().sum();
     let (x, l) = skewed_inputs(total);
     let mut plain = create_moe(config()).unwrap();
-    plain.load_weights(&expert_weights(&mut Rng::new(3), E, H, I, DType::F32)).unwrap();
+    plain
+        .load_weights(&expert_weights(&mut Rng::new(3), E, H, I, DType::F32))
+        .unwrap();
     let want = plain.forward(&x, &l).unwrap().to_f32_vec("want").unwrap();
     let ranks = run_world(ep, slots, list);
     for it in 0..ITERS {
         let got = Tensor::concat_rows(&ranks.iter().map(|r| r.outputs[it].clone()).collect::<Vec<_>>()).unwrap();
-        let err = got.to_f32_vec("got").unwrap().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(err < 1e-4, "ep {ep}, iteration {it}: max abs error {err} against the no-EPLB layer");
+        let err = got
+            .to_f32_vec("got")
+            .unwrap()
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            err < 1e-4,
+            "ep {ep}, iteration {it}: max abs error {err} against the no-EPLB layer"
+        );
     }
     let reports = &ranks[0].reports;
     assert!(!reports.is_empty(), "ep {ep}: the skewed load triggered a rebalance");
@@ -113,9 +150,15 @@ fn check(ep: usize, slots: usize, list: Vec<usize>) {
         first.balancedness_before,
         first.balancedness_after
     );
-    assert!(ranks.iter().map(|r| r.migrated).sum::<usize>() > 0, "ep {ep}: slot weights were migrated");
+    assert!(
+        ranks.iter().map(|r| r.migrated).sum::<usize>() > 0,
+        "ep {ep}: slot weights were migrated"
+    );
     for r in &ranks[1..] {
-        assert_eq!(r.reports, *reports, "every rank plans the same placement from all-reduced statistics");
+        assert_eq!(
+            r.reports, *reports,
+            "every rank plans the same placement from all-reduced statistics"
+        );
     }
     println!(
         "ep {ep}: balancedness {:.3} -> {:.3}, {} slots changed, {} local slot copies",
@@ -138,9 +181,19 @@ fn skewed_routing_rebalances_over_two_and_four_ranks_without_changing_the_output
 fn every_migratable_quant_format_moves_all_its_per_expert_tensors() {
     let (h, i) = (128, 128);
     let formats = [
-        QuantConfig { algo: QuantAlgo::Fp8Block, weight_block_size: Some([128, 128]), group_size: None },
-        QuantConfig { algo: QuantAlgo::Nvfp4, ..QuantConfig::default() },
-        QuantConfig { algo: QuantAlgo::W4A16Mxfp4, ..QuantConfig::default() },
+        QuantConfig {
+            algo: QuantAlgo::Fp8Block,
+            weight_block_size: Some([128, 128]),
+            group_size: None,
+        },
+        QuantConfig {
+            algo: QuantAlgo::Nvfp4,
+            ..QuantConfig::default()
+        },
+        QuantConfig {
+            algo: QuantAlgo::W4A16Mxfp4,
+            ..QuantConfig::default()
+        },
     ];
     for q in formats {
         let mut rng = Rng::new(21);
@@ -148,7 +201,13 @@ fn every_migratable_quant_format_moves_all_its_per_expert_tensors() {
         for e in 0..E {
             let mut m = |n: usize| (0..n).map(|_| rng.uniform() * 0.5).collect::<Vec<f32>>();
             let (w1, w3, w2) = (m(i * h), m(i * h), m(h * i));
-            let mats = ExpertMatrices { w1: &w1, w3: Some(&w3), w2: &w2, hidden: h, intermediate: i };
+            let mats = ExpertMatrices {
+                w1: &w1,
+                w3: Some(&w3),
+                w2: &w2,
+                hidden: h,
+                intermediate: i,
+            };
             for (name, t) in quantize_expert(&q, e, &mats, [4.0, 4.0]).unwrap() {
                 w.insert(name, t);
             }
@@ -159,11 +218,25 @@ fn every_migratable_quant_format_moves_all_its_per_expert_tensors() {
         plain.load_weights(&w).unwrap();
         let want = plain.forward(&x, &l).unwrap().to_f32_vec("want").unwrap();
         let ranks = run_world_with(config_with(q.clone(), h, i), w, 2, 12, list);
-        assert!(ranks.iter().map(|r| r.migrated).sum::<usize>() > 0, "{:?}: a migration happened", q.algo);
+        assert!(
+            ranks.iter().map(|r| r.migrated).sum::<usize>() > 0,
+            "{:?}: a migration happened",
+            q.algo
+        );
         for it in 0..ITERS {
             let got = Tensor::concat_rows(&ranks.iter().map(|r| r.outputs[it].clone()).collect::<Vec<_>>()).unwrap();
-            let err = got.to_f32_vec("got").unwrap().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            assert!(err < 1e-3, "{:?} iteration {it}: max abs error {err} after migration", q.algo);
+            let err = got
+                .to_f32_vec("got")
+                .unwrap()
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                err < 1e-3,
+                "{:?} iteration {it}: max abs error {err} after migration",
+                q.algo
+            );
         }
     }
 }

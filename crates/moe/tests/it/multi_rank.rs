@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moe::{create_moe, create_moe_with, CreateOptions, ForwardOptions, LayerParts};
+use moe::{CreateOptions, ForwardOptions, LayerParts, create_moe, create_moe_with};
 use moe_comm::InProcessGroup;
 use moe_core::*;
 
-use crate::random::{expert_weights, Rng};
+use crate::random::{Rng, expert_weights};
 
 const E: usize = 8;
 const H: usize = 16;
@@ -27,7 +27,10 @@ fn weights() -> MemoryWeights {
 
 fn inputs(t: usize) -> (Tensor, Tensor) {
     let mut rng = Rng::new(5);
-    (rng.tensor(DType::F32, vec![t, H], 1.0), rng.tensor(DType::F32, vec![t, E], 3.0))
+    (
+        rng.tensor(DType::F32, vec![t, H], 1.0),
+        rng.tensor(DType::F32, vec![t, E], 3.0),
+    )
 }
 
 fn single_rank(t: usize) -> Tensor {
@@ -67,19 +70,38 @@ impl World {
                 std::thread::spawn(move || -> Result<Tensor> {
                     let mut c = base_config(chunk);
                     c.backend = backend.map(str::to_owned);
-                    c.parallel = ParallelConfig { ep_size: ep, ep_rank: rank / tp, tp_size: tp, tp_rank: rank % tp, attention_dp: dp };
+                    c.parallel = ParallelConfig {
+                        ep_size: ep,
+                        ep_rank: rank / tp,
+                        tp_size: tp,
+                        tp_rank: rank % tp,
+                        attention_dp: dp,
+                    };
                     let parts = LayerParts {
                         group: Some(Arc::new(g)),
                         comm_choice: comm.into(),
                         comm_timeout: Duration::from_secs(20),
                         ..LayerParts::default()
                     };
-                    let mut layer = create_moe_with(c, CreateOptions { parts, ..CreateOptions::default() })?;
+                    let mut layer = create_moe_with(
+                        c,
+                        CreateOptions {
+                            parts,
+                            ..CreateOptions::default()
+                        },
+                    )?;
                     layer.load_weights(w.as_ref())?;
-                    let (start, rows) = if dp { (list[..rank].iter().sum(), list[rank]) } else { (0, list[0]) };
+                    let (start, rows) = if dp {
+                        (list[..rank].iter().sum(), list[rank])
+                    } else {
+                        (0, list[0])
+                    };
                     let xs = x.narrow_rows(start, rows)?;
                     let ls = l.narrow_rows(start, rows)?;
-                    let opts = ForwardOptions { all_rank_num_tokens: dp.then(|| list.clone()), use_dp_padding: pad };
+                    let opts = ForwardOptions {
+                        all_rank_num_tokens: dp.then(|| list.clone()),
+                        use_dp_padding: pad,
+                    };
                     layer.forward_with(&xs, &ls, &opts)
                 })
             })
@@ -95,7 +117,11 @@ impl World {
             Tensor::concat_rows(&outs).unwrap()
         } else {
             for o in &outs[1..] {
-                assert_eq!(o.to_f32_vec("o").unwrap(), outs[0].to_f32_vec("o").unwrap(), "replicated ranks agree");
+                assert_eq!(
+                    o.to_f32_vec("o").unwrap(),
+                    outs[0].to_f32_vec("o").unwrap(),
+                    "replicated ranks agree"
+                );
             }
             outs[0].clone()
         };
@@ -108,7 +134,11 @@ impl World {
 
 impl std::fmt::Debug for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "backend={:?} ep={} tp={} dp={} comm={} chunk={:?} pad={}", self.backend, self.ep, self.tp, self.dp, self.comm, self.chunk, self.pad)
+        write!(
+            f,
+            "backend={:?} ep={} tp={} dp={} comm={} chunk={:?} pad={}",
+            self.backend, self.ep, self.tp, self.dp, self.comm, self.chunk, self.pad
+        )
     }
 }
 
@@ -118,7 +148,16 @@ fn expert_parallel_matches_single_rank_for_every_strategy() {
         for (ep, list) in [(2, vec![5, 3]), (3, vec![4, 1, 6]), (4, vec![2, 7, 1, 3])] {
             for chunk in [None, Some(2)] {
                 for pad in [false, true] {
-                    World { backend: None, ep, tp: 1, dp: true, comm, chunk, pad }.check(&list);
+                    World {
+                        backend: None,
+                        ep,
+                        tp: 1,
+                        dp: true,
+                        comm,
+                        chunk,
+                        pad,
+                    }
+                    .check(&list);
                 }
             }
         }
@@ -128,41 +167,144 @@ fn expert_parallel_matches_single_rank_for_every_strategy() {
 #[test]
 fn ranks_without_tokens_still_take_part() {
     for comm in ["allgather", "alltoall", "packed"] {
-        World { backend: None, ep: 2, tp: 1, dp: true, comm, chunk: None, pad: false }.check(&[4, 0]);
-        World { backend: None, ep: 4, tp: 1, dp: true, comm, chunk: Some(1), pad: false }.check(&[0, 3, 0, 2]);
-        World { backend: None, ep: 3, tp: 1, dp: true, comm, chunk: Some(2), pad: false }.check(&[0, 0, 0]);
+        World {
+            backend: None,
+            ep: 2,
+            tp: 1,
+            dp: true,
+            comm,
+            chunk: None,
+            pad: false,
+        }
+        .check(&[4, 0]);
+        World {
+            backend: None,
+            ep: 4,
+            tp: 1,
+            dp: true,
+            comm,
+            chunk: Some(1),
+            pad: false,
+        }
+        .check(&[0, 3, 0, 2]);
+        World {
+            backend: None,
+            ep: 3,
+            tp: 1,
+            dp: true,
+            comm,
+            chunk: Some(2),
+            pad: false,
+        }
+        .check(&[0, 0, 0]);
     }
 }
 
 #[test]
 fn tensor_parallel_and_replicated_tokens() {
     // MoE-TP alone, EP x TP, and EP without attention-DP (every rank holds all tokens).
-    World { backend: None, ep: 1, tp: 2, dp: false, comm: "auto", chunk: None, pad: false }.check(&[6]);
-    World { backend: None, ep: 2, tp: 2, dp: true, comm: "allgather", chunk: Some(3), pad: false }.check(&[3, 2, 0, 4]);
-    World { backend: None, ep: 2, tp: 2, dp: true, comm: "packed", chunk: None, pad: true }.check(&[1, 2, 3, 4]);
-    World { backend: None, ep: 4, tp: 1, dp: false, comm: "auto", chunk: Some(4), pad: false }.check(&[9]);
+    World {
+        backend: None,
+        ep: 1,
+        tp: 2,
+        dp: false,
+        comm: "auto",
+        chunk: None,
+        pad: false,
+    }
+    .check(&[6]);
+    World {
+        backend: None,
+        ep: 2,
+        tp: 2,
+        dp: true,
+        comm: "allgather",
+        chunk: Some(3),
+        pad: false,
+    }
+    .check(&[3, 2, 0, 4]);
+    World {
+        backend: None,
+        ep: 2,
+        tp: 2,
+        dp: true,
+        comm: "packed",
+        chunk: None,
+        pad: true,
+    }
+    .check(&[1, 2, 3, 4]);
+    World {
+        backend: None,
+        ep: 4,
+        tp: 1,
+        dp: false,
+        comm: "auto",
+        chunk: Some(4),
+        pad: false,
+    }
+    .check(&[9]);
 }
 
 #[test]
 fn alltoall_is_refused_where_it_cannot_work() {
     let g = InProcessGroup::world(2).into_iter().next().unwrap();
     let mut c = base_config(None);
-    c.parallel = ParallelConfig { ep_size: 2, ep_rank: 0, tp_size: 1, tp_rank: 0, attention_dp: false };
-    let parts = LayerParts { group: Some(Arc::new(g)), comm_choice: "alltoall".into(), ..LayerParts::default() };
-    let err = create_moe_with(c, CreateOptions { parts, ..CreateOptions::default() }).unwrap_err();
-    assert!(matches!(&err, MoeError::InvalidConfig { field, .. } if field == "comm"), "{err}");
+    c.parallel = ParallelConfig {
+        ep_size: 2,
+        ep_rank: 0,
+        tp_size: 1,
+        tp_rank: 0,
+        attention_dp: false,
+    };
+    let parts = LayerParts {
+        group: Some(Arc::new(g)),
+        comm_choice: "alltoall".into(),
+        ..LayerParts::default()
+    };
+    let err = create_moe_with(
+        c,
+        CreateOptions {
+            parts,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, MoeError::InvalidConfig { field, .. } if field == "comm"),
+        "{err}"
+    );
 }
 
 #[test]
 fn auto_selection_is_reported() {
     let groups = InProcessGroup::world(2);
     let mut c = base_config(Some(64));
-    c.parallel = ParallelConfig { ep_size: 2, ep_rank: 0, tp_size: 1, tp_rank: 0, attention_dp: true };
+    c.parallel = ParallelConfig {
+        ep_size: 2,
+        ep_rank: 0,
+        tp_size: 1,
+        tp_rank: 0,
+        attention_dp: true,
+    };
     let g0 = groups.into_iter().next().unwrap();
-    let parts = LayerParts { group: Some(Arc::new(g0)), ..LayerParts::default() };
-    let layer = create_moe_with(c, CreateOptions { parts, ..CreateOptions::default() }).unwrap();
+    let parts = LayerParts {
+        group: Some(Arc::new(g0)),
+        ..LayerParts::default()
+    };
+    let layer = create_moe_with(
+        c,
+        CreateOptions {
+            parts,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
     let sel = layer.report().comm.clone().unwrap();
-    assert_eq!(sel.chosen.as_deref(), Some("packed"), "64-token chunks over 2 ranks fit the packed budget");
+    assert_eq!(
+        sel.chosen.as_deref(),
+        Some("packed"),
+        "64-token chunks over 2 ranks fit the packed budget"
+    );
     assert!(layer.report().to_string().contains("comm: packed (requested: auto)"));
 }
 
@@ -172,14 +314,27 @@ fn a_rank_that_dies_turns_into_an_error_naming_it_within_the_deadline() {
     let dead = groups.pop().unwrap();
     let g0 = groups.pop().unwrap();
     let mut c = base_config(None);
-    c.parallel = ParallelConfig { ep_size: 2, ep_rank: 0, tp_size: 1, tp_rank: 0, attention_dp: true };
+    c.parallel = ParallelConfig {
+        ep_size: 2,
+        ep_rank: 0,
+        tp_size: 1,
+        tp_rank: 0,
+        attention_dp: true,
+    };
     let parts = LayerParts {
         group: Some(Arc::new(g0)),
         comm_choice: "allgather".into(),
         comm_timeout: Duration::from_secs(5),
         ..LayerParts::default()
     };
-    let mut layer = create_moe_with(c, CreateOptions { parts, ..CreateOptions::default() }).unwrap();
+    let mut layer = create_moe_with(
+        c,
+        CreateOptions {
+            parts,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
     layer.load_weights(&weights()).unwrap();
     // Rank 1 goes away mid-run: its thread ends while rank 0 is inside the forward.
     let killer = std::thread::spawn(move || {
@@ -189,10 +344,20 @@ fn a_rank_that_dies_turns_into_an_error_naming_it_within_the_deadline() {
     let (x, l) = inputs(3);
     let start = Instant::now();
     let err = layer
-        .forward_with(&x, &l, &ForwardOptions { all_rank_num_tokens: Some(vec![3, 2]), use_dp_padding: false })
+        .forward_with(
+            &x,
+            &l,
+            &ForwardOptions {
+                all_rank_num_tokens: Some(vec![3, 2]),
+                use_dp_padding: false,
+            },
+        )
         .unwrap_err();
     killer.join().unwrap();
-    assert!(start.elapsed() < Duration::from_secs(5), "the error came before the deadline");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the error came before the deadline"
+    );
     assert!(matches!(err, MoeError::Comm { peer: Some(1), .. }), "{err}");
 }
 
@@ -201,12 +366,48 @@ fn fused_backend_owns_the_exchange_and_matches_single_rank() {
     let fused = Some("cpu-fused");
     for (ep, list) in [(2, vec![5, 3]), (3, vec![4, 0, 6]), (4, vec![0, 7, 1, 0])] {
         for chunk in [None, Some(2)] {
-            World { backend: fused, ep, tp: 1, dp: true, comm: "auto", chunk, pad: false }.check(&list);
-            World { backend: fused, ep, tp: 1, dp: true, comm: "auto", chunk, pad: true }.check(&list);
+            World {
+                backend: fused,
+                ep,
+                tp: 1,
+                dp: true,
+                comm: "auto",
+                chunk,
+                pad: false,
+            }
+            .check(&list);
+            World {
+                backend: fused,
+                ep,
+                tp: 1,
+                dp: true,
+                comm: "auto",
+                chunk,
+                pad: true,
+            }
+            .check(&list);
         }
     }
-    World { backend: fused, ep: 2, tp: 1, dp: true, comm: "auto", chunk: Some(1), pad: false }.check(&[0, 0]);
-    World { backend: fused, ep: 2, tp: 1, dp: false, comm: "auto", chunk: Some(3), pad: false }.check(&[5]);
+    World {
+        backend: fused,
+        ep: 2,
+        tp: 1,
+        dp: true,
+        comm: "auto",
+        chunk: Some(1),
+        pad: false,
+    }
+    .check(&[0, 0]);
+    World {
+        backend: fused,
+        ep: 2,
+        tp: 1,
+        dp: false,
+        comm: "auto",
+        chunk: Some(3),
+        pad: false,
+    }
+    .check(&[5]);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Deterministic random layers for the assembler tests.
 
-use moe_core::weights::{expert_tensor_name, Proj};
+use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, MemoryWeights, Tensor};
 
 /// splitmix64: tiny, seedable, and identical on every platform.
@@ -35,9 +35,18 @@ impl Rng {
 pub fn expert_weights(rng: &mut Rng, e: usize, h: usize, i: usize, dtype: DType) -> MemoryWeights {
     let mut w = MemoryWeights::new();
     for x in 0..e {
-        w.insert(expert_tensor_name(x, Proj::W1, "weight"), rng.tensor(dtype, vec![i, h], 0.5));
-        w.insert(expert_tensor_name(x, Proj::W3, "weight"), rng.tensor(dtype, vec![i, h], 0.5));
-        w.insert(expert_tensor_name(x, Proj::W2, "weight"), rng.tensor(dtype, vec![h, i], 0.5));
+        w.insert(
+            expert_tensor_name(x, Proj::W1, "weight"),
+            rng.tensor(dtype, vec![i, h], 0.5),
+        );
+        w.insert(
+            expert_tensor_name(x, Proj::W3, "weight"),
+            rng.tensor(dtype, vec![i, h], 0.5),
+        );
+        w.insert(
+            expert_tensor_name(x, Proj::W2, "weight"),
+            rng.tensor(dtype, vec![h, i], 0.5),
+        );
     }
     w
 }

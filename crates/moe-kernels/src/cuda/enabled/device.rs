@@ -1,0 +1,217 @@
+//! [`CudaDevice`]: a GPU's context, its stream and its compiled modules.
+//!
+//! Every kernel of a device runs on that device's one stream, in issue order, so a forward
+//! needs no host synchronisation between its kernels and can be captured into a CUDA graph.
+//! Because nothing else touches the device's buffers from another stream, cudarc's per-buffer
+//! event tracking is switched off (it would record an event per kernel argument).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
+use moe_core::{MoeError, Result};
+
+use super::compile::compile_module;
+use super::ffi;
+
+/// Wraps a driver/NVRTC failure as the workspace error, naming the device and the step.
+pub(crate) fn dev_err(location: &str, step: &str, e: impl fmt::Display) -> MoeError {
+    MoeError::Backend(format!("{location}: {step}: {e}").into())
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ordinal: usize,
+    name: String,
+    /// Compute capability as `major * 10 + minor` (90 on Hopper).
+    sm: u32,
+    multiprocessors: u32,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+/// One GPU: its context, its stream and the kernels compiled for it. Cheap to clone.
+#[derive(Clone)]
+pub struct CudaDevice {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CudaDevice(cuda:{} {} sm_{})",
+            self.inner.ordinal, self.inner.name, self.inner.sm
+        )
+    }
+}
+
+/// Devices opened so far, so every caller of `new(i)` shares one context, stream and cache.
+fn opened() -> &'static Mutex<HashMap<usize, CudaDevice>> {
+    static OPENED: OnceLock<Mutex<HashMap<usize, CudaDevice>>> = OnceLock::new();
+    OPENED.get_or_init(Default::default)
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` (or returns the already opened handle). Fails with a typed error
+    /// when the driver library is missing or there is no such device.
+    pub fn new(ordinal: usize) -> Result<CudaDevice> {
+        let mut map = opened().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = map.get(&ordinal) {
+            return Ok(d.clone());
+        }
+        let loc = format!("cuda:{ordinal}");
+        let count = Self::count();
+        if ordinal >= count {
+            return Err(MoeError::Backend(
+                format!("{loc}: no such device ({count} visible)").into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err(&loc, "creating the context", e))?;
+        ffi::disable_event_tracking(&ctx);
+        let stream = ctx.new_stream().map_err(|e| dev_err(&loc, "creating the stream", e))?;
+        let name = ctx.name().map_err(|e| dev_err(&loc, "reading the name", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| dev_err(&loc, "reading the capability", e))?;
+        let multiprocessors = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| dev_err(&loc, "reading the multiprocessor count", e))?;
+        let dev = CudaDevice {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                ordinal,
+                name,
+                sm: (major * 10 + minor) as u32,
+                multiprocessors: multiprocessors.max(1) as u32,
+                modules: Mutex::new(HashMap::new()),
+            }),
+        };
+        map.insert(ordinal, dev.clone());
+        Ok(dev)
+    }
+
+    /// Visible CUDA devices; 0 when the driver cannot be loaded.
+    pub fn count() -> usize {
+        // The driver library is opened lazily by cudarc and panics when it is missing; a
+        // machine without a GPU must read as "no devices", not abort.
+        std::panic::catch_unwind(|| CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)).unwrap_or(0)
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.inner.ordinal
+    }
+
+    /// The device's product name (`NVIDIA H100 80GB HBM3`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Compute capability as `major * 10 + minor` (90 on Hopper).
+    pub fn sm(&self) -> u32 {
+        self.inner.sm
+    }
+
+    pub fn multiprocessors(&self) -> u32 {
+        self.inner.multiprocessors
+    }
+
+    /// `cuda:N`, as tensors and errors name the device.
+    pub fn location(&self) -> String {
+        format!("cuda:{}", self.inner.ordinal)
+    }
+
+    /// Waits for all work queued on the device's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner
+            .stream
+            .synchronize()
+            .map_err(|e| dev_err(&self.location(), "synchronize", e))
+    }
+
+    /// The device's one stream (CUDA build only: for moe-comm's NCCL group, whose
+    /// communicator must run on the stream the kernels run on).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// Kernel `func` of module `module` (CUDA C source `src`), compiled by NVRTC for this
+    /// device at first use and cached for the life of the device.
+    pub(crate) fn function(&self, module: &'static str, src: &'static str, func: &str) -> Result<CudaFunction> {
+        let m = {
+            let mut cache = self.inner.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(module) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx = compile_module(module, src, self.inner.sm)?;
+                    let m = self
+                        .inner
+                        .ctx
+                        .load_module(ptx)
+                        .map_err(|e| dev_err(&self.location(), &format!("loading module `{module}`"), e))?;
+                    cache.insert(module, m.clone());
+                    m
+                }
+            }
+        };
+        m.load_function(func)
+            .map_err(|e| dev_err(&self.location(), &format!("kernel `{module}::{func}`"), e))
+    }
+
+    /// Starts a device-side timer: events recorded on the device's stream.
+    pub fn timer(&self) -> Result<CudaTimer> {
+        let loc = self.location();
+        let ev = |what| {
+            self.inner
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| dev_err(&loc, what, e))
+        };
+        let (start, end) = (ev("creating the start event")?, ev("creating the end event")?);
+        start
+            .record(&self.inner.stream)
+            .map_err(|e| dev_err(&loc, "recording the start event", e))?;
+        Ok(CudaTimer {
+            dev: self.clone(),
+            start,
+            end,
+        })
+    }
+}
+
+/// Device time between [`CudaDevice::timer`] and [`CudaTimer::stop_ms`], read from events.
+pub struct CudaTimer {
+    dev: CudaDevice,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+impl fmt::Debug for CudaTimer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CudaTimer({})", self.dev.location())
+    }
+}
+
+impl CudaTimer {
+    /// Records the end event, waits for it and returns the elapsed device time in ms.
+    pub fn stop_ms(self) -> Result<f64> {
+        let loc = self.dev.location();
+        self.end
+            .record(self.dev.stream())
+            .map_err(|e| dev_err(&loc, "recording the end event", e))?;
+        self.end
+            .synchronize()
+            .map_err(|e| dev_err(&loc, "waiting for the end event", e))?;
+        let ms = self
+            .start
+            .elapsed_ms(&self.end)
+            .map_err(|e| dev_err(&loc, "reading the timer", e))?;
+        Ok(f64::from(ms))
+    }
+}

@@ -1,0 +1,67 @@
+//! The only `unsafe` of the CUDA layer: kernel launches and typed views of byte buffers.
+//! Everything else in [`crate::cuda`] is safe code over cudarc's safe API.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, LaunchConfig,
+    ValidAsZeroBits,
+};
+use moe_core::Result;
+
+use super::device::dev_err;
+
+/// Turns off cudarc's per-buffer event tracking for a context whose buffers are used from
+/// one stream only (see [`super::device`]).
+pub(crate) fn disable_event_tracking(ctx: &Arc<CudaContext>) {
+    // SAFETY: every buffer of this context is allocated, used and freed on the device's one
+    // stream (CudaDevice hands out no other), so stream order alone serialises all accesses
+    // and the events cudarc would record are never needed.
+    unsafe { ctx.disable_event_tracking() };
+}
+
+/// Launches `func` with the arguments `push` adds, in the order of the kernel's parameters.
+///
+/// Callers keep each launch next to the `extern "C"` signature it targets (same module name);
+/// the argument list is checked against it by the differential tests on the GPU machine.
+pub(crate) fn launch<'a>(
+    stream: &'a CudaStream,
+    func: &'a CudaFunction,
+    cfg: LaunchConfig,
+    location: &str,
+    push: impl FnOnce(&mut LaunchArgs<'a>),
+) -> Result<()> {
+    let mut args = stream.launch_builder(func);
+    push(&mut args);
+    // SAFETY: the arguments pushed match the kernel's parameter list in type and order (each
+    // caller passes device buffers of the element type the kernel reads, sized for the
+    // indices the grid covers, and scalars of the declared width); buffers outlive the launch
+    // because they are borrowed for 'a and freed on the same stream after it.
+    unsafe { args.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| dev_err(location, "kernel launch", e))
+}
+
+/// The bytes of `buf` as `len` elements of `T`.
+pub(crate) fn typed<T: DeviceRepr + ValidAsZeroBits>(buf: &CudaSlice<u8>, len: usize) -> Option<CudaView<'_, T>> {
+    // SAFETY: `T` is a plain number type valid for every bit pattern (ValidAsZeroBits +
+    // DeviceRepr: f32, i32, bf16, f16, u8), and cudarc checks that `len` elements fit.
+    unsafe { buf.transmute::<T>(len) }
+}
+
+/// The bytes of `buf` as `len` mutable elements of `T`.
+pub(crate) fn typed_mut<T: DeviceRepr + ValidAsZeroBits>(
+    buf: &mut CudaSlice<u8>,
+    len: usize,
+) -> Option<CudaViewMut<'_, T>> {
+    // SAFETY: as in `typed`; the exclusive borrow of `buf` covers the returned view.
+    unsafe { buf.transmute_mut::<T>(len) }
+}
+
+/// An uninitialised device buffer of `len` bytes; every caller writes all of it before any
+/// read (kernels that fill an output, or a host copy).
+pub(crate) fn alloc_bytes(stream: &Arc<CudaStream>, len: usize, location: &str) -> Result<CudaSlice<u8>> {
+    // SAFETY: u8 has no invalid bit patterns; the contents are written before they are read
+    // (see the doc comment), which the "poisoned output" tests check on the GPU machine.
+    unsafe { stream.alloc::<u8>(len.max(1)) }.map_err(|e| dev_err(location, "allocating device memory", e))
+}

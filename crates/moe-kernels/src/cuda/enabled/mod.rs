@@ -1,0 +1,29 @@
+//! The CUDA build of [`crate::cuda`]: cudarc underneath, kernels compiled by NVRTC at first use.
+//!
+//! - [`device`]: [`CudaDevice`], one per GPU: context, the one stream every kernel of the
+//!   device is queued on, the module cache.
+//! - [`storage`]: [`CudaStorage`], the device memory behind a [`moe_core::Tensor`], and the
+//!   host <-> device copies.
+//! - [`ffi`]: the only module with `unsafe` (kernel launches, typed views of byte buffers).
+//! - [`compile`]: NVRTC compilation for the device's architecture, cached per module.
+//! - [`routing`], [`rows`], [`comm_rows`], [`experts`], [`ceilings`]: the device operations, each
+//!   with its CUDA C source in `cuda/kernels/`.
+
+mod ceilings;
+mod comm_rows;
+mod compile;
+mod device;
+mod experts;
+mod ffi;
+mod routing;
+mod rows;
+mod storage;
+
+pub use ceilings::*;
+pub use comm_rows::*;
+pub use experts::*;
+pub use routing::*;
+pub use rows::*;
+
+pub use device::{CudaDevice, CudaTimer};
+pub use storage::{CudaStorage, download};

@@ -1,0 +1,18 @@
+//! CUDA: the per-device context ([`CudaDevice`]: stream, NVRTC module cache), device tensors
+//! ([`CudaStorage`]) and the device kernels of the MoE layer.
+//!
+//! The same public names exist in every build. With the `cuda` feature they drive the GPU
+//! through cudarc (dynamic loading: no CUDA toolkit is needed to build, the driver, NVRTC and
+//! NCCL libraries are opened at first use). Without it ([`absent`]-backed) every constructor
+//! returns [`moe_core::MoeError::NotCompiledWithCuda`], so callers compile unchanged and fail
+//! with a typed error. `cfg` appears only on the `mod`/`use` lines below.
+
+#[cfg(not(feature = "cuda"))]
+mod absent;
+#[cfg(feature = "cuda")]
+mod enabled;
+
+#[cfg(not(feature = "cuda"))]
+pub use absent::*;
+#[cfg(feature = "cuda")]
+pub use enabled::*;
