@@ -17,6 +17,8 @@ commands:
                              check the crate graph, external-crate owners and source rules
   codegen [--check]          regenerate the generated sections of docs/ (--check: fail if stale)
   bench                      run the CPU benchmark table and the candle peer; rewrite docs/BENCHMARKS.md
+  gpu-bundle                 build the CUDA binaries, test binaries, fixtures, torch baseline and run.sh
+                             into target/gpu-bundle/ for a GPU machine (run.sh tests|matrix|bench|baseline|all)
 ";
 
 /// A parsed command.
@@ -27,6 +29,7 @@ pub enum Command {
     TestMatrix { json: bool, filter: Option<String> },
     CheckBoundaries { root: Option<PathBuf>, list: bool },
     Codegen { check: bool },
+    GpuBundle,
     Help,
 }
 
@@ -38,6 +41,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
     let command = match cmd.as_str() {
         "test" => Command::Test,
         "test-mpi" => Command::TestMpi,
+        "gpu-bundle" => Command::GpuBundle,
         "test-matrix" => {
             let (mut json, mut filter) = (false, None);
             while let Some(flag) = rest.next() {
@@ -115,6 +119,7 @@ mod tests {
             parse(&args("codegen --check")).unwrap(),
             Command::Codegen { check: true }
         );
+        assert_eq!(parse(&args("gpu-bundle")).unwrap(), Command::GpuBundle);
         assert_eq!(parse(&[]).unwrap(), Command::Help);
     }
 

@@ -1,5 +1,9 @@
 //! `cargo xtask test`, `test-matrix` and `codegen`: the commands that run cargo.
 //!
+//! `test` also compile-checks the GPU build (`cuda_check`): every `cuda`/`nccl` feature of the
+//! workspace turned on, tests included. cudarc loads the driver at run time, so this needs no
+//! GPU and no CUDA toolkit; the GPU run itself goes through `cargo xtask gpu-bundle`.
+//!
 //! `test` runs its legs in order and all of them even after a failure (one run shows every
 //! broken leg), then fails if any leg failed. The matrix and the capability table come from
 //! moe-testkit's `moe-matrix` binary, built with the test profile so it reuses the artifacts
@@ -86,6 +90,52 @@ fn workspace_tests(root: &Path) -> Result<bool> {
     }
 }
 
+/// Features of the workspace members that build GPU code; [`cuda_check`] turns them all on.
+pub const GPU_FEATURES: &[&str] = &["cuda", "nccl"];
+
+/// `member/feature` for every feature of [`GPU_FEATURES`] a workspace member declares (read
+/// from `cargo metadata`, so a crate that gains one is checked without editing this list).
+pub fn gpu_features(root: &Path) -> Result<Vec<String>> {
+    let out = cargo()
+        .current_dir(root)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("starting cargo metadata")?;
+    if !out.status.success() {
+        anyhow::bail!("cargo metadata failed ({})", out.status);
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata's JSON")?;
+    let mut features = Vec::new();
+    for pkg in meta["packages"].as_array().into_iter().flatten() {
+        let Some(name) = pkg["name"].as_str() else { continue };
+        for f in GPU_FEATURES {
+            if pkg["features"].get(f).is_some() {
+                features.push(format!("{name}/{f}"));
+            }
+        }
+    }
+    Ok(features)
+}
+
+/// `cargo check --workspace --tests --examples` with every GPU feature on: the CUDA build,
+/// tests included, must compile on a machine without a GPU.
+pub fn cuda_check(root: &Path) -> Result<bool> {
+    let features = gpu_features(root)?;
+    if features.is_empty() {
+        println!("xtask test: no workspace crate declares a {GPU_FEATURES:?} feature; nothing to check");
+        return Ok(true);
+    }
+    status_ok(cargo().current_dir(root).args([
+        "check",
+        "--workspace",
+        "--tests",
+        "--examples",
+        "--features",
+        &features.join(","),
+    ]))
+}
+
 /// One step of `cargo xtask test`.
 struct Leg {
     name: &'static str,
@@ -98,6 +148,10 @@ const LEGS: &[Leg] = &[
     Leg {
         name: "workspace tests (nextest)",
         run: workspace_tests,
+    },
+    Leg {
+        name: "CUDA build compiles (cargo check, every cuda/nccl feature)",
+        run: cuda_check,
     },
     Leg {
         name: "test-matrix",

@@ -5,11 +5,14 @@
 //! - `test-matrix`: moe-testkit's matrix, one line per cell;
 //! - `check-boundaries`: the architecture rules of `docs/ARCHITECTURE.md`;
 //! - `codegen`: generated sections of `docs/`.
-//! - `bench`: the benchmark table of `docs/BENCHMARKS.md`, ours next to candle's (`bench.rs`).
+//! - `bench`: the benchmark table of `docs/BENCHMARKS.md`, ours next to candle's (`bench.rs`);
+//! - `gpu-bundle`: the CUDA build, test binaries, fixtures and scripts a GPU machine runs
+//!   (`gpu_bundle.rs`).
 
 mod bench;
 mod boundaries;
 mod flags;
+mod gpu_bundle;
 mod legs;
 mod mpi;
 
@@ -62,6 +65,7 @@ fn run(args: &[String]) -> Result<bool> {
         Command::Codegen { check } => legs::codegen(&project_root(), check),
         Command::Test => legs::test(&project_root()),
         Command::TestMpi => mpi::mpi_leg(&project_root()),
+        Command::GpuBundle => gpu_bundle::run(&project_root()),
     }
 }
 

@@ -6,7 +6,10 @@
 //! [`FusedCpuBackend`] (`"cpu-fused"`) runs the CPU backend's kernels with the cross-rank
 //! exchange inside `run_moe` (`SchedulerKind::FusedComm`).
 //!
-//! Both implement [`moe_core::MoeBackend`] with the same capabilities (unquantized f32/f16/
+//! [`CudaBackend`] (`"cuda"`) runs the same lifecycle with the experts on a GPU (feature `cuda`;
+//! without it the type exists and refuses with `NotCompiledWithCuda`).
+//!
+//! The host backends implement [`moe_core::MoeBackend`] with the same capabilities (unquantized f32/f16/
 //! bf16 experts and every quantized format of `moe-quant` — FP8 per tensor, FP8 block, NVFP4,
 //! MXFP4, INT4 group-wise, INT8 per channel — on the activation dtypes of
 //! [`capabilities::QUANT_DTYPES`]; all activations, bias, TP, EP including uneven expert
@@ -19,6 +22,7 @@
 pub mod capabilities;
 pub mod cpu;
 pub mod cpu_fused;
+pub mod cuda;
 mod inputs;
 mod lifecycle;
 pub mod reference;
@@ -26,4 +30,5 @@ mod views;
 
 pub use cpu::CpuBackend;
 pub use cpu_fused::FusedCpuBackend;
+pub use cuda::CudaBackend;
 pub use reference::ReferenceBackend;

@@ -2,11 +2,19 @@
 //! distinct rank that holds one of its slots (with all its slots and weights; the receiver's
 //! backend skips slots it does not hold), combine sends the partial outputs back and sums
 //! them per token. Moves `k`-times less data than all-gather when experts spread over ranks.
+//!
+//! Host and device tensors take the same path: the routing (which rows go where, and the
+//! per-token sums of combine) is computed on the host from the slot ids (downloaded when they
+//! live on a device; NCCL needs host-side counts anyway), and the rows are gathered and
+//! summed where the payload lives (`ops::gather_rows`, `ops::segment_sum_rows`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use moe_core::{Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor};
+use moe_kernels::cuda::download;
+use moe_kernels::ops;
 
 /// State a dispatch leaves for its combine.
 struct Route {
@@ -40,15 +48,33 @@ impl AllToAll {
         }
     }
 
-    fn take_rows(t: &Tensor, order: &[usize]) -> Result<Tensor> {
-        let parts = order.iter().map(|&i| t.narrow_rows(i, 1)).collect::<Result<Vec<_>>>()?;
-        if parts.is_empty() {
-            let mut shape = t.shape().to_vec();
-            shape[0] = 0;
-            return Ok(Tensor::zeros(t.dtype(), shape));
+    /// The slot ids as host values (downloaded when they live on a device).
+    fn host_slots(slots: &Tensor) -> Result<Cow<'_, [i32]>> {
+        if slots.is_host() {
+            return slots.as_i32("dispatched slots").map(Cow::Borrowed);
         }
-        Tensor::concat_rows(&parts)
+        Ok(Cow::Owned(download(slots)?.as_i32("dispatched slots")?.to_vec()))
     }
+}
+
+/// Each local token's rows in the combined buffer, grouped by token in ascending row order
+/// (CSR: `offsets[t]..offsets[t + 1]` index `rows`), so the per-token sums add in the order
+/// the rows arrive.
+fn rows_by_token(order: &[usize], tokens: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut offsets = vec![0usize; tokens + 1];
+    for &t in order {
+        offsets[t + 1] += 1;
+    }
+    for t in 0..tokens {
+        offsets[t + 1] += offsets[t];
+    }
+    let mut next = offsets.clone();
+    let mut rows = vec![0usize; order.len()];
+    for (row, &t) in order.iter().enumerate() {
+        rows[next[t]] = row;
+        next[t] += 1;
+    }
+    (offsets, rows)
 }
 
 impl Communication for AllToAll {
@@ -80,7 +106,7 @@ impl Communication for AllToAll {
         }
         let n = p.x.rows();
         let k = p.slots.row_len();
-        let slots = p.slots.as_i32("dispatched slots")?;
+        let slots = Self::host_slots(&p.slots)?;
         let mut per_rank: Vec<Vec<usize>> = vec![Vec::new(); size];
         for t in 0..n {
             let mut seen = vec![false; size];
@@ -123,7 +149,7 @@ impl Communication for AllToAll {
             .collect();
         let exchange = |t: &Tensor| -> Result<Tensor> {
             self.group
-                .all_to_all_v(&Self::take_rows(t, &order)?, &send_counts, &recv_counts, deadline)
+                .all_to_all_v(&ops::gather_rows(t, &order)?, &send_counts, &recv_counts, deadline)
         };
         let out = DispatchPayload {
             x: exchange(&p.x)?,
@@ -149,23 +175,79 @@ impl Communication for AllToAll {
         let back = self
             .group
             .all_to_all_v(&out, &route.recv_counts, &route.send_counts, deadline)?;
-        let h = back.row_len();
-        let parts = back.to_f32_vec("combined rows")?;
-        let mut acc = vec![0.0f32; route.local_rows * h];
-        for (row, &t) in route.order.iter().enumerate() {
-            for (a, b) in acc[t * h..(t + 1) * h].iter_mut().zip(&parts[row * h..(row + 1) * h]) {
-                *a += b;
-            }
-        }
         let dtype = if out.dtype().is_float_activation() {
             out.dtype()
         } else {
             DType::F32
         };
-        Tensor::from_f32_as(dtype, vec![route.local_rows, h], &acc)
+        let (offsets, rows) = rows_by_token(&route.order, route.local_rows);
+        ops::segment_sum_rows(&back, &offsets, &rows, dtype)
     }
 
     fn destroy(&mut self) -> Result<()> {
         self.group.barrier(Deadline::after(self.timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InProcessGroup;
+
+    #[test]
+    fn rows_by_token_lists_each_tokens_rows_in_arrival_order() {
+        let (offsets, rows) = rows_by_token(&[2, 0, 2, 1, 0], 4);
+        assert_eq!(offsets, vec![0, 2, 3, 5, 5]);
+        assert_eq!(rows, vec![1, 4, 3, 0, 2]);
+    }
+
+    #[test]
+    fn combine_sums_each_token_over_the_ranks_it_visited() {
+        const H: usize = 5;
+        const K: usize = 3;
+        let list = vec![4usize, 0, 3];
+        // Slot s lives on rank s / 2.
+        let owner = vec![0, 0, 1, 1, 2, 2];
+        let slots_of = |r: usize, t: usize| -> [i32; K] {
+            let a = ((r * 5 + t * 3) % 6) as i32;
+            [a, (a + 1) % 6, (a + 4) % 6]
+        };
+        let x_of = |r: usize, t: usize, c: usize| ((r * 11 + t * 7 + c) % 7) as f32 - 3.0;
+        let handles: Vec<_> = InProcessGroup::world(3)
+            .into_iter()
+            .enumerate()
+            .map(|(r, g)| {
+                let (list, owner) = (list.clone(), owner.clone());
+                std::thread::spawn(move || {
+                    let n = list[r];
+                    let x: Vec<f32> = (0..n).flat_map(|t| (0..H).map(move |c| x_of(r, t, c))).collect();
+                    let slots: Vec<i32> = (0..n).flat_map(|t| slots_of(r, t)).collect();
+                    let payload = DispatchPayload {
+                        x: Tensor::from_f32_as(DType::BF16, vec![n, H], &x).unwrap(),
+                        x_sf: None,
+                        slots: Tensor::from_i32(vec![n, K], slots).unwrap(),
+                        scales: None,
+                    };
+                    let mut s = AllToAll::new(Arc::new(g), Duration::from_secs(10), owner.clone(), 1 << 10);
+                    let d = s.dispatch(payload, &list, false).unwrap();
+                    let out = s.combine(d.x.clone(), 4).unwrap();
+                    let want: Vec<f32> = (0..n)
+                        .flat_map(|t| {
+                            let mut seen = [false; 3];
+                            slots_of(r, t).iter().for_each(|&s| seen[owner[s as usize]] = true);
+                            let visits = seen.iter().filter(|&&b| b).count() as f32;
+                            (0..H).map(move |c| x_of(r, t, c) * visits)
+                        })
+                        .collect();
+                    (out.dtype(), out.shape().to_vec(), out.to_f32_vec("out").unwrap(), want)
+                })
+            })
+            .collect();
+        for (r, h) in handles.into_iter().enumerate() {
+            let (dtype, shape, got, want) = h.join().unwrap();
+            assert_eq!(dtype, DType::BF16, "rank {r}");
+            assert_eq!(shape, vec![list[r], H], "rank {r}");
+            assert_eq!(got, want, "rank {r}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! cost dominates its bytes, so dispatch packs each token's activations, activation scales,
 //! slots and weights into one byte row and moves everything in ONE all-gather (AllGather+
 //! ReduceScatter needs four), then combine reduce-scatters as usual. Feasible while the
-//! gathered rows fit its staging budget; the factory prefers it for small batches.
+//! gathered rows fit its staging budget; the factory prefers it for small batches. Device
+//! payloads are packed and unpacked on their device (`moe_kernels::cuda::{pack_rows,
+//! unpack_rows}`), host ones on the host.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -50,7 +52,11 @@ impl PackedAllGather {
     }
 }
 
+/// Packs the fields' rows side by side; on the device when any field lives there.
 fn pack(parts: &[&Tensor]) -> Result<Tensor> {
+    if parts.iter().any(|t| !t.is_host()) {
+        return moe_kernels::cuda::pack_rows(parts);
+    }
     let rows = parts[0].rows();
     let views = parts.iter().map(|t| t.view()).collect::<Result<Vec<_>>>()?;
     let widths: Vec<usize> = parts.iter().map(|t| Field::of(t).row_bytes()).collect();
@@ -64,7 +70,12 @@ fn pack(parts: &[&Tensor]) -> Result<Tensor> {
     Tensor::from_host(DType::U8, vec![rows, total], moe_core::HostStorage::Bytes(out))
 }
 
+/// Splits packed rows back into the fields, where the packed rows live.
 fn unpack(packed: &Tensor, fields: &[Field]) -> Result<Vec<Tensor>> {
+    if !packed.is_host() {
+        let fields: Vec<(DType, Vec<usize>)> = fields.iter().map(|f| (f.dtype, f.row_shape.clone())).collect();
+        return moe_kernels::cuda::unpack_rows(packed, &fields);
+    }
     let bytes = packed.as_bytes("packed rows")?;
     let rows = packed.rows();
     let total: usize = fields.iter().map(Field::row_bytes).sum();

@@ -21,6 +21,8 @@ fn device_unsupported(op: &str) -> MoeError {
 }
 
 /// Applies `method` to router logits `[N, E]` of any float dtype; the math runs in f32.
+/// Device logits are routed on their device (`cuda::route_device`) and the refusals of the
+/// NaN policy are checked before returning, which synchronises with the device's stream.
 pub fn route(method: &RoutingMethod, logits: &Tensor) -> Result<Routed> {
     if logits.shape().len() != 2 {
         return Err(MoeError::shape("router_logits", "[N, E]", logits.shape()));
@@ -39,7 +41,15 @@ pub fn route(method: &RoutingMethod, logits: &Tensor) -> Result<Routed> {
                 weights: out.weights.map(|w| Tensor::from_f32(vec![n, k], w)).transpose()?,
             })
         }
-        Storage::Device(_) => Err(device_unsupported("route")),
+        Storage::Device(_) => {
+            // The device kernel defers its NaN refusals to a status word; this host-facing
+            // contract returns them as errors, so it reads that word (one small copy and a
+            // wait for the device's stream). A forward that must not wait calls
+            // `cuda::route_device` and checks later.
+            let routed = crate::cuda::route_device(method, logits)?;
+            let (ids, weights) = routed.into_checked()?;
+            Ok(Routed { ids, weights })
+        }
     }
 }
 
@@ -47,14 +57,14 @@ pub fn route(method: &RoutingMethod, logits: &Tensor) -> Result<Routed> {
 pub fn narrow_rows(t: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     match t.storage() {
         Storage::Host(_) => t.narrow_rows(start, len),
-        Storage::Device(_) => Err(device_unsupported("narrow_rows")),
+        Storage::Device(_) => crate::cuda::narrow_rows_device(t, start, len),
     }
 }
 
 /// Concatenation along the leading dimension.
 pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor> {
     match parts.first().map(Tensor::storage) {
-        Some(Storage::Device(_)) => Err(device_unsupported("concat_rows")),
+        Some(Storage::Device(_)) => crate::cuda::concat_rows_device(parts),
         _ => Tensor::concat_rows(parts),
     }
 }
@@ -63,7 +73,7 @@ pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor> {
 pub fn pad_rows(t: &Tensor, extra: usize) -> Result<Tensor> {
     match t.storage() {
         Storage::Host(_) => t.pad_rows(extra),
-        Storage::Device(_) => Err(device_unsupported("pad_rows")),
+        Storage::Device(_) => crate::cuda::pad_rows_device(t, extra),
     }
 }
 
@@ -81,7 +91,7 @@ pub fn scale_rows(x: &Tensor, weights: &Tensor) -> Result<Tensor> {
             }
             Tensor::from_f32_as(x.dtype(), x.shape().to_vec(), &v)
         }
-        Storage::Device(_) => Err(device_unsupported("scale_rows")),
+        Storage::Device(_) => crate::cuda::scale_rows_device(x, weights),
     }
 }
 
@@ -102,7 +112,7 @@ pub fn qdq_activations(q: &ActQuant, x: &Tensor) -> Result<Tensor> {
             qdq_rows(q, &mut v, x.shape()[1])?;
             Tensor::from_f32_as(x.dtype(), x.shape().to_vec(), &v)
         }
-        Storage::Device(_) => Err(device_unsupported("qdq_activations")),
+        Storage::Device(_) => crate::cuda::qdq_device(q, x),
     }
 }
 
@@ -134,4 +144,69 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         }
         _ => Err(device_unsupported("linear")),
     }
+}
+
+/// `[idx.len(), ...]`: row `i` is row `idx[i]` of `t` (any dtype). The communication
+/// strategies build their send buffers with it; device tensors gather on their device.
+pub fn gather_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    let host = match t.storage() {
+        Storage::Host(h) => h,
+        Storage::Device(_) => return crate::cuda::gather_rows(t, idx),
+    };
+    let rows = t.rows();
+    if let Some(&bad) = idx.iter().find(|&&i| i >= rows) {
+        return Err(MoeError::shape("gather_rows index", format!("rows < {rows}"), &[bad]));
+    }
+    fn pick<T: Clone>(v: &[T], w: usize, idx: &[usize]) -> Vec<T> {
+        idx.iter()
+            .flat_map(|&i| v[i * w..(i + 1) * w].iter().cloned())
+            .collect()
+    }
+    let w = t.row_len();
+    let storage = match host {
+        moe_core::HostStorage::F32(v) => moe_core::HostStorage::F32(pick(v, w, idx)),
+        moe_core::HostStorage::F16(v) => moe_core::HostStorage::F16(pick(v, w, idx)),
+        moe_core::HostStorage::BF16(v) => moe_core::HostStorage::BF16(pick(v, w, idx)),
+        moe_core::HostStorage::I32(v) => moe_core::HostStorage::I32(pick(v, w, idx)),
+        moe_core::HostStorage::Bytes(v) => {
+            moe_core::HostStorage::Bytes(pick(v, w * t.dtype().size_in_bytes().max(1), idx))
+        }
+    };
+    let mut shape = t.shape().to_vec();
+    if let Some(first) = shape.first_mut() {
+        *first = idx.len();
+    }
+    Tensor::from_host(t.dtype(), shape, storage)
+}
+
+/// `[offsets.len() - 1, H]` of `dtype`: row `g` is the sum of the rows
+/// `rows[offsets[g]..offsets[g + 1]]` of the float tensor `t [R, H]`, accumulated in f32 from
+/// zero in the listed order (so host and device agree bit for bit). The all-to-all combine
+/// sums each token's partial outputs with it.
+pub fn segment_sum_rows(t: &Tensor, offsets: &[usize], rows: &[usize], dtype: DType) -> Result<Tensor> {
+    if !t.is_host() {
+        return crate::cuda::segment_sum_rows(t, offsets, rows, dtype);
+    }
+    if offsets.last().copied().unwrap_or(0) != rows.len() || offsets.windows(2).any(|w| w[0] > w[1]) {
+        return Err(MoeError::shape(
+            "segment_sum_rows offsets",
+            format!("non-decreasing, ending at {}", rows.len()),
+            offsets,
+        ));
+    }
+    let h = t.row_len();
+    let parts = t.to_f32_vec("segment_sum_rows input")?;
+    let groups = offsets.len().saturating_sub(1);
+    let mut acc = vec![0.0f32; groups * h];
+    for g in 0..groups {
+        for &r in &rows[offsets[g]..offsets[g + 1]] {
+            let src = parts
+                .get(r * h..(r + 1) * h)
+                .ok_or_else(|| MoeError::shape("segment_sum_rows row", format!("rows < {}", t.rows()), &[r]))?;
+            for (a, b) in acc[g * h..(g + 1) * h].iter_mut().zip(src) {
+                *a += b;
+            }
+        }
+    }
+    Tensor::from_f32_as(dtype, vec![groups, h], &acc)
 }

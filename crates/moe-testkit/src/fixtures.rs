@@ -6,9 +6,17 @@ use std::path::PathBuf;
 
 use moe_core::{DType, MoeError, Result, Tensor};
 
-/// The folder the fixtures live in.
+/// Environment variable naming the fixtures folder in place of the vendored one: a test binary
+/// run away from its checkout (the GPU bundle's `run.sh` sets it to the bundle's `fixtures/`).
+pub const FIXTURES_DIR_ENV: &str = "MOE_FIXTURES_DIR";
+
+/// The folder the fixtures live in: `$MOE_FIXTURES_DIR` when set and not empty, else the
+/// vendored `crates/moe-testkit/fixtures` of the checkout the binary was built from.
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
+    match std::env::var_os(FIXTURES_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures")),
+    }
 }
 
 /// Families with a fixture (the folder prefix, which is transformers' `model_type` except

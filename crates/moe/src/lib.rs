@@ -35,6 +35,16 @@ pub mod process_group {
     pub use moe_comm::MpiGroup;
 }
 
+/// CUDA devices (feature `cuda`): the device handle, device tensors and their copies, the
+/// device-event timer and the measured ceilings of a device, re-exported so binaries and model
+/// code reach them through the assembler crate. Without the feature the same names exist and
+/// fail with `MoeError::NotCompiledWithCuda`.
+pub mod cuda {
+    pub use moe_kernels::cuda::{
+        CudaDevice, CudaStorage, CudaTimer, bf16_matmul_tflops, copy_bandwidth_gbps, download,
+    };
+}
+
 /// Tensor operations on any storage, re-exported for model code around the layer (router
 /// gate linears, shared experts) so it does not reach into `moe-kernels`.
 pub use moe_kernels::ops;

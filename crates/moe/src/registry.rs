@@ -4,6 +4,7 @@
 
 use moe_backends::cpu::CpuBackend;
 use moe_backends::cpu_fused::FusedCpuBackend;
+use moe_backends::cuda::CudaBackend;
 use moe_backends::reference::ReferenceBackend;
 use moe_core::{Capabilities, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeProblem, Result};
 
@@ -39,13 +40,15 @@ const fn entry<B: MoeBackend + 'static>(name: &'static str) -> BackendEntry {
 
 /// Every backend, in the order candidates are tried (fastest first; the reference oracle last).
 pub static REGISTRY: &[BackendEntry] = &[
+    // Rejected with `DepMissing` where no GPU or no `cuda` build is present.
+    entry::<CudaBackend>("cuda"),
     entry::<CpuBackend>("cpu"),
     entry::<FusedCpuBackend>("cpu-fused"),
     entry::<ReferenceBackend>("reference"),
 ];
 
 /// Names accepted by `MoeConfig::backend` and the CLI's `--backend`.
-pub const BACKEND_NAMES: &[&str] = &["cpu", "cpu-fused", "reference"];
+pub const BACKEND_NAMES: &[&str] = &["cuda", "cpu", "cpu-fused", "reference"];
 
 /// The backend the factory falls back to when a requested family cannot run the problem.
 pub(crate) const FALLBACK: &str = "cpu";
@@ -80,7 +83,19 @@ mod tests {
                 moe_core::RoutingMethod::Renormalize { top_k: 2 },
             );
             let p = ExpertPartition::compute(&config, true).unwrap();
-            let b = (e.build)(&config, p).unwrap();
+            let b = match (e.build)(&config, p) {
+                Ok(b) => b,
+                // The only backend that may fail to build is the device one, and only where
+                // this process has no CUDA device (or no `cuda` build) to open.
+                Err(err) => {
+                    assert!(
+                        e.name == "cuda" && moe_kernels::cuda::CudaDevice::count() == 0,
+                        "{}: {err}",
+                        e.name
+                    );
+                    continue;
+                }
+            };
             assert_eq!(b.name(), e.name, "registry name must be the backend's own name");
             assert_eq!(b.capabilities(), (e.capabilities)());
         }

@@ -3,6 +3,8 @@
 //! capability verdicts, and every quantized format against its dequantized-weight oracle.
 
 mod common;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod differential;
 mod errors;
 mod gates;

@@ -30,7 +30,7 @@ const N: usize = 40;
 /// `|out - ref| > atol + rtol * |ref|`; the run passes iff the mismatch fraction is below
 /// `1 - percent` (`percent = 1`: no mismatch at all, `assert_close`).
 #[derive(Clone, Copy, Debug)]
-struct Tolerance {
+pub(crate) struct Tolerance {
     rtol: f64,
     atol: f64,
     percent: f64,
@@ -39,7 +39,7 @@ struct Tolerance {
 /// The §7.5 row of each format. INT4 group-wise is not in the table and takes the W4A16
 /// MXFP4 row (same 4-bit weight error); W8A16's atol is the table's WoQ rule
 /// `1.5 * max|ref| / 128`, computed per run.
-fn tolerance(algo: QuantAlgo, reference: &[f64]) -> Tolerance {
+pub(crate) fn tolerance(algo: QuantAlgo, reference: &[f64]) -> Tolerance {
     let t = |rtol, atol, percent| Tolerance { rtol, atol, percent };
     match algo {
         QuantAlgo::None => t(0.2, 0.2, 0.96),
@@ -57,13 +57,13 @@ fn tolerance(algo: QuantAlgo, reference: &[f64]) -> Tolerance {
 
 /// What `check_accuracy` measured.
 #[derive(Debug)]
-struct Accuracy {
-    mismatch_fraction: f64,
-    max_abs_diff: f64,
-    rel_l2: f64,
+pub(crate) struct Accuracy {
+    pub(crate) mismatch_fraction: f64,
+    pub(crate) max_abs_diff: f64,
+    pub(crate) rel_l2: f64,
 }
 
-fn check_accuracy(out: &[f64], reference: &[f64], tol: Tolerance) -> Result<Accuracy, String> {
+pub(crate) fn check_accuracy(out: &[f64], reference: &[f64], tol: Tolerance) -> Result<Accuracy, String> {
     assert_eq!(out.len(), reference.len());
     let mut mismatches = 0usize;
     let mut max_abs_diff = 0.0f64;
@@ -349,19 +349,19 @@ fn layer_config(q: &QuantConfig, act: Activation, bias: bool) -> MoeConfig {
 }
 
 /// Everything one round trip needs.
-struct Case {
-    c: MoeConfig,
-    src: MemoryWeights,
-    x: Tensor,
-    ids: Vec<i32>,
-    w: Vec<f32>,
+pub(crate) struct Case {
+    pub(crate) c: MoeConfig,
+    pub(crate) src: MemoryWeights,
+    pub(crate) x: Tensor,
+    pub(crate) ids: Vec<i32>,
+    pub(crate) w: Vec<f32>,
     /// Dequantized-weight oracle with the format's activation quantization.
-    want: Vec<f64>,
+    pub(crate) want: Vec<f64>,
     /// The unquantized bf16 layer.
-    float: Vec<f64>,
+    pub(crate) float: Vec<f64>,
 }
 
-fn case(algo: QuantAlgo, act: Activation, bias: bool, seed: u64) -> Case {
+pub(crate) fn case(algo: QuantAlgo, act: Activation, bias: bool, seed: u64) -> Case {
     let q = quant_config(algo);
     let layer = float_layer(seed, act.is_gated(), bias);
     let xv = bf16(Rng::new(seed ^ 0x5EED).vec(N * H, 2.0));

@@ -153,7 +153,7 @@ impl WeightSource for CachedWeights {
 }
 
 /// A seed per (run seed, stream, index): independent streams without a shared generator.
-fn stream_seed(seed: u64, stream: u64, index: u64) -> u64 {
+pub(crate) fn stream_seed(seed: u64, stream: u64, index: u64) -> u64 {
     let mut g =
         SplitMix64::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     g.next_u64()
@@ -176,7 +176,7 @@ pub fn normals(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
 }
 
 /// Tensors of expert `e`, in name order.
-fn expert_tensors(preset: &Preset, seed: u64, e: usize) -> anyhow::Result<Vec<(String, Tensor)>> {
+pub(crate) fn expert_tensors(preset: &Preset, seed: u64, e: usize) -> anyhow::Result<Vec<(String, Tensor)>> {
     let (h, i) = (preset.hidden, preset.inter);
     let mut out = Vec::new();
     for (k, proj, rows, cols) in [(0u64, Proj::W1, i, h), (1, Proj::W3, i, h), (2, Proj::W2, h, i)] {
@@ -279,6 +279,15 @@ fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>)
 
 /// Writes `rows` rows of `x` and `logits`; row `r` is the same whatever `rows` is.
 fn write_inputs(dir: &Path, preset: &Preset, seed: u64, rows: usize) -> anyhow::Result<()> {
+    let (x, logits) = inputs(preset, seed, rows)?;
+    let tensors = vec![("logits".to_string(), logits), ("x".to_string(), x)];
+    write_file(&dir.join(INPUTS_FILE), &tensors)
+}
+
+/// The first `rows` rows of `x` (bf16 `[rows, H]`) and of the router logits (f32 `[rows, E]`),
+/// both N(0, 1): what the cache's inputs file holds, generated in memory (`--backend cuda`
+/// uses them without a cache). Row `r` is the same whatever `rows` is.
+pub fn inputs(preset: &Preset, seed: u64, rows: usize) -> anyhow::Result<(Tensor, Tensor)> {
     let (mut x, mut logits) = (
         Vec::with_capacity(rows * preset.hidden),
         Vec::with_capacity(rows * preset.experts),
@@ -287,17 +296,10 @@ fn write_inputs(dir: &Path, preset: &Preset, seed: u64, rows: usize) -> anyhow::
         x.extend(normals(&mut SplitMix64::new(stream_seed(seed, 100, r)), preset.hidden));
         logits.extend(normals(&mut SplitMix64::new(stream_seed(seed, 101, r)), preset.experts));
     }
-    let tensors = vec![
-        (
-            "logits".to_string(),
-            Tensor::from_f32(vec![rows, preset.experts], logits)?,
-        ),
-        (
-            "x".to_string(),
-            Tensor::from_f32_as(DType::BF16, vec![rows, preset.hidden], &x)?,
-        ),
-    ];
-    write_file(&dir.join(INPUTS_FILE), &tensors)
+    Ok((
+        Tensor::from_f32_as(DType::BF16, vec![rows, preset.hidden], &x)?,
+        Tensor::from_f32(vec![rows, preset.experts], logits)?,
+    ))
 }
 
 #[cfg(test)]

@@ -5,13 +5,17 @@
 //! - [`cache`]: random weights and inputs, generated once and cached under `.moe-cache/`;
 //! - [`ceilings`]: f32 GEMM throughput and f32 GEMV read bandwidth, measured in the run;
 //! - [`runner`]: building the layer and timing its forward (median after warm-up);
-//! - [`report`]: the text table, JSON lines and `docs/BENCHMARKS.md`.
+//! - [`report`]: the text table, JSON lines and `docs/BENCHMARKS.md`;
+//! - [`device`]: `--backend cuda`, the same rows on a GPU (device ceilings, device-event
+//!   timing, floors), with weights from [`generated`] (the cache's values, in memory).
 //!
 //! `cargo xtask bench` drives it: `--prepare` generates the caches and prints the plan the
 //! candle peer follows, then a full run with `--peer` and `--markdown` writes the page.
 
 pub mod cache;
 pub mod ceilings;
+pub mod device;
+pub mod generated;
 pub mod preset;
 pub mod report;
 pub mod runner;
@@ -40,21 +44,27 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     tokens: Vec<u64>,
 
-    /// Backend to time (cpu, reference, ...).
+    /// Backend to time (cpu, reference, cuda, ...). `cuda` runs the GPU harness: weights
+    /// generated in memory, device ceilings, device-event timing, every token count and a
+    /// DeepSeek-V3 bf16 preset next to the FP8 one by default.
     #[arg(long, value_name = "NAME", default_value = "cpu")]
     backend: String,
+
+    /// CUDA device ordinal of a `cuda` run.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    device: usize,
 
     /// Print one JSON object per row instead of the table.
     #[arg(long)]
     json: bool,
 
-    /// Timed forwards per row (default: 15, 7 or 3 by the expected forward time).
+    /// Timed forwards per row (default: 15, 7 or 3 by the expected forward time; 25 on cuda).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     repeats: Option<u64>,
 
-    /// Untimed forwards before the timed ones.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    warmup: u64,
+    /// Untimed forwards before the timed ones (default: 1; 5 on cuda).
+    #[arg(long, value_name = "N")]
+    warmup: Option<u64>,
 
     /// Store the preset's weights as f32, bf16 or fp8-block instead of its own format.
     #[arg(long, value_name = "FORMAT")]
@@ -68,13 +78,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
-    /// Size of the bandwidth ceiling's GEMV matrix (keep it far above the last-level cache).
-    #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
-    ceiling_mib: u64,
+    /// Size of the bandwidth ceiling's GEMV matrix, or of the device copy on cuda (keep it
+    /// far above the last-level cache; default: 512, 1024 on cuda).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    ceiling_mib: Option<u64>,
 
-    /// Side of the GEMM ceiling's square problem.
-    #[arg(long, value_name = "N", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
-    ceiling_gemm: u64,
+    /// Side of the GEMM ceiling's square problem (default: 2048 f32 on the CPU, 8192 bf16 on
+    /// cuda).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    ceiling_gemm: Option<u64>,
 
     /// JSON lines of a peer's timings (preset, tokens, backend, median_ms) to put next to ours.
     #[arg(long, value_name = "FILE")]
@@ -97,8 +109,16 @@ struct Plan {
     rows: Vec<(usize, usize)>,
 }
 
-/// The presets and rows the flags select, and notes on the default rows left out.
+/// CPU defaults of the flags whose default depends on the backend.
+const CPU_WARMUP: u64 = 1;
+const CPU_CEILING_MIB: u64 = 512;
+const CPU_CEILING_GEMM: u64 = 2048;
+
+/// The presets and rows the flags select, and notes on the default rows left out. A device
+/// backend runs every token count and, unless `--preset` or `--weights` narrows it, DeepSeek-V3
+/// in bf16 next to its FP8 rows (22.5 GB of bf16 weights fit a GPU, not this host's RAM).
 fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
+    let on_device = device::is_device_backend(&args.backend);
     let override_weights = match &args.weights {
         Some(w) => Some(
             WeightFormat::parse(w).with_context(|| format!("unknown weight format `{w}` (f32, bf16, fp8-block)"))?,
@@ -110,13 +130,25 @@ fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
             Preset::find(name)
                 .with_context(|| format!("unknown preset `{name}` (known: {})", Preset::names().join(", ")))?,
         ],
+        None if on_device && override_weights.is_none() => preset::PRESETS
+            .iter()
+            .copied()
+            .filter(|p| p.in_default_run)
+            .flat_map(|p| {
+                // The bf16 variant of a preset released in FP8 runs first.
+                let bf16 = (p.weights != WeightFormat::Bf16).then(|| p.with_weights(WeightFormat::Bf16));
+                bf16.into_iter().chain([p])
+            })
+            .collect(),
         None => preset::PRESETS.iter().copied().filter(|p| p.in_default_run).collect(),
     };
     let mut plans = Vec::new();
     let mut not_run = Vec::new();
     for p in presets {
         let p = override_weights.map_or(p, |w| p.with_weights(w));
-        let tokens: Vec<usize> = if args.tokens.is_empty() {
+        let tokens: Vec<usize> = if args.tokens.is_empty() && on_device {
+            TOKENS.to_vec()
+        } else if args.tokens.is_empty() {
             TOKENS.iter().copied().filter(|&t| {
                 let keep = p.flops(t) <= DEFAULT_RUN_MAX_FLOP;
                 if !keep {
@@ -138,8 +170,16 @@ fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
             .map(|t| {
                 (
                     t,
-                    args.repeats
-                        .map_or_else(|| runner::default_repeats(runner::estimate_s(&p, t)), |r| r as usize),
+                    args.repeats.map_or_else(
+                        || {
+                            if on_device {
+                                device::DEFAULT_REPEATS
+                            } else {
+                                runner::default_repeats(runner::estimate_s(&p, t))
+                            }
+                        },
+                        |r| r as usize,
+                    ),
                 )
             })
             .collect();
@@ -214,6 +254,10 @@ fn read_peer(path: &Path, ours: &[Row]) -> anyhow::Result<Vec<Row>> {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (plans, not_run) = plan(&args)?;
+    if device::is_device_backend(&args.backend) {
+        return device::run(&args, &plans, args.device);
+    }
+    let warmup = args.warmup.unwrap_or(CPU_WARMUP);
     if args.prepare {
         for plan in &plans {
             let c = cache_of(&args, plan)?;
@@ -241,7 +285,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             machine.busy_rustc
         );
     }
-    let ceilings: Ceilings = ceilings::measure(args.ceiling_gemm as usize, args.ceiling_mib << 20);
+    let ceilings: Ceilings = ceilings::measure(
+        args.ceiling_gemm.unwrap_or(CPU_CEILING_GEMM) as usize,
+        args.ceiling_mib.unwrap_or(CPU_CEILING_MIB) << 20,
+    );
     if !args.json {
         println!("moe bench: {}", machine.line());
         println!("{}", report::ceilings_line(&ceilings));
@@ -249,7 +296,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let total: u64 = plans
         .iter()
         .flat_map(|p| p.rows.iter())
-        .map(|(_, r)| (*r as u64) + args.warmup)
+        .map(|(_, r)| (*r as u64) + warmup)
         .sum();
     let mut rows = Vec::new();
     let progress = bar(total, "{spinner} {msg} {bar:30} {pos}/{len} forwards {elapsed}");
@@ -262,10 +309,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             progress.set_message(format!("{} T={tokens}", p.name));
             let (x, logits) = cache.inputs(tokens)?;
             let touched = runner::touched(p, &logits)?;
-            let mut times = runner::time_forward(&mut layer, &x, &logits, args.warmup as usize, repeats, &|| {
-                progress.inc(1)
-            })
-            .with_context(|| format!("{} T={tokens} on {}", p.name, args.backend))?;
+            let mut times =
+                runner::time_forward(&mut layer, &x, &logits, warmup as usize, repeats, &|| progress.inc(1))
+                    .with_context(|| format!("{} T={tokens} on {}", p.name, args.backend))?;
             let row = Row::new(p, tokens, layer.backend_name(), &mut times, touched);
             if args.json {
                 // Rows stream out as they finish; the peer's are matched at the end.

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use moe::ConfigurableMoe;
-use moe_core::{DType, MoeConfig, QuantAlgo, QuantConfig, RoutingMethod, Tensor};
+use moe_core::{DType, MoeConfig, QuantAlgo, QuantConfig, RoutingMethod, Tensor, WeightSource};
 use serde::{Deserialize, Serialize};
 
 use super::cache::Cache;
@@ -39,8 +39,14 @@ pub fn config(preset: &Preset, backend: &str) -> MoeConfig {
 
 /// Builds the layer of `preset` on `backend` and loads the cached weights into it.
 pub fn build(preset: &Preset, backend: &str, cache: &Cache) -> anyhow::Result<ConfigurableMoe> {
-    let mut layer =
-        moe::create_moe(config(preset, backend)).with_context(|| format!("building the {} layer", preset.name))?;
+    build_from(config(preset, backend), preset, &cache.weights()?)
+}
+
+/// Builds the layer `config` describes (the config of `preset` on some backend), checks that
+/// the factory honoured the pinned backend, and loads `weights` into it.
+pub fn build_from(config: MoeConfig, preset: &Preset, weights: &dyn WeightSource) -> anyhow::Result<ConfigurableMoe> {
+    let backend = config.backend.clone().unwrap_or_default();
+    let mut layer = moe::create_moe(config).with_context(|| format!("building the {} layer", preset.name))?;
     if layer.backend_name() != backend {
         anyhow::bail!(
             "backend `{backend}` cannot run {} (the factory chose `{}`):\n{}",
@@ -49,10 +55,9 @@ pub fn build(preset: &Preset, backend: &str, cache: &Cache) -> anyhow::Result<Co
             layer.report()
         );
     }
-    let weights = cache.weights()?;
     layer
-        .load_weights(&weights)
-        .with_context(|| format!("loading the {} weights from `{}`", preset.name, cache.dir.display()))?;
+        .load_weights(weights)
+        .with_context(|| format!("loading the {} weights from `{}`", preset.name, weights.describe()))?;
     Ok(layer)
 }
 

@@ -2,12 +2,53 @@
 //! of fixtures for the bad-input tests.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use moe_core::Tensor;
 use moe_hf::Checkpoint;
 
-/// Vendored fixtures (never `/work/shared`).
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixtures/hf");
+/// Vendored fixtures (never `/work/shared`), or `$MOE_FIXTURES_DIR/hf` when the binary runs
+/// away from its checkout (the GPU bundle's `run.sh` sets it).
+pub const FIXTURES: FixtureRoot = FixtureRoot {
+    sub: "hf",
+    vendored: concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixtures/hf"),
+};
+
+/// Environment variable naming the fixtures folder (the same one `moe_testkit::fixtures_dir`
+/// honours); its `hf/` and `hf-quant/` subfolders replace the vendored ones.
+pub const FIXTURES_DIR_ENV: &str = "MOE_FIXTURES_DIR";
+
+/// A fixtures subfolder: `$MOE_FIXTURES_DIR/<sub>` when the variable is set and not empty,
+/// else the vendored path. Usable wherever a path is (`AsRef<Path>`).
+#[derive(Clone, Copy, Debug)]
+pub struct FixtureRoot {
+    pub sub: &'static str,
+    pub vendored: &'static str,
+}
+
+impl FixtureRoot {
+    /// The resolved folder (read from the environment once per subfolder and process).
+    pub fn path(self) -> &'static Path {
+        static RESOLVED: Mutex<Vec<(&'static str, &'static Path)>> = Mutex::new(Vec::new());
+        let mut resolved = RESOLVED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, p)) = resolved.iter().find(|(sub, _)| *sub == self.sub) {
+            return p;
+        }
+        let path = match std::env::var_os(FIXTURES_DIR_ENV) {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir).join(self.sub),
+            _ => PathBuf::from(self.vendored),
+        };
+        let path: &'static Path = Box::leak(path.into_boxed_path());
+        resolved.push((self.sub, path));
+        path
+    }
+}
+
+impl AsRef<Path> for FixtureRoot {
+    fn as_ref(&self) -> &Path {
+        self.path()
+    }
+}
 
 pub const FAMILIES: [&str; 7] = [
     "mixtral",
@@ -22,7 +63,7 @@ pub const TOKENS: [usize; 3] = [1, 7, 130];
 pub const BACKENDS: [&str; 2] = ["reference", "cpu"];
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
+    FIXTURES.path().join(name)
 }
 
 /// `x_T` / `y_T` of a fixture.

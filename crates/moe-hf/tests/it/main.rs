@@ -3,6 +3,8 @@
 //! of broken inputs.
 
 mod common;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod errors;
 mod fixtures;
 mod multi_rank;

@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 use moe_core::{DType, MoeError};
 use moe_hf::{BlockOptions, CheckpointQuant, MoeBlock};
 
-use crate::common::{BACKENDS, Scratch, TOKENS, io_tensor, rel_l2};
+use crate::common::{BACKENDS, FixtureRoot, Scratch, TOKENS, io_tensor, rel_l2};
 
-/// Vendored quantized fixtures (never `/work/shared`).
-pub const QUANT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixtures/hf-quant");
+/// Vendored quantized fixtures (never `/work/shared`), or `$MOE_FIXTURES_DIR/hf-quant`.
+pub const QUANT_FIXTURES: FixtureRoot = FixtureRoot {
+    sub: "hf-quant",
+    vendored: concat!(env!("CARGO_MANIFEST_DIR"), "/../moe-testkit/fixtures/hf-quant"),
+};
 
 pub fn quant_fixture(name: &str) -> PathBuf {
-    Path::new(QUANT_FIXTURES).join(name)
+    QUANT_FIXTURES.path().join(name)
 }
 
 /// `fixtures/hf-quant/README.md`: DeepSeek FP8 block ≤ 5e-2 with activation quantization

@@ -3,20 +3,23 @@
 //! developer guide (what `cargo xtask codegen` runs).
 //!
 //! Usage:
-//! - `moe-matrix [--json] [--filter SUBSTRING]`: exit 1 when any cell fails;
+//! - `moe-matrix [--json] [--filter SUBSTRING] [--backend NAME]...`: exit 1 when any cell
+//!   fails; `--backend` (repeatable, or comma-separated) runs only the cells of those backends,
+//!   named even if this build does not register them (`cuda` cells on a GPU machine), so a
+//!   backend that cannot run them reports skips, not silence;
 //! - `moe-matrix --capability-table [--write | --check]`: print the table, write it into
 //!   `docs/MOE_DEVELOPER_GUIDE.md`, or exit 1 when the committed copy is stale.
 
 use std::process::ExitCode;
 
-use moe_testkit::{all_cells, capabilities, outcome_line, run_cells};
+use moe_testkit::{all_cells, capabilities, cells, outcome_line, run_cells};
 
-const USAGE: &str =
-    "usage: moe-matrix [--json] [--filter SUBSTRING] | moe-matrix --capability-table [--write | --check]";
+const USAGE: &str = "usage: moe-matrix [--json] [--filter SUBSTRING] [--backend NAME[,NAME]]... | moe-matrix --capability-table [--write | --check]";
 
 fn main() -> ExitCode {
     let mut json = false;
     let mut filter: Option<String> = None;
+    let mut backends: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -25,11 +28,21 @@ fn main() -> ExitCode {
                 Some(f) => filter = Some(f),
                 None => return usage("--filter needs a value"),
             },
+            "--backend" => match args.next() {
+                Some(b) => backends.extend(b.split(',').map(str::trim).filter(|b| !b.is_empty()).map(String::from)),
+                None => return usage("--backend needs a value"),
+            },
             "--capability-table" => return capability_table(args.next().as_deref()),
             other => return usage(&format!("unknown argument `{other}`")),
         }
     }
-    let cells: Vec<_> = all_cells()
+    let all = if backends.is_empty() {
+        all_cells()
+    } else {
+        let names: Vec<&str> = backends.iter().map(String::as_str).collect();
+        cells(&names)
+    };
+    let cells: Vec<_> = all
         .into_iter()
         .filter(|c| filter.as_deref().is_none_or(|f| c.id().contains(f)))
         .collect();

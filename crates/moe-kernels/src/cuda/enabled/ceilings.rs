@@ -1,1 +1,159 @@
 //! Measured ceilings of a device: device-to-device copy bandwidth and bf16 matrix-product rate.
+//!
+//! Both are what the device does on a plain, large problem in this process, timed with device
+//! events on the device's stream: a few untimed runs first (clocks up, cuBLAS heuristics and
+//! workspaces settled), then the median of `iters` timed runs. They bound what a layer can do
+//! (`moe bench --backend cuda` holds every row to `max(bytes / copy, FLOPs / matmul)`).
+//!
+//! - [`copy_bandwidth_gbps`]: one `cuMemcpyDtoD` of `bytes` bytes, counting the bytes read and
+//!   the bytes written (`2 * bytes` per copy), as `nvbandwidth` and torch's copy benchmarks do;
+//! - [`bf16_matmul_tflops`]: cuBLAS `n x n x n` GEMM with bf16 inputs and output and f32
+//!   accumulation (`cublasGemmEx`, `CUBLAS_COMPUTE_32F`), on random data (zeros would let the
+//!   tensor cores idle at lower power and overstate the rate).
+
+use std::panic::AssertUnwindSafe;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::cublas::GemmConfig;
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use moe_core::{MoeError, Result};
+use rayon::prelude::*;
+
+use super::device::{CudaDevice, dev_err};
+use super::ffi;
+
+/// Untimed runs before the timed ones.
+const WARMUP: usize = 3;
+
+/// Device-to-device copy bandwidth in GB/s (bytes read plus bytes written per second): the
+/// median of `iters` timed copies of a `bytes`-byte buffer after a warm-up.
+pub fn copy_bandwidth_gbps(dev: &CudaDevice, bytes: usize, iters: usize) -> Result<f64> {
+    positive("copy_bandwidth_gbps", "bytes", bytes)?;
+    positive("copy_bandwidth_gbps", "iters", iters)?;
+    let loc = dev.location();
+    let stream = dev.stream();
+    // Real contents rather than a fresh allocation: the copy then moves what a layer would.
+    let host = random_bytes(bytes, 0x5EED_C0B1);
+    let src: CudaSlice<u8> = stream
+        .clone_htod(&host)
+        .map_err(|e| dev_err(&loc, "uploading the copy source", e))?;
+    drop(host);
+    let mut dst: CudaSlice<u8> = stream
+        .alloc_zeros(bytes)
+        .map_err(|e| dev_err(&loc, "allocating the copy destination", e))?;
+    let mut copy = || {
+        stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(|e| dev_err(&loc, "device-to-device copy", e))
+    };
+    let ms = timed_median(dev, iters, &mut copy)?;
+    Ok(2.0 * bytes as f64 / (ms * 1e-3) / 1e9)
+}
+
+/// bf16 matrix-product rate in TFLOP/s (`2 n^3` FLOPs per product): cuBLAS `n x n x n` with
+/// bf16 inputs and output and f32 accumulation on random data, the median of `iters` timed
+/// products after a warm-up.
+pub fn bf16_matmul_tflops(dev: &CudaDevice, n: usize, iters: usize) -> Result<f64> {
+    positive("bf16_matmul_tflops", "n", n)?;
+    positive("bf16_matmul_tflops", "iters", iters)?;
+    let side = i32::try_from(n).map_err(|_| MoeError::config("n", format!("{n} does not fit a cuBLAS dimension")))?;
+    let loc = dev.location();
+    let stream = dev.stream();
+    let upload = |seed: u64, what: &str| -> Result<CudaSlice<bf16>> {
+        let host = random_bf16(n * n, seed);
+        stream.clone_htod(&host).map_err(|e| dev_err(&loc, what, e))
+    };
+    let a = upload(0xA11C_E5ED, "uploading the matmul's A")?;
+    let b = upload(0xB0B5_EED5, "uploading the matmul's B")?;
+    let mut c: CudaSlice<bf16> = stream
+        .alloc_zeros(n * n)
+        .map_err(|e| dev_err(&loc, "allocating the matmul's C", e))?;
+    // cudarc panics when it cannot open libcublas (dynamic loading): report it as an error
+    // naming the fix instead of aborting the caller.
+    let blas = std::panic::catch_unwind(AssertUnwindSafe(|| CudaBlas::new(stream.clone())))
+        .map_err(|_| {
+            MoeError::Backend(
+                format!("{loc}: cuBLAS could not be loaded (is libcublas on LD_LIBRARY_PATH? source gpu-env.sh)")
+                    .into(),
+            )
+        })?
+        .map_err(|e| dev_err(&loc, "creating the cuBLAS handle", e))?;
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_N,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: side,
+        n: side,
+        k: side,
+        alpha: bf16::ONE,
+        lda: side,
+        ldb: side,
+        beta: bf16::ZERO,
+        ldc: side,
+    };
+    let mut product = || ffi::gemm_bf16(&blas, cfg, &a, &b, &mut c, &loc);
+    let ms = timed_median(dev, iters, &mut product)?;
+    Ok(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e12)
+}
+
+fn positive(what: &str, field: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(MoeError::config(field, format!("{what}: must be positive")));
+    }
+    Ok(())
+}
+
+/// Runs `op` [`WARMUP`] times untimed, then `iters` times each between two device events;
+/// returns the median in milliseconds.
+fn timed_median(dev: &CudaDevice, iters: usize, op: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..WARMUP {
+        op()?;
+    }
+    dev.synchronize()?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let timer = dev.timer()?;
+        op()?;
+        times.push(timer.stop_ms()?);
+    }
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    Ok(if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        0.5 * (times[n / 2 - 1] + times[n / 2])
+    })
+}
+
+/// splitmix64 of `x` (one output per counter value, so chunks fill in parallel).
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `len` pseudo-random bytes.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+        for (i, w) in chunk.chunks_mut(8).enumerate() {
+            let r = mix(seed ^ (((c as u64) << 16) + i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).to_le_bytes();
+            w.copy_from_slice(&r[..w.len()]);
+        }
+    });
+    v
+}
+
+/// `len` bf16 values uniform in [-1, 1).
+fn random_bf16(len: usize, seed: u64) -> Vec<bf16> {
+    let mut v = vec![bf16::ZERO; len];
+    v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+        for (i, x) in chunk.iter_mut().enumerate() {
+            let r = mix(seed ^ (((c as u64) << 16) + i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            *x = bf16::from_f32((r >> 40) as f32 / (1u64 << 23) as f32 - 1.0);
+        }
+    });
+    v
+}

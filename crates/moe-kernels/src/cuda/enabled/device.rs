@@ -28,7 +28,7 @@ struct Inner {
     /// Compute capability as `major * 10 + minor` (90 on Hopper).
     sm: u32,
     multiprocessors: u32,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    modules: Mutex<HashMap<String, Arc<CudaModule>>>,
 }
 
 /// One GPU: its context, its stream and the kernels compiled for it. Cheap to clone.
@@ -137,31 +137,49 @@ impl CudaDevice {
         &self.inner.stream
     }
 
-    pub(crate) fn context(&self) -> &Arc<CudaContext> {
-        &self.inner.ctx
-    }
-
     /// Kernel `func` of module `module` (CUDA C source `src`), compiled by NVRTC for this
     /// device at first use and cached for the life of the device.
-    pub(crate) fn function(&self, module: &'static str, src: &'static str, func: &str) -> Result<CudaFunction> {
+    pub(crate) fn function(&self, module: &str, src: &'static str, func: &str) -> Result<CudaFunction> {
+        self.function_variant(module, src, None, func)
+    }
+
+    /// [`CudaDevice::function`] for one variant of a source: `define` is prepended as
+    /// `#define <define>` and the module is cached as `<module>/<define>`, so a source can hold
+    /// many instantiations of which each process compiles only those it uses.
+    pub(crate) fn function_variant(
+        &self,
+        module: &str,
+        src: &'static str,
+        define: Option<&str>,
+        func: &str,
+    ) -> Result<CudaFunction> {
+        let key = match define {
+            Some(d) => format!("{module}/{d}"),
+            None => module.to_string(),
+        };
         let m = {
             let mut cache = self.inner.modules.lock().unwrap_or_else(|p| p.into_inner());
-            match cache.get(module) {
+            match cache.get(&key) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = compile_module(module, src, self.inner.sm)?;
+                    let text = match define {
+                        Some(d) => format!("#define {d}\n{src}"),
+                        None => src.to_string(),
+                    };
+                    let name = key.replace('/', "-");
+                    let ptx = compile_module(&name, &text, self.inner.sm)?;
                     let m = self
                         .inner
                         .ctx
                         .load_module(ptx)
-                        .map_err(|e| dev_err(&self.location(), &format!("loading module `{module}`"), e))?;
-                    cache.insert(module, m.clone());
+                        .map_err(|e| dev_err(&self.location(), &format!("loading module `{key}`"), e))?;
+                    cache.insert(key.clone(), m.clone());
                     m
                 }
             }
         };
         m.load_function(func)
-            .map_err(|e| dev_err(&self.location(), &format!("kernel `{module}::{func}`"), e))
+            .map_err(|e| dev_err(&self.location(), &format!("kernel `{key}::{func}`"), e))
     }
 
     /// Starts a device-side timer: events recorded on the device's stream.

@@ -1,1 +1,834 @@
-//! The expert computation of one MoE layer on the device: weights uploaded in kernel layouts, token permutation, grouped GEMMs with the activation fused, finalize.
+//! The expert computation of one MoE layer on the device (kernels in `kernels/experts.cu`).
+//!
+//! [`DeviceExperts::upload`] copies a rank's slots once, in the layout the kernels read:
+//! slot-major weight matrices in their stored format (float weights in the activation dtype;
+//! FP8 and MXFP4 codes packed, with their scales), biases in f32.
+//!
+//! [`DeviceExperts::forward`] queues, on the device's one stream and with no host
+//! synchronisation (so a decode step can be captured into a CUDA graph):
+//! 1. `moe_count` / `moe_scan` / `moe_scatter`: a histogram of the local slots, its prefix sum
+//!    (row offset of each slot, plus the tile list of the tensor-core path) and the permuted row
+//!    of every selection;
+//! 2. the format's FP8 activation quantize-dequantize of the FC1 input, when it has one;
+//! 3. FC1 with bias and activation fused into its epilogue (`act = act(x W13^T + b13)`);
+//! 4. the FC2 input quantization, FC2 with bias (`y = act W2^T + b2`);
+//! 5. finalize: each token's rows weighted and summed in selection order, in f32.
+//!
+//! Two GEMM paths, chosen on the host from sizes alone (never from device data): a GEMV-style
+//! kernel streaming each weight row once for up to 8 rows of its slot at a time (few rows per
+//! slot: decode, memory-bound; and every f32 layer), and a tensor-core kernel (`mma.sync`
+//! m16n8k16, bf16/f16, 3-stage `cp.async` pipeline, 128-column tiles, 32/64/128-row tiles)
+//! for many rows per slot. Quantized weights are decoded to the activation dtype inside both
+//! kernels, a tile at a time; they never exist dequantized in device memory.
+
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use moe_core::{Activation, DType, MoeError, Result, Tensor};
+
+use super::device::{CudaDevice, dev_err};
+use super::ffi;
+use super::storage::{CudaStorage, tensor_bytes};
+use crate::cpu::act_quant::ActQuant;
+use crate::cpu::expert_mlp::{ExpertView, MlpDims};
+use crate::cpu::float_slice::FloatSlice;
+use crate::cpu::weight_slice::{QuantMatrix, WeightSlice};
+
+const SRC: &str = include_str!("../kernels/experts.cu");
+const MODULE: &str = "experts";
+/// The variant holding the permutation, quantization and finalize kernels.
+const COMMON: &str = "VARIANT_common";
+
+/// Average rows per slot up to which the GEMV path runs.
+const GEMV_MAX_AVG_ROWS: usize = 8;
+
+/// Arguments shared by both GEMMs (`GemmArgs` in `experts.cu`; same field order and types).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GemmArgs {
+    pub a: u64,
+    pub row_sel: u64,
+    pub top_k: i32,
+    pub offsets: u64,
+    pub tiles: u64,
+    pub num_tiles: u64,
+    pub out: u64,
+    pub bias: u64,
+    pub k: i32,
+    pub units: i32,
+    pub gated: i32,
+    pub out_f32: i32,
+}
+
+/// One weight matrix of every slot (`WeightArgs` in `experts.cu`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WeightArgs {
+    pub w: u64,
+    pub scales: u64,
+    pub mx_scales: u64,
+    pub tensor_scale: f32,
+    pub per_slot: u64,
+    pub rows: i32,
+    pub cols: i32,
+    pub b0: i32,
+    pub b1: i32,
+}
+
+/// The activation (`ActArgs` in `experts.cu`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActArgs {
+    pub kind: i32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub limit: f32,
+}
+
+/// How the weights of a layer are stored on the device (the kernels' `FMT`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Format {
+    Float,
+    Fp8PerTensor,
+    Fp8Block { b0: usize, b1: usize },
+    Mxfp4,
+}
+
+impl Format {
+    fn suffix(self) -> &'static str {
+        match self {
+            Format::Float => "float",
+            Format::Fp8PerTensor => "fp8t",
+            Format::Fp8Block { .. } => "fp8b",
+            Format::Mxfp4 => "mxfp4",
+        }
+    }
+}
+
+/// One weight matrix (FC1 or FC2) of every local slot.
+struct DeviceMatrix {
+    codes: CudaStorage,
+    /// FP8 block: f32 scales; MXFP4: UE8M0 bytes; FP8 per tensor: one f32 per slot.
+    scales: Option<CudaStorage>,
+    rows: usize,
+    cols: usize,
+}
+
+/// A rank's expert weights on one device, ready for [`DeviceExperts::forward`].
+pub struct DeviceExperts {
+    dev: CudaDevice,
+    dtype: DType,
+    format: Format,
+    dims: MlpDims,
+    num_slots: usize,
+    w13: DeviceMatrix,
+    w2: DeviceMatrix,
+    b13: Option<CudaStorage>,
+    b2: Option<CudaStorage>,
+    fc1_input: ActQuant,
+    fc2_input: ActQuant,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for DeviceExperts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceExperts({}, {} slots, {:?}, {} bytes)",
+            self.dev.location(),
+            self.num_slots,
+            self.format,
+            self.bytes
+        )
+    }
+}
+
+fn dt_suffix(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        other => Err(MoeError::DTypeMismatch {
+            what: "CUDA expert activations".into(),
+            expected: "f32, bf16 or f16".into(),
+            actual: other.to_string(),
+        }),
+    }
+}
+
+fn format_of(w: &WeightSlice<'_>) -> Format {
+    match w {
+        WeightSlice::Float(_) => Format::Float,
+        WeightSlice::Quant(q) => match q.matrix {
+            QuantMatrix::Fp8PerTensor { .. } => Format::Fp8PerTensor,
+            QuantMatrix::Fp8Block { block, .. } => Format::Fp8Block {
+                b0: block[0],
+                b1: block[1],
+            },
+            QuantMatrix::Mxfp4 { .. } => Format::Mxfp4,
+            // Other formats never reach here: the CUDA backend's capabilities exclude them.
+            _ => Format::Float,
+        },
+    }
+}
+
+/// Widens/narrows a float slice into the activation dtype's little-endian bytes.
+fn float_bytes(s: FloatSlice<'_>, dtype: DType, out: &mut Vec<u8>) {
+    let n = s.len();
+    match dtype {
+        DType::F32 => (0..n).for_each(|i| out.extend_from_slice(&s.at(i).to_le_bytes())),
+        DType::BF16 => match s {
+            FloatSlice::BF16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes())),
+            _ => (0..n).for_each(|i| out.extend_from_slice(&half::bf16::from_f32(s.at(i)).to_bits().to_le_bytes())),
+        },
+        _ => match s {
+            FloatSlice::F16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes())),
+            _ => (0..n).for_each(|i| out.extend_from_slice(&half::f16::from_f32(s.at(i)).to_bits().to_le_bytes())),
+        },
+    }
+}
+
+fn f32_bytes(v: &[f32], out: &mut Vec<u8>) {
+    v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+}
+
+impl DeviceMatrix {
+    /// Uploads matrix `which` of every slot, one slot at a time (the host never holds more
+    /// than one slot's converted copy).
+    fn upload(
+        dev: &CudaDevice,
+        what: &str,
+        slots: &[WeightSlice<'_>],
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+        format: Format,
+    ) -> Result<DeviceMatrix> {
+        let code_bytes_per_slot = match format {
+            Format::Float => rows * cols * dtype.size_in_bytes(),
+            Format::Fp8PerTensor | Format::Fp8Block { .. } => rows * cols,
+            Format::Mxfp4 => rows * cols / 2,
+        };
+        let scale_bytes_per_slot = match format {
+            Format::Float => 0,
+            Format::Fp8PerTensor => 4,
+            Format::Fp8Block { b0, b1 } => rows.div_ceil(b0) * cols.div_ceil(b1) * 4,
+            Format::Mxfp4 => rows * cols / 32,
+        };
+        let mut codes = dev.alloc_storage(code_bytes_per_slot * slots.len())?;
+        let mut scales = if scale_bytes_per_slot > 0 {
+            Some(dev.alloc_storage(scale_bytes_per_slot * slots.len())?)
+        } else {
+            None
+        };
+        let mut buf = Vec::new();
+        let mut sbuf = Vec::new();
+        for (i, w) in slots.iter().enumerate() {
+            buf.clear();
+            sbuf.clear();
+            if format_of(w) != format {
+                return Err(MoeError::DTypeMismatch {
+                    what: format!("{what} of local slot {i}"),
+                    expected: format.suffix().into(),
+                    actual: format_of(w).suffix().into(),
+                });
+            }
+            match *w {
+                WeightSlice::Float(s) => float_bytes(s, dtype, &mut buf),
+                WeightSlice::Quant(q) => match q.matrix {
+                    QuantMatrix::Fp8PerTensor { codes, scale } => {
+                        buf.extend_from_slice(codes);
+                        f32_bytes(&[scale], &mut sbuf);
+                    }
+                    QuantMatrix::Fp8Block { codes, scales, .. } => {
+                        buf.extend_from_slice(codes);
+                        f32_bytes(scales, &mut sbuf);
+                    }
+                    QuantMatrix::Mxfp4 { packed, scales } => {
+                        buf.extend_from_slice(packed);
+                        sbuf.extend_from_slice(scales);
+                    }
+                    _ => return Err(MoeError::lifecycle(format!("{what}: format not uploadable to CUDA"))),
+                },
+            }
+            if buf.len() != code_bytes_per_slot || sbuf.len() != scale_bytes_per_slot {
+                return Err(MoeError::shape(
+                    format!("{what} of local slot {i}"),
+                    format!("{code_bytes_per_slot} code bytes and {scale_bytes_per_slot} scale bytes"),
+                    &[buf.len(), sbuf.len()],
+                ));
+            }
+            codes.write_at(i * code_bytes_per_slot, &buf)?;
+            if let Some(s) = scales.as_mut() {
+                s.write_at(i * scale_bytes_per_slot, &sbuf)?;
+            }
+        }
+        Ok(DeviceMatrix {
+            codes,
+            scales,
+            rows,
+            cols,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self.codes.len_bytes() + self.scales.as_ref().map_or(0, CudaStorage::len_bytes)
+    }
+
+    fn args(&self, dev: &CudaDevice, format: Format) -> WeightArgs {
+        let scales = self.scales.as_ref().map_or(0, |s| s.ptr(dev));
+        let (b0, b1) = match format {
+            Format::Fp8Block { b0, b1 } => (b0 as i32, b1 as i32),
+            _ => (1, 1),
+        };
+        WeightArgs {
+            w: self.codes.ptr(dev),
+            scales: if matches!(format, Format::Fp8Block { .. }) {
+                scales
+            } else {
+                0
+            },
+            mx_scales: if format == Format::Mxfp4 { scales } else { 0 },
+            tensor_scale: 1.0,
+            per_slot: if format == Format::Fp8PerTensor { scales } else { 0 },
+            rows: self.rows as i32,
+            cols: self.cols as i32,
+            b0,
+            b1,
+        }
+    }
+}
+
+fn upload_bias(
+    dev: &CudaDevice,
+    what: &str,
+    biases: &[Option<FloatSlice<'_>>],
+    len: usize,
+) -> Result<Option<CudaStorage>> {
+    if biases.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mut host = Vec::with_capacity(biases.len() * len);
+    for (i, b) in biases.iter().enumerate() {
+        let b = b.ok_or_else(|| MoeError::MissingTensor {
+            name: format!("{what} of local slot {i}"),
+        })?;
+        if b.len() != len {
+            return Err(MoeError::shape(
+                format!("{what} of local slot {i}"),
+                format!("[{len}]"),
+                &[b.len()],
+            ));
+        }
+        host.extend((0..len).map(|j| b.at(j)));
+    }
+    let mut bytes = Vec::with_capacity(host.len() * 4);
+    f32_bytes(&host, &mut bytes);
+    let mut s = dev.alloc_storage(bytes.len())?;
+    s.write_at(0, &bytes)?;
+    Ok(Some(s))
+}
+
+fn act_args(a: Activation) -> ActArgs {
+    match a {
+        Activation::Swiglu => ActArgs {
+            kind: 0,
+            alpha: 1.0,
+            beta: 0.0,
+            limit: 0.0,
+        },
+        Activation::SwigluGptOss { alpha, beta, limit } => ActArgs {
+            kind: 1,
+            alpha,
+            beta,
+            limit,
+        },
+        Activation::Relu2 => ActArgs {
+            kind: 2,
+            alpha: 0.0,
+            beta: 0.0,
+            limit: 0.0,
+        },
+    }
+}
+
+fn check_aligned(what: &str, v: usize, to: usize) -> Result<()> {
+    if v % to != 0 {
+        return Err(MoeError::config(
+            what,
+            format!("{v} must be a multiple of {to} for the CUDA kernels"),
+        ));
+    }
+    Ok(())
+}
+
+/// The GEMM path of one forward.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Gemv,
+    Mma { bm: usize },
+}
+
+impl DeviceExperts {
+    /// Uploads the local slots `slots` (one [`ExpertView`] each, in local slot order) of a
+    /// layer with activations in `dtype`. Every slot must share one format.
+    pub fn upload(dev: &CudaDevice, dtype: DType, dims: MlpDims, slots: &[ExpertView<'_>]) -> Result<DeviceExperts> {
+        dt_suffix(dtype)?;
+        let (h, i) = (dims.hidden, dims.inter);
+        check_aligned("hidden_size", h, 8)?;
+        check_aligned("intermediate_size (per partition)", i, 8)?;
+        let format = slots.first().map_or(Format::Float, |s| format_of(&s.w3_w1));
+        match format {
+            Format::Float => {}
+            Format::Fp8PerTensor | Format::Fp8Block { .. } | Format::Mxfp4 if dtype != DType::F32 => {
+                check_aligned("hidden_size", h, if format == Format::Mxfp4 { 32 } else { 16 })?;
+                check_aligned(
+                    "intermediate_size (per partition)",
+                    i,
+                    if format == Format::Mxfp4 { 32 } else { 16 },
+                )?;
+                if let Format::Fp8Block { b1, .. } = format {
+                    check_aligned("FP8 block columns", b1, 8)?;
+                }
+            }
+            _ => {
+                return Err(MoeError::DTypeMismatch {
+                    what: "CUDA quantized experts".into(),
+                    expected: "bf16 or f16 activations".into(),
+                    actual: dtype.to_string(),
+                });
+            }
+        }
+        let fc1_rows = dims.fc1_rows();
+        let w13: Vec<_> = slots.iter().map(|s| s.w3_w1).collect();
+        let w2: Vec<_> = slots.iter().map(|s| s.w2).collect();
+        let w13 = DeviceMatrix::upload(dev, "w3_w1", &w13, fc1_rows, h, dtype, format)?;
+        let w2 = DeviceMatrix::upload(dev, "w2", &w2, h, i, dtype, format_of_first(slots, format))?;
+        let b13 = upload_bias(
+            dev,
+            "w3_w1 bias",
+            &slots.iter().map(|s| s.w3_w1_bias).collect::<Vec<_>>(),
+            fc1_rows,
+        )?;
+        let b2 = upload_bias(dev, "w2 bias", &slots.iter().map(|s| s.w2_bias).collect::<Vec<_>>(), h)?;
+        let (fc1_input, fc2_input) = slots
+            .first()
+            .map_or((ActQuant::None, ActQuant::None), |s| (s.fc1_input, s.fc2_input));
+        for (what, q) in [("FC1 input", fc1_input), ("FC2 input", fc2_input)] {
+            if matches!(q, ActQuant::Nvfp4 { .. }) {
+                return Err(MoeError::lifecycle(format!(
+                    "{what}: NVFP4 activation quantization has no CUDA kernel"
+                )));
+            }
+        }
+        let bytes = w13.bytes()
+            + w2.bytes()
+            + b13.as_ref().map_or(0, CudaStorage::len_bytes)
+            + b2.as_ref().map_or(0, CudaStorage::len_bytes);
+        let experts = DeviceExperts {
+            dev: dev.clone(),
+            dtype,
+            format,
+            dims,
+            num_slots: slots.len(),
+            w13,
+            w2,
+            b13,
+            b2,
+            fc1_input,
+            fc2_input,
+            bytes,
+        };
+        // Compile the kernels now so the first forward does not pay for NVRTC.
+        experts.kernel(COMMON, "moe_count")?;
+        let gemv = format!("gemv_fc1_{}_{}", dt_suffix(dtype)?, format.suffix());
+        experts.kernel(&experts.variant()?, &gemv)?;
+        Ok(experts)
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    /// Device bytes held by the weights, scales and biases.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn path(&self, selections: usize) -> Path {
+        let avg = selections.div_ceil(self.num_slots.max(1));
+        if self.dtype == DType::F32 || avg <= GEMV_MAX_AVG_ROWS {
+            Path::Gemv
+        } else if avg <= 32 {
+            Path::Mma { bm: 32 }
+        } else if avg <= 64 {
+            Path::Mma { bm: 64 }
+        } else {
+            Path::Mma { bm: 128 }
+        }
+    }
+
+    /// The experts of the local slots applied to `x [N, H]` (device, the layer's dtype):
+    /// `slots [N, k]` i32 global slot ids (`slot_start` is the first local one; others are
+    /// skipped), `scales [N, k]` f32 routing weights (`None` = all ones). Returns `[N, H]` in
+    /// `out_dtype` (the layer's dtype or f32) on the device. Queues work only: no host sync.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        slots: &Tensor,
+        scales: Option<&Tensor>,
+        slot_start: usize,
+        out_dtype: DType,
+    ) -> Result<Tensor> {
+        let (h, inter) = (self.dims.hidden, self.dims.inter);
+        x.expect_dtype("x", self.dtype)?;
+        if x.shape().len() != 2 || x.shape()[1] != h {
+            return Err(MoeError::shape("x", format!("[N, {h}]"), x.shape()));
+        }
+        let n = x.shape()[0];
+        slots.expect_dtype("token_selected_slots", DType::I32)?;
+        if slots.shape().len() != 2 || slots.shape()[0] != n {
+            return Err(MoeError::shape(
+                "token_selected_slots",
+                format!("[{n}, k]"),
+                slots.shape(),
+            ));
+        }
+        let k = slots.shape()[1];
+        if let Some(s) = scales {
+            s.expect_dtype("token_final_scales", DType::F32)?;
+            s.expect_shape("token_final_scales", &[n, k])?;
+        }
+        let fin = format!("finalize_{}_{}", dt_suffix(self.dtype)?, dt_suffix(out_dtype)?);
+        if out_dtype != self.dtype && out_dtype != DType::F32 {
+            return Err(MoeError::DTypeMismatch {
+                what: "CUDA MoE output".into(),
+                expected: format!("{} or f32", self.dtype),
+                actual: out_dtype.to_string(),
+            });
+        }
+        let dev = &self.dev;
+        let loc = dev.location();
+        let xs = self.on_device(x, "x")?;
+        let ids = self.on_device(slots, "token_selected_slots")?;
+        let sc = scales.map(|s| self.on_device(s, "token_final_scales")).transpose()?;
+        if n == 0 || k == 0 {
+            return dev.zeros(out_dtype, vec![n, h]);
+        }
+        let nk = n * k;
+        let s_local = self.num_slots;
+        let path = self.path(nk);
+        let bm = match path {
+            Path::Gemv => 1 << 20,
+            Path::Mma { bm } => bm,
+        };
+        let max_tiles = nk.div_ceil(bm.min(nk)) + s_local;
+        let esize = self.dtype.size_in_bytes();
+
+        // 1. permutation
+        let mut counts = dev.alloc_storage(s_local.max(1) * 4)?;
+        counts.zero()?;
+        let mut cursor = dev.alloc_storage(s_local.max(1) * 4)?;
+        cursor.zero()?;
+        let offsets = dev.alloc_storage((s_local + 1) * 4)?;
+        let pos = dev.alloc_storage(nk * 4)?;
+        let row_sel = dev.alloc_storage(nk * 4)?;
+        let tiles = dev.alloc_storage(max_tiles * 8)?;
+        let num_tiles = dev.alloc_storage(4)?;
+        let ids_p = ids.ptr(dev);
+        let (nk_i, k_i, start_i, s_i) = (nk as i32, k as i32, slot_start as i32, s_local as i32);
+        let grid = |total: usize, block: usize| LaunchConfig {
+            grid_dim: (total.div_ceil(block).max(1) as u32, 1, 1),
+            block_dim: (block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.kernel(COMMON, "moe_count")?;
+        let counts_p = counts.ptr(dev);
+        ffi::launch(dev.stream(), &f, grid(nk, 256), &loc, |a| {
+            a.arg(&ids_p).arg(&nk_i).arg(&start_i).arg(&s_i).arg(&counts_p);
+        })?;
+        let f = self.kernel(COMMON, "moe_scan")?;
+        let (offsets_p, tiles_p, num_tiles_p, bm_i) = (offsets.ptr(dev), tiles.ptr(dev), num_tiles.ptr(dev), bm as i32);
+        let scan_cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (2 * s_local.max(1) * 4) as u32,
+        };
+        if scan_cfg.shared_mem_bytes > 48 * 1024 {
+            return Err(MoeError::config(
+                "local slots",
+                format!("{s_local} exceed the CUDA scan's 6144"),
+            ));
+        }
+        ffi::launch(dev.stream(), &f, scan_cfg, &loc, |a| {
+            a.arg(&counts_p)
+                .arg(&s_i)
+                .arg(&bm_i)
+                .arg(&offsets_p)
+                .arg(&tiles_p)
+                .arg(&num_tiles_p);
+        })?;
+        let f = self.kernel(COMMON, "moe_scatter")?;
+        let (cursor_p, pos_p, row_sel_p) = (cursor.ptr(dev), pos.ptr(dev), row_sel.ptr(dev));
+        ffi::launch(dev.stream(), &f, grid(nk, 256), &loc, |a| {
+            a.arg(&ids_p)
+                .arg(&nk_i)
+                .arg(&start_i)
+                .arg(&s_i)
+                .arg(&offsets_p)
+                .arg(&cursor_p)
+                .arg(&pos_p)
+                .arg(&row_sel_p);
+        })?;
+
+        // 2. FC1 input quantization (into a new buffer: the caller's x is left alone)
+        let xq;
+        let a1 = if self.fc1_input.is_none() {
+            xs.ptr(dev)
+        } else {
+            xq = dev.alloc_storage(n * h * esize)?;
+            qdq(dev, self.fc1_input, (xs, self.dtype), (&xq, self.dtype), n, h, None)?;
+            xq.ptr(dev)
+        };
+
+        // 3. FC1 + activation. With an FP8 FC2 input the activation is written in f32 and
+        // quantized from there, as the host kernels do: quantizing bf16-rounded values would
+        // move some of them across an E4M3 rounding midpoint.
+        let act = dev.alloc_storage(nk * inter * esize)?;
+        let act32 = if self.fc2_input.is_none() {
+            None
+        } else {
+            Some(dev.alloc_storage(nk * inter * 4)?)
+        };
+        let fc1 = GemmArgs {
+            a: a1,
+            row_sel: row_sel_p,
+            top_k: k as i32,
+            offsets: offsets_p,
+            tiles: tiles_p,
+            num_tiles: num_tiles_p,
+            out: act32.as_ref().unwrap_or(&act).ptr(dev),
+            bias: self.b13.as_ref().map_or(0, |b| b.ptr(dev)),
+            k: h as i32,
+            units: inter as i32,
+            gated: i32::from(self.dims.activation.is_gated()),
+            out_f32: i32::from(act32.is_some()),
+        };
+        self.gemm(path, true, fc1, self.w13.args(dev, self.format), max_tiles)?;
+
+        // 4. FC2 input quantization (permuted rows only: their count is offsets[S]), FC2
+        if let Some(a32) = &act32 {
+            let limit = offsets_p + 4 * s_local as u64;
+            qdq(
+                dev,
+                self.fc2_input,
+                (a32, DType::F32),
+                (&act, self.dtype),
+                nk,
+                inter,
+                Some(limit),
+            )?;
+        }
+        let y = dev.alloc_storage(nk * h * esize)?;
+        let fc2 = GemmArgs {
+            a: act.ptr(dev),
+            row_sel: row_sel_p,
+            top_k: k as i32,
+            offsets: offsets_p,
+            tiles: tiles_p,
+            num_tiles: num_tiles_p,
+            out: y.ptr(dev),
+            bias: self.b2.as_ref().map_or(0, |b| b.ptr(dev)),
+            k: inter as i32,
+            units: h as i32,
+            gated: 0,
+            out_f32: 0,
+        };
+        self.gemm(path, false, fc2, self.w2.args(dev, self.format), max_tiles)?;
+
+        // 5. finalize
+        let out = dev.alloc_storage(tensor_bytes(out_dtype, &[n, h]))?;
+        let f = self.kernel(COMMON, &fin)?;
+        let (y_p, sc_p, out_p) = (y.ptr(dev), sc.map_or(0, |s| s.ptr(dev)), out.ptr(dev));
+        let (n_i, h_i) = (n as i32, h as i32);
+        ffi::launch(dev.stream(), &f, grid(n * h, 256), &loc, |a| {
+            a.arg(&y_p)
+                .arg(&pos_p)
+                .arg(&sc_p)
+                .arg(&n_i)
+                .arg(&k_i)
+                .arg(&h_i)
+                .arg(&out_p);
+        })?;
+        // Scratch buffers are freed on the stream after the kernels that read them.
+        drop((counts, cursor, offsets, pos, row_sel, tiles, num_tiles, act, act32, y));
+        Ok(dev.tensor(out_dtype, vec![n, h], out))
+    }
+
+    /// `VARIANT_<dtype>_<format>`: the module of this layer's GEMM kernels.
+    fn variant(&self) -> Result<String> {
+        Ok(format!("VARIANT_{}_{}", dt_suffix(self.dtype)?, self.format.suffix()))
+    }
+
+    fn kernel(&self, variant: &str, func: &str) -> Result<cudarc::driver::CudaFunction> {
+        self.dev.function_variant(MODULE, SRC, Some(variant), func)
+    }
+
+    fn on_device<'t>(&self, t: &'t Tensor, what: &str) -> Result<&'t CudaStorage> {
+        let s = CudaStorage::of(t, what)?;
+        if s.device().ordinal() != self.dev.ordinal() {
+            return Err(MoeError::DTypeMismatch {
+                what: what.into(),
+                expected: self.dev.location(),
+                actual: s.device().location(),
+            });
+        }
+        Ok(s)
+    }
+
+    fn gemm(&self, path: Path, fc1: bool, g: GemmArgs, w: WeightArgs, max_tiles: usize) -> Result<()> {
+        let dev = &self.dev;
+        let suffix = format!("{}_{}", dt_suffix(self.dtype)?, self.format.suffix());
+        let which = if fc1 { "fc1" } else { "fc2" };
+        let act = act_args(self.dims.activation);
+        let units = g.units as usize;
+        let (name, cfg) = match path {
+            Path::Gemv => (
+                format!("gemv_{which}_{suffix}"),
+                LaunchConfig {
+                    grid_dim: (units.div_ceil(4) as u32, self.num_slots as u32, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            ),
+            Path::Mma { bm } => {
+                let cols = if fc1 && g.gated != 0 { 2 * units } else { units };
+                (
+                    format!("mma_{which}_{suffix}_{bm}"),
+                    LaunchConfig {
+                        grid_dim: (cols.div_ceil(128) as u32, max_tiles as u32, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                )
+            }
+        };
+        if self.num_slots == 0 {
+            return Ok(());
+        }
+        let f = self.kernel(&self.variant()?, &name)?;
+        ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
+            a.arg(&g).arg(&w).arg(&act);
+        })
+        .map_err(|e| dev_err(&dev.location(), &name, e))
+    }
+}
+
+/// Queues `out = QDQ(in)` of `rows x cols` activations (`q`: the format's FP8 activation
+/// quantization); `row_limit` is the device address of a row count that caps `rows`.
+fn qdq(
+    dev: &CudaDevice,
+    q: ActQuant,
+    (src, src_dt): (&CudaStorage, DType),
+    (dst, dst_dt): (&CudaStorage, DType),
+    rows: usize,
+    cols: usize,
+    row_limit: Option<u64>,
+) -> Result<()> {
+    let (mode, scale, group) = match q {
+        ActQuant::Fp8PerTensor { scale } if scale > 0.0 && scale.is_finite() => (1i32, scale, 1i32),
+        ActQuant::Fp8Group { group } if group > 0 => (2, 1.0, group as i32),
+        other => {
+            return Err(MoeError::config(
+                "activation quantization",
+                format!("{other:?} has no CUDA kernel"),
+            ));
+        }
+    };
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    let name = format!("qdq_{}_{}", dt_suffix(src_dt)?, dt_suffix(dst_dt)?);
+    let f = dev.function_variant(MODULE, SRC, Some(COMMON), &name)?;
+    let threads = if mode == 1 {
+        rows * cols
+    } else {
+        rows * cols.div_ceil(group as usize) * 32
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (i, o, r, c, lim) = (
+        src.ptr(dev),
+        dst.ptr(dev),
+        rows as i32,
+        cols as i32,
+        row_limit.unwrap_or(0),
+    );
+    ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
+        a.arg(&i)
+            .arg(&o)
+            .arg(&r)
+            .arg(&c)
+            .arg(&mode)
+            .arg(&scale)
+            .arg(&group)
+            .arg(&lim);
+    })
+}
+
+/// Activations `x [N, H]` (device) quantize-dequantized as `q` prescribes, in a new device
+/// tensor of `x`'s dtype: the device arm of `ops::qdq_activations`.
+pub fn qdq_device(q: &ActQuant, x: &Tensor) -> Result<Tensor> {
+    let src = CudaStorage::of(x, "x")?;
+    let dev = src.device().clone();
+    if x.shape().len() != 2 {
+        return Err(MoeError::shape("x", "[N, H]", x.shape()));
+    }
+    let (rows, cols) = (x.shape()[0], x.shape()[1]);
+    if q.is_none() {
+        return Ok(x.clone());
+    }
+    let out = dev.alloc_storage(src.len_bytes())?;
+    qdq(&dev, *q, (src, x.dtype()), (&out, x.dtype()), rows, cols, None)?;
+    Ok(dev.tensor(x.dtype(), x.shape().to_vec(), out))
+}
+
+/// FC2 shares FC1's format (one quant method per layer).
+fn format_of_first(slots: &[ExpertView<'_>], fallback: Format) -> Format {
+    slots.first().map_or(fallback, |s| format_of(&s.w2))
+}
+
+impl CudaStorage {
+    /// The buffer's device address, for kernel argument structs. Buffers are freed on the
+    /// device's stream, after every kernel queued before the free, so an address taken here
+    /// stays valid for the kernels queued while the storage is alive.
+    pub(crate) fn ptr(&self, dev: &CudaDevice) -> u64 {
+        let (p, _sync) = self.bytes().device_ptr(dev.stream());
+        p
+    }
+
+    /// Zero-fills the buffer (queued on the stream).
+    pub(crate) fn zero(&mut self) -> Result<()> {
+        let dev = self.device().clone();
+        dev.stream()
+            .memset_zeros(self.bytes_mut())
+            .map_err(|e| dev_err(&dev.location(), "memset", e))
+    }
+
+    /// Copies host bytes to offset `at` of this buffer.
+    pub(crate) fn write_at(&mut self, at: usize, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let dev = self.device().clone();
+        let mut to = self.bytes_mut().slice_mut(at..at + data.len());
+        dev.stream()
+            .memcpy_htod(data, &mut to)
+            .map_err(|e| dev_err(&dev.location(), "host-to-device copy", e))
+    }
+
+    pub(crate) fn len_bytes(&self) -> usize {
+        moe_core::DeviceStorage::len_bytes(self)
+    }
+}

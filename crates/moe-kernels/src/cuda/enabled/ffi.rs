@@ -65,3 +65,51 @@ pub(crate) fn alloc_bytes(stream: &Arc<CudaStream>, len: usize, location: &str) 
     // (see the doc comment), which the "poisoned output" tests check on the GPU machine.
     unsafe { stream.alloc::<u8>(len.max(1)) }.map_err(|e| dev_err(location, "allocating device memory", e))
 }
+
+/// `C = op(A) · op(B)` through cuBLAS (`cublasGemmEx`, bf16 in and out, f32 accumulation;
+/// column-major as cuBLAS reads it). The buffer sizes are checked against the config first,
+/// so a wrong config is an error rather than an out-of-bounds access.
+pub(crate) fn gemm_bf16(
+    blas: &cudarc::cublas::CudaBlas,
+    cfg: cudarc::cublas::GemmConfig<half::bf16>,
+    a: &CudaSlice<half::bf16>,
+    b: &CudaSlice<half::bf16>,
+    c: &mut CudaSlice<half::bf16>,
+    location: &str,
+) -> Result<()> {
+    use cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N;
+    let dim = |v: i32| usize::try_from(v).unwrap_or(0);
+    let (m, n, k) = (dim(cfg.m), dim(cfg.n), dim(cfg.k));
+    // Stored (rows, cols) of each operand, column-major with leading dimension ld >= rows.
+    let (ar, ac) = if cfg.transa == CUBLAS_OP_N { (m, k) } else { (k, m) };
+    let (br, bc) = if cfg.transb == CUBLAS_OP_N { (k, n) } else { (n, k) };
+    let fits = |rows: usize, cols: usize, ld: i32, len: usize| {
+        let ld = dim(ld);
+        rows > 0 && cols > 0 && ld >= rows && ld * (cols - 1) + rows <= len
+    };
+    if !(fits(ar, ac, cfg.lda, a.len()) && fits(br, bc, cfg.ldb, b.len()) && fits(m, n, cfg.ldc, c.len())) {
+        return Err(moe_core::MoeError::Backend(
+            format!(
+                "{location}: cuBLAS gemm {m}x{n}x{k} does not fit its buffers (A {}, B {}, C {} elements)",
+                a.len(),
+                b.len(),
+                c.len()
+            )
+            .into(),
+        ));
+    }
+    // SAFETY: the three buffers hold at least the elements the column-major operands of
+    // `cfg` address (checked above), all are device memory of the stream `blas` is bound to,
+    // and `c` is borrowed exclusively, so the product writes memory nothing else reads.
+    unsafe { <cudarc::cublas::CudaBlas as cudarc::cublas::Gemm<half::bf16>>::gemm(blas, cfg, a, b, c) }
+        .map_err(|e| dev_err(location, "cuBLAS bf16 gemm", e))
+}
+
+// SAFETY: `GemmArgs`, `WeightArgs` and `ActArgs` are `#[repr(C)]` structs of u64 addresses,
+// i32 and f32 fields whose order, types and padding match the C structs of the same names in
+// `kernels/experts.cu`, so the kernel reads exactly the bytes pushed.
+unsafe impl DeviceRepr for super::experts::GemmArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::experts::WeightArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::experts::ActArgs {}

@@ -1,0 +1,329 @@
+//! `moe bench --backend cuda`: the same presets and token counts as the CPU harness, on a GPU.
+//!
+//! Per preset: the weights are generated on the host ([`super::generated`], the cache's
+//! values without the cache) and handed to a layer built through `moe::create_moe` with the
+//! device backend pinned; per row, `x` (bf16, N(0, 1)) and the router logits (f32, N(0, 1))
+//! are uploaded once, then the forward runs on device tensors: untimed warm-up forwards
+//! (the first compiles the kernels), then each timed forward between two device events
+//! (`CudaDevice::timer`), and the row reports the median.
+//!
+//! Each row is held to a floor computed from two ceilings measured on the same device in the
+//! same run: `floor = max(bytes of the experts the routing selected / copy bandwidth, routed
+//! FLOPs / bf16 matmul rate)`. The selected experts are counted on the host from the same
+//! logits with the same routing. The layer is the routed experts only: `moe::ConfigurableMoe`
+//! has no shared expert (DeepSeek-V3's one shared expert, `I = 2048`, belongs to the model), so
+//! FLOPs, bytes and the floor count what runs.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use moe::ConfigurableMoe;
+use moe::cuda::CudaDevice;
+use moe_core::Tensor;
+use serde_json::Value;
+
+use super::ceilings::Ceilings;
+use super::generated::GeneratedWeights;
+use super::runner::{self, Row};
+use super::{BenchArgs, Plan, bar, cache, report};
+
+/// Untimed forwards before the timed ones (at least one always runs: it compiles kernels).
+pub const DEFAULT_WARMUP: usize = 5;
+/// Timed forwards per row.
+pub const DEFAULT_REPEATS: usize = 25;
+/// Size of the copy-bandwidth buffer (far above the 50 MB L2 of an H100).
+pub const DEFAULT_COPY_MIB: u64 = 1024;
+/// Side of the bf16 matmul ceiling's square problem.
+pub const DEFAULT_MATMUL_N: u64 = 8192;
+/// Timed runs of each ceiling.
+const CEILING_ITERS: usize = 20;
+
+/// What the layer of a device row runs, said once per run.
+pub const SHARED_EXPERT_NOTE: &str = "the bench layer is the routed experts only (moe::ConfigurableMoe has no shared expert; DeepSeek-V3's shared expert, I=2048, belongs to the model): FLOPs, bytes and floors count what runs";
+
+/// Whether `backend` runs on a GPU (its rows take this path).
+pub fn is_device_backend(backend: &str) -> bool {
+    backend == "cuda" || backend.starts_with("cuda-")
+}
+
+/// The device's ceilings, measured in the run.
+#[derive(Clone, Debug)]
+pub struct DeviceCeilings {
+    pub card: String,
+    pub location: String,
+    /// Bytes of the copied buffer (each copy reads and writes this many).
+    pub copy_bytes: u64,
+    /// Bytes read plus bytes written per second, in GB/s.
+    pub copy_gbps: f64,
+    pub matmul_n: usize,
+    pub matmul_tflops: f64,
+}
+
+impl DeviceCeilings {
+    pub fn measure(dev: &CudaDevice, copy_bytes: u64, matmul_n: usize) -> anyhow::Result<DeviceCeilings> {
+        let copy_gbps = moe::cuda::copy_bandwidth_gbps(dev, copy_bytes as usize, CEILING_ITERS)
+            .with_context(|| format!("measuring the copy bandwidth of {}", dev.location()))?;
+        let matmul_tflops = moe::cuda::bf16_matmul_tflops(dev, matmul_n, CEILING_ITERS)
+            .with_context(|| format!("measuring the bf16 matmul rate of {}", dev.location()))?;
+        Ok(DeviceCeilings {
+            card: dev.name().to_string(),
+            location: dev.location(),
+            copy_bytes,
+            copy_gbps,
+            matmul_n,
+            matmul_tflops,
+        })
+    }
+
+    /// The same numbers as the CPU harness's [`Ceilings`], so rows compute their ratios the
+    /// same way (GEMM = the bf16 matmul rate, read bandwidth = the copy bandwidth).
+    pub fn as_ceilings(&self) -> Ceilings {
+        Ceilings {
+            gemm_n: self.matmul_n,
+            gemm_gflops: self.matmul_tflops * 1e3,
+            gemv_bytes: self.copy_bytes,
+            read_gbps: self.copy_gbps,
+            threads: 0,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "ceilings ({} {}): device copy of {} MiB {:.0} GB/s (read + written); bf16 matmul {n}x{n}x{n} (cuBLAS, f32 accumulate) {:.1} TFLOP/s; balance {:.0} FLOP/byte",
+            self.location,
+            self.card,
+            self.copy_bytes >> 20,
+            self.copy_gbps,
+            self.matmul_tflops,
+            self.matmul_tflops * 1e3 / self.copy_gbps,
+            n = self.matmul_n,
+        )
+    }
+}
+
+/// The row's floor in ms: `max(weight bytes / copy bandwidth, FLOPs / matmul rate)`.
+pub fn floor_ms(row: &Row, c: &DeviceCeilings) -> f64 {
+    let read_s = row.weight_bytes as f64 / (c.copy_gbps * 1e9);
+    let compute_s = row.gflop * 1e9 / (c.matmul_tflops * 1e12);
+    read_s.max(compute_s) * 1e3
+}
+
+/// The CPU row's JSON object plus `card`, `floor_ms` and `ratio_to_floor` (median / floor:
+/// 1.0 is at the floor, 2.0 twice as slow as it).
+pub fn row_json(row: &Row, c: &DeviceCeilings) -> Value {
+    let mut v = report::row_json(row, &c.as_ceilings(), None);
+    let floor = floor_ms(row, c);
+    v["card"] = Value::from(c.card.clone());
+    v["floor_ms"] = Value::from(floor);
+    v["ratio_to_floor"] = Value::from(row.median_ms / floor);
+    v
+}
+
+/// The text table of device rows.
+pub fn table(rows: &[Row], c: &DeviceCeilings) -> String {
+    use std::fmt::Write as _;
+    let ceil = c.as_ceilings();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7}",
+        "preset", "weights", "T", "backend", "experts", "median ms", "floor ms", "x floor", "TFLOP/s", "GB/s", "bound"
+    );
+    for r in rows {
+        let floor = floor_ms(r, c);
+        let _ = writeln!(
+            s,
+            "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10.3} {:>9.3} {:>8.2} {:>8.1} {:>8.0} {:>7}",
+            r.preset,
+            r.weights,
+            r.tokens,
+            r.backend,
+            r.experts_touched,
+            r.median_ms,
+            floor,
+            r.median_ms / floor,
+            r.gflops / 1e3,
+            r.weight_gbps,
+            report::bound(r, &ceil)
+        );
+    }
+    s
+}
+
+/// Whether every element of `y` (device or host) is finite.
+fn all_finite(y: &Tensor) -> anyhow::Result<bool> {
+    let host = moe::cuda::download(y).context("downloading the output")?;
+    Ok(host.to_f32_vec("output")?.iter().all(|v| v.is_finite()))
+}
+
+/// Warm-up forwards, then `repeats` forwards each timed by device events; seconds per
+/// forward, and whether the first output was finite.
+fn time_forward(
+    dev: &CudaDevice,
+    layer: &mut ConfigurableMoe,
+    x: &Tensor,
+    logits: &Tensor,
+    warmup: usize,
+    repeats: usize,
+    tick: &dyn Fn(),
+) -> anyhow::Result<(Vec<f64>, bool)> {
+    let mut finite = true;
+    for i in 0..warmup.max(1) {
+        let y = layer.forward(x, logits)?;
+        if i == 0 {
+            finite = all_finite(&y)?;
+        }
+        tick();
+    }
+    dev.synchronize()?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let timer = dev.timer()?;
+        let y = layer.forward(x, logits)?;
+        let ms = timer.stop_ms()?;
+        drop(y);
+        times.push(ms / 1e3);
+        tick();
+    }
+    Ok((times, finite))
+}
+
+/// Runs the planned rows on the device and prints them (table or JSON lines).
+pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::Result<()> {
+    if args.prepare || args.peer.is_some() || args.markdown.is_some() {
+        bail!(
+            "--prepare, --peer and --markdown belong to the CPU harness (`cargo xtask bench`); `--backend {}` generates its weights in memory and prints its rows",
+            args.backend
+        );
+    }
+    let dev = CudaDevice::new(ordinal).with_context(|| {
+        format!(
+            "opening CUDA device {ordinal} for `--backend {}` (build with `--features cuda`, and on the GPU machine source gpu-env.sh first)",
+            args.backend
+        )
+    })?;
+    let copy_bytes = args.ceiling_mib.unwrap_or(DEFAULT_COPY_MIB) << 20;
+    let matmul_n = args.ceiling_gemm.unwrap_or(DEFAULT_MATMUL_N) as usize;
+    let ceilings = DeviceCeilings::measure(&dev, copy_bytes, matmul_n)?;
+    let warmup = args.warmup.map_or(DEFAULT_WARMUP, |w| w as usize);
+    // Both lines go to stderr under --json, so stdout stays one JSON object per line.
+    let say = |line: &str| {
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(&format!(
+        "moe bench: {} {} (sm_{}, {} SMs), backend {}",
+        dev.location(),
+        dev.name(),
+        dev.sm(),
+        dev.multiprocessors(),
+        args.backend
+    ));
+    say(&ceilings.line());
+    say(&format!("note: {SHARED_EXPERT_NOTE}"));
+    let max_rows = plans.iter().flat_map(|p| p.rows.iter().map(|r| r.0)).max().unwrap_or(1);
+    let total: u64 = plans
+        .iter()
+        .flat_map(|p| p.rows.iter())
+        .map(|(_, r)| (*r + warmup.max(1)) as u64)
+        .sum();
+    let progress = bar(total, "{spinner} {msg} {bar:30} {pos}/{len} forwards {elapsed}");
+    let mut rows = Vec::new();
+    for plan in plans {
+        let p = &plan.preset;
+        progress.set_message(format!("{} loading", p.name));
+        let start = Instant::now();
+        let mut config = runner::config(p, &args.backend);
+        config.cuda_device = Some(ordinal);
+        let weights = GeneratedWeights::new(*p, args.seed);
+        let mut layer = runner::build_from(config, p, &weights)?;
+        drop(weights);
+        progress.suspend(|| {
+            eprintln!(
+                "{} ({}): {:.2} GB of weights generated and loaded on {} in {:.1} s",
+                p.name,
+                p.weights,
+                p.total_bytes() as f64 / 1e9,
+                dev.location(),
+                start.elapsed().as_secs_f64()
+            )
+        });
+        let (x_all, logits_all) = cache::inputs(p, args.seed, max_rows)?;
+        for &(tokens, repeats) in &plan.rows {
+            progress.set_message(format!("{} T={tokens}", p.name));
+            let x = x_all.narrow_rows(0, tokens)?;
+            let logits = logits_all.narrow_rows(0, tokens)?;
+            let touched = runner::touched(p, &logits)?;
+            let xd = dev.upload(&x).context("uploading x")?;
+            let ld = dev.upload(&logits).context("uploading the router logits")?;
+            let (mut times, finite) = time_forward(&dev, &mut layer, &xd, &ld, warmup, repeats, &|| progress.inc(1))
+                .with_context(|| format!("{} T={tokens} on {}", p.name, args.backend))?;
+            if !finite {
+                progress.suspend(|| {
+                    eprintln!(
+                        "warning: {} T={tokens}: the output has non-finite values; the timing is of a broken forward",
+                        p.name
+                    )
+                });
+            }
+            let row = Row::new(p, tokens, layer.backend_name(), &mut times, touched);
+            if args.json {
+                progress.suspend(|| println!("{}", row_json(&row, &ceilings)));
+            }
+            rows.push(row);
+        }
+    }
+    progress.finish_and_clear();
+    if rows.is_empty() {
+        bail!("no rows were selected");
+    }
+    if !args.json {
+        print!("{}", table(&rows, &ceilings));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::preset::Preset;
+
+    fn ceilings() -> DeviceCeilings {
+        DeviceCeilings {
+            card: "test card".into(),
+            location: "cuda:0".into(),
+            copy_bytes: 1 << 30,
+            copy_gbps: 1000.0,
+            matmul_n: 8192,
+            matmul_tflops: 100.0,
+        }
+    }
+
+    #[test]
+    fn floors_take_the_slower_ceiling() {
+        let p = Preset::find("tiny").unwrap();
+        // T = 1: 24576 FLOP (0.25 ns at 100 TFLOP/s) and 2 experts = 24576 bytes (24.6 ns at
+        // 1000 GB/s): the read bounds it.
+        let mut t = [0.0001];
+        let r = Row::new(&p, 1, "cuda", &mut t, 2);
+        let c = ceilings();
+        assert!((floor_ms(&r, &c) - 24576.0 / 1e12 * 1e3).abs() < 1e-12);
+        // T = 100000: 2.46 GFLOP (24.6 us) against 8 experts = 98304 bytes (98 ns): compute.
+        let mut t = [0.001];
+        let r = Row::new(&p, 100_000, "cuda", &mut t, 8);
+        assert!((floor_ms(&r, &c) - 100_000.0 * 24576.0 / 1e14 * 1e3).abs() < 1e-9);
+        let j = row_json(&r, &c);
+        let cpu = report::row_json(&r, &c.as_ceilings(), None);
+        for key in cpu.as_object().unwrap().keys() {
+            assert!(j.get(key).is_some(), "{key}");
+        }
+        assert_eq!(j["card"], "test card");
+        let ratio = j["ratio_to_floor"].as_f64().unwrap();
+        assert!((ratio - 1.0 / (100_000.0 * 24576.0 / 1e14 * 1e3)).abs() < 1e-9);
+        assert!(table(&[r], &c).contains("tiny"));
+        assert!(is_device_backend("cuda") && !is_device_backend("cpu"));
+    }
+}

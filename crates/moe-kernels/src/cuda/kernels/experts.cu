@@ -1,0 +1,715 @@
+// The expert computation of one MoE layer (see cuda/enabled/experts.rs for the pipeline).
+// Compiled by NVRTC with no headers: 16-bit floats are raw `unsigned short` bit patterns,
+// FP8/FP4 decode through PTX conversions or tables, tensor-core products are inline PTX.
+//
+// Element types (template parameter DT): 0 = f32, 1 = bf16, 2 = f16.
+// Weight formats (FMT): 0 = float (the activation dtype), 1 = FP8 E4M3 with one scale,
+// 2 = FP8 E4M3 with [b0 x b1] block scales, 3 = MXFP4 (E2M1 pairs, UE8M0 per 32 columns).
+// Weights are row-major [rows = out, cols = in] per slot, slot-major: the row of output
+// `n` of slot `e` starts at element (e * rows + n) * cols.
+// FC1 of a gated activation holds rows [up ; gate] (up = rows 0..I, gate = rows I..2I).
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+// ---- number formats -------------------------------------------------------------------
+
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                                          // nearest even
+    return (u16)(u >> 16);
+}
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("{.reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t;}" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("{.reg .f16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t;}" : "=h"(h) : "f"(f));
+    return h;
+}
+
+template <int DT> __device__ __forceinline__ float load_elem(const void* p, long long i) {
+    if (DT == 0) return ((const float*)p)[i];
+    if (DT == 1) return bf16_to_f32(((const u16*)p)[i]);
+    return f16_to_f32(((const u16*)p)[i]);
+}
+
+template <int DT> __device__ __forceinline__ void store_elem(void* p, long long i, float v) {
+    if (DT == 0) ((float*)p)[i] = v;
+    else if (DT == 1) ((u16*)p)[i] = f32_to_bf16(v);
+    else ((u16*)p)[i] = f32_to_f16(v);
+}
+
+// Eight consecutive activations starting at element i (i % 8 == 0 for 16-bit types,
+// i % 4 == 0 for f32: rows are 16-byte aligned because H and I are multiples of 8).
+template <int DT> __device__ __forceinline__ void load8(const void* p, long long i, float v[8]) {
+    if (DT == 0) {
+        float4 a = *(const float4*)((const float*)p + i);
+        float4 b = *(const float4*)((const float*)p + i + 4);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+        uint4 q = *(const uint4*)((const u16*)p + i);
+        u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if (DT == 1) {
+                v[2 * j] = __uint_as_float(w[j] << 16);
+                v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+            } else {
+                v[2 * j] = f16_to_f32((u16)(w[j] & 0xffffu));
+                v[2 * j + 1] = f16_to_f32((u16)(w[j] >> 16));
+            }
+        }
+    }
+}
+
+// E4M3 -> f32, exact (through f16, which holds every E4M3 value).
+__device__ __forceinline__ void e4m3x2_to_f32(u16 pair, float& lo, float& hi) {
+    u32 h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(pair));
+    lo = f16_to_f32((u16)(h2 & 0xffffu));
+    hi = f16_to_f32((u16)(h2 >> 16));
+}
+
+// f32 -> E4M3, nearest even, saturating to +-448 (NaN stays NaN): the CPU's f32_to_e4m3_sat.
+__device__ __forceinline__ float e4m3_round(float x) {
+    u16 pair;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(x));
+    float lo, hi;
+    e4m3x2_to_f32(pair, lo, hi);
+    return lo;
+}
+
+// E2M1 (sign, 2 exponent bits, 1 mantissa bit) -> f32 by building the f32 bits: no table, so
+// nothing is indexed at run time (a local array would live in local memory).
+__device__ __forceinline__ float e2m1_to_f32(u32 nib) {
+    u32 e = (nib >> 1) & 3u, m = nib & 1u;
+    u32 bits = e ? (((e + 126u) << 23) | (m << 22)) : (m ? 0x3f000000u : 0u);  // e = 0: 0 or 0.5
+    return __uint_as_float(bits | ((nib & 8u) << 28));
+}
+
+__device__ __forceinline__ float e8m0_to_f32(u32 s) {
+    if (s == 255u) return __uint_as_float(0x7fc00000u);
+    if (s == 0u) return __uint_as_float(0x00400000u);  // 2^-127, a subnormal
+    return __uint_as_float(s << 23);
+}
+
+// Weight decode: eight consecutive weights of row n starting at column k (k % 8 == 0).
+struct WeightArgs {
+    const void* w;        // codes (FMT 1-3) or floats (FMT 0) of all slots
+    const float* scales;  // FMT 2: f32 block scales of all slots; unused otherwise
+    const unsigned char* mx_scales;  // FMT 3: UE8M0 scales [slots, rows, cols / 32]
+    float tensor_scale;   // FMT 1: one scale for every slot (per-slot scales: see per_slot)
+    const float* per_slot;  // FMT 1: f32 [slots] scale per slot, or null to use tensor_scale
+    int rows, cols;       // of one slot's matrix
+    int b0, b1;           // FMT 2 block
+};
+
+template <int DT, int FMT>
+__device__ __forceinline__ void load_w8(const WeightArgs& a, int e, int n, int k, float v[8]) {
+    long long row = (long long)e * a.rows + n;
+    if (FMT == 0) {
+        load8<DT>(a.w, row * a.cols + k, v);
+    } else if (FMT == 1 || FMT == 2) {
+        uint2 q = *(const uint2*)((const unsigned char*)a.w + row * a.cols + k);
+        u32 w[2] = {q.x, q.y};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            e4m3x2_to_f32((u16)(w[j] & 0xffffu), v[4 * j], v[4 * j + 1]);
+            e4m3x2_to_f32((u16)(w[j] >> 16), v[4 * j + 2], v[4 * j + 3]);
+        }
+        // FMT 1: the per-slot scale multiplies the finished dot product (out_scale), so the
+        // products themselves use the exact E4M3 values.
+        if (FMT == 2) {
+            int sr = (a.rows + a.b0 - 1) / a.b0, sc = (a.cols + a.b1 - 1) / a.b1;
+            float s = a.scales[((long long)e * sr + n / a.b0) * sc + k / a.b1];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] *= s;
+        }
+    } else {
+        u32 q = *(const u32*)((const unsigned char*)a.w + (row * a.cols + k) / 2);
+        float s = e8m0_to_f32(a.mx_scales[row * (a.cols / 32) + k / 32]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = e2m1_to_f32((q >> (4 * j)) & 0xfu) * s;
+    }
+}
+
+// The factor of a whole output of slot e: FP8 per-tensor scale (exact E4M3 values in the
+// products, one rounding-free multiply at the end), 1 otherwise.
+template <int FMT> __device__ __forceinline__ float out_scale(const WeightArgs& a, int e) {
+    if (FMT == 1) return a.per_slot ? a.per_slot[e] : a.tensor_scale;
+    return 1.0f;
+}
+
+// ---- activation ---------------------------------------------------------------------------
+
+struct ActArgs {
+    int kind;  // 0 = swiglu, 1 = GPT-OSS clamped swiglu, 2 = relu^2 (not gated)
+    float alpha, beta, limit;
+};
+
+__device__ __forceinline__ float activate(const ActArgs& a, float gate, float up) {
+    if (a.kind == 0) return gate / (1.0f + expf(-gate)) * up;
+    if (a.kind == 1) {
+        float g = fminf(gate, a.limit);
+        float u = fminf(fmaxf(up, -a.limit), a.limit);
+        return (u + a.beta) * (g / (1.0f + expf(-a.alpha * g)));
+    }
+    float r = fmaxf(up, 0.0f);
+    return r * r;
+}
+
+// ---- permutation ------------------------------------------------------------------------
+
+#ifdef VARIANT_common
+// counts[l] += 1 for every selection of a local slot l (counts zeroed by the caller).
+extern "C" __global__ void moe_count(const int* slots, int nk, int slot_start, int num_local, int* counts) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= nk) return;
+    int l = slots[i] - slot_start;
+    if (l >= 0 && l < num_local) atomicAdd(&counts[l], 1);
+}
+
+// One block: offsets[0..=S] (exclusive prefix sum of counts) and the GEMM's tile list
+// (tiles[t] = (slot, first row) for every bm-row tile of every slot; num_tiles[0] = count).
+extern "C" __global__ void moe_scan(const int* counts, int num_local, int bm, int* offsets, int2* tiles,
+                                    int* num_tiles) {
+    extern __shared__ int sh[];  // [2 * num_local]: row offsets, tile offsets
+    for (int e = threadIdx.x; e < num_local; e += blockDim.x) sh[e] = counts[e];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int off = 0, t = 0;
+        for (int e = 0; e < num_local; ++e) {
+            int c = sh[e];
+            sh[e] = off;
+            sh[num_local + e] = t;
+            off += c;
+            t += (c + bm - 1) / bm;
+        }
+        offsets[num_local] = off;
+        num_tiles[0] = t;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < num_local; e += blockDim.x) {
+        int start = sh[e], c = counts[e], t0 = sh[num_local + e];
+        offsets[e] = start;
+        for (int j = 0; j * bm < c; ++j) tiles[t0 + j] = make_int2(e, j * bm);
+    }
+}
+
+// pos[i] = permuted row of selection i (-1 for other ranks' slots); row_sel[row] = i.
+extern "C" __global__ void moe_scatter(const int* slots, int nk, int slot_start, int num_local, const int* offsets,
+                                       int* cursor, int* pos, int* row_sel) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= nk) return;
+    int l = slots[i] - slot_start;
+    if (l >= 0 && l < num_local) {
+        int p = offsets[l] + atomicAdd(&cursor[l], 1);
+        pos[i] = p;
+        row_sel[p] = i;
+    } else {
+        pos[i] = -1;
+    }
+}
+
+#endif  // VARIANT_common
+
+// ---- activation quantize-dequantize (the formats' FP8 activation quantization) ----------
+
+// out = QDQ(in) for `rows x cols` activations: mode 1 per-tensor `scale`; mode 2 dynamic
+// groups of `group` columns scaled by their amax / 448 (the CPU's `qdq_rows`). The math runs
+// in f32 on the input values; only the result is rounded to the output type. Rows at or past
+// `*row_limit` (when given: the number of permuted rows, known only on the device) are skipped.
+// One thread per element for mode 1, one warp per (row, group) for mode 2.
+template <int DTI, int DTO>
+__device__ void qdq_body(const void* in, void* out, int rows, int cols, int mode, float scale, int group,
+                         const int* row_limit) {
+    if (row_limit) rows = min(rows, row_limit[0]);
+    if (mode == 1) {
+        long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+        if (i >= (long long)rows * cols) return;
+        float v = load_elem<DTI>(in, i);
+        store_elem<DTO>(out, i, e4m3_round(v / scale) * scale);
+        return;
+    }
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    int groups_per_row = (cols + group - 1) / group;
+    if (warp >= rows * groups_per_row) return;
+    int r = warp / groups_per_row, g = warp % groups_per_row;
+    int c0 = g * group, c1 = min(cols, c0 + group);
+    float amax = 0.0f;
+    for (int c = c0 + lane; c < c1; c += 32) amax = fmaxf(amax, fabsf(load_elem<DTI>(in, (long long)r * cols + c)));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    float s = amax / 448.0f;
+    for (int c = c0 + lane; c < c1; c += 32) {
+        long long i = (long long)r * cols + c;
+        float v = load_elem<DTI>(in, i);
+        store_elem<DTO>(out, i, s == 0.0f ? v : e4m3_round(v / s) * s);
+    }
+}
+
+#ifdef VARIANT_common
+#define QDQ(NAME, DTI, DTO)                                                                             \
+    extern "C" __global__ void NAME(const void* in, void* out, int rows, int cols, int mode, float scale, \
+                                    int group, const int* row_limit) {                                   \
+        qdq_body<DTI, DTO>(in, out, rows, cols, mode, scale, group, row_limit);                          \
+    }
+QDQ(qdq_f32_f32, 0, 0)
+QDQ(qdq_bf16_bf16, 1, 1)
+QDQ(qdq_f16_f16, 2, 2)
+QDQ(qdq_f32_bf16, 0, 1)
+QDQ(qdq_f32_f16, 0, 2)
+#endif  // VARIANT_common
+
+// ---- GEMV path (few rows per slot, and every f32 layer) -----------------------------------
+
+// Shared arguments of both GEMMs. FC1: A = x rows of the selections (row_sel / k gives the
+// token), output act [rows, I]. FC2: A = act rows, output y [rows, H].
+struct GemmArgs {
+    const void* a;         // FC1: x [N, H]; FC2: act [R, I]
+    const int* row_sel;    // FC1: selection of each permuted row (token = sel / top_k)
+    int top_k;
+    const int* offsets;    // [S + 1] row offsets of each slot
+    const int2* tiles;     // mma path: tile list
+    const int* num_tiles;
+    void* out;             // FC1: act [R, I]; FC2: y [R, H]
+    const float* bias;     // [S, rows] f32 or null
+    int k;                 // reduction length (H for FC1, I for FC2)
+    int units;             // FC1: I (channels); FC2: H (columns)
+    int gated;             // FC1 only: rows are [up ; gate]
+    int out_f32;           // FC1 only: write act in f32 (its FP8 quantization follows)
+};
+
+template <int DT> __device__ __forceinline__ void store_out(const GemmArgs& g, long long i, float v) {
+    if (g.out_f32) ((float*)g.out)[i] = v;
+    else store_elem<DT>(g.out, i, v);
+}
+
+// One warp per output unit (FC1: channel with its up and gate rows; FC2: column), for up to
+// 8 rows of its slot at a time. Grid: (ceil(units / 4), slots), 128 threads.
+template <int DT, int FMT, bool FC1>
+__device__ void gemv_body(GemmArgs g, WeightArgs w, ActArgs act) {
+    const int e = blockIdx.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int unit = blockIdx.x * 4 + warp;
+    const int r_begin = g.offsets[e], r_end = g.offsets[e + 1];
+    if (unit >= g.units || r_begin == r_end) return;
+    const bool two = FC1 && g.gated;
+    const int n0 = unit, n1 = two ? g.units + unit : unit;  // up row, gate row
+    for (int r0 = r_begin; r0 < r_end; r0 += 8) {
+        const int mr = min(8, r_end - r0);
+        long long arow[8];
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+            int rr = r0 + min(r, mr - 1);
+            arow[r] = FC1 ? (long long)(g.row_sel[rr] / g.top_k) * g.k : (long long)rr * g.k;
+        }
+        float acc0[8], acc1[8];
+#pragma unroll
+        for (int r = 0; r < 8; ++r) { acc0[r] = 0.0f; acc1[r] = 0.0f; }
+        for (int k = lane * 8; k < g.k; k += 256) {
+            float w0[8], w1[8];
+            load_w8<DT, FMT>(w, e, n0, k, w0);
+            if (two) load_w8<DT, FMT>(w, e, n1, k, w1);
+#pragma unroll
+            for (int r = 0; r < 8; ++r) {
+                if (r < mr) {
+                    float a[8];
+                    load8<DT>(g.a, arow[r] + k, a);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        acc0[r] = fmaf(a[j], w0[j], acc0[r]);
+                        if (two) acc1[r] = fmaf(a[j], w1[j], acc1[r]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                acc0[r] += __shfl_xor_sync(0xffffffffu, acc0[r], o);
+                if (two) acc1[r] += __shfl_xor_sync(0xffffffffu, acc1[r], o);
+            }
+        }
+        if (lane == 0) {
+            const int rows_w = two ? 2 * g.units : g.units;
+            const float os = out_scale<FMT>(w, e);
+            for (int r = 0; r < mr; ++r) {
+                float v0 = acc0[r] * os, v1 = acc1[r] * os;
+                if (g.bias) {
+                    v0 += g.bias[(long long)e * rows_w + n0];
+                    if (two) v1 += g.bias[(long long)e * rows_w + n1];
+                }
+                float outv = FC1 ? (two ? activate(act, v1, v0) : activate(act, 0.0f, v0)) : v0;
+                store_out<DT>(g, (long long)(r0 + r) * g.units + unit, outv);
+            }
+        }
+    }
+}
+
+// ---- tensor-core path (bf16 / f16, many rows per slot) ------------------------------------
+
+#define BN 128
+#define BK 32
+#define STAGES 3
+#define THREADS 256
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    int n = valid ? 16 : 0;  // src-size 0 writes zeros
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+    int n = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// A 64-byte row of 4 chunks of 16 bytes: chunk c of row r lives at chunk c ^ ((r >> 1) & 3),
+// so the 8 rows an ldmatrix reads hit 8 different 16-byte bank groups.
+__device__ __forceinline__ int swz(int r, int c) { return r * 32 + ((c ^ ((r >> 1) & 3)) << 3); }
+
+__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+template <int DT> __device__ __forceinline__ void mma16816(float c[4], const u32 a[4], const u32 b[2]) {
+    if (DT == 1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+}
+
+template <int DT> __device__ __forceinline__ u16 to16(float v) { return DT == 1 ? f32_to_bf16(v) : f32_to_f16(v); }
+
+// B-tile row rb of the tile at output offset n_tile -> weight row. FC1 gated tiles hold
+// BN / 2 channels: groups of 8 up rows followed by the same 8 channels' gate rows, so each
+// thread's accumulators for n8-blocks 2q (up) and 2q + 1 (gate) are the same channels.
+template <bool FC1>
+__device__ __forceinline__ int b_row(int n_tile, int rb, int gated, int units) {
+    if (FC1 && gated) {
+        int ch = n_tile / 2 + (rb >> 4) * 8 + (rb & 7);
+        return (rb & 8) ? units + ch : ch;
+    }
+    return n_tile + rb;
+}
+
+// Grid: (ceil(out columns / BN) [FC1 gated: ceil(2 I / BN)], tile bound), 256 threads.
+// Warps 2 (M) x 4 (N); each warp WM = BM / 2 rows x 32 columns.
+template <int DT, int FMT, bool FC1, int BM>
+__device__ void mma_body(GemmArgs g, WeightArgs w, ActArgs act) {
+    constexpr int MI = BM / 32;  // m16 blocks per warp
+    constexpr int NI = 4;        // n8 blocks per warp
+    // One static buffer carved in three: A stages, B tiles (STAGES of them for float weights,
+    // one decoded tile for codes), and the raw code stages (codes only). 48 KB at most.
+    constexpr int A_BYTES = STAGES * BM * BK * 2;
+    constexpr int B_BYTES = ((FMT == 0) ? STAGES : 1) * BN * BK * 2;
+    constexpr int Q_BYTES = (FMT == 0) ? 0 : STAGES * BN * BK;
+    __shared__ __align__(128) unsigned char smem[A_BYTES + B_BYTES + Q_BYTES];
+    u16 (*sa)[BM * BK] = (u16 (*)[BM * BK])smem;
+    u16 (*sb)[BN * BK] = (u16 (*)[BN * BK])(smem + A_BYTES);
+    unsigned char (*sq)[BN * BK] = (unsigned char (*)[BN * BK])(smem + A_BYTES + B_BYTES);
+
+    const int tile = blockIdx.y;
+    if (tile >= g.num_tiles[0]) return;
+    const int2 te = g.tiles[tile];
+    const int e = te.x;
+    const int r_begin = g.offsets[e] + te.y;
+    const int m_rows = min(BM, g.offsets[e + 1] - r_begin);
+    const int n_tile = blockIdx.x * BN;
+    const bool two = FC1 && g.gated;
+    const int out_cols = two ? 2 * g.units : g.units;  // rows of the weight matrix
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int wm = warp >> 2, wn = warp & 3;
+
+    // Per-thread source rows of A for the cp.async copies (BM rows x 4 chunks).
+    const int K = g.k;
+    const int ktiles = (K + BK - 1) / BK;
+
+    auto load_stage = [&](int stage, int kt) {
+        const int k0 = kt * BK;
+        for (int c = tid; c < BM * 4; c += THREADS) {
+            int r = c >> 2, ch = c & 3;
+            int kk = k0 + ch * 8;
+            bool valid = r < m_rows && kk < K;
+            long long arow = 0;
+            if (r < m_rows) arow = FC1 ? (long long)(g.row_sel[r_begin + r] / g.top_k) : (long long)(r_begin + r);
+            const u16* src = (const u16*)g.a + (valid ? arow * K + kk : 0);
+            cp_async16(&sa[stage][swz(r, ch)], src, valid);
+        }
+        if (FMT == 0) {
+            for (int c = tid; c < BN * 4; c += THREADS) {
+                int rb = c >> 2, ch = c & 3;
+                int kk = k0 + ch * 8;
+                int n = b_row<FC1>(n_tile, rb, g.gated, g.units);
+                bool valid = (two ? (n_tile / 2 + (rb >> 4) * 8 + (rb & 7)) < g.units : n < out_cols) && kk < K;
+                const u16* src = (const u16*)w.w + (valid ? ((long long)e * w.rows + n) * K + kk : 0);
+                cp_async16(&sb[stage][swz(rb, ch)], src, valid);
+            }
+        } else {
+            // Raw codes: FP8 32 bytes per row (2 chunks), MXFP4 16 bytes per row (1 chunk).
+            constexpr int bytes_per_row = (FMT == 3) ? BK / 2 : BK;
+            constexpr int chunks = bytes_per_row / 16;
+            for (int c = tid; c < BN * chunks; c += THREADS) {
+                int rb = c / chunks, ch = c % chunks;
+                int n = b_row<FC1>(n_tile, rb, g.gated, g.units);
+                bool valid = (two ? (n_tile / 2 + (rb >> 4) * 8 + (rb & 7)) < g.units : n < out_cols) &&
+                             k0 + ch * 16 * (FMT == 3 ? 2 : 1) < K;
+                long long off = ((long long)e * w.rows + n) * K + k0;
+                const unsigned char* src = (const unsigned char*)w.w + (valid ? (FMT == 3 ? off / 2 : off) + ch * 16 : 0);
+                cp_async16(&sq[stage][rb * bytes_per_row + ch * 16], src, valid);
+            }
+        }
+    };
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ktiles) load_stage(s, s);
+        cp_commit();
+    }
+
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_wait<STAGES - 2>();
+        __syncthreads();
+        const int stage = kt % STAGES;
+        // Queue the tile STAGES - 1 ahead before computing on this one.
+        {
+            int nk = kt + STAGES - 1;
+            if (nk < ktiles) load_stage(nk % STAGES, nk);
+            cp_commit();
+        }
+        const u16* bt;
+        if (FMT == 0) {
+            bt = sb[stage];
+        } else {
+            // Decode this stage's codes into the bf16/f16 tile (scales applied), then sync.
+            const int k0 = kt * BK;
+            for (int c = tid; c < BN * 4; c += THREADS) {
+                int rb = c >> 2, ch = c & 3;
+                int n = b_row<FC1>(n_tile, rb, g.gated, g.units);
+                int kk = k0 + ch * 8;
+                float v[8];
+                bool valid = (two ? (n_tile / 2 + (rb >> 4) * 8 + (rb & 7)) < g.units : n < out_cols) && kk < K;
+                if (valid) {
+                    if (FMT == 3) {
+                        u32 q = *(const u32*)&sq[stage][rb * (BK / 2) + ch * 4];
+                        float s = e8m0_to_f32(w.mx_scales[((long long)e * w.rows + n) * (K / 32) + kk / 32]);
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) v[j] = e2m1_to_f32((q >> (4 * j)) & 0xfu) * s;
+                    } else {
+                        uint2 q = *(const uint2*)&sq[stage][rb * BK + ch * 8];
+                        u32 ww[2] = {q.x, q.y};
+#pragma unroll
+                        for (int j = 0; j < 2; ++j) {
+                            e4m3x2_to_f32((u16)(ww[j] & 0xffffu), v[4 * j], v[4 * j + 1]);
+                            e4m3x2_to_f32((u16)(ww[j] >> 16), v[4 * j + 2], v[4 * j + 3]);
+                        }
+                        if (FMT == 2) {
+                            int sr = (w.rows + w.b0 - 1) / w.b0, sc = (K + w.b1 - 1) / w.b1;
+                            float s = w.scales[((long long)e * sr + n / w.b0) * sc + kk / w.b1];
+#pragma unroll
+                            for (int j = 0; j < 8; ++j) v[j] *= s;
+                        }
+                    }
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) v[j] = 0.0f;
+                }
+                uint4 o;
+                o.x = (u32)to16<DT>(v[0]) | ((u32)to16<DT>(v[1]) << 16);
+                o.y = (u32)to16<DT>(v[2]) | ((u32)to16<DT>(v[3]) << 16);
+                o.z = (u32)to16<DT>(v[4]) | ((u32)to16<DT>(v[5]) << 16);
+                o.w = (u32)to16<DT>(v[6]) | ((u32)to16<DT>(v[7]) << 16);
+                *(uint4*)&sb[0][swz(rb, ch)] = o;
+            }
+            __syncthreads();
+            bt = sb[0];
+        }
+        const u16* at = sa[stage];
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            u32 af[MI][4], bf[NI][2];
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+                int r = wm * (BM / 2) + i * 16 + (lane & 15);
+                int ch = (kk >> 3) + (lane >> 4);
+                ldmatrix_x4(af[i], &at[swz(r, ch)]);
+            }
+#pragma unroll
+            for (int j = 0; j < NI; j += 2) {
+                int rb = wn * 32 + j * 8 + (lane & 7) + ((lane >> 4) << 3);
+                int ch = (kk >> 3) + ((lane >> 3) & 1);
+                u32 t[4];
+                ldmatrix_x4(t, &bt[swz(rb, ch)]);
+                bf[j][0] = t[0]; bf[j][1] = t[1]; bf[j + 1][0] = t[2]; bf[j + 1][1] = t[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NI; ++j) mma16816<DT>(acc[i][j], af[i], bf[j]);
+        }
+        if (FMT != 0) __syncthreads();  // the decoded tile is rewritten next iteration
+    }
+    cp_wait<0>();
+
+    // Epilogue: output scale, bias, activation (FC1), store.
+    const float os = out_scale<FMT>(w, e);
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            int r = wm * (BM / 2) + i * 16 + (lane >> 2) + h * 8;
+            if (r >= m_rows) continue;
+            long long orow = (long long)(r_begin + r);
+            if (two) {
+#pragma unroll
+                for (int j = 0; j < NI; j += 2) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        int ch = n_tile / 2 + ((wn * 32 + j * 8) >> 4) * 8 + (lane & 3) * 2 + c;
+                        if (ch >= g.units) continue;
+                        float up = acc[i][j][h * 2 + c] * os, gate = acc[i][j + 1][h * 2 + c] * os;
+                        if (g.bias) {
+                            up += g.bias[(long long)e * out_cols + ch];
+                            gate += g.bias[(long long)e * out_cols + g.units + ch];
+                        }
+                        store_out<DT>(g, orow * g.units + ch, activate(act, gate, up));
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < NI; ++j) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        int n = n_tile + wn * 32 + j * 8 + (lane & 3) * 2 + c;
+                        if (n >= g.units) continue;
+                        float v = acc[i][j][h * 2 + c] * os;
+                        if (g.bias) v += g.bias[(long long)e * out_cols + n];
+                        store_out<DT>(g, orow * g.units + n, FC1 ? activate(act, 0.0f, v) : v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- finalize -----------------------------------------------------------------------------
+
+// out[t] = sum_j scale[t, j] * y[pos[t, j]] over local selections, in j order, f32.
+template <int DT, int ODT>
+__device__ void finalize_body(const void* y, const int* pos, const float* scales, int n, int k, int h, void* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * h) return;
+    int t = (int)(i / h), c = (int)(i % h);
+    float s = 0.0f;
+    for (int j = 0; j < k; ++j) {
+        int p = pos[t * k + j];
+        if (p < 0) continue;
+        float wgt = scales ? scales[t * k + j] : 1.0f;
+        s = fmaf(wgt, load_elem<DT>(y, (long long)p * h + c), s);
+    }
+    store_elem<ODT>(out, i, s);
+}
+
+// ---- entry points -------------------------------------------------------------------------
+
+// Each module compiles the entry points of one (dtype, format) variant (`VARIANT_<dt>_<fmt>`)
+// or the shared ones (`VARIANT_common`), so a process JIT-compiles only what it runs.
+#define GEMV(NAME, DT, FMT, FC1) \
+    extern "C" __global__ void __launch_bounds__(128) NAME(GemmArgs g, WeightArgs w, ActArgs a) { gemv_body<DT, FMT, FC1>(g, w, a); }
+#define GEMV_ALL(SUF, DT, FMT) GEMV(gemv_fc1_##SUF, DT, FMT, true) GEMV(gemv_fc2_##SUF, DT, FMT, false)
+#ifdef VARIANT_f32_float
+GEMV_ALL(f32_float, 0, 0)
+#endif
+#ifdef VARIANT_bf16_float
+GEMV_ALL(bf16_float, 1, 0)
+#endif
+#ifdef VARIANT_f16_float
+GEMV_ALL(f16_float, 2, 0)
+#endif
+#ifdef VARIANT_bf16_fp8t
+GEMV_ALL(bf16_fp8t, 1, 1)
+#endif
+#ifdef VARIANT_bf16_fp8b
+GEMV_ALL(bf16_fp8b, 1, 2)
+#endif
+#ifdef VARIANT_bf16_mxfp4
+GEMV_ALL(bf16_mxfp4, 1, 3)
+#endif
+#ifdef VARIANT_f16_fp8t
+GEMV_ALL(f16_fp8t, 2, 1)
+#endif
+#ifdef VARIANT_f16_fp8b
+GEMV_ALL(f16_fp8b, 2, 2)
+#endif
+#ifdef VARIANT_f16_mxfp4
+GEMV_ALL(f16_mxfp4, 2, 3)
+#endif
+
+#define MMA(NAME, DT, FMT, FC1, BMV) \
+    extern "C" __global__ void __launch_bounds__(THREADS) NAME(GemmArgs g, WeightArgs w, ActArgs a) { mma_body<DT, FMT, FC1, BMV>(g, w, a); }
+#define MMA_BM(SUF, DT, FMT, BMV) MMA(mma_fc1_##SUF##_##BMV, DT, FMT, true, BMV) MMA(mma_fc2_##SUF##_##BMV, DT, FMT, false, BMV)
+#define MMA_ALL(SUF, DT, FMT) MMA_BM(SUF, DT, FMT, 32) MMA_BM(SUF, DT, FMT, 64) MMA_BM(SUF, DT, FMT, 128)
+#ifdef VARIANT_bf16_float
+MMA_ALL(bf16_float, 1, 0)
+#endif
+#ifdef VARIANT_f16_float
+MMA_ALL(f16_float, 2, 0)
+#endif
+#ifdef VARIANT_bf16_fp8t
+MMA_ALL(bf16_fp8t, 1, 1)
+#endif
+#ifdef VARIANT_bf16_fp8b
+MMA_ALL(bf16_fp8b, 1, 2)
+#endif
+#ifdef VARIANT_bf16_mxfp4
+MMA_ALL(bf16_mxfp4, 1, 3)
+#endif
+#ifdef VARIANT_f16_fp8t
+MMA_ALL(f16_fp8t, 2, 1)
+#endif
+#ifdef VARIANT_f16_fp8b
+MMA_ALL(f16_fp8b, 2, 2)
+#endif
+#ifdef VARIANT_f16_mxfp4
+MMA_ALL(f16_mxfp4, 2, 3)
+#endif
+
+#ifdef VARIANT_common
+#define FIN(NAME, DT, ODT) \
+    extern "C" __global__ void NAME(const void* y, const int* pos, const float* s, int n, int k, int h, void* out) { \
+        finalize_body<DT, ODT>(y, pos, s, n, k, h, out); }
+FIN(finalize_f32_f32, 0, 0)
+FIN(finalize_bf16_bf16, 1, 1)
+FIN(finalize_bf16_f32, 1, 0)
+FIN(finalize_f16_f16, 2, 2)
+FIN(finalize_f16_f32, 2, 0)
+#endif  // VARIANT_common
