@@ -5,8 +5,8 @@
 # 70% bar, and the layer over NCCL against a single GPU (`nccl-layer`).
 #
 # usage: benches/gpu/nccl_run.sh BIN_DIR [WORLD] [OUT_DIR]
-#   BIN_DIR  holds the release binaries `nccl-exchange` and `nccl-layer` (and gpu-env.sh, if it
-#            is not at ../shared/tools/gpu-env.sh next to the checkout)
+#   BIN_DIR  holds the release binaries `nccl-exchange` and `nccl-layer`; gpu-env.sh is taken
+#            from BIN_DIR, its parent (the gpu-bundle layout) or tools/gpu/ of the checkout
 #   WORLD    ranks (default: the visible GPUs, at most 4)
 #   OUT_DIR  logs (default: $OUT, else /tmp/nccl-run)
 set -uo pipefail
@@ -14,7 +14,7 @@ BIN=${1:?usage: $0 BIN_DIR [WORLD] [OUT_DIR]}
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUTDIR=${3:-${OUT:-/tmp/nccl-run}}
 mkdir -p "$OUTDIR"
-for f in "$BIN/gpu-env.sh" "$HERE/../../gpu-env.sh" "$HERE/../../shared/tools/gpu-env.sh" "$HERE/../../../shared/tools/gpu-env.sh"; do
+for f in "$BIN/gpu-env.sh" "$BIN/../gpu-env.sh" "$HERE/gpu-env.sh" "$HERE/../../tools/gpu/gpu-env.sh"; do
   if [ -f "$f" ]; then source "$f"; break; fi
 done
 # cudarc opens `libnccl.so`; the NCCL wheel ships only `libnccl.so.2`: link it when needed.

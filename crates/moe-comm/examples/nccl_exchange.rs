@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use moe_comm::{AllGatherReduceScatter, AllToAll, InProcessGroup, NcclGroup, PackedAllGather, sum_tensors};
 use moe_core::{Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor};
-use moe_kernels::cuda::{CudaDevice, download};
+use moe_kernels::cuda::download;
 
 const ENV_RANK: &str = "NCCL_EXCHANGE_RANK";
 const ENV_WORLD: &str = "NCCL_EXCHANGE_WORLD";
@@ -170,11 +170,10 @@ fn launch(o: &Opts) -> ExitCode {
         }
     };
     println!(
-        "nccl-exchange: world {}, stages {}, NCCL_NVLS_ENABLE={}, visible GPUs {}",
+        "nccl-exchange: world {}, stages {}, NCCL_NVLS_ENABLE={}",
         o.world,
         o.stages.join(","),
         std::env::var("NCCL_NVLS_ENABLE").unwrap_or_else(|_| "(unset)".into()),
-        CudaDevice::count()
     );
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let mut children: Vec<Option<Child>> = Vec::new();
@@ -256,7 +255,7 @@ fn launch(o: &Opts) -> ExitCode {
         let good = codes[rank] == Some(expected);
         ok &= good;
         println!(
-            "rank {rank}: exit {} (expected {expected}){}",
+            "rank {rank}: {} (expected exit status {expected}){}",
             statuses[rank].as_deref().unwrap_or("unknown (not spawned)"),
             if good { "" } else { "  <-- unexpected" }
         );
@@ -760,6 +759,8 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
         let t1 = Instant::now();
         let out = d.x.clone();
         let c = st.combine(out, t)?;
+        // Combine returns once its last kernel is queued: wait for it.
+        dev.synchronize()?;
         let t2 = Instant::now();
         drop((d, c));
         if i >= o.warmup {

@@ -55,6 +55,8 @@ const FINALIZE_WAIT: Duration = Duration::from_secs(5);
 const UNDEF: c_int = c_int::MIN;
 /// Bytes of an `ncclUniqueId`.
 const ID_BYTES: usize = 128;
+/// First word of a unique-id file whose rank 0 failed to create the id.
+const FAILED: &str = "error:";
 
 /// The raw communicator handle (null once aborted or destroyed).
 struct RawComm(sys::ncclComm_t);
@@ -275,13 +277,12 @@ fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    if s.len() % 2 != 0 {
+    let digits = s.trim().as_bytes().chunks_exact(2);
+    if !digits.remainder().is_empty() {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+    digits
+        .map(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 16).ok())
         .collect()
 }
 
@@ -447,25 +448,38 @@ impl NcclGroup {
             return Err(MoeError::config("rank", format!("rank {rank} in a world of {world}")));
         }
         let liveness = Liveness::create(path, rank, world)?;
-        let id = if rank == 0 {
-            let id = new_unique_id()?;
+        let publish = |text: String| {
             let tmp = with_suffix(path, &format!(".tmp{}", std::process::id()));
-            fs::write(&tmp, format!("{}\n", to_hex(&id)))
+            fs::write(&tmp, text)
                 .and_then(|()| fs::rename(&tmp, path))
                 .map_err(|e| {
                     comm_err(
                         None,
                         format!("publishing the NCCL unique id at {}: {e}", path.display()),
                     )
-                })?;
+                })
+        };
+        let id = if rank == 0 {
+            let id = match new_unique_id() {
+                Ok(id) => id,
+                Err(e) => {
+                    // Tell the waiting ranks at once instead of leaving them to their deadline.
+                    let _ = publish(format!("{FAILED} {e}\n"));
+                    return Err(e);
+                }
+            };
+            publish(format!("{}\n", to_hex(&id)))?;
             id.to_vec()
         } else {
             loop {
-                if let Some(b) = fs::read_to_string(path)
-                    .ok()
-                    .and_then(|s| from_hex(&s))
-                    .filter(|b| b.len() == ID_BYTES)
-                {
+                let text = fs::read_to_string(path).unwrap_or_default();
+                if let Some(why) = text.strip_prefix(FAILED) {
+                    return Err(comm_err(
+                        Some(0),
+                        format!("rank 0 could not create the NCCL unique id:{}", why.trim_end()),
+                    ));
+                }
+                if let Some(b) = from_hex(&text).filter(|b| b.len() == ID_BYTES) {
                     break b;
                 }
                 if deadline.expired() {
@@ -983,5 +997,62 @@ impl ProcessGroup for NcclGroup {
 
     fn barrier(&self, deadline: Deadline) -> Result<()> {
         self.all_gather_usize(0, deadline).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_ids_round_trip_through_hex() {
+        let id: Vec<u8> = (0..ID_BYTES).map(|i| (i * 37 % 256) as u8).collect();
+        assert_eq!(from_hex(&format!("{}\n", to_hex(&id))), Some(id));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("zz"), None);
+    }
+
+    #[test]
+    fn config_size_covers_only_the_fields_the_running_nccl_knows() {
+        let full = size_of::<sys::ncclConfig_t>();
+        assert_eq!(nonblocking_config(23001).size, full);
+        assert!(nonblocking_config(22803).size < full);
+        assert!(nonblocking_config(22700).size < nonblocking_config(22803).size);
+        let c = nonblocking_config(22803);
+        assert_eq!(
+            (c.magic, c.version, c.blocking, c.minCTAs),
+            (0xcafe_beef, 22803, 0, UNDEF)
+        );
+    }
+
+    #[test]
+    fn liveness_names_an_exited_peer_then_one_that_lags() {
+        let dir = std::env::temp_dir().join(format!("nccl-liveness-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("id");
+        let me = Liveness::create(&base, 0, 3).unwrap();
+        // Rank 1 is this process too (alive), rank 2 a child that has exited.
+        let peer = Liveness::create(&base, 1, 3).unwrap();
+        assert_eq!(me.diagnose(1).map(|d| d.0), Some(2), "rank 2 never started");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        fs::write(Liveness::path(&base, 2), format!("{:>10} {:>20}\n", child.id(), 5)).unwrap();
+        let (r, why) = me.dead_peer().unwrap();
+        assert_eq!(r, 2, "{why}");
+        assert!(why.contains("exited"), "{why}");
+        fs::write(
+            Liveness::path(&base, 2),
+            format!("{:>10} {:>20}\n", std::process::id(), 7),
+        )
+        .unwrap();
+        assert!(me.dead_peer().is_none());
+        peer.enter(6);
+        let (r, why) = me.diagnose(7).unwrap();
+        assert_eq!(r, 1, "{why}");
+        assert!(why.contains("has not entered collective #7"), "{why}");
+        peer.enter(7);
+        assert!(me.diagnose(7).is_none());
+        drop((me, peer));
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -21,8 +21,8 @@ fn device_unsupported(op: &str) -> MoeError {
 }
 
 /// Applies `method` to router logits `[N, E]` of any float dtype; the math runs in f32.
-/// Device logits are routed on their device (`cuda::route_device`) and the refusals of the
-/// NaN policy are checked before returning, which synchronises with the device's stream.
+/// Device logits are routed on their device (`cuda::route_device`) without waiting for it: the
+/// refusals of the NaN policy are reported by the device's next `CudaDevice::synchronize`.
 pub fn route(method: &RoutingMethod, logits: &Tensor) -> Result<Routed> {
     if logits.shape().len() != 2 {
         return Err(MoeError::shape("router_logits", "[N, E]", logits.shape()));
@@ -42,12 +42,12 @@ pub fn route(method: &RoutingMethod, logits: &Tensor) -> Result<Routed> {
             })
         }
         Storage::Device(_) => {
-            // The device kernel defers its NaN refusals to a status word; this host-facing
-            // contract returns them as errors, so it reads that word (one small copy and a
-            // wait for the device's stream). A forward that must not wait calls
-            // `cuda::route_device` and checks later.
+            // The device kernel records NaN refusals in a status word instead of waiting for
+            // the host: the error surfaces at the device's next `CudaDevice::synchronize`, as
+            // CUDA reports asynchronous errors, so a device forward never stalls on it. Refused
+            // rows route to valid ids meanwhile.
             let routed = crate::cuda::route_device(method, logits)?;
-            let (ids, weights) = routed.into_checked()?;
+            let (ids, weights) = routed.into_deferred()?;
             Ok(Routed { ids, weights })
         }
     }

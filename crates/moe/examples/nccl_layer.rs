@@ -120,7 +120,7 @@ fn launch(world: usize) -> ExitCode {
         let good = st.is_some_and(|s| s.success());
         ok &= good;
         println!(
-            "rank {rank}: exit {}",
+            "rank {rank}: {}",
             st.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into())
         );
     }

@@ -237,12 +237,15 @@ fn unsupported_quantization_lists_every_rejection() {
     let report = resolve_moe_impl(&c, &moe::probe_environment()).unwrap();
     assert_eq!(report.selected_by, SelectedBy::Failed);
     let names: Vec<_> = report.rejected.iter().map(|r| r.backend.as_str()).collect();
-    assert_eq!(names, ["cpu", "cpu-fused", "reference"]);
+    assert_eq!(names, ["cuda", "cpu", "cpu-fused", "reference"]);
+    // The device backend is rejected first for a missing GPU where there is none, else for
+    // the dtype like the others.
     assert!(
         report
             .rejected
             .iter()
-            .all(|r| r.reason == RejectReason::DtypeUnsupported)
+            .all(|r| r.reason == RejectReason::DtypeUnsupported
+                || (r.backend == "cuda" && r.reason == RejectReason::DepMissing))
     );
     let err = create_moe(c).unwrap_err().to_string();
     assert!(

@@ -22,6 +22,9 @@ impl DeviceRouting {
     pub fn into_checked(self) -> Result<(Tensor, Option<Tensor>)> {
         match self.never {}
     }
+    pub fn into_deferred(self) -> Result<(Tensor, Option<Tensor>)> {
+        match self.never {}
+    }
 }
 
 /// No tensor of this build lives on a CUDA device.

@@ -29,7 +29,15 @@ struct Inner {
     sm: u32,
     multiprocessors: u32,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    /// Kernels already looked up, by `module/variant` and function name.
+    functions: Mutex<HashMap<(String, String), CudaFunction>>,
+    /// Checks of device-side status words queued by asynchronous operations (routing's NaN
+    /// refusals), run at the next synchronisation: the CUDA model of asynchronous errors.
+    pending: Mutex<Vec<PendingCheck>>,
 }
+
+/// A deferred check (see `Inner::pending`).
+type PendingCheck = Box<dyn FnOnce() -> Result<()> + Send>;
 
 /// One GPU: its context, its stream and the kernels compiled for it. Cheap to clone.
 #[derive(Clone)]
@@ -87,6 +95,8 @@ impl CudaDevice {
                 sm: (major * 10 + minor) as u32,
                 multiprocessors: multiprocessors.max(1) as u32,
                 modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                pending: Mutex::new(Vec::new()),
             }),
         };
         map.insert(ordinal, dev.clone());
@@ -123,14 +133,47 @@ impl CudaDevice {
         format!("cuda:{}", self.inner.ordinal)
     }
 
-    /// Waits for all work queued on the device's stream.
+    /// Waits for all work queued on the device's stream, then reports the first error that
+    /// queued work recorded on the device (a NaN router logit, ...), as CUDA reports
+    /// asynchronous errors at the next synchronisation.
     pub fn synchronize(&self) -> Result<()> {
+        self.inner
+            .stream
+            .synchronize()
+            .map_err(|e| dev_err(&self.location(), "synchronize", e))?;
+        self.run_pending_checks()
+    }
+
+    /// Waits for the device's stream without running the deferred checks (downloads).
+    pub(crate) fn wait(&self) -> Result<()> {
         self.inner
             .stream
             .synchronize()
             .map_err(|e| dev_err(&self.location(), "synchronize", e))
     }
 
+    /// Queues `check` (which reads a device status word) for the next synchronisation
+    /// ([`CudaDevice::synchronize`]).
+    pub(crate) fn defer_check(&self, check: impl FnOnce() -> Result<()> + Send + 'static) {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(check));
+    }
+
+    /// Runs and clears the deferred checks; the first failure is returned (all are cleared).
+    fn run_pending_checks(&self) -> Result<()> {
+        let checks = std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut first = Ok(());
+        for c in checks {
+            let r = c();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
     /// The device's one stream (CUDA build only: for moe-comm's NCCL group, whose
     /// communicator must run on the stream the kernels run on).
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -157,6 +200,17 @@ impl CudaDevice {
             Some(d) => format!("{module}/{d}"),
             None => module.to_string(),
         };
+        let fkey = (key, func.to_string());
+        if let Some(f) = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fkey)
+        {
+            return Ok(f.clone());
+        }
+        let key = fkey.0.clone();
         let m = {
             let mut cache = self.inner.modules.lock().unwrap_or_else(|p| p.into_inner());
             match cache.get(&key) {
@@ -178,10 +232,16 @@ impl CudaDevice {
                 }
             }
         };
-        m.load_function(func)
-            .map_err(|e| dev_err(&self.location(), &format!("kernel `{key}::{func}`"), e))
+        let f = m
+            .load_function(func)
+            .map_err(|e| dev_err(&self.location(), &format!("kernel `{key}::{func}`"), e))?;
+        self.inner
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fkey, f.clone());
+        Ok(f)
     }
-
     /// Starts a device-side timer: events recorded on the device's stream.
     pub fn timer(&self) -> Result<CudaTimer> {
         let loc = self.location();

@@ -704,7 +704,7 @@ impl DeviceExperts {
                 (
                     format!("mma_{which}_{suffix}_{bm}"),
                     LaunchConfig {
-                        grid_dim: (cols.div_ceil(128) as u32, max_tiles as u32, 1),
+                        grid_dim: (max_tiles as u32, cols.div_ceil(128) as u32, 1),
                         block_dim: (256, 1, 1),
                         shared_mem_bytes: 0,
                     },

@@ -199,7 +199,7 @@ fn dtoh<T: DeviceRepr + ValidAsZeroBits + Default + Clone>(s: &CudaStorage, n: u
         .stream()
         .memcpy_dtoh(&src, &mut out)
         .map_err(|e| dev_err(&loc, "device-to-host copy", e))?;
-    s.dev.synchronize()?;
+    s.dev.wait()?;
     Ok(out)
 }
 

@@ -293,6 +293,8 @@ template <int DT> __device__ __forceinline__ void store_out(const GemmArgs& g, l
     else store_elem<DT>(g.out, i, v);
 }
 
+#define GEMV_UNROLL 4
+
 // One warp per output unit (FC1: channel with its up and gate rows; FC2: column), for up to
 // 8 rows of its slot at a time. Grid: (ceil(units / 4), slots), 128 threads.
 template <int DT, int FMT, bool FC1>
@@ -315,19 +317,33 @@ __device__ void gemv_body(GemmArgs g, WeightArgs w, ActArgs act) {
         float acc0[8], acc1[8];
 #pragma unroll
         for (int r = 0; r < 8; ++r) { acc0[r] = 0.0f; acc1[r] = 0.0f; }
-        for (int k = lane * 8; k < g.k; k += 256) {
-            float w0[8], w1[8];
-            load_w8<DT, FMT>(w, e, n0, k, w0);
-            if (two) load_w8<DT, FMT>(w, e, n1, k, w1);
+        // GEMV_UNROLL steps of 256 columns per iteration: all their weight loads are issued
+        // before the first product, so each warp keeps several 16-byte loads in flight (the
+        // weight stream is the whole cost when a slot has a handful of rows).
+        for (int kb = lane * 8; kb < g.k; kb += 256 * GEMV_UNROLL) {
+            float w0[GEMV_UNROLL][8], w1[GEMV_UNROLL][8];
 #pragma unroll
-            for (int r = 0; r < 8; ++r) {
-                if (r < mr) {
-                    float a[8];
-                    load8<DT>(g.a, arow[r] + k, a);
+            for (int u = 0; u < GEMV_UNROLL; ++u) {
+                const int k = kb + u * 256;
+                if (k < g.k) {
+                    load_w8<DT, FMT>(w, e, n0, k, w0[u]);
+                    if (two) load_w8<DT, FMT>(w, e, n1, k, w1[u]);
+                }
+            }
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        acc0[r] = fmaf(a[j], w0[j], acc0[r]);
-                        if (two) acc1[r] = fmaf(a[j], w1[j], acc1[r]);
+            for (int u = 0; u < GEMV_UNROLL; ++u) {
+                const int k = kb + u * 256;
+                if (k >= g.k) break;
+#pragma unroll
+                for (int r = 0; r < 8; ++r) {
+                    if (r < mr) {
+                        float a[8];
+                        load8<DT>(g.a, arow[r] + k, a);
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) {
+                            acc0[r] = fmaf(a[j], w0[u][j], acc0[r]);
+                            if (two) acc1[r] = fmaf(a[j], w1[u][j], acc1[r]);
+                        }
                     }
                 }
             }
@@ -430,53 +446,74 @@ __device__ void mma_body(GemmArgs g, WeightArgs w, ActArgs act) {
     u16 (*sb)[BN * BK] = (u16 (*)[BN * BK])(smem + A_BYTES);
     unsigned char (*sq)[BN * BK] = (unsigned char (*)[BN * BK])(smem + A_BYTES + B_BYTES);
 
-    const int tile = blockIdx.y;
+    // Tiles run fastest along x: the CTAs resident at once share a few weight column strips,
+    // which stay in L2 while every row tile of their slot passes over them.
+    const int tile = blockIdx.x;
     if (tile >= g.num_tiles[0]) return;
     const int2 te = g.tiles[tile];
     const int e = te.x;
     const int r_begin = g.offsets[e] + te.y;
     const int m_rows = min(BM, g.offsets[e + 1] - r_begin);
-    const int n_tile = blockIdx.x * BN;
+    const int n_tile = blockIdx.y * BN;
     const bool two = FC1 && g.gated;
     const int out_cols = two ? 2 * g.units : g.units;  // rows of the weight matrix
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int wm = warp >> 2, wn = warp & 3;
-
-    // Per-thread source rows of A for the cp.async copies (BM rows x 4 chunks).
     const int K = g.k;
     const int ktiles = (K + BK - 1) / BK;
 
+    // Source rows of this thread's copies, fixed for the whole K loop (-1: zero fill).
+    constexpr int A_PER = (BM * 4 + THREADS - 1) / THREADS;
+    long long a_base[A_PER];
+#pragma unroll
+    for (int i = 0; i < A_PER; ++i) {
+        int r = (tid + i * THREADS) >> 2;
+        a_base[i] = -1;
+        if (r < m_rows && tid + i * THREADS < BM * 4) {
+            long long row = FC1 ? (long long)(g.row_sel[r_begin + r] / g.top_k) : (long long)(r_begin + r);
+            a_base[i] = row * K;
+        }
+    }
+    constexpr int B_CHUNKS = (FMT == 0) ? 4 : ((FMT == 3) ? 1 : 2);  // 16-byte chunks per B row
+    constexpr int B_PER = (BN * B_CHUNKS + THREADS - 1) / THREADS;
+    long long b_base[B_PER];
+#pragma unroll
+    for (int i = 0; i < B_PER; ++i) {
+        int rb = (tid + i * THREADS) / B_CHUNKS;
+        int n = b_row<FC1>(n_tile, rb, g.gated, g.units);
+        bool valid = (two ? (n_tile / 2 + (rb >> 4) * 8 + (rb & 7)) < g.units : n < out_cols) && rb < BN;
+        b_base[i] = valid ? ((long long)e * w.rows + n) * K : -1;
+    }
+
     auto load_stage = [&](int stage, int kt) {
         const int k0 = kt * BK;
-        for (int c = tid; c < BM * 4; c += THREADS) {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) {
+            int c = tid + i * THREADS;
+            if (c >= BM * 4) break;
             int r = c >> 2, ch = c & 3;
             int kk = k0 + ch * 8;
-            bool valid = r < m_rows && kk < K;
-            long long arow = 0;
-            if (r < m_rows) arow = FC1 ? (long long)(g.row_sel[r_begin + r] / g.top_k) : (long long)(r_begin + r);
-            const u16* src = (const u16*)g.a + (valid ? arow * K + kk : 0);
+            bool valid = a_base[i] >= 0 && kk < K;
+            const u16* src = (const u16*)g.a + (valid ? a_base[i] + kk : 0);
             cp_async16(&sa[stage][swz(r, ch)], src, valid);
         }
-        if (FMT == 0) {
-            for (int c = tid; c < BN * 4; c += THREADS) {
-                int rb = c >> 2, ch = c & 3;
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) {
+            int c = tid + i * THREADS;
+            if (c >= BN * B_CHUNKS) break;
+            int rb = c / B_CHUNKS, ch = c % B_CHUNKS;
+            if (FMT == 0) {
                 int kk = k0 + ch * 8;
-                int n = b_row<FC1>(n_tile, rb, g.gated, g.units);
-                bool valid = (two ? (n_tile / 2 + (rb >> 4) * 8 + (rb & 7)) < g.units : n < out_cols) && kk < K;
-                const u16* src = (const u16*)w.w + (valid ? ((long long)e * w.rows + n) * K + kk : 0);
+                bool valid = b_base[i] >= 0 && kk < K;
+                const u16* src = (const u16*)w.w + (valid ? b_base[i] + kk : 0);
                 cp_async16(&sb[stage][swz(rb, ch)], src, valid);
-            }
-        } else {
-            // Raw codes: FP8 32 bytes per row (2 chunks), MXFP4 16 bytes per row (1 chunk).
-            constexpr int bytes_per_row = (FMT == 3) ? BK / 2 : BK;
-            constexpr int chunks = bytes_per_row / 16;
-            for (int c = tid; c < BN * chunks; c += THREADS) {
-                int rb = c / chunks, ch = c % chunks;
-                int n = b_row<FC1>(n_tile, rb, g.gated, g.units);
-                bool valid = (two ? (n_tile / 2 + (rb >> 4) * 8 + (rb & 7)) < g.units : n < out_cols) &&
-                             k0 + ch * 16 * (FMT == 3 ? 2 : 1) < K;
-                long long off = ((long long)e * w.rows + n) * K + k0;
-                const unsigned char* src = (const unsigned char*)w.w + (valid ? (FMT == 3 ? off / 2 : off) + ch * 16 : 0);
+            } else {
+                // Raw codes: FP8 32 bytes per row (2 chunks), MXFP4 16 bytes per row (1 chunk).
+                constexpr int bytes_per_row = (FMT == 3) ? BK / 2 : BK;
+                bool valid = b_base[i] >= 0 && k0 + ch * 16 * (FMT == 3 ? 2 : 1) < K;
+                long long off = b_base[i] + k0;
+                const unsigned char* src =
+                    (const unsigned char*)w.w + (valid ? (FMT == 3 ? off / 2 : off) + ch * 16 : 0);
                 cp_async16(&sq[stage][rb * bytes_per_row + ch * 16], src, valid);
             }
         }
