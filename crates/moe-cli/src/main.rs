@@ -229,7 +229,7 @@ struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_tokens_per_chunk: Option<u64>,
 
-    /// Backend to run the routed experts on (cpu, cpu-fused, reference); default: automatic selection.
+    /// Backend to run the routed experts on (cuda, cpu, cpu-fused, reference); default: automatic selection.
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
 

@@ -4,11 +4,13 @@
 //! - manifest rules ([`graph`]): the workspace dependency DAG per crate (normal and dev
 //!   separately), external-crate owners, `workspace = true` for internal paths, workspace lints;
 //! - pattern rules ([`patterns`]): invariants 3-6, 9 and 10 as absences over source lines;
-//! - tidy rules ([`tidy`]): `//!` headers and `// SAFETY:` comments.
+//! - tidy rules ([`tidy`]): `//!` headers and `// SAFETY:` comments;
+//! - the GPU-feature rule ([`features`]): `cfg(feature = "cuda"/"nccl")` only on `mod`/`use`.
 //!
 //! Every failure is one [`Violation`] printed as `<file>: rule <id>: <message>`.
 
 pub mod docs;
+pub mod features;
 pub mod graph;
 pub mod manifest;
 pub mod patterns;
@@ -88,6 +90,10 @@ pub fn rules() -> Vec<RuleInfo> {
         }
     }
     v.push(RuleInfo {
+        id: features::RULE,
+        what: features::WHAT,
+    });
+    v.push(RuleInfo {
         id: "architecture-doc",
         what: "every Architecture Invariant of docs/ARCHITECTURE.md ends with `Enforced by:` naming existing rules and tests",
     });
@@ -129,6 +135,7 @@ pub fn check(root: &Path) -> Result<Vec<Violation>> {
     let files = source::collect(root).with_context(|| format!("reading sources under {}", root.display()))?;
     for file in &files {
         patterns::check(file, &mut out);
+        features::check(file, &mut out);
         tidy::check(file, &mut out);
     }
     let doc = std::fs::read_to_string(root.join(docs::ARCHITECTURE_DOC)).ok();

@@ -25,9 +25,9 @@ pub struct PatternRule {
 
 /// Backend names the assembler must not branch on (kept equal to `moe::BACKEND_NAMES` by a
 /// test of the testkit matrix).
-pub const BACKEND_NAMES: &[&str] = &["reference", "cpu", "cpu-fused"];
+pub const BACKEND_NAMES: &[&str] = &["cuda", "reference", "cpu", "cpu-fused"];
 /// Concrete backend types only the factory may name.
-pub const CONCRETE_BACKENDS: &[&str] = &["ReferenceBackend", "CpuBackend", "FusedCpuBackend"];
+pub const CONCRETE_BACKENDS: &[&str] = &["CudaBackend", "ReferenceBackend", "CpuBackend", "FusedCpuBackend"];
 /// Files of `crates/moe/src` that form the factory/registry (they know the concrete set).
 pub const FACTORY_FILES: &[&str] = &["crates/moe/src/factory", "crates/moe/src/registry"];
 
@@ -113,6 +113,14 @@ pub const RULES: &[PatternRule] = &[
         include: &["crates/moe-scheduler/src/", "crates/moe/src/"],
         exclude: &[],
         find: reaches_cpu_kernels,
+        exempt: None,
+    },
+    PatternRule {
+        id: "cuda-unsafe-in-ffi",
+        what: "moe-kernels' CUDA module keeps all its `unsafe` (kernel launches, byte-buffer views, cuBLAS) in cuda/enabled/ffi.rs, the one file to audit",
+        include: &["crates/moe-kernels/src/cuda/"],
+        exclude: &["crates/moe-kernels/src/cuda/enabled/ffi.rs"],
+        find: uses_unsafe,
         exempt: None,
     },
     PatternRule {
@@ -315,6 +323,11 @@ fn reaches_cpu_kernels(line: &str) -> Option<String> {
         return Some("reaches `moe_kernels::cpu`; compute goes through MoeBackend::run_moe".into());
     }
     None
+}
+
+fn uses_unsafe(line: &str) -> Option<String> {
+    (!word_positions(line, "unsafe").is_empty())
+        .then(|| "uses `unsafe` outside cuda/enabled/ffi.rs; add a safe wrapper there and call it".into())
 }
 
 fn ignores_test(line: &str) -> Option<String> {

@@ -237,6 +237,8 @@ fn plants() -> Vec<Plant> {
     let skip_print = concat!("eprintln!(", "\"skipping: no gpu\");");
     let panic_attr = concat!("#[", "should_panic]");
     let unsafe_block = concat!("unsafe", " { std::hint::unreachable_unchecked() }");
+    let cuda_cfg = concat!("#[cfg(feature = ", "\"cuda\")]");
+    let cuda_cfg_macro = concat!("cfg!(feature = ", "\"nccl\")");
     vec![
         Plant {
             what: "moe-core depends on moe-hf",
@@ -444,6 +446,47 @@ fn plants() -> Vec<Plant> {
             edit: Edit::Append("\n**Architecture Invariant:** planted, enforced by nothing.\n\n## Next\n".into()),
             expect: Some("architecture-doc"),
             silent: None,
+        },
+        Plant {
+            what: "the cuda feature switches a function",
+            file: "crates/moe-backends/src/planted.rs",
+            edit: Edit::Create(format!("{doc}{cuda_cfg}\nfn f() {{}}\n")),
+            expect: Some("gpu-cfg"),
+            silent: None,
+        },
+        Plant {
+            what: "the nccl feature tested in an expression",
+            file: "crates/moe-comm/src/planted.rs",
+            edit: Edit::Create(format!("{doc}fn f() -> bool {{ {cuda_cfg_macro} }}\n")),
+            expect: Some("gpu-cfg"),
+            silent: None,
+        },
+        Plant {
+            what: "the cuda feature chooses a module",
+            file: "crates/moe-kernels/src/planted.rs",
+            edit: Edit::Create(format!(
+                "{doc}{cuda_cfg}\n#[path = \"x.rs\"]\nmod x;\n{cuda_cfg}\npub(crate) use x::*;\n"
+            )),
+            expect: None,
+            silent: Some("gpu-cfg"),
+        },
+        Plant {
+            what: "unsafe in the CUDA module outside ffi.rs",
+            file: "crates/moe-kernels/src/cuda/enabled/planted.rs",
+            edit: Edit::Create(format!(
+                "{doc}fn f() {{\n    // SAFETY: never reached.\n    {unsafe_block}\n}}\n"
+            )),
+            expect: Some("cuda-unsafe-in-ffi"),
+            silent: None,
+        },
+        Plant {
+            what: "unsafe in the CUDA module's ffi.rs",
+            file: "crates/moe-kernels/src/cuda/enabled/ffi.rs",
+            edit: Edit::Append(format!(
+                "\nfn planted() {{\n    // SAFETY: never reached.\n    {unsafe_block}\n}}\n"
+            )),
+            expect: None,
+            silent: Some("cuda-unsafe-in-ffi"),
         },
         Plant {
             what: "a file without a //! header",

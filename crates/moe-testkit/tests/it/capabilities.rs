@@ -38,13 +38,29 @@ fn splicing_is_idempotent() {
     assert_eq!(splice("no markers", "x"), None);
 }
 
+/// This machine's environment with the device of every registered backend present (CUDA as
+/// compute capability 9.0). `can_implement` reads only the frozen environment, never the
+/// machine, so a device backend's gate is probed here on a machine without the device too.
+fn with_every_device(mut env: moe_core::MoeEnvironment) -> moe_core::MoeEnvironment {
+    for entry in moe::REGISTRY {
+        let device = (entry.capabilities)().device;
+        if device != "cpu" && !env.available_deps.contains(&device) {
+            env.available_deps.push(device);
+        }
+    }
+    if env.available_deps.iter().any(|d| d == "cuda") {
+        env.cuda_sm.get_or_insert(90);
+    }
+    env
+}
+
 /// Every row of the capability table says what the backend's `can_implement` does: each
 /// declared capability is probed with a problem that needs exactly it, on top of a problem
 /// the backend accepts. A table that claims more (or less) than the gate fails here.
 #[test]
 fn declared_capabilities_agree_with_can_implement() {
     use moe_core::{Activation, DType, EplbConfig, MoeConfig, MoeDeployment, MoeProblem, QuantAlgo, RoutingMethod};
-    let env = moe::probe_environment();
+    let env = with_every_device(moe::probe_environment());
     let mut lies = Vec::new();
     for entry in moe::REGISTRY {
         let caps = (entry.capabilities)();
@@ -74,12 +90,27 @@ fn declared_capabilities_agree_with_can_implement() {
                 },
             );
         }
+        // A format counts as run when some declared dtype runs it: formats may be limited to
+        // some activation dtypes (`QUANT_DTYPES`, `CUDA_QUANT_DTYPES`), which the table's
+        // separate quant and dtype columns cannot say.
         for q in QuantAlgo::ALL {
-            let mut c = base.clone();
-            c.quant.algo = q;
-            c.quant.weight_block_size = (q == QuantAlgo::Fp8Block).then_some([128, 128]);
-            c.quant.group_size = (q == QuantAlgo::W4A16Int4).then_some(128);
-            check(format!("quant {}", q.as_str()), caps.quant.contains(&q), &c);
+            let configs: Vec<MoeConfig> = caps
+                .dtypes
+                .iter()
+                .map(|&d| {
+                    let mut c = MoeConfig {
+                        dtype: d,
+                        ..base.clone()
+                    };
+                    c.quant.algo = q;
+                    c.quant.weight_block_size = (q == QuantAlgo::Fp8Block).then_some([128, 128]);
+                    c.quant.group_size = (q == QuantAlgo::W4A16Int4).then_some(128);
+                    c
+                })
+                .collect();
+            // The config the gate accepts if there is one, else any (all are refused).
+            let probe = configs.iter().find(|c| accepts(c)).unwrap_or(&configs[0]);
+            check(format!("quant {}", q.as_str()), caps.quant.contains(&q), probe);
         }
         for a in [Activation::Swiglu, Activation::GPT_OSS, Activation::Relu2] {
             let claimed = caps.activations.iter().any(|n| n == a.name());

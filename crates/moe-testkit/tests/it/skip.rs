@@ -59,16 +59,34 @@ fn losing_without_a_rejection_is_an_error_not_a_skip() {
     assert!(decision_from_report("gpu", &report(Some("cpu"), &[])).is_err());
 }
 
+/// Every registered backend runs plain f32 SwiGLU where its device is present; a backend whose
+/// device this machine lacks (`cuda` without a GPU or without the `cuda` build) is skipped with
+/// `DEP_MISSING`, and runs once the environment says the device is there.
 #[test]
 fn the_real_factory_decides_the_real_backends() {
     let env = moe::probe_environment();
-    for name in moe::BACKEND_NAMES {
+    let mut with_gpu = env.clone();
+    if !with_gpu.available_deps.iter().any(|d| d == "cuda") {
+        with_gpu.available_deps.push("cuda".into());
+        with_gpu.cuda_sm = Some(90);
+    }
+    for entry in moe::REGISTRY {
+        let name = entry.name;
+        let device = (entry.capabilities)().device;
+        let present = device == "cpu" || env.available_deps.contains(&device);
         let mut c = MoeConfig::new(8, 32, 48, DType::F32, RoutingMethod::Renormalize { top_k: 2 });
         c.backend = Some(name.to_string());
+        match moe_testkit::decide(&c, &env).unwrap() {
+            Decision::Run => assert!(present, "{name} runs without its device `{device}`"),
+            Decision::Skip(s) => {
+                assert!(!present, "{name} must run plain f32 SwiGLU: {s}");
+                assert_eq!((s.backend.as_str(), s.reason), (name, RejectReason::DepMissing), "{s}");
+            }
+        }
         assert_eq!(
-            moe_testkit::decide(&c, &env).unwrap(),
+            moe_testkit::decide(&c, &with_gpu).unwrap(),
             Decision::Run,
-            "{name} must run plain f32 SwiGLU"
+            "{name} must run plain f32 SwiGLU on a machine with a GPU"
         );
     }
     let mut c = MoeConfig::new(8, 32, 48, DType::F32, RoutingMethod::Renormalize { top_k: 2 });

@@ -13,16 +13,21 @@ use moe_core::{MoeError, Result};
 /// The disk cache (`$MOE_KERNEL_CACHE`, default `<tmp>/moe-kernels-ptx`) is keyed by a hash of
 /// the source, the options and the architecture, so an edited kernel never reuses stale PTX.
 /// A cache that cannot be read or written only costs a recompilation.
-pub(crate) fn compile_module(name: &str, src: &str, sm: u32) -> Result<Ptx> {
+pub(crate) fn compile_module(name: &str, src: &str, sm: u32, arch_specific: bool) -> Result<Ptx> {
     let dir = std::env::var_os("MOE_KERNEL_CACHE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("moe-kernels-ptx"));
-    let key = fnv1a(&[src.as_bytes(), OPTIONS_VERSION.as_bytes(), &sm.to_le_bytes()]);
+    let key = fnv1a(&[
+        src.as_bytes(),
+        OPTIONS_VERSION.as_bytes(),
+        &sm.to_le_bytes(),
+        &[u8::from(arch_specific)],
+    ]);
     let path = dir.join(format!("{name}-sm{sm}-{key:016x}.ptx"));
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok(Ptx::from_src(text));
     }
-    let ptx = compile_fresh(name, src, sm)?;
+    let ptx = compile_fresh(name, src, sm, arch_specific)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     if std::fs::create_dir_all(&dir).is_ok() && std::fs::write(&tmp, ptx.to_src()).is_ok() {
         // Rename is atomic: concurrent processes never read a half-written file.
@@ -43,7 +48,7 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn compile_fresh(name: &str, src: &str, sm: u32) -> Result<Ptx> {
+fn compile_fresh(name: &str, src: &str, sm: u32, arch_specific: bool) -> Result<Ptx> {
     let opts = CompileOptions {
         // Exact IEEE division/sqrt and no flush-to-zero: routing must tie-break and round like
         // the CPU reference.
@@ -51,7 +56,13 @@ fn compile_fresh(name: &str, src: &str, sm: u32) -> Result<Ptx> {
         prec_div: Some(true),
         prec_sqrt: Some(true),
         // PTX for the virtual architecture; the driver assembles it for the device at load.
-        options: vec![format!("--gpu-architecture=compute_{sm}"), "--std=c++17".into()],
+        options: vec![
+            format!(
+                "--gpu-architecture=compute_{sm}{}",
+                if arch_specific { "a" } else { "" }
+            ),
+            "--std=c++17".into(),
+        ],
         name: Some(format!("{name}.cu")),
         ..Default::default()
     };

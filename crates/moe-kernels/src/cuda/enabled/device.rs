@@ -36,6 +36,9 @@ struct Inner {
     pending: Mutex<Vec<PendingCheck>>,
 }
 
+/// The define that marks code using architecture-specific instructions (Hopper's wgmma).
+pub(crate) const WGMMA_DEFINE: &str = "WGMMA";
+
 /// A deferred check (see `Inner::pending`).
 type PendingCheck = Box<dyn FnOnce() -> Result<()> + Send>;
 
@@ -186,9 +189,11 @@ impl CudaDevice {
         self.function_variant(module, src, None, func)
     }
 
-    /// [`CudaDevice::function`] for one variant of a source: `define` is prepended as
-    /// `#define <define>` and the module is cached as `<module>/<define>`, so a source can hold
-    /// many instantiations of which each process compiles only those it uses.
+    /// [`CudaDevice::function`] for one variant of a source: each whitespace-separated word of
+    /// `define` is prepended as `#define <word>` and the module is cached as
+    /// `<module>/<define>`, so a source can hold many instantiations of which each process
+    /// compiles only those it uses. A variant that defines [`WGMMA_DEFINE`] is compiled for the
+    /// architecture-specific target (`compute_90a`).
     pub(crate) fn function_variant(
         &self,
         module: &str,
@@ -216,12 +221,15 @@ impl CudaDevice {
             match cache.get(&key) {
                 Some(m) => m.clone(),
                 None => {
-                    let text = match define {
-                        Some(d) => format!("#define {d}\n{src}"),
-                        None => src.to_string(),
-                    };
-                    let name = key.replace('/', "-");
-                    let ptx = compile_module(&name, &text, self.inner.sm)?;
+                    let defines: Vec<&str> = define.map(|d| d.split_whitespace().collect()).unwrap_or_default();
+                    let text: String = defines
+                        .iter()
+                        .map(|d| format!("#define {d}\n"))
+                        .chain(std::iter::once(src.to_string()))
+                        .collect();
+                    let name = key.replace(['/', ' '], "-");
+                    // `WGMMA` code needs the architecture-specific target (sm_90a's wgmma).
+                    let ptx = compile_module(&name, &text, self.inner.sm, defines.contains(&WGMMA_DEFINE))?;
                     let m = self
                         .inner
                         .ctx

@@ -24,7 +24,7 @@
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use moe_core::{Activation, DType, MoeError, Result, Tensor};
 
-use super::device::{CudaDevice, dev_err};
+use super::device::{CudaDevice, WGMMA_DEFINE, dev_err};
 use super::ffi;
 use super::storage::{CudaStorage, tensor_bytes};
 use crate::cpu::act_quant::ActQuant;
@@ -36,6 +36,9 @@ const SRC: &str = include_str!("../kernels/experts.cu");
 const MODULE: &str = "experts";
 /// The variant holding the permutation, quantization and finalize kernels.
 const COMMON: &str = "VARIANT_common";
+
+/// Pipeline depth of the wgmma kernels (`WG_STAGES` in `experts.cu`).
+const WG_STAGES: usize = 4;
 
 /// Average rows per slot up to which the GEMV path runs.
 const GEMV_MAX_AVG_ROWS: usize = 8;
@@ -364,7 +367,14 @@ fn check_aligned(what: &str, v: usize, to: usize) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Path {
     Gemv,
-    Mma { bm: usize },
+    /// `mma.sync` tiles (Ampere and Ada).
+    Mma {
+        bm: usize,
+    },
+    /// Warpgroup MMA tiles (Hopper).
+    Wgmma {
+        bm: usize,
+    },
 }
 
 impl DeviceExperts {
@@ -455,8 +465,18 @@ impl DeviceExperts {
 
     fn path(&self, selections: usize) -> Path {
         let avg = selections.div_ceil(self.num_slots.max(1));
+        // wgmma reads FP8 block scales per 64 columns of K: the blocks must not be finer.
+        let wgmma_ok = self.dev.sm() >= 90
+            && match self.format {
+                Format::Fp8Block { b0, b1 } => b1 % 64 == 0 && b0 % 8 == 0,
+                _ => true,
+            };
         if self.dtype == DType::F32 || avg <= GEMV_MAX_AVG_ROWS {
             Path::Gemv
+        } else if wgmma_ok {
+            Path::Wgmma {
+                bm: if avg <= 64 { 64 } else { 128 },
+            }
         } else if avg <= 32 {
             Path::Mma { bm: 32 }
         } else if avg <= 64 {
@@ -517,8 +537,9 @@ impl DeviceExperts {
         let s_local = self.num_slots;
         let path = self.path(nk);
         let bm = match path {
+            // One "tile" per non-empty slot: the GEMV grid walks that list.
             Path::Gemv => 1 << 20,
-            Path::Mma { bm } => bm,
+            Path::Mma { bm } | Path::Wgmma { bm } => bm,
         };
         let max_tiles = nk.div_ceil(bm.min(nk)) + s_local;
         let esize = self.dtype.size_in_bytes();
@@ -690,31 +711,52 @@ impl DeviceExperts {
         let which = if fc1 { "fc1" } else { "fc2" };
         let act = act_args(self.dims.activation);
         let units = g.units as usize;
-        let (name, cfg) = match path {
+        let cols = if fc1 && g.gated != 0 { 2 * units } else { units };
+        let tiles = |bm_shared: u32| LaunchConfig {
+            grid_dim: (max_tiles as u32, cols.div_ceil(128) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: bm_shared,
+        };
+        let (name, cfg, variant) = match path {
             Path::Gemv => (
                 format!("gemv_{which}_{suffix}"),
                 LaunchConfig {
-                    grid_dim: (units.div_ceil(4) as u32, self.num_slots as u32, 1),
+                    // At most one block row per non-empty slot (see `moe_scan`).
+                    grid_dim: (units.div_ceil(4) as u32, max_tiles.min(self.num_slots) as u32, 1),
                     block_dim: (128, 1, 1),
                     shared_mem_bytes: 0,
                 },
+                self.variant()?,
             ),
-            Path::Mma { bm } => {
-                let cols = if fc1 && g.gated != 0 { 2 * units } else { units };
+            Path::Mma { bm } => (format!("mma_{which}_{suffix}_{bm}"), tiles(0), self.variant()?),
+            Path::Wgmma { bm } => {
+                // WG_STAGES stages of A (bm x 128 B) and B (128 rows x 128 B of 16-bit values,
+                // or of raw codes), one decoded B tile for codes, 1 KB of alignment slack.
+                let b_stage = match self.format {
+                    Format::Float => 128 * 128,
+                    Format::Mxfp4 => 128 * 32,
+                    _ => 128 * 64,
+                };
+                let decoded = if self.format == Format::Float { 0 } else { 128 * 128 };
+                let bytes = WG_STAGES * (bm * 128 + b_stage) + decoded + 1024;
                 (
-                    format!("mma_{which}_{suffix}_{bm}"),
-                    LaunchConfig {
-                        grid_dim: (max_tiles as u32, cols.div_ceil(128) as u32, 1),
-                        block_dim: (256, 1, 1),
-                        shared_mem_bytes: 0,
-                    },
+                    format!("wg_{which}_{suffix}_{bm}"),
+                    tiles(bytes as u32),
+                    format!("{} {WGMMA_DEFINE}", self.variant()?),
                 )
             }
         };
         if self.num_slots == 0 {
             return Ok(());
         }
-        let f = self.kernel(&self.variant()?, &name)?;
+        let f = self.kernel(&variant, &name)?;
+        if cfg.shared_mem_bytes > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_mem_bytes as i32,
+            )
+            .map_err(|e| dev_err(&dev.location(), &format!("{name}: shared memory limit"), e))?;
+        }
         ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
             a.arg(&g).arg(&w).arg(&act);
         })
