@@ -74,6 +74,8 @@ pub(crate) struct WeightArgs {
     pub cols: i32,
     pub b0: i32,
     pub b1: i32,
+    pub b0_log2: i32,
+    pub b1_log2: i32,
 }
 
 /// The activation (`ActArgs` in `experts.cu`).
@@ -296,6 +298,8 @@ impl DeviceMatrix {
             cols: self.cols as i32,
             b0,
             b1,
+            b0_log2: b0.trailing_zeros() as i32,
+            b1_log2: b1.trailing_zeros() as i32,
         }
     }
 }
@@ -395,8 +399,14 @@ impl DeviceExperts {
                     i,
                     if format == Format::Mxfp4 { 32 } else { 16 },
                 )?;
-                if let Format::Fp8Block { b1, .. } = format {
+                if let Format::Fp8Block { b0, b1 } = format {
                     check_aligned("FP8 block columns", b1, 8)?;
+                    if !b0.is_power_of_two() || !b1.is_power_of_two() {
+                        return Err(MoeError::config(
+                            "weight_block_size",
+                            format!("[{b0}, {b1}]: the CUDA kernels need power-of-two FP8 blocks"),
+                        ));
+                    }
                 }
             }
             _ => {
@@ -633,7 +643,7 @@ impl DeviceExperts {
             gated: i32::from(self.dims.activation.is_gated()),
             out_f32: i32::from(act32.is_some()),
         };
-        self.gemm(path, true, fc1, self.w13.args(dev, self.format), max_tiles)?;
+        self.gemm(path, true, fc1, self.w13.args(dev, self.format), max_tiles, nk)?;
 
         // 4. FC2 input quantization (permuted rows only: their count is offsets[S]), FC2
         if let Some(a32) = &act32 {
@@ -663,7 +673,7 @@ impl DeviceExperts {
             gated: 0,
             out_f32: 0,
         };
-        self.gemm(path, false, fc2, self.w2.args(dev, self.format), max_tiles)?;
+        self.gemm(path, false, fc2, self.w2.args(dev, self.format), max_tiles, nk)?;
 
         // 5. finalize
         let out = dev.alloc_storage(tensor_bytes(out_dtype, &[n, h]))?;
@@ -705,7 +715,15 @@ impl DeviceExperts {
         Ok(s)
     }
 
-    fn gemm(&self, path: Path, fc1: bool, g: GemmArgs, w: WeightArgs, max_tiles: usize) -> Result<()> {
+    fn gemm(
+        &self,
+        path: Path,
+        fc1: bool,
+        g: GemmArgs,
+        w: WeightArgs,
+        max_tiles: usize,
+        selections: usize,
+    ) -> Result<()> {
         let dev = &self.dev;
         let suffix = format!("{}_{}", dt_suffix(self.dtype)?, self.format.suffix());
         let which = if fc1 { "fc1" } else { "fc2" };
@@ -722,7 +740,11 @@ impl DeviceExperts {
                 format!("gemv_{which}_{suffix}"),
                 LaunchConfig {
                     // At most one block row per non-empty slot (see `moe_scan`).
-                    grid_dim: (units.div_ceil(4) as u32, max_tiles.min(self.num_slots) as u32, 1),
+                    grid_dim: (
+                        units.div_ceil(4) as u32,
+                        selections.min(self.num_slots).max(1) as u32,
+                        1,
+                    ),
                     block_dim: (128, 1, 1),
                     shared_mem_bytes: 0,
                 },

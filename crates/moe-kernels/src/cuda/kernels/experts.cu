@@ -110,6 +110,7 @@ struct WeightArgs {
     const float* per_slot;  // FMT 1: f32 [slots] scale per slot, or null to use tensor_scale
     int rows, cols;       // of one slot's matrix
     int b0, b1;           // FMT 2 block
+    int b0_log2, b1_log2; // FMT 2: log2 of the block sizes
 };
 
 template <int DT, int FMT>
@@ -128,8 +129,9 @@ __device__ __forceinline__ void load_w8(const WeightArgs& a, int e, int n, int k
         // FMT 1: the per-slot scale multiplies the finished dot product (out_scale), so the
         // products themselves use the exact E4M3 values.
         if (FMT == 2) {
-            int sr = (a.rows + a.b0 - 1) / a.b0, sc = (a.cols + a.b1 - 1) / a.b1;
-            float s = a.scales[((long long)e * sr + n / a.b0) * sc + k / a.b1];
+            // Block sizes are powers of two (checked at upload): shifts, not divisions.
+            int sr = (a.rows + a.b0 - 1) >> a.b0_log2, sc = (a.cols + a.b1 - 1) >> a.b1_log2;
+            float s = a.scales[((long long)e * sr + (n >> a.b0_log2)) * sc + (k >> a.b1_log2)];
 #pragma unroll
             for (int j = 0; j < 8; ++j) v[j] *= s;
         }
@@ -685,6 +687,7 @@ __device__ __forceinline__ int swz128(int r, int c) { return r * 128 + ((c ^ (r 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void wg_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); }
 __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
 template <int DT> __device__ __forceinline__ void wgmma_n128(float* d, unsigned long long da, unsigned long long db) {
@@ -802,17 +805,23 @@ __device__ void wg_body(GemmArgs g, WeightArgs w, ActArgs act) {
 #pragma unroll
     for (int i = 0; i < ((FMT == 2) ? NJ * 4 : 1); ++i) part[i] = 0.0f;
 
+    // Loads run WG_STAGES - 2 tiles ahead and one wgmma group stays in flight: the stage a
+    // load overwrites held tile kt - 2, whose wgmma every warpgroup retired
+    // (`wgmma.wait_group 1` at the end of iteration kt - 1) before the barrier of iteration kt
+    // (for float weights; codes wait for all groups, their decoded tile being rewritten every
+    // iteration).
+    constexpr int AHEAD = WG_STAGES - 2;
 #pragma unroll
-    for (int s = 0; s < WG_STAGES - 1; ++s) {
+    for (int s = 0; s < AHEAD; ++s) {
         if (s < ktiles) load_stage(s, s);
         cp_commit();
     }
     for (int kt = 0; kt < ktiles; ++kt) {
-        cp_wait<WG_STAGES - 2>();
+        cp_wait<AHEAD - 1>();  // tile kt has landed (kt + 1 may still be in flight)
         proxy_fence();
-        __syncthreads();
+        __syncthreads();  // every warpgroup has retired its wgmma of tile kt - 2
         {
-            int nk = kt + WG_STAGES - 1;
+            int nk = kt + AHEAD;
             if (nk < ktiles) load_stage(nk % WG_STAGES, nk);
             cp_commit();
         }
@@ -865,7 +874,8 @@ __device__ void wg_body(GemmArgs g, WeightArgs w, ActArgs act) {
             else wgmma_n64<DT>(acc, da, db);
         }
         wg_commit();
-        wg_wait0();
+        if (FMT == 0) wg_wait1();
+        else wg_wait0();
         if (FMT == 2) {
             // End of a scale block along K (or of K): fold the partial sums with their scales.
             const int kend = (kt + 1) * WG_BK;
@@ -889,6 +899,7 @@ __device__ void wg_body(GemmArgs g, WeightArgs w, ActArgs act) {
         if (FMT != 0) __syncthreads();  // the decoded tile is rewritten next iteration
     }
     cp_wait<0>();
+    wg_wait0();
 
     const float os = out_scale<FMT>(w, e);
 #pragma unroll
