@@ -190,7 +190,8 @@ impl CudaDevice {
     }
 
     /// [`CudaDevice::function`] for one variant of a source: each whitespace-separated word of
-    /// `define` is prepended as `#define <word>` and the module is cached as
+    /// `define` is prepended as `#define <word>` (`NAME=VALUE` as `#define NAME VALUE`) and the
+    /// module is cached as
     /// `<module>/<define>`, so a source can hold many instantiations of which each process
     /// compiles only those it uses. A variant that defines [`WGMMA_DEFINE`] is compiled for the
     /// architecture-specific target (`compute_90a`).
@@ -224,7 +225,10 @@ impl CudaDevice {
                     let defines: Vec<&str> = define.map(|d| d.split_whitespace().collect()).unwrap_or_default();
                     let text: String = defines
                         .iter()
-                        .map(|d| format!("#define {d}\n"))
+                        .map(|d| match d.split_once('=') {
+                            Some((name, value)) => format!("#define {name} {value}\n"),
+                            None => format!("#define {d}\n"),
+                        })
                         .chain(std::iter::once(src.to_string()))
                         .collect();
                     let name = key.replace(['/', ' '], "-");

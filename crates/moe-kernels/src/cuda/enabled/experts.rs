@@ -37,8 +37,16 @@ const MODULE: &str = "experts";
 /// The variant holding the permutation, quantization and finalize kernels.
 const COMMON: &str = "VARIANT_common";
 
-/// Pipeline depth of the wgmma kernels (`WG_STAGES` in `experts.cu`).
-const WG_STAGES: usize = 4;
+/// Pipeline depth of the wgmma kernels (`WG_STAGES` in `experts.cu`): 4 stages of 32 KB keep
+/// one 128-row CTA per SM; `MOE_CUDA_WG_STAGES=3` trades a stage for two CTAs per SM (a tuning
+/// knob read once per process, 3 or 4).
+fn wg_stages() -> usize {
+    static STAGES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *STAGES.get_or_init(|| match std::env::var("MOE_CUDA_WG_STAGES").ok().as_deref() {
+        Some("3") => 3,
+        _ => 4,
+    })
+}
 
 /// Average rows per slot up to which the GEMV path runs.
 const GEMV_MAX_AVG_ROWS: usize = 8;
@@ -760,7 +768,8 @@ impl DeviceExperts {
                     _ => 128 * 64,
                 };
                 let decoded = if self.format == Format::Float { 0 } else { 128 * 128 };
-                let bytes = WG_STAGES * (bm * 128 + b_stage) + decoded + 1024;
+                let stages = wg_stages();
+                let bytes = stages * (bm * 128 + b_stage) + decoded + 1024;
                 (
                     format!("wg_{which}_{suffix}_{bm}"),
                     tiles(bytes as u32),

@@ -675,7 +675,9 @@ __device__ void mma_body(GemmArgs g, WeightArgs w, ActArgs act) {
 #ifdef WGMMA
 
 #define WG_BK 64
-#define WG_STAGES 4
+#ifndef WG_STAGES
+#define WG_STAGES 4  // the host passes its choice (see experts.rs `wg_stages`)
+#endif
 
 __device__ __forceinline__ unsigned long long wg_desc(const void* p) {
     unsigned long long a = (smem_addr(p) & 0x3FFFFu) >> 4;
