@@ -792,10 +792,11 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
     }
     let ref_bytes = p * rows_per_peer * h * 2;
     let mr = median(&mut tr);
+    let phases = breakdown(g, o, &payload.slots, recv_rows, sent_rows - local)?;
     let ref_gbps = ref_bytes as f64 / mr / 1e9;
     let ratio = gbps / ref_gbps;
     let detail = format!(
-        "dispatch+combine {:.1} GB/s ({} B in {:.3} ms: dispatch {:.3} ms, combine {:.3} ms; {} B to peers), raw NCCL all_to_all_v {:.1} GB/s ({} B in {:.3} ms): {:.0}% (need 70%); combined output {}",
+        "dispatch+combine {:.1} GB/s ({} B in {:.3} ms: dispatch {:.3} ms, combine {:.3} ms; {} B to peers), raw NCCL all_to_all_v {:.1} GB/s ({} B in {:.3} ms): {:.0}% (need 70%); combined output {}; pieces (ms): {}",
         gbps,
         bytes,
         mt * 1e3,
@@ -806,18 +807,91 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
         ref_bytes,
         mr * 1e3,
         ratio * 100.0,
-        if correct { "exact" } else { "WRONG" }
+        if correct { "exact" } else { "WRONG" },
+        phases
+            .iter()
+            .map(|(n, v)| format!("{n} {v:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let fields = format!(
-        "\"world\":{p},\"tokens\":{t},\"hidden\":{h},\"topk\":{k},\"experts\":{e},\"bytes\":{bytes},\"bytes_dispatch\":{bytes_dispatch},\"bytes_combine\":{bytes_combine},\"bytes_peer\":{bytes_peer},\"dispatch_ms\":{:.4},\"combine_ms\":{:.4},\"total_ms\":{:.4},\"gbps\":{gbps:.3},\"ref_bytes\":{ref_bytes},\"ref_ms\":{:.4},\"ref_gbps\":{ref_gbps:.3},\"ratio\":{ratio:.4},\"correct\":{correct},\"device\":{}",
+        "\"world\":{p},\"tokens\":{t},\"hidden\":{h},\"topk\":{k},\"experts\":{e},\"bytes\":{bytes},\"bytes_dispatch\":{bytes_dispatch},\"bytes_combine\":{bytes_combine},\"bytes_peer\":{bytes_peer},\"dispatch_ms\":{:.4},\"combine_ms\":{:.4},\"total_ms\":{:.4},\"gbps\":{gbps:.3},\"ref_bytes\":{ref_bytes},\"ref_ms\":{:.4},\"ref_gbps\":{ref_gbps:.3},\"ratio\":{ratio:.4},\"correct\":{correct},\"pieces_ms\":{{{}}},\"device\":{}",
         md * 1e3,
         mc * 1e3,
         mt * 1e3,
         mr * 1e3,
+        phases
+            .iter()
+            .map(|(n, v)| format!("{}:{v:.4}", json_str(n)))
+            .collect::<Vec<_>>()
+            .join(","),
         json_str(dev.name())
     );
     rep.result("bandwidth", Some(correct && ratio >= 0.7), &detail, &fields);
     Ok(())
+}
+
+/// Median wall times (ms) of the pieces a dispatch+combine is made of, each after a barrier:
+/// the slot download, the counts exchange (host tensor), a tiny device all-to-all (the fixed
+/// cost of one collective), the peers' share of the x exchange alone (no own block) and with
+/// the own block, and the row gather.
+fn breakdown(
+    g: &Arc<NcclGroup>,
+    o: &Opts,
+    slots: &Tensor,
+    recv_rows: usize,
+    peer_rows: usize,
+) -> Result<Vec<(&'static str, f64)>> {
+    let (r, p, h) = (g.rank(), g.size(), o.hidden);
+    let dev = g.device();
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let mut v = Vec::new();
+        for i in 0..o.warmup + o.repeats {
+            g.barrier(soon())?;
+            let t0 = Instant::now();
+            f()?;
+            dev.synchronize()?;
+            if i >= o.warmup {
+                v.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(median(&mut v))
+    };
+    let ones = vec![1usize; p];
+    let counts = Tensor::from_i32(vec![p, 1], vec![1; p])?;
+    let tiny = dev.zeros(DType::I32, vec![p, 1])?;
+    // Peers' rows only (own block empty), split evenly, as the x exchange moves them.
+    let per_peer = (peer_rows / (p - 1).max(1)).max(1);
+    let split: Vec<usize> = (0..p).map(|q| if q == r { 0 } else { per_peer }).collect();
+    let xs = dev.zeros(DType::BF16, vec![per_peer * (p - 1), h])?;
+    let own = recv_rows.saturating_sub(per_peer * (p - 1));
+    let split_own: Vec<usize> = (0..p).map(|q| if q == r { own } else { per_peer }).collect();
+    let xo = dev.zeros(DType::BF16, vec![per_peer * (p - 1) + own, h])?;
+    let idx: Vec<i32> = (0..recv_rows as i32).map(|i| i % xo.rows().max(1) as i32).collect();
+    let idx = dev.upload(&Tensor::from_i32(vec![idx.len()], idx)?)?;
+    Ok(vec![
+        ("slots_download", time(&mut || download(slots).map(drop))?),
+        (
+            "counts_exchange",
+            time(&mut || g.all_to_all_v(&counts, &ones, &ones, soon()).map(drop))?,
+        ),
+        (
+            "tiny_alltoall",
+            time(&mut || g.all_to_all_v(&tiny, &ones, &ones, soon()).map(drop))?,
+        ),
+        (
+            "x_peers_only",
+            time(&mut || g.all_to_all_v(&xs, &split, &split, soon()).map(drop))?,
+        ),
+        (
+            "x_with_own",
+            time(&mut || g.all_to_all_v(&xo, &split_own, &split_own, soon()).map(drop))?,
+        ),
+        (
+            "gather_x",
+            time(&mut || moe_kernels::cuda::gather_rows_indexed(&xo, &idx, 0, recv_rows).map(drop))?,
+        ),
+    ])
 }
 
 fn stall(g: &NcclGroup, o: &Opts, rep: &mut Report) -> Result<()> {

@@ -3,17 +3,22 @@
 //! backend skips slots it does not hold), combine sends the partial outputs back and sums
 //! them per token. Moves `k`-times less data than all-gather when experts spread over ranks.
 //!
-//! Host and device tensors take the same path: the routing (which rows go where, and the
-//! per-token sums of combine) is computed on the host from the slot ids (downloaded when they
-//! live on a device; NCCL needs host-side counts anyway), and the rows are gathered and
-//! summed where the payload lives (`ops::gather_rows`, `ops::segment_sum_rows`).
+//! The routing (which rows go where, and the per-token sums of combine) is computed on the host
+//! from the slot ids (downloaded when they live on a device; NCCL needs host-side counts
+//! anyway). Host payloads are gathered and summed on the host (`ops::gather_rows`,
+//! `ops::segment_sum_rows`). Device payloads upload the whole routing once per dispatch (send
+//! order, and the CSR listing of each token's returned rows for combine) as one i32 index,
+//! gather `x` by it and pack the other fields (slots, scales, scale factors) into one byte row
+//! by it (`gather_rows_indexed`, `gather_pack_rows`), so a dispatch is two exchanges after the
+//! counts; combine sums by the same index (`segment_sum_rows_indexed`). Same rows, same sums
+//! in the same order: bit-identical to the host path.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use moe_core::{Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor};
-use moe_kernels::cuda::download;
+use moe_kernels::cuda::{self, CudaStorage, download};
 use moe_kernels::ops;
 
 /// State a dispatch leaves for its combine.
@@ -23,6 +28,8 @@ struct Route {
     send_counts: Vec<usize>,
     recv_counts: Vec<usize>,
     local_rows: usize,
+    /// Device payloads: `[order | offsets | rows]` of `rows_by_token` on the payload's device.
+    index: Option<Tensor>,
 }
 
 /// All-to-all dispatch/combine over a slot -> rank ownership table.
@@ -107,9 +114,10 @@ impl Communication for AllToAll {
         let n = p.x.rows();
         let k = p.slots.row_len();
         let slots = Self::host_slots(&p.slots)?;
-        let mut per_rank: Vec<Vec<usize>> = vec![Vec::new(); size];
+        let mut per_rank: Vec<Vec<usize>> = vec![Vec::with_capacity(n); size];
+        // `stamp[r] == t + 1`: token t already goes to rank r.
+        let mut stamp = vec![0usize; size];
         for t in 0..n {
-            let mut seen = vec![false; size];
             for &s in &slots[t * k..(t + 1) * k] {
                 let owner = usize::try_from(s)
                     .ok()
@@ -124,13 +132,28 @@ impl Communication for AllToAll {
                             ),
                         )
                     })?;
-                if !std::mem::replace(&mut seen[owner], true) {
+                if stamp[owner] != t + 1 {
+                    stamp[owner] = t + 1;
                     per_rank[owner].push(t);
                 }
             }
         }
         let send_counts: Vec<usize> = per_rank.iter().map(Vec::len).collect();
         let order: Vec<usize> = per_rank.concat();
+        // Device payloads: the whole routing goes up once, before the counts exchange.
+        let index = if p.x.is_host() {
+            None
+        } else {
+            let (offsets, rows) = rows_by_token(&order, n);
+            let all: Vec<i32> = order
+                .iter()
+                .chain(&offsets)
+                .chain(&rows)
+                .map(|&v| i32::try_from(v).map_err(|_| MoeError::config("alltoall rows", format!("{v} exceeds i32"))))
+                .collect::<Result<_>>()?;
+            let dev = CudaStorage::of(&p.x, "dispatched x")?.device();
+            Some(dev.upload(&Tensor::from_i32(vec![all.len()], all)?)?)
+        };
         let deadline = Deadline::after(self.timeout);
         let counts_t = Tensor::from_i32(
             vec![size, 1],
@@ -147,21 +170,48 @@ impl Communication for AllToAll {
             .iter()
             .map(|&c| c.max(0) as usize)
             .collect();
-        let exchange = |t: &Tensor| -> Result<Tensor> {
-            self.group
-                .all_to_all_v(&ops::gather_rows(t, &order)?, &send_counts, &recv_counts, deadline)
-        };
-        let out = DispatchPayload {
-            x: exchange(&p.x)?,
-            x_sf: p.x_sf.as_ref().map(&exchange).transpose()?,
-            slots: exchange(&p.slots)?,
-            scales: p.scales.as_ref().map(&exchange).transpose()?,
+        let m = order.len();
+        let exchange =
+            |t: &Tensor| -> Result<Tensor> { self.group.all_to_all_v(t, &send_counts, &recv_counts, deadline) };
+        let out = match &index {
+            None => {
+                let gathered = |t: &Tensor| exchange(&ops::gather_rows(t, &order)?);
+                DispatchPayload {
+                    x: gathered(&p.x)?,
+                    x_sf: p.x_sf.as_ref().map(gathered).transpose()?,
+                    slots: gathered(&p.slots)?,
+                    scales: p.scales.as_ref().map(gathered).transpose()?,
+                }
+            }
+            Some(index) => {
+                let x = exchange(&cuda::gather_rows_indexed(&p.x, index, 0, m)?)?;
+                // slots, scales and x_sf side by side in one byte row: one exchange.
+                let mut parts: Vec<&Tensor> = vec![&p.slots];
+                parts.extend(p.scales.as_ref());
+                parts.extend(p.x_sf.as_ref());
+                let fields: Vec<(DType, Vec<usize>)> = parts
+                    .iter()
+                    .map(|t| (t.dtype(), t.shape().get(1..).unwrap_or(&[]).to_vec()))
+                    .collect();
+                let packed = exchange(&cuda::gather_pack_rows(&parts, index, 0, m)?)?;
+                let mut unpacked = cuda::unpack_rows(&packed, &fields)?.into_iter();
+                let mut next = || {
+                    unpacked
+                        .next()
+                        .ok_or_else(|| MoeError::lifecycle("alltoall: a packed field is missing"))
+                };
+                let slots = next()?;
+                let scales = p.scales.as_ref().map(|_| next()).transpose()?;
+                let x_sf = p.x_sf.as_ref().map(|_| next()).transpose()?;
+                DispatchPayload { x, x_sf, slots, scales }
+            }
         };
         self.route = Some(Route {
             order,
             send_counts,
             recv_counts,
             local_rows: n,
+            index,
         });
         Ok(out)
     }
@@ -180,8 +230,17 @@ impl Communication for AllToAll {
         } else {
             DType::F32
         };
-        let (offsets, rows) = rows_by_token(&route.order, route.local_rows);
-        ops::segment_sum_rows(&back, &offsets, &rows, dtype)
+        let n = route.local_rows;
+        match &route.index {
+            Some(index) if !back.is_host() => {
+                let m = route.order.len();
+                cuda::segment_sum_rows_indexed(&back, index, m, m + n + 1, n, dtype)
+            }
+            _ => {
+                let (offsets, rows) = rows_by_token(&route.order, n);
+                ops::segment_sum_rows(&back, &offsets, &rows, dtype)
+            }
+        }
     }
 
     fn destroy(&mut self) -> Result<()> {

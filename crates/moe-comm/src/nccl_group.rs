@@ -29,6 +29,15 @@
 //! downloaded, so the result is a host tensor again (the all-to-all strategy exchanges its
 //! host-side counts this way). Device tensors must live on the group's device.
 //!
+//! **Local blocks.** `all_to_all_v` copies the rank's own block with a device-to-device copy on
+//! a second stream of the device, concurrently with the NCCL transfer of the peers' blocks,
+//! instead of sending it to itself through NCCL; the completion event follows both.
+//!
+//! **Memory.** Joining a group sets the release threshold of the device's default memory pool
+//! (the pool cudarc's stream-ordered allocations come from) to unlimited: freed buffers stay
+//! with the process for the next allocation instead of going back to the driver at every
+//! synchronisation, which would map (and clear) the exchange buffers again on every call.
+//!
 //! **Sums** (`reduce_scatter_v`, `all_reduce_sum`) move the blocks with send/recv and add them
 //! on the device in f32 in rank order, like the host groups, so every rank and every group
 //! kind computes bit-identical sums.
@@ -37,10 +46,10 @@ use std::ffi::{CStr, c_int, c_void};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaEvent, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaEvent, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result as nccl, sys};
 use moe_core::{DType, Deadline, HostStorage, MoeError, ProcessGroup, Result, Storage, Tensor};
 use moe_kernels::cuda::{CudaDevice, CudaStorage, download, sum_blocks};
@@ -73,6 +82,20 @@ struct Inner {
     broken: Option<String>,
     /// Recorded after each collective's NCCL calls; polled for completion.
     done: CudaEvent,
+    /// A second stream of the device for a collective's local part (the rank's own block of
+    /// an all-to-all), copied while NCCL moves the peers' blocks; joined back through `fork`
+    /// and `joined` before the completion event.
+    side: Arc<CudaStream>,
+    fork: CudaEvent,
+    joined: CudaEvent,
+}
+
+/// A device-to-device copy of a collective's own block (no NCCL involved).
+#[derive(Clone, Copy, Debug)]
+struct LocalCopy {
+    dst: u64,
+    src: u64,
+    bytes: usize,
 }
 
 /// The NCCL communicator of one rank, as a process group over device tensors.
@@ -241,6 +264,31 @@ fn nonblocking_config(version: c_int) -> sys::ncclConfig_t {
         numRmaCtx: UNDEF,
         maxP2pPeers: UNDEF,
     }
+}
+
+/// Sets the release threshold of the device's default memory pool to unlimited (see the
+/// module docs, **Memory**).
+fn keep_pool_memory(ctx: &Arc<cudarc::driver::CudaContext>, location: &str) -> Result<()> {
+    use cudarc::driver::{result::mem_pool, sys as cu};
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: cu::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: `pool` is valid for the write of the handle, the device is this context's, and
+    // the release threshold attribute takes a pointer to a u64 (`threshold`, alive for the call).
+    let r = unsafe {
+        cu::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .and_then(|()| {
+                mem_pool::set_attribute(
+                    pool,
+                    cu::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut threshold as *mut u64).cast(),
+                )
+            })
+    };
+    r.map_err(|e| comm_err(None, format!("{location}: keeping freed memory in the pool: {e}")))
 }
 
 /// Runs a first NCCL call, turning a missing library (cudarc panics when it cannot open
@@ -534,9 +582,15 @@ impl NcclGroup {
         let ctx = stream.context().clone();
         ctx.bind_to_thread()
             .map_err(|e| comm_err(None, format!("{}: binding the context: {e}", dev.location())))?;
-        let done = ctx
-            .new_event(None)
-            .map_err(|e| comm_err(None, format!("{}: creating an event: {e}", dev.location())))?;
+        let event = || {
+            ctx.new_event(None)
+                .map_err(|e| comm_err(None, format!("{}: creating an event: {e}", dev.location())))
+        };
+        let (done, fork, joined) = (event()?, event()?, event()?);
+        let side = stream
+            .fork()
+            .map_err(|e| comm_err(None, format!("{}: creating the side stream: {e}", dev.location())))?;
+        keep_pool_memory(&ctx, &dev.location())?;
         let version = load_nccl("reading the NCCL version", nccl::get_nccl_version)?;
         let mut config = nonblocking_config(version);
         let mut raw: sys::ncclComm_t = std::ptr::null_mut();
@@ -556,6 +610,9 @@ impl NcclGroup {
                 seq: 0,
                 broken: None,
                 done,
+                side,
+                fork,
+                joined,
             }),
             liveness,
         };
@@ -673,8 +730,9 @@ impl NcclGroup {
         }
     }
 
-    /// Runs `ops` as one NCCL group on the device's stream and waits for them.
-    fn run(&self, what: &str, ops: &[Op], deadline: Deadline) -> Result<()> {
+    /// Runs `ops` as one NCCL group on the device's stream, with `local` copied on the side
+    /// stream meanwhile, and waits for both.
+    fn run(&self, what: &str, ops: &[Op], local: Option<LocalCopy>, deadline: Deadline) -> Result<()> {
         let mut inner = self.lock();
         if let Some(why) = &inner.broken {
             return Err(comm_err(
@@ -687,12 +745,24 @@ impl NcclGroup {
             l.enter(inner.seq);
         }
         let ops: Vec<&Op> = ops.iter().filter(|o| o.bytes() > 0).collect();
-        if ops.is_empty() {
+        let local = local.filter(|c| c.bytes > 0);
+        if ops.is_empty() && local.is_none() {
             return Ok(());
         }
         let stream = self.dev.stream();
         if let Err(e) = stream.context().bind_to_thread() {
             return Err(self.fail(&mut inner, what, format!("binding the context: {e}"), None));
+        }
+        if let Some(c) = local
+            && let Err(e) = self.copy_local(&inner, &c)
+        {
+            return Err(self.fail(&mut inner, what, format!("copying the local block: {e}"), None));
+        }
+        if ops.is_empty() {
+            if let Err(e) = stream.wait(&inner.joined) {
+                return Err(self.fail(&mut inner, what, format!("joining the side stream: {e}"), None));
+            }
+            return self.wait(&mut inner, what, deadline, true);
         }
         let cu_stream = stream.cu_stream() as sys::cudaStream_t;
         let comm = inner.comm.0;
@@ -714,7 +784,32 @@ impl NcclGroup {
         if let Err(why) = issued {
             return Err(self.fail(&mut inner, what, why, None));
         }
+        if local.is_some()
+            && let Err(e) = stream.wait(&inner.joined)
+        {
+            return Err(self.fail(&mut inner, what, format!("joining the side stream: {e}"), None));
+        }
         self.wait(&mut inner, what, deadline, true)
+    }
+
+    /// Queues `c` on the side stream after everything queued so far on the device's stream,
+    /// and records `joined` after it (the caller makes the device's stream wait for it).
+    fn copy_local(&self, inner: &Inner, c: &LocalCopy) -> std::result::Result<(), cudarc::driver::DriverError> {
+        let stream = self.dev.stream();
+        inner.fork.record(stream)?;
+        inner.side.wait(&inner.fork)?;
+        // SAFETY: both ranges are `bytes` long inside live device buffers of this context (the
+        // caller's operand and the collective's output, checked by the collective that built
+        // the copy); the copy is ordered after their producers by `fork`, and the device's
+        // stream (on which the buffers are freed) waits for `joined` before anything later.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(c.dst, c.src, c.bytes, inner.side.cu_stream()) }?;
+        if let Err(e) = inner.joined.record(&inner.side) {
+            // The device's stream must not run past the copy: make it wait for the whole side
+            // stream instead.
+            stream.join(&inner.side)?;
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn check_counts(&self, counts: &[usize], what: &str) -> Result<()> {
@@ -858,7 +953,7 @@ impl ProcessGroup for NcclGroup {
         let (out, recv) = self.buffer(total * rb)?;
         let byte_counts: Vec<usize> = counts.iter().map(|c| c * rb).collect();
         let ops = self.gather_ops(self.addr(&local)?, recv, &byte_counts);
-        self.run("all_gather_v", &ops, deadline)?;
+        self.run("all_gather_v", &ops, None, deadline)?;
         Self::finish(self.dev.tensor(local.dtype(), with_rows(&local, total), out), host)
     }
 
@@ -892,7 +987,7 @@ impl ProcessGroup for NcclGroup {
                 peer,
             });
         }
-        self.run("reduce_scatter_v", &ops, deadline)?;
+        self.run("reduce_scatter_v", &ops, None, deadline)?;
         let blocks = self.dev.tensor(full.dtype(), with_rows(&full, self.size * n), blocks);
         Self::finish(sum_blocks(&blocks, self.size, with_rows(&full, n))?, host)
     }
@@ -922,7 +1017,23 @@ impl ProcessGroup for NcclGroup {
         let from = self.addr(&send)?;
         let mut ops = Vec::with_capacity(2 * self.size);
         let (so, ro) = (offsets(send_counts), offsets(recv_counts));
-        for peer in 0..self.size {
+        // The own block is a device copy on the side stream, not an NCCL send to itself.
+        let me = self.rank;
+        if send_counts[me] != recv_counts[me] {
+            return Err(MoeError::config(
+                "all_to_all_v counts",
+                format!(
+                    "rank {me} sends itself {} rows but expects {}",
+                    send_counts[me], recv_counts[me]
+                ),
+            ));
+        }
+        let local = LocalCopy {
+            dst: recv + (ro[me] * rb) as u64,
+            src: from + (so[me] * rb) as u64,
+            bytes: send_counts[me] * rb,
+        };
+        for peer in (0..self.size).filter(|&q| q != me) {
             ops.push(Op::Send {
                 ptr: from + (so[peer] * rb) as u64,
                 bytes: send_counts[peer] * rb,
@@ -934,7 +1045,7 @@ impl ProcessGroup for NcclGroup {
                 peer,
             });
         }
-        self.run("all_to_all_v", &ops, deadline)?;
+        self.run("all_to_all_v", &ops, Some(local), deadline)?;
         Self::finish(self.dev.tensor(send.dtype(), with_rows(&send, total), out), host)
     }
 
@@ -964,13 +1075,13 @@ impl ProcessGroup for NcclGroup {
                 peer,
             });
         }
-        self.run("all_reduce_sum (reduce-scatter half)", &ops, deadline)?;
+        self.run("all_reduce_sum (reduce-scatter half)", &ops, None, deadline)?;
         let blocks = self.dev.tensor(t.dtype(), vec![p * mine], blocks);
         let part = sum_blocks(&blocks, p, vec![mine])?;
         let (out, dst) = self.buffer(numel * esz)?;
         let byte_counts: Vec<usize> = (0..p).map(|r| len(r) * esz).collect();
         let ops = self.gather_ops(self.addr(&part)?, dst, &byte_counts);
-        self.run("all_reduce_sum (all-gather half)", &ops, deadline)?;
+        self.run("all_reduce_sum (all-gather half)", &ops, None, deadline)?;
         Self::finish(self.dev.tensor(t.dtype(), t.shape().to_vec(), out), host)
     }
 

@@ -361,6 +361,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             not_run: &not_run,
             command: "cargo xtask bench",
         });
+        // The GPU sections (measured on another machine, from the GPU bundle) follow a marker
+        // and are kept as they are when the CPU part is regenerated.
+        let kept = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| old.find(report::KEPT_MARKER).map(|at| old[at..].to_string()))
+            .unwrap_or_default();
+        let page = if kept.is_empty() { page } else { format!("{page}\n{kept}") };
         std::fs::write(path, page).with_context(|| format!("writing `{}`", path.display()))?;
     }
     Ok(())

@@ -272,6 +272,10 @@ pub struct Page<'a> {
     pub command: &'a str,
 }
 
+/// Everything from this line on in `docs/BENCHMARKS.md` (the GPU sections) survives a
+/// regeneration of the CPU part.
+pub const KEPT_MARKER: &str = "<!-- GPU sections: kept when `cargo xtask bench` regenerates the CPU part above -->";
+
 /// `docs/BENCHMARKS.md`.
 pub fn markdown(p: &Page<'_>) -> String {
     let c = p.ceilings;

@@ -10,6 +10,16 @@ pub fn gather_rows(_t: &Tensor, _idx: &[usize]) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)
 }
 
+/// Rows `index[start..start + len]` of a device tensor (not available in this build).
+pub fn gather_rows_indexed(_t: &Tensor, _index: &Tensor, _start: usize, _len: usize) -> Result<Tensor> {
+    Err(MoeError::NotCompiledWithCuda)
+}
+
+/// Several tensors' indexed rows side by side as one byte row (not available in this build).
+pub fn gather_pack_rows(_parts: &[&Tensor], _index: &Tensor, _start: usize, _len: usize) -> Result<Tensor> {
+    Err(MoeError::NotCompiledWithCuda)
+}
+
 /// Parts' rows side by side as one byte row (not available in this build).
 pub fn pack_rows(_parts: &[&Tensor]) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)
@@ -22,6 +32,18 @@ pub fn unpack_rows(_packed: &Tensor, _fields: &[(DType, Vec<usize>)]) -> Result<
 
 /// Groups of rows summed in f32 (not available in this build).
 pub fn segment_sum_rows(_t: &Tensor, _offsets: &[usize], _rows: &[usize], _dtype: DType) -> Result<Tensor> {
+    Err(MoeError::NotCompiledWithCuda)
+}
+
+/// Groups of rows summed in f32, the listing on the device (not available in this build).
+pub fn segment_sum_rows_indexed(
+    _t: &Tensor,
+    _index: &Tensor,
+    _offsets_at: usize,
+    _rows_at: usize,
+    _groups: usize,
+    _dtype: DType,
+) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)
 }
 

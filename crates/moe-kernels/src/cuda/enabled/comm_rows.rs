@@ -1,10 +1,12 @@
 //! Device row gathers and scatter-adds that the communication strategies pack and unpack exchanges with.
 //!
-//! - [`gather_rows`]: rows of a tensor picked by a host index list (the all-to-all send buffer).
+//! - [`gather_rows`]: rows of a tensor picked by a host index list; [`gather_rows_indexed`] and
+//!   [`gather_pack_rows`] pick them by a device index uploaded once (the all-to-all send buffers,
+//!   the second one packing several tensors' rows side by side).
 //! - [`pack_rows`] / [`unpack_rows`]: several tensors' rows side by side as one byte row, and
 //!   back (the packed all-gather).
-//! - [`segment_sum_rows`]: groups of rows summed in f32 in a listed order (the all-to-all
-//!   combine).
+//! - [`segment_sum_rows`] / [`segment_sum_rows_indexed`]: groups of rows summed in f32 in a
+//!   listed order (the all-to-all combine), the listing on the host or already on the device.
 //! - [`sum_blocks`]: equal blocks of a tensor summed element-wise in f32 in block order (the
 //!   NCCL group's reduce-scatter and all-reduce).
 //!
@@ -107,13 +109,15 @@ impl RowCopy {
     }
 }
 
-/// Runs one row copy from `src` into `dst` on `dev`'s stream; `idx` (device i32, one entry per
-/// row) picks the source row of each destination row.
+/// Runs one row copy from `src` (of `src_rows` rows) into `dst` on `dev`'s stream; `idx`
+/// (device i32 from element `start` on, one entry per row) picks the source row of each
+/// destination row.
 fn copy_rows(
     dev: &CudaDevice,
     dst: &mut CudaStorage,
     src: &CudaStorage,
-    idx: Option<&CudaStorage>,
+    src_rows: usize,
+    idx: Option<(&CudaStorage, usize)>,
     c: &RowCopy,
 ) -> Result<()> {
     if c.rows == 0 || c.width == 0 {
@@ -145,8 +149,11 @@ fn copy_rows(
     let dst_len = dst.len_bytes();
     let mut dst_v = dst.view_mut::<u8>(dst_len)?;
     let src_v = src.view::<u8>(src.len_bytes())?;
-    let idx_v = idx.map(|i| i.view::<i32>(c.rows)).transpose()?;
+    let idx_v = idx
+        .map(|(i, start)| i.view::<i32>(start + c.rows).map(|v| v.slice(start..)))
+        .transpose()?;
     let null: u64 = 0;
+    let src_rows = src_rows as i64;
     ffi::launch(&stream, &func, cfg, &loc, |a| {
         a.arg(&mut dst_v)
             .arg(&dst_stride)
@@ -158,7 +165,7 @@ fn copy_rows(
             Some(v) => a.arg(v),
             None => a.arg(&null),
         };
-        a.arg(&rows).arg(&width);
+        a.arg(&rows).arg(&width).arg(&src_rows);
     })
 }
 
@@ -185,7 +192,7 @@ pub fn gather_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
             rows: idx.len(),
             width: rb,
         };
-        copy_rows(&dev, &mut out, s, Some(index_s), &copy)?;
+        copy_rows(&dev, &mut out, s, rows, Some((index_s, 0)), &copy)?;
     }
     Ok(dev.tensor(t.dtype(), shape, out))
 }
@@ -217,7 +224,14 @@ pub fn pack_rows(parts: &[&Tensor]) -> Result<Tensor> {
             rows,
             width: w,
         };
-        copy_rows(&dev, &mut out, CudaStorage::of(&p, "pack_rows part")?, None, &copy)?;
+        copy_rows(
+            &dev,
+            &mut out,
+            CudaStorage::of(&p, "pack_rows part")?,
+            rows,
+            None,
+            &copy,
+        )?;
         offset += w;
     }
     Ok(dev.tensor(DType::U8, vec![rows, total], out))
@@ -254,7 +268,7 @@ pub fn unpack_rows(packed: &Tensor, fields: &[(DType, Vec<usize>)]) -> Result<Ve
                 rows,
                 width: w,
             };
-            copy_rows(&dev, &mut out, s, None, &copy)?;
+            copy_rows(&dev, &mut out, s, rows, None, &copy)?;
             offset += w;
             let mut shape = vec![rows];
             shape.extend(row_shape);
@@ -268,8 +282,8 @@ pub fn unpack_rows(packed: &Tensor, fields: &[(DType, Vec<usize>)]) -> Result<Ve
 pub fn segment_sum_rows(t: &Tensor, offsets: &[usize], rows: &[usize], dtype: DType) -> Result<Tensor> {
     let s = CudaStorage::of(t, "segment_sum_rows input")?;
     let dev = s.device().clone();
-    let in_code = float_code(t.dtype(), "segment_sum_rows input")?;
-    let out_code = float_code(dtype, "segment_sum_rows output")?;
+    float_code(t.dtype(), "segment_sum_rows input")?;
+    float_code(dtype, "segment_sum_rows output")?;
     let groups = offsets.len().saturating_sub(1);
     let h = t.row_len();
     if offsets.last().copied().unwrap_or(0) != rows.len() || offsets.windows(2).any(|w| w[0] > w[1]) {
@@ -291,27 +305,77 @@ pub fn segment_sum_rows(t: &Tensor, offsets: &[usize], rows: &[usize], dtype: DT
     if groups == 0 || h == 0 {
         return Ok(dev.tensor(dtype, shape, out));
     }
-    let off_t = upload_index(&dev, i32_index(offsets.iter().copied(), "segment offsets")?)?;
-    let rows_t = upload_index(&dev, i32_index(rows.iter().copied(), "segment rows")?)?;
-    let (off_s, rows_s) = (
-        CudaStorage::of(&off_t, "segment offsets")?,
-        CudaStorage::of(&rows_t, "segment rows")?,
-    );
-    let func = dev.function(MODULE, SRC, "segment_sum_rows")?;
-    let loc = dev.location();
+    let mut index = i32_index(offsets.iter().copied(), "segment offsets")?;
+    index.extend(i32_index(rows.iter().copied(), "segment rows")?);
+    let index = upload_index(&dev, index)?;
+    let index_s = CudaStorage::of(&index, "segment index")?;
+    segment_sum_launch(&dev, &mut out, dtype, s, t, index_s, 0, offsets.len(), groups)?;
+    Ok(dev.tensor(dtype, shape, out))
+}
+
+/// Queues the segment sum of `t` (storage `s`) into `out`: `groups` groups whose offsets start
+/// at element `offsets_at` of the device i32 buffer `index` and whose row lists start at
+/// `rows_at` of it. The 8-wide kernel runs when the row width and both buffers allow 16-byte
+/// access (32-byte for f32); the scalar one otherwise. Same sums, same bits.
+#[allow(clippy::too_many_arguments)]
+fn segment_sum_launch(
+    dev: &CudaDevice,
+    out: &mut CudaStorage,
+    dtype: DType,
+    s: &CudaStorage,
+    t: &Tensor,
+    index: &CudaStorage,
+    offsets_at: usize,
+    rows_at: usize,
+    groups: usize,
+) -> Result<()> {
+    let in_code = float_code(t.dtype(), "segment_sum_rows input")?;
+    let out_code = float_code(dtype, "segment_sum_rows output")?;
+    let h = t.row_len();
+    if groups == 0 || h == 0 {
+        return Ok(());
+    }
+    let idx_len = index.len_bytes() / 4;
+    let off_v = index.view::<i32>(offsets_at + groups + 1)?.slice(offsets_at..);
+    let rows_v = index.view::<i32>(idx_len)?.slice(rows_at.min(idx_len)..);
     let stream = dev.stream().clone();
+    let (src_addr, dst_addr) = {
+        let (a, _ra) = s.bytes().device_ptr(&stream);
+        let (b, _rb) = out.bytes().device_ptr(&stream);
+        (a, b)
+    };
+    let align = |code: i32| if code == 0 { 32u64 } else { 16 };
+    let vec8 = h % 8 == 0 && src_addr % align(in_code) == 0 && dst_addr % align(out_code) == 0;
+    let loc = dev.location();
+    let (groups_i, h_i, src_rows) = (groups as i64, h as i64, t.rows() as i64);
+    let out_len = out.len_bytes();
+    let mut dst_v = out.view_mut::<u8>(out_len)?;
+    let src_v = s.view::<u8>(s.len_bytes())?;
+    if vec8 {
+        let func = dev.function(MODULE, SRC, &format!("segment_sum_v8_{in_code}_{out_code}"))?;
+        let threads = ((h as u32 / 8).clamp(32, THREADS)).div_ceil(32) * 32;
+        let cfg = LaunchConfig {
+            grid_dim: (groups.min(MAX_BLOCKS) as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        return ffi::launch(&stream, &func, cfg, &loc, |a| {
+            a.arg(&mut dst_v)
+                .arg(&src_v)
+                .arg(&off_v)
+                .arg(&rows_v)
+                .arg(&groups_i)
+                .arg(&h_i)
+                .arg(&src_rows);
+        });
+    }
+    let func = dev.function(MODULE, SRC, "segment_sum_rows")?;
     let threads = ((h as u32).clamp(32, THREADS)).div_ceil(32) * 32;
     let cfg = LaunchConfig {
         grid_dim: (groups.min(MAX_BLOCKS) as u32, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     };
-    let out_len = out.len_bytes();
-    let mut dst_v = out.view_mut::<u8>(out_len)?;
-    let src_v = s.view::<u8>(s.len_bytes())?;
-    let off_v = off_s.view::<i32>(offsets.len())?;
-    let rows_v = rows_s.view::<i32>(rows.len())?;
-    let (groups_i, h_i) = (groups as i64, h as i64);
     ffi::launch(&stream, &func, cfg, &loc, |a| {
         a.arg(&mut dst_v)
             .arg(&out_code)
@@ -320,8 +384,103 @@ pub fn segment_sum_rows(t: &Tensor, offsets: &[usize], rows: &[usize], dtype: DT
             .arg(&off_v)
             .arg(&rows_v)
             .arg(&groups_i)
-            .arg(&h_i);
-    })?;
+            .arg(&h_i)
+            .arg(&src_rows);
+    })
+}
+
+/// The device i32 index `index` (a tensor of `index`'s device), checked to hold `need` entries.
+fn device_index<'t>(index: &'t Tensor, need: usize, what: &str) -> Result<&'t CudaStorage> {
+    if index.dtype() != DType::I32 {
+        return Err(MoeError::DTypeMismatch {
+            what: what.into(),
+            expected: "i32".into(),
+            actual: index.dtype().to_string(),
+        });
+    }
+    if index.numel() < need {
+        return Err(MoeError::shape(what, format!("at least {need} entries"), index.shape()));
+    }
+    CudaStorage::of(index, what)
+}
+
+/// `[len, ...]`: row `i` is row `index[start + i]` of the device tensor `t` (any dtype), where
+/// `index` is a device i32 tensor of `t`'s device (uploaded once for several gathers). An
+/// index outside `t`'s rows leaves its row unwritten: check the indices before uploading them.
+pub fn gather_rows_indexed(t: &Tensor, index: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let s = CudaStorage::of(t, "gather_rows input")?;
+    let dev = s.device().clone();
+    let idx = device_index(index, start + len, "gather_rows index")?;
+    let rb = row_bytes(t);
+    let shape = with_rows(t, len);
+    let mut out = dev.alloc_storage(tensor_bytes(t.dtype(), &shape))?;
+    let copy = RowCopy {
+        dst_stride: rb,
+        dst_off: 0,
+        src_stride: rb,
+        src_off: 0,
+        rows: len,
+        width: rb,
+    };
+    copy_rows(&dev, &mut out, s, t.rows(), Some((idx, start)), &copy)?;
+    Ok(dev.tensor(t.dtype(), shape, out))
+}
+
+/// `[len, sum of row bytes]` u8: row `i` holds row `index[start + i]` of every part side by
+/// side, in part order ([`pack_rows`] of [`gather_rows_indexed`] of each part, in one pass).
+/// Parts share their row count; host parts are uploaded to `index`'s device.
+pub fn gather_pack_rows(parts: &[&Tensor], index: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let idx = device_index(index, start + len, "gather_pack_rows index")?;
+    let dev = idx.device().clone();
+    let rows = parts.first().map(|p| p.rows()).unwrap_or(0);
+    if let Some(p) = parts.iter().find(|p| p.rows() != rows) {
+        return Err(MoeError::shape(
+            "gather_pack_rows part",
+            format!("{rows} rows"),
+            p.shape(),
+        ));
+    }
+    let widths: Vec<usize> = parts.iter().map(|t| row_bytes(t)).collect();
+    let total: usize = widths.iter().sum();
+    let mut out = dev.alloc_storage(len * total)?;
+    let mut offset = 0;
+    for (p, &w) in parts.iter().zip(&widths) {
+        let p = on_device(&dev, p)?;
+        let copy = RowCopy {
+            dst_stride: total,
+            dst_off: offset,
+            src_stride: w,
+            src_off: 0,
+            rows: len,
+            width: w,
+        };
+        let src = CudaStorage::of(&p, "gather_pack_rows part")?;
+        copy_rows(&dev, &mut out, src, rows, Some((idx, start)), &copy)?;
+        offset += w;
+    }
+    Ok(dev.tensor(DType::U8, vec![len, total], out))
+}
+
+/// [`segment_sum_rows`] with the listing already on the device: `groups` groups, whose
+/// `groups + 1` offsets start at element `offsets_at` of the device i32 tensor `index` and
+/// whose row numbers (into `t`) start at element `rows_at`; offsets count from `rows_at`.
+/// Rows outside `t` are skipped: check the listing before uploading it.
+pub fn segment_sum_rows_indexed(
+    t: &Tensor,
+    index: &Tensor,
+    offsets_at: usize,
+    rows_at: usize,
+    groups: usize,
+    dtype: DType,
+) -> Result<Tensor> {
+    let s = CudaStorage::of(t, "segment_sum_rows input")?;
+    let dev = s.device().clone();
+    float_code(t.dtype(), "segment_sum_rows input")?;
+    float_code(dtype, "segment_sum_rows output")?;
+    let idx = device_index(index, (offsets_at + groups + 1).max(rows_at), "segment_sum_rows index")?;
+    let shape = vec![groups, t.row_len()];
+    let mut out = dev.alloc_storage(tensor_bytes(dtype, &shape))?;
+    segment_sum_launch(&dev, &mut out, dtype, s, t, idx, offsets_at, rows_at, groups)?;
     Ok(dev.tensor(dtype, shape, out))
 }
 

@@ -37,16 +37,8 @@ const MODULE: &str = "experts";
 /// The variant holding the permutation, quantization and finalize kernels.
 const COMMON: &str = "VARIANT_common";
 
-/// Pipeline depth of the wgmma kernels (`WG_STAGES` in `experts.cu`): 4 stages of 32 KB keep
-/// one 128-row CTA per SM; `MOE_CUDA_WG_STAGES=3` trades a stage for two CTAs per SM (a tuning
-/// knob read once per process, 3 or 4).
-fn wg_stages() -> usize {
-    static STAGES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *STAGES.get_or_init(|| match std::env::var("MOE_CUDA_WG_STAGES").ok().as_deref() {
-        Some("3") => 3,
-        _ => 4,
-    })
-}
+/// Pipeline depth of the wgmma kernels (`WG_STAGES` in `experts.cu`).
+const WG_STAGES: usize = 4;
 
 /// Average rows per slot up to which the GEMV path runs.
 const GEMV_MAX_AVG_ROWS: usize = 8;
@@ -489,11 +481,15 @@ impl DeviceExperts {
                 Format::Fp8Block { b0, b1 } => b1 % 64 == 0 && b0 % 8 == 0,
                 _ => true,
             };
-        if self.dtype == DType::F32 || avg <= GEMV_MAX_AVG_ROWS {
+        if self.dtype == DType::F32 || avg <= if wgmma_ok { 1 } else { GEMV_MAX_AVG_ROWS } {
             Path::Gemv
         } else if wgmma_ok {
+            // The wgmma kernel streams weights near the copy rate from 2 rows per slot on, so
+            // only decode (at most one row per slot on average) keeps the GEMV. 128-row tiles
+            // only where slots are full enough to fill them: below that, 64-row tiles waste
+            // less of the last tile of each slot and leave room for two CTAs per SM.
             Path::Wgmma {
-                bm: if avg <= 64 { 64 } else { 128 },
+                bm: if avg <= 192 { 64 } else { 128 },
             }
         } else if avg <= 32 {
             Path::Mma { bm: 32 }
@@ -768,8 +764,7 @@ impl DeviceExperts {
                     _ => 128 * 64,
                 };
                 let decoded = if self.format == Format::Float { 0 } else { 128 * 128 };
-                let stages = wg_stages();
-                let bytes = stages * (bm * 128 + b_stage) + decoded + 1024;
+                let bytes = WG_STAGES * (bm * 128 + b_stage) + decoded + 1024;
                 (
                     format!("wg_{which}_{suffix}_{bm}"),
                     tiles(bytes as u32),

@@ -16,6 +16,10 @@ struct alignas(16) W16 {
     u32 a, b, c, d;
 };
 
+struct alignas(16) F4 {
+    float x, y, z, w;
+};
+
 // dtype codes shared with comm_rows.rs
 #define DT_F32 0
 #define DT_BF16 1
@@ -73,14 +77,17 @@ __device__ __forceinline__ void store_f(void* p, i64 i, int dt, float v) {
 }
 
 // dst[r * dst_stride + dst_off + c] = src[s * src_stride + src_off + c] for c < width, with
-// s = idx[r] (or r when idx is null); strides, offsets and width in words of T. One block per
-// row (grid-stride over rows), threads over the row's words.
+// s = idx[r] (or r when idx is null); strides, offsets and width in words of T. A row whose
+// index lies outside 0..src_rows is left unwritten (the callers check their indices on the host
+// first; this keeps a wrong device index from reading outside `src`). One block per row
+// (grid-stride over rows), threads over the row's words.
 template <typename T>
 __device__ __forceinline__ void copy_rows_impl(T* __restrict__ dst, i64 dst_stride, i64 dst_off,
                                                const T* __restrict__ src, i64 src_stride, i64 src_off,
-                                               const int* __restrict__ idx, i64 rows, i64 width) {
+                                               const int* __restrict__ idx, i64 rows, i64 width, i64 src_rows) {
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
         const i64 s = idx ? (i64)idx[r] : r;
+        if (s < 0 || s >= src_rows) continue;
         const T* from = src + s * src_stride + src_off;
         T* to = dst + r * dst_stride + dst_off;
         for (i64 c = threadIdx.x; c < width; c += blockDim.x) {
@@ -89,10 +96,10 @@ __device__ __forceinline__ void copy_rows_impl(T* __restrict__ dst, i64 dst_stri
     }
 }
 
-#define COPY_ROWS(NAME, T)                                                                             \
-    extern "C" __global__ void NAME(T* dst, i64 dst_stride, i64 dst_off, const T* src, i64 src_stride, \
-                                    i64 src_off, const int* idx, i64 rows, i64 width) {               \
-        copy_rows_impl<T>(dst, dst_stride, dst_off, src, src_stride, src_off, idx, rows, width);       \
+#define COPY_ROWS(NAME, T)                                                                                   \
+    extern "C" __global__ void NAME(T* dst, i64 dst_stride, i64 dst_off, const T* src, i64 src_stride,       \
+                                    i64 src_off, const int* idx, i64 rows, i64 width, i64 src_rows) {       \
+        copy_rows_impl<T>(dst, dst_stride, dst_off, src, src_stride, src_off, idx, rows, width, src_rows);   \
     }
 
 COPY_ROWS(copy_rows_w16, W16)
@@ -100,21 +107,109 @@ COPY_ROWS(copy_rows_w4, u32)
 COPY_ROWS(copy_rows_w1, u8)
 
 // dst[g, c] = sum over j in offsets[g]..offsets[g+1] of src[rows[j], c], accumulated in f32 from
-// 0 in the listed order, stored as out_dt. One block per group, threads over the h columns.
+// 0 in the listed order, stored as out_dt; rows outside 0..src_rows are skipped (the callers
+// check them on the host first). One block per group, threads over the h columns.
 extern "C" __global__ void segment_sum_rows(void* dst, int out_dt, const void* src, int in_dt,
-                                            const int* offsets, const int* rows, i64 groups, i64 h) {
+                                            const int* offsets, const int* rows, i64 groups, i64 h,
+                                            i64 src_rows) {
     for (i64 g = blockIdx.x; g < groups; g += gridDim.x) {
         const int a = offsets[g];
         const int b = offsets[g + 1];
         for (i64 c = threadIdx.x; c < h; c += blockDim.x) {
             float acc = 0.0f;
             for (int j = a; j < b; ++j) {
-                acc += load_f(src, (i64)rows[j] * h + c, in_dt);
+                const i64 r = rows[j];
+                if (r < 0 || r >= src_rows) continue;
+                acc += load_f(src, r * h + c, in_dt);
             }
             store_f(dst, g * h + c, out_dt, acc);
         }
     }
 }
+
+// Eight consecutive elements at element index i (a multiple of 8; the row start is 16-byte
+// aligned for 16-bit types and 32-byte aligned for f32, checked by the caller).
+template <int DT>
+__device__ __forceinline__ void load8(const void* p, i64 i, float v[8]) {
+    if (DT == DT_F32) {
+        const F4 a = ((const F4*)p)[i / 4];
+        const F4 b = ((const F4*)p)[i / 4 + 1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+        const W16 w = ((const W16*)p)[i / 8];
+        const u32 u[4] = {w.a, w.b, w.c, w.d};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u16 lo = (u16)(u[k] & 0xffffu);
+            const u16 hi = (u16)(u[k] >> 16);
+            v[2 * k] = DT == DT_BF16 ? bf16_to_f32(lo) : f16_to_f32(lo);
+            v[2 * k + 1] = DT == DT_BF16 ? bf16_to_f32(hi) : f16_to_f32(hi);
+        }
+    }
+}
+
+template <int DT>
+__device__ __forceinline__ void store8(void* p, i64 i, const float v[8]) {
+    if (DT == DT_F32) {
+        F4 a, b;
+        a.x = v[0]; a.y = v[1]; a.z = v[2]; a.w = v[3];
+        b.x = v[4]; b.y = v[5]; b.z = v[6]; b.w = v[7];
+        ((F4*)p)[i / 4] = a;
+        ((F4*)p)[i / 4 + 1] = b;
+    } else {
+        u32 u[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u16 lo = DT == DT_BF16 ? f32_to_bf16(v[2 * k]) : f32_to_f16(v[2 * k]);
+            const u16 hi = DT == DT_BF16 ? f32_to_bf16(v[2 * k + 1]) : f32_to_f16(v[2 * k + 1]);
+            u[k] = (u32)lo | ((u32)hi << 16);
+        }
+        W16 w;
+        w.a = u[0]; w.b = u[1]; w.c = u[2]; w.d = u[3];
+        ((W16*)p)[i / 8] = w;
+    }
+}
+
+// segment_sum_rows with eight columns per thread and 16-byte loads (h a multiple of 8): the
+// same f32 sums in the same order, so the same bits.
+template <int IN, int OUT>
+__device__ __forceinline__ void segment_sum_v8_impl(void* dst, const void* src, const int* offsets, const int* rows,
+                                                    i64 groups, i64 h, i64 src_rows) {
+    const i64 h8 = h / 8;
+    for (i64 g = blockIdx.x; g < groups; g += gridDim.x) {
+        const int a = offsets[g];
+        const int b = offsets[g + 1];
+        for (i64 c = threadIdx.x; c < h8; c += blockDim.x) {
+            float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            for (int j = a; j < b; ++j) {
+                const i64 r = rows[j];
+                if (r < 0 || r >= src_rows) continue;
+                float v[8];
+                load8<IN>(src, r * h + c * 8, v);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) acc[k] += v[k];
+            }
+            store8<OUT>(dst, g * h + c * 8, acc);
+        }
+    }
+}
+
+#define SEGMENT_SUM_V8(IN, OUT)                                                                              \
+    extern "C" __global__ void segment_sum_v8_##IN##_##OUT(void* dst, const void* src, const int* offsets,    \
+                                                          const int* rows, i64 groups, i64 h, i64 src_rows) { \
+        segment_sum_v8_impl<IN, OUT>(dst, src, offsets, rows, groups, h, src_rows);                          \
+    }
+
+SEGMENT_SUM_V8(0, 0)
+SEGMENT_SUM_V8(0, 1)
+SEGMENT_SUM_V8(0, 2)
+SEGMENT_SUM_V8(1, 0)
+SEGMENT_SUM_V8(1, 1)
+SEGMENT_SUM_V8(1, 2)
+SEGMENT_SUM_V8(2, 0)
+SEGMENT_SUM_V8(2, 1)
+SEGMENT_SUM_V8(2, 2)
 
 // dst[e] = src[e] + src[len + e] + ... + src[(blocks - 1) * len + e], in f32 in block order
 // (starting from the first block's value, as the host sum does), stored in the same dtype.
