@@ -367,7 +367,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .ok()
             .and_then(|old| old.find(report::KEPT_MARKER).map(|at| old[at..].to_string()))
             .unwrap_or_default();
-        let page = if kept.is_empty() { page } else { format!("{page}\n{kept}") };
+        let page = if kept.is_empty() {
+            page
+        } else {
+            format!("{page}\n{kept}")
+        };
         std::fs::write(path, page).with_context(|| format!("writing `{}`", path.display()))?;
     }
     Ok(())

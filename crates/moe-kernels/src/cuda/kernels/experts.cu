@@ -676,7 +676,7 @@ __device__ void mma_body(GemmArgs g, WeightArgs w, ActArgs act) {
 
 #define WG_BK 64
 #ifndef WG_STAGES
-#define WG_STAGES 4  // the host passes its choice (see experts.rs `wg_stages`)
+#define WG_STAGES 4  // the host passes the depth it sized the shared memory for (`WG_STAGES` in experts.rs)
 #endif
 
 __device__ __forceinline__ unsigned long long wg_desc(const void* p) {
