@@ -5,7 +5,8 @@
 //! FP8 and MXFP4 codes packed, with their scales), biases in f32.
 //!
 //! [`DeviceExperts::forward`] queues, on the device's one stream and with no host
-//! synchronisation (so a decode step can be captured into a CUDA graph):
+//! synchronisation and no host allocation (what CUDA-graph capture of a decode step needs;
+//! capture itself is not exercised by a test yet):
 //! 1. `moe_count` / `moe_scan` / `moe_scatter`: a histogram of the local slots, its prefix sum
 //!    (row offset of each slot, plus the tile list of the tensor-core path) and the permuted row
 //!    of every selection;
@@ -14,11 +15,12 @@
 //! 4. the FC2 input quantization, FC2 with bias (`y = act W2^T + b2`);
 //! 5. finalize: each token's rows weighted and summed in selection order, in f32.
 //!
-//! Two GEMM paths, chosen on the host from sizes alone (never from device data): a GEMV-style
-//! kernel streaming each weight row once for up to 8 rows of its slot at a time (few rows per
-//! slot: decode, memory-bound; and every f32 layer), and a tensor-core kernel (`mma.sync`
-//! m16n8k16, bf16/f16, 3-stage `cp.async` pipeline, 128-column tiles, 32/64/128-row tiles)
-//! for many rows per slot. Quantized weights are decoded to the activation dtype inside both
+//! Three GEMM paths, chosen on the host from sizes alone (never from device data): a GEMV-style
+//! kernel streaming each weight row once for up to 8 rows of its slot at a time (decode: at most
+//! one row per slot on average, and every f32 layer); on Hopper the warpgroup-MMA kernel
+//! (`wgmma`, 64- or 128-row tiles of 128 columns, 4-stage `cp.async` pipeline into the 128-byte
+//! swizzle it reads, one MMA group in flight); elsewhere an `mma.sync` m16n8k16 kernel (3-stage
+//! pipeline, 32/64/128-row tiles). Quantized weights are decoded to the activation dtype inside the
 //! kernels, a tile at a time; they never exist dequantized in device memory.
 
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
@@ -40,7 +42,8 @@ const COMMON: &str = "VARIANT_common";
 /// Pipeline depth of the wgmma kernels (`WG_STAGES` in `experts.cu`).
 const WG_STAGES: usize = 4;
 
-/// Average rows per slot up to which the GEMV path runs.
+/// Average rows per slot up to which the GEMV path runs where there is no wgmma (before Hopper;
+/// on Hopper the wgmma kernel takes over from two rows per slot, see `DeviceExperts::path`).
 const GEMV_MAX_AVG_ROWS: usize = 8;
 
 /// Arguments shared by both GEMMs (`GemmArgs` in `experts.cu`; same field order and types).
