@@ -27,14 +27,21 @@ pub const QUANT_DTYPES: &[(QuantAlgo, &[DType])] = &[
 
 /// The activation dtypes of `algo` on the host backends (none for a format not listed).
 pub fn quant_dtypes(algo: QuantAlgo) -> &'static [DType] {
-    QUANT_DTYPES.iter().find(|(a, _)| *a == algo).map_or(&[], |(_, d)| d)
+    dtypes_in(QUANT_DTYPES, algo)
 }
 
-/// What the reference and CPU backends can run.
-pub fn host_capabilities() -> Capabilities {
+/// The activation dtypes `table` lists for `algo` (none for a format it does not list).
+pub(crate) fn dtypes_in(table: &'static [(QuantAlgo, &'static [DType])], algo: QuantAlgo) -> &'static [DType] {
+    table.iter().find(|(a, _)| *a == algo).map_or(&[], |(_, d)| d)
+}
+
+/// Capabilities of a backend that runs every activation, bias, weight-on-input, EPLB slots,
+/// uneven EP and TP, on `device`, for the formats of `table` (every backend today: they differ
+/// only in where they compute and which formats they decode).
+pub(crate) fn full_capabilities(device: &str, table: &[(QuantAlgo, &[DType])]) -> Capabilities {
     Capabilities {
-        device: "cpu".into(),
-        quant: QUANT_DTYPES.iter().map(|(q, _)| *q).collect(),
+        device: device.into(),
+        quant: table.iter().map(|(q, _)| *q).collect(),
         dtypes: vec![DType::F32, DType::F16, DType::BF16],
         activations: [Activation::Swiglu, Activation::GPT_OSS, Activation::Relu2]
             .iter()
@@ -48,6 +55,11 @@ pub fn host_capabilities() -> Capabilities {
         supports_non_divisible_ep: true,
         supports_tp: true,
     }
+}
+
+/// What the reference and CPU backends can run.
+pub fn host_capabilities() -> Capabilities {
+    full_capabilities("cpu", QUANT_DTYPES)
 }
 
 /// The verdict of a backend called `backend` with capabilities `caps` on a problem.

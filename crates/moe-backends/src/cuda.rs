@@ -16,12 +16,12 @@
 use std::sync::{Arc, Mutex};
 
 use moe_core::{
-    Activation, Capabilities, DType, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeError,
-    MoeProblem, MoeRunContext, QuantAlgo, RejectReason, Result, Tensor,
+    Capabilities, DType, Eligibility, ExpertPartition, MoeBackend, MoeConfig, MoeDeployment, MoeError, MoeProblem,
+    MoeRunContext, QuantAlgo, RejectReason, Result, Tensor,
 };
 use moe_kernels::cuda::{CudaDevice, DeviceExperts, download};
 
-use crate::capabilities::check;
+use crate::capabilities::{check, dtypes_in, full_capabilities};
 use crate::lifecycle::ExpertLayer;
 use crate::views::LayerViews;
 
@@ -38,20 +38,7 @@ const MIN_SM: u32 = 80;
 
 /// What the CUDA backend can run.
 pub fn cuda_capabilities() -> Capabilities {
-    Capabilities {
-        device: "cuda".into(),
-        quant: CUDA_QUANT_DTYPES.iter().map(|(q, _)| *q).collect(),
-        dtypes: vec![DType::F32, DType::F16, DType::BF16],
-        activations: [Activation::Swiglu, Activation::GPT_OSS, Activation::Relu2]
-            .iter()
-            .map(|a| a.name().to_string())
-            .collect(),
-        supports_bias: true,
-        supports_apply_router_weight_on_input: true,
-        supports_eplb: true,
-        supports_non_divisible_ep: true,
-        supports_tp: true,
-    }
+    full_capabilities("cuda", CUDA_QUANT_DTYPES)
 }
 
 /// The CUDA backend. See the module docs.
@@ -126,10 +113,7 @@ impl MoeBackend for CudaBackend {
         if !matches!(verdict, Eligibility::Ok) {
             return verdict;
         }
-        let dtypes = CUDA_QUANT_DTYPES
-            .iter()
-            .find(|(q, _)| *q == problem.quant)
-            .map_or(&[][..], |(_, d)| d);
+        let dtypes = dtypes_in(CUDA_QUANT_DTYPES, problem.quant);
         if !dtypes.contains(&problem.dtype_act) {
             return reject(
                 RejectReason::DtypeUnsupported,
