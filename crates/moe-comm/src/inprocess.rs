@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use moe_core::{Deadline, MoeError, ProcessGroup, Result, Tensor};
 
-use crate::rows::{split_rows_by_counts, sum_tensors};
+use crate::rows::{check_counts, check_gather_input, split_rows_by_counts, sum_tensors};
 
 /// What one rank contributes to a round.
 #[derive(Clone, Debug)]
@@ -134,16 +134,6 @@ impl InProcessGroup {
             })
             .collect()
     }
-
-    fn check_counts(&self, counts: &[usize], what: &str) -> Result<()> {
-        if counts.len() != self.shared.size {
-            return Err(MoeError::config(
-                what,
-                format!("{} counts for a world of {}", counts.len(), self.shared.size),
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl Drop for InProcessGroup {
@@ -168,14 +158,7 @@ impl ProcessGroup for InProcessGroup {
     }
 
     fn all_gather_v(&self, local: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
-        self.check_counts(counts, "all_gather_v counts")?;
-        if local.rows() != counts[self.rank] {
-            return Err(MoeError::shape(
-                "all_gather_v input",
-                format!("{} rows", counts[self.rank]),
-                local.shape(),
-            ));
-        }
+        check_gather_input(local, counts, self.rank, self.size())?;
         let parts = Self::tensors(self.exchange(Post::Tensor(local.clone()), deadline)?, "all_gather_v")?;
         for (r, p) in parts.iter().enumerate() {
             if p.rows() != counts[r] {
@@ -189,7 +172,7 @@ impl ProcessGroup for InProcessGroup {
     }
 
     fn reduce_scatter_v(&self, full: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
-        self.check_counts(counts, "reduce_scatter_v counts")?;
+        check_counts(counts, self.size(), "reduce_scatter_v counts")?;
         let parts = Self::tensors(self.exchange(Post::Tensor(full.clone()), deadline)?, "reduce_scatter_v")?;
         let mine: Vec<Tensor> = parts
             .iter()
@@ -205,8 +188,8 @@ impl ProcessGroup for InProcessGroup {
         recv_counts: &[usize],
         deadline: Deadline,
     ) -> Result<Tensor> {
-        self.check_counts(send_counts, "all_to_all_v send counts")?;
-        self.check_counts(recv_counts, "all_to_all_v recv counts")?;
+        check_counts(send_counts, self.size(), "all_to_all_v send counts")?;
+        check_counts(recv_counts, self.size(), "all_to_all_v recv counts")?;
         let posts = self.exchange(Post::Rows(send.clone(), send_counts.to_vec()), deadline)?;
         let mut parts = Vec::with_capacity(posts.len());
         for (src, p) in posts.into_iter().enumerate() {

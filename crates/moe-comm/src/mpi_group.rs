@@ -15,7 +15,7 @@ use mpi::point_to_point::{Destination, Source};
 use mpi::request::{LocalScope, Request, scope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 
-use crate::rows::{split_rows_by_counts, sum_tensors};
+use crate::rows::{check_counts, split_rows_by_counts, sum_tensors};
 
 struct Inner {
     // Dropping the universe finalizes MPI; it lives as long as the group.
@@ -138,16 +138,6 @@ impl MpiGroup {
         });
         outcome.map(|()| bufs)
     }
-
-    fn check_counts(&self, counts: &[usize], what: &str) -> Result<()> {
-        if counts.len() != self.size {
-            return Err(MoeError::config(
-                what,
-                format!("{} counts for a world of {}", counts.len(), self.size),
-            ));
-        }
-        Ok(())
-    }
 }
 
 fn bytes_of(t: &Tensor) -> Result<Vec<u8>> {
@@ -183,7 +173,7 @@ impl ProcessGroup for MpiGroup {
     }
 
     fn all_gather_v(&self, local: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
-        self.check_counts(counts, "all_gather_v counts")?;
+        check_counts(counts, self.size(), "all_gather_v counts")?;
         let mine = bytes_of(local)?;
         let rb = row_bytes(local);
         let recv: Vec<usize> = counts.iter().map(|c| c * rb).collect();
@@ -197,7 +187,7 @@ impl ProcessGroup for MpiGroup {
     }
 
     fn reduce_scatter_v(&self, full: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
-        self.check_counts(counts, "reduce_scatter_v counts")?;
+        check_counts(counts, self.size(), "reduce_scatter_v counts")?;
         let blocks = split_rows_by_counts(full, counts)?;
         let sends = blocks.iter().map(bytes_of).collect::<Result<Vec<_>>>()?;
         let n = counts[self.rank];
@@ -217,8 +207,8 @@ impl ProcessGroup for MpiGroup {
         recv_counts: &[usize],
         deadline: Deadline,
     ) -> Result<Tensor> {
-        self.check_counts(send_counts, "all_to_all_v send counts")?;
-        self.check_counts(recv_counts, "all_to_all_v recv counts")?;
+        check_counts(send_counts, self.size(), "all_to_all_v send counts")?;
+        check_counts(recv_counts, self.size(), "all_to_all_v recv counts")?;
         let sends = split_rows_by_counts(send, send_counts)?
             .iter()
             .map(bytes_of)

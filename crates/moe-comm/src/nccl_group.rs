@@ -49,6 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::rows::{check_counts, check_gather_input};
 use cudarc::driver::{CudaEvent, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result as nccl, sys};
 use moe_core::{DType, Deadline, HostStorage, MoeError, ProcessGroup, Result, Storage, Tensor};
@@ -812,16 +813,6 @@ impl NcclGroup {
         Ok(())
     }
 
-    fn check_counts(&self, counts: &[usize], what: &str) -> Result<()> {
-        if counts.len() != self.size {
-            return Err(MoeError::config(
-                what,
-                format!("{} counts for a world of {}", counts.len(), self.size),
-            ));
-        }
-        Ok(())
-    }
-
     /// `t` on this group's device: uploaded when it is a host tensor.
     fn operand(&self, t: &Tensor, what: &str) -> Result<Tensor> {
         match t.storage() {
@@ -938,14 +929,7 @@ impl ProcessGroup for NcclGroup {
     }
 
     fn all_gather_v(&self, local: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
-        self.check_counts(counts, "all_gather_v counts")?;
-        if local.rows() != counts[self.rank] {
-            return Err(MoeError::shape(
-                "all_gather_v input",
-                format!("{} rows", counts[self.rank]),
-                local.shape(),
-            ));
-        }
+        check_gather_input(local, counts, self.rank, self.size())?;
         let host = local.is_host();
         let local = self.operand(local, "all_gather_v input")?;
         let rb = row_bytes(&local);
@@ -958,7 +942,7 @@ impl ProcessGroup for NcclGroup {
     }
 
     fn reduce_scatter_v(&self, full: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
-        self.check_counts(counts, "reduce_scatter_v counts")?;
+        check_counts(counts, self.size(), "reduce_scatter_v counts")?;
         check_float(full, "reduce_scatter_v input")?;
         let total: usize = counts.iter().sum();
         if full.rows() != total {
@@ -999,8 +983,8 @@ impl ProcessGroup for NcclGroup {
         recv_counts: &[usize],
         deadline: Deadline,
     ) -> Result<Tensor> {
-        self.check_counts(send_counts, "all_to_all_v send counts")?;
-        self.check_counts(recv_counts, "all_to_all_v recv counts")?;
+        check_counts(send_counts, self.size(), "all_to_all_v send counts")?;
+        check_counts(recv_counts, self.size(), "all_to_all_v recv counts")?;
         let sent: usize = send_counts.iter().sum();
         if send.rows() != sent {
             return Err(MoeError::shape(

@@ -1,7 +1,31 @@
-//! Row arithmetic every process group shares: splitting a tensor into per-rank row blocks
-//! and summing equally shaped tensors in f32.
+//! Row arithmetic every process group shares: checking per-rank counts, splitting a tensor
+//! into per-rank row blocks and summing equally shaped tensors in f32.
 
 use moe_core::{MoeError, Result, Tensor};
+
+/// Checks that `counts` holds one entry per rank of a world of `size`.
+pub(crate) fn check_counts(counts: &[usize], size: usize, what: &str) -> Result<()> {
+    if counts.len() != size {
+        return Err(MoeError::config(
+            what,
+            format!("{} counts for a world of {size}", counts.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an all-gather's `counts` and that `local` holds this rank's `counts[rank]` rows.
+pub(crate) fn check_gather_input(local: &Tensor, counts: &[usize], rank: usize, size: usize) -> Result<()> {
+    check_counts(counts, size, "all_gather_v counts")?;
+    if local.rows() != counts[rank] {
+        return Err(MoeError::shape(
+            "all_gather_v input",
+            format!("{} rows", counts[rank]),
+            local.shape(),
+        ));
+    }
+    Ok(())
+}
 
 /// Splits `t` into consecutive row blocks of `counts[r]` rows.
 pub fn split_rows_by_counts(t: &Tensor, counts: &[usize]) -> Result<Vec<Tensor>> {
