@@ -494,7 +494,7 @@ def summarize(bench_path, baseline_path):
     if not keys:
         print("summary: no bench or baseline rows")
         return
-    head = f"{'preset':<14} {'weights':<9} {'T':>5} {'moe ms':>9} {'floor ms':>9} {'x floor':>8}"
+    head = f"{'preset':<14} {'weights':<9} {'T':>5} {'moe ms':>9} {'floor ms':>9} {'x floor':>8} {'graph ms':>9} {'graph x floor':>13}"
     width = {v: max(10, len(v)) for v in variants}
     for v in variants:
         head += f" {v:>{width[v]}}"
@@ -505,8 +505,14 @@ def summarize(bench_path, baseline_path):
         line = f"{preset:<14} {weights:<9} {tokens:>5}"
         if o:
             line += f" {o['median_ms']:>9.3f} {o.get('floor_ms', float('nan')):>9.3f} {o.get('ratio_to_floor', float('nan')):>8.2f}"
+            # The forward replayed as a CUDA graph (moe bench's graph_ms); '-' where it could
+            # not be captured (graph_error) or the row predates graph timing.
+            if "graph_ms" in o:
+                line += f" {o['graph_ms']:>9.3f} {o.get('graph_ratio_to_floor', float('nan')):>13.2f}"
+            else:
+                line += f" {'-':>9} {'-':>13}"
         else:
-            line += f" {'-':>9} {'-':>9} {'-':>8}"
+            line += f" {'-':>9} {'-':>9} {'-':>8} {'-':>9} {'-':>13}"
         best = None
         for v in variants:
             t = next(
@@ -526,6 +532,10 @@ def summarize(bench_path, baseline_path):
             line += f" {'-':>14}"
         print(line)
     print("vs best torch: fastest torch variant without a shared expert / moe (above 1: moe is faster)")
+    print("graph ms: the moe forward captured once into a CUDA graph and replayed (no host launch latency)")
+    for o in ours:
+        if o.get("graph_error"):
+            print(f"graph capture failed for {o['preset']} {o['weights']} T={o['tokens']}: {o['graph_error']}")
 
 
 def main(argv=None):

@@ -87,6 +87,12 @@ pub enum MoeError {
     /// types never leak into the contracts.
     #[error("backend error: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+
+    /// Work queued while capturing a CUDA graph of `what` could not be captured (a host
+    /// synchronisation, a pageable host copy, a download): the capture was ended and
+    /// discarded, and the device stays usable.
+    #[error("CUDA graph capture of {what} failed: {detail}")]
+    GraphCapture { what: String, detail: String },
 }
 
 impl MoeError {

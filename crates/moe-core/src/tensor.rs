@@ -23,6 +23,9 @@ pub trait DeviceStorage: Send + Sync + fmt::Debug {
     fn len_bytes(&self) -> usize;
     /// Downcast hook for the crate that implements it.
     fn as_any(&self) -> &dyn Any;
+    /// Mutable downcast hook: lets the implementing crate write into a buffer its caller owns
+    /// alone (a CUDA graph's input buffers, refilled in place between replays).
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 /// Host memory of a tensor.
@@ -147,6 +150,16 @@ impl Tensor {
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// The device storage, mutably, when this tensor is its only holder (no clone of it is
+    /// alive); `None` for host tensors and shared device storage. Writing in place through
+    /// a shared buffer would change every clone, so only a sole owner may.
+    pub fn device_storage_mut(&mut self) -> Option<&mut (dyn DeviceStorage + 'static)> {
+        match &mut self.storage {
+            Storage::Device(d) => Arc::get_mut(d),
+            Storage::Host(_) => None,
+        }
     }
 
     pub fn numel(&self) -> usize {

@@ -36,12 +36,12 @@ pub mod process_group {
 }
 
 /// CUDA devices (feature `cuda`): the device handle, device tensors and their copies, the
-/// device-event timer and the measured ceilings of a device, re-exported so binaries and model
+/// device-event timer, CUDA-graph capture and replay (`CudaDevice::capture`, `DeviceGraph`) and the measured ceilings of a device, re-exported so binaries and model
 /// code reach them through the assembler crate. Without the feature the same names exist and
 /// fail with `MoeError::NotCompiledWithCuda`.
 pub mod cuda {
     pub use moe_kernels::cuda::{
-        CudaDevice, CudaStorage, CudaTimer, bf16_matmul_tflops, copy_bandwidth_gbps, download,
+        CudaDevice, CudaStorage, CudaTimer, DeviceGraph, bf16_matmul_tflops, copy_bandwidth_gbps, download,
     };
 }
 

@@ -2,7 +2,13 @@
 //! machine from the bundle). Random layers over every dtype, activation, bias and top-k, with
 //! token counts that take each GEMM path (GEMV for few rows per slot and every f32 layer, the
 //! tensor-core kernel with 32-, 64- and 128-row tiles), device-resident inputs, an EP rank
-//! that holds only part of the slots, and the packed quantized formats.
+//! that holds only part of the slots, and the packed quantized formats; [`graph`]: the forward
+//! captured into a CUDA graph and replayed; [`tma`]: the Hopper TMA GEMM path on ragged shapes.
+
+mod graph;
+mod tma;
+
+use std::sync::{Mutex, MutexGuard};
 
 use moe_backends::{CudaBackend, ReferenceBackend};
 use moe_core::{Activation, DType, ExpertPartition, MoeBackend, MoeRunContext, QuantAlgo, Tensor};
@@ -13,12 +19,21 @@ use crate::quantized::{case, check_accuracy, tolerance as quant_tolerance};
 
 const ACTIVATIONS: [Activation; 3] = [Activation::Swiglu, Activation::GPT_OSS, Activation::Relu2];
 
+/// Serialises the GPU tests of this binary: a device has one stream, and a graph capture
+/// records whatever any thread queues on it meanwhile, so no test may use the device while
+/// another captures.
+pub(crate) fn gpu_lock() -> MutexGuard<'static, ()> {
+    static GPU: Mutex<()> = Mutex::new(());
+    GPU.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn tolerance(dtype: DType) -> f64 {
     if dtype == DType::F32 { 1e-5 } else { 1e-2 }
 }
 
 #[test]
 fn every_dtype_activation_and_path_matches_the_reference() {
+    let _gpu = gpu_lock();
     for dtype in [DType::F32, DType::BF16, DType::F16] {
         for (a, activation) in ACTIVATIONS.into_iter().enumerate() {
             for k in [1, 2, 8] {
@@ -51,6 +66,7 @@ fn every_dtype_activation_and_path_matches_the_reference() {
 
 #[test]
 fn f32_output_of_a_bf16_layer_and_zero_tokens() {
+    let _gpu = gpu_lock();
     let c = config(8, 64, 32, 2, DType::BF16);
     let src = checkpoint(&c, 5);
     let cuda: CudaBackend = loaded(&c, &src);
@@ -78,6 +94,7 @@ fn f32_output_of_a_bf16_layer_and_zero_tokens() {
 
 #[test]
 fn device_resident_inputs_give_a_device_output_equal_to_the_host_path() {
+    let _gpu = gpu_lock();
     let c = config(16, 128, 64, 4, DType::BF16);
     let src = checkpoint(&c, 9);
     let cuda: CudaBackend = loaded(&c, &src);
@@ -117,6 +134,7 @@ fn device_resident_inputs_give_a_device_output_equal_to_the_host_path() {
 
 #[test]
 fn an_ep_rank_computes_only_its_slots() {
+    let _gpu = gpu_lock();
     let mut c = config(12, 64, 64, 3, DType::F32);
     c.parallel.ep_size = 3;
     c.parallel.ep_rank = 1;
@@ -142,6 +160,7 @@ fn an_ep_rank_computes_only_its_slots() {
 
 #[test]
 fn packed_quantized_formats_match_the_dequantized_oracle_and_the_reference() {
+    let _gpu = gpu_lock();
     for (algo, act, bias) in [
         (QuantAlgo::Fp8PerTensor, Activation::Swiglu, true),
         (QuantAlgo::Fp8Block, Activation::Swiglu, false),

@@ -13,6 +13,12 @@
 //! logits with the same routing. The layer is the routed experts only: `moe::ConfigurableMoe`
 //! has no shared expert (DeepSeek-V3's one shared expert, `I = 2048`, belongs to the model), so
 //! FLOPs, bytes and the floor count what runs.
+//!
+//! Each row is timed twice ([`GraphTiming`]): eagerly, every forward issued from the host, and
+//! as a CUDA graph, one forward captured (`CudaDevice::capture`) and replayed. The eager time
+//! includes the host's launch latency of every kernel, which an inference engine hides by
+//! replaying its decode step as a graph; issue #6 asks for a decode path that can be captured.
+//! The graph time is what such an engine sees, so both are reported, each against the floor.
 
 use std::time::Instant;
 
@@ -108,32 +114,65 @@ pub fn floor_ms(row: &Row, c: &DeviceCeilings) -> f64 {
     read_s.max(compute_s) * 1e3
 }
 
+/// A row's forward replayed as a CUDA graph (module doc): the median of the timed replays, or
+/// why the forward could not be captured (the row is still reported, with its eager time).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GraphTiming {
+    MedianMs(f64),
+    Failed(String),
+}
+
 /// The CPU row's JSON object plus `card`, `floor_ms` and `ratio_to_floor` (median / floor:
-/// 1.0 is at the floor, 2.0 twice as slow as it).
-pub fn row_json(row: &Row, c: &DeviceCeilings) -> Value {
+/// 1.0 is at the floor, 2.0 twice as slow as it), and the graph replay's `graph_ms` and
+/// `graph_ratio_to_floor`, or `graph_error` when the forward could not be captured.
+pub fn row_json(row: &Row, c: &DeviceCeilings, graph: &GraphTiming) -> Value {
     let mut v = report::row_json(row, &c.as_ceilings(), None);
     let floor = floor_ms(row, c);
     v["card"] = Value::from(c.card.clone());
     v["floor_ms"] = Value::from(floor);
     v["ratio_to_floor"] = Value::from(row.median_ms / floor);
+    match graph {
+        GraphTiming::MedianMs(ms) => {
+            v["graph_ms"] = Value::from(*ms);
+            v["graph_ratio_to_floor"] = Value::from(ms / floor);
+        }
+        GraphTiming::Failed(e) => v["graph_error"] = Value::from(e.clone()),
+    }
     v
 }
 
-/// The text table of device rows.
-pub fn table(rows: &[Row], c: &DeviceCeilings) -> String {
+/// The text table of device rows, the graph replay's median and its ratio to the floor last
+/// (`-` where the forward could not be captured).
+pub fn table(rows: &[(Row, GraphTiming)], c: &DeviceCeilings) -> String {
     use std::fmt::Write as _;
     let ceil = c.as_ceilings();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7}",
-        "preset", "weights", "T", "backend", "experts", "median ms", "floor ms", "x floor", "TFLOP/s", "GB/s", "bound"
+        "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "preset",
+        "weights",
+        "T",
+        "backend",
+        "experts",
+        "median ms",
+        "floor ms",
+        "x floor",
+        "TFLOP/s",
+        "GB/s",
+        "bound",
+        "graph ms",
+        "g x floor"
     );
-    for r in rows {
+    for (r, graph) in rows {
         let floor = floor_ms(r, c);
+        let (graph_ms, graph_x) = match graph {
+            GraphTiming::MedianMs(ms) => (format!("{ms:.3}"), format!("{:.2}", ms / floor)),
+            GraphTiming::Failed(_) => ("-".to_string(), "-".to_string()),
+        };
         let _ = writeln!(
             s,
-            "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10.3} {:>9.3} {:>8.2} {:>8.1} {:>8.0} {:>7}",
+            "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10.3} {:>9.3} {:>8.2} {:>8.1} {:>8.0} {:>7} {:>9} {:>9}",
             r.preset,
             r.weights,
             r.tokens,
@@ -144,7 +183,9 @@ pub fn table(rows: &[Row], c: &DeviceCeilings) -> String {
             r.median_ms / floor,
             r.gflops / 1e3,
             r.weight_gbps,
-            report::bound(r, &ceil)
+            report::bound(r, &ceil),
+            graph_ms,
+            graph_x
         );
     }
     s
@@ -186,6 +227,38 @@ fn time_forward(
         tick();
     }
     Ok((times, finite))
+}
+
+/// One forward captured into a CUDA graph (its output copied into a buffer allocated before
+/// the capture, so the graph frees everything it allocates and can be relaunched), one
+/// untimed replay, then `repeats` replays each timed by device events; the median in ms.
+/// Runs after the eager timing, so the kernels are compiled and the constants uploaded.
+fn time_graph(
+    dev: &CudaDevice,
+    layer: &mut ConfigurableMoe,
+    x: &Tensor,
+    logits: &Tensor,
+    repeats: usize,
+) -> anyhow::Result<f64> {
+    let y = layer.forward(x, logits)?;
+    let mut out = dev.zeros(y.dtype(), y.shape().to_vec())?;
+    drop(y);
+    dev.synchronize()?;
+    let (graph, ()) = dev.capture("the layer forward", || {
+        let y = layer.forward(x, logits)?;
+        dev.copy_into(&mut out, &y)
+    })?;
+    graph.launch()?;
+    dev.synchronize()?;
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let timer = dev.timer()?;
+        graph.launch()?;
+        times.push(timer.stop_ms()?);
+    }
+    dev.synchronize()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Runs the planned rows on the device and prints them (table or JSON lines).
@@ -270,10 +343,22 @@ pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::R
                 });
             }
             let row = Row::new(p, tokens, layer.backend_name(), &mut times, touched);
+            progress.set_message(format!("{} T={tokens} graph", p.name));
+            let graph = match time_graph(&dev, &mut layer, &xd, &ld, repeats) {
+                Ok(ms) => GraphTiming::MedianMs(ms),
+                Err(e) => {
+                    // The failed capture was ended; clear what the device recorded so the
+                    // next row starts clean.
+                    let _ = dev.synchronize();
+                    let text = format!("{e:#}");
+                    progress.suspend(|| eprintln!("warning: {} T={tokens}: graph capture: {text}", p.name));
+                    GraphTiming::Failed(text)
+                }
+            };
             if args.json {
-                progress.suspend(|| println!("{}", row_json(&row, &ceilings)));
+                progress.suspend(|| println!("{}", row_json(&row, &ceilings, &graph)));
             }
-            rows.push(row);
+            rows.push((row, graph));
         }
     }
     progress.finish_and_clear();
@@ -315,7 +400,7 @@ mod tests {
         let mut t = [0.001];
         let r = Row::new(&p, 100_000, "cuda", &mut t, 8);
         assert!((floor_ms(&r, &c) - 100_000.0 * 24576.0 / 1e14 * 1e3).abs() < 1e-9);
-        let j = row_json(&r, &c);
+        let j = row_json(&r, &c, &GraphTiming::MedianMs(0.002));
         let cpu = report::row_json(&r, &c.as_ceilings(), None);
         for key in cpu.as_object().unwrap().keys() {
             assert!(j.get(key).is_some(), "{key}");
@@ -323,7 +408,19 @@ mod tests {
         assert_eq!(j["card"], "test card");
         let ratio = j["ratio_to_floor"].as_f64().unwrap();
         assert!((ratio - 1.0 / (100_000.0 * 24576.0 / 1e14 * 1e3)).abs() < 1e-9);
-        assert!(table(&[r], &c).contains("tiny"));
+        assert!((j["graph_ms"].as_f64().unwrap() - 0.002).abs() < 1e-12);
+        assert!(j.get("graph_error").is_none());
+        let failed = row_json(&r, &c, &GraphTiming::Failed("no graph".into()));
+        assert_eq!(failed["graph_error"], "no graph");
+        assert!(failed.get("graph_ms").is_none());
+        let t = table(
+            &[
+                (r.clone(), GraphTiming::MedianMs(0.002)),
+                (r, GraphTiming::Failed("x".into())),
+            ],
+            &c,
+        );
+        assert!(t.contains("tiny") && t.contains("graph ms") && t.contains("0.002"));
         assert!(is_device_backend("cuda") && !is_device_backend("cpu"));
     }
 }

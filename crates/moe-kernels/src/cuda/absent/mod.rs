@@ -6,12 +6,14 @@
 mod ceilings;
 mod comm_rows;
 mod experts;
+mod graph;
 mod routing;
 mod rows;
 
 pub use ceilings::*;
 pub use comm_rows::*;
 pub use experts::*;
+pub use graph::*;
 pub use routing::*;
 pub use rows::*;
 

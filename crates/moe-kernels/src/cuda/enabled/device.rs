@@ -14,6 +14,7 @@ use moe_core::{MoeError, Result};
 
 use super::compile::compile_module;
 use super::ffi;
+use super::graph::{CaptureState, ConstKey};
 
 /// Wraps a driver/NVRTC failure as the workspace error, naming the device and the step.
 pub(crate) fn dev_err(location: &str, step: &str, e: impl fmt::Display) -> MoeError {
@@ -34,6 +35,11 @@ struct Inner {
     /// Checks of device-side status words queued by asynchronous operations (routing's NaN
     /// refusals), run at the next synchronisation: the CUDA model of asynchronous errors.
     pending: Mutex<Vec<PendingCheck>>,
+    /// The capture in progress on the stream, if any ([`CudaDevice::capture`]).
+    capture: Mutex<Option<CaptureState>>,
+    /// Small host constants a forward reads (routing bias, static routing tables), uploaded
+    /// once: an upload is a pageable host copy, which a CUDA graph cannot capture.
+    constants: Mutex<HashMap<ConstKey, moe_core::Tensor>>,
 }
 
 /// The define that marks code using architecture-specific instructions (Hopper's wgmma).
@@ -100,6 +106,8 @@ impl CudaDevice {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 pending: Mutex::new(Vec::new()),
+                capture: Mutex::new(None),
+                constants: Mutex::new(HashMap::new()),
             }),
         };
         map.insert(ordinal, dev.clone());
@@ -177,6 +185,21 @@ impl CudaDevice {
         }
         first
     }
+    /// The capture in progress on this device's stream (`None` when not capturing).
+    pub(crate) fn capture_state(&self) -> std::sync::MutexGuard<'_, Option<CaptureState>> {
+        self.inner.capture.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The uploaded constants (see `Inner::constants`).
+    pub(crate) fn constants(&self) -> std::sync::MutexGuard<'_, HashMap<ConstKey, moe_core::Tensor>> {
+        self.inner.constants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The device's context (graph capture drains the errors cudarc recorded during it).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
     /// The device's one stream (CUDA build only: for moe-comm's NCCL group, whose
     /// communicator must run on the stream the kernels run on).
     pub fn stream(&self) -> &Arc<CudaStream> {

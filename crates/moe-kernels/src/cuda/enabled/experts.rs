@@ -5,23 +5,30 @@
 //! FP8 and MXFP4 codes packed, with their scales), biases in f32.
 //!
 //! [`DeviceExperts::forward`] queues, on the device's one stream and with no host
-//! synchronisation and no host allocation (what CUDA-graph capture of a decode step needs;
-//! capture itself is not exercised by a test yet):
+//! synchronisation and no host allocation (so a forward can be captured into a CUDA graph:
+//! `CudaDevice::capture`, tested in moe-backends' `cuda::graph`):
 //! 1. `moe_count` / `moe_scan` / `moe_scatter`: a histogram of the local slots, its prefix sum
-//!    (row offset of each slot, plus the tile list of the tensor-core path) and the permuted row
-//!    of every selection;
-//! 2. the format's FP8 activation quantize-dequantize of the FC1 input, when it has one;
+//!    (row offset of each slot, plus the tile list of the tensor-core paths) and the permuted
+//!    row of every selection;
+//! 2. the format's FP8 activation quantize-dequantize of the FC1 input, when it has one (on the
+//!    TMA path, `moe_expand` then gathers each slot's input rows into one block);
 //! 3. FC1 with bias and activation fused into its epilogue (`act = act(x W13^T + b13)`);
 //! 4. the FC2 input quantization, FC2 with bias (`y = act W2^T + b2`);
 //! 5. finalize: each token's rows weighted and summed in selection order, in f32.
 //!
-//! Three GEMM paths, chosen on the host from sizes alone (never from device data): a GEMV-style
-//! kernel streaming each weight row once for up to 8 rows of its slot at a time (decode: at most
-//! one row per slot on average, and every f32 layer); on Hopper the warpgroup-MMA kernel
-//! (`wgmma`, 64- or 128-row tiles of 128 columns, 4-stage `cp.async` pipeline into the 128-byte
-//! swizzle it reads, one MMA group in flight); elsewhere an `mma.sync` m16n8k16 kernel (3-stage
-//! pipeline, 32/64/128-row tiles). Quantized weights are decoded to the activation dtype inside the
-//! kernels, a tile at a time; they never exist dequantized in device memory.
+//! Four GEMM paths, chosen on the host from sizes alone (never from device data):
+//! - GEMV: streams each weight row once for up to 8 rows of its slot at a time (decode: at most
+//!   one row per slot on average, and every f32 layer);
+//! - TMA (Hopper, 16-bit float weights, from [`TMA_MIN_AVG_ROWS`] rows per slot): a
+//!   warp-specialized kernel, one producer warpgroup issuing bulk tensor copies into a 4-stage
+//!   mbarrier pipeline and two consumer warpgroups each computing 64 x 256 with `wgmma`;
+//! - wgmma (Hopper, the other cases: quantized weights, few rows per slot): 64- or 128-row tiles
+//!   of 128 columns, a 4-stage `cp.async` pipeline into the 128-byte swizzle, one MMA group in
+//!   flight;
+//! - elsewhere an `mma.sync` m16n8k16 kernel (3-stage pipeline, 32/64/128-row tiles).
+//!
+//! Quantized weights are decoded to the activation dtype inside the kernels, a tile at a time;
+//! they never exist dequantized in device memory.
 
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use moe_core::{Activation, DType, MoeError, Result, Tensor};
@@ -382,6 +389,28 @@ enum Path {
     Wgmma {
         bm: usize,
     },
+    /// Hopper, 16-bit float weights, many rows per slot: the warp-specialized TMA kernel
+    /// (128-row tiles).
+    Tma,
+}
+
+/// Average rows per slot from which 16-bit float weights take the TMA path on Hopper
+/// (`MOE_CUDA_TMA_MIN_ROWS` overrides it, for measuring both paths on one machine).
+const TMA_MIN_AVG_ROWS: usize = 32;
+
+/// Pipeline depth of the TMA kernels (`TMA_STAGES` in `experts.cu`) and the bytes of one
+/// stage: A (128 rows) and B (256 weight rows) of 64 16-bit columns.
+const TMA_STAGES: usize = 4;
+const TMA_STAGE_BYTES: usize = 128 * 128 + 256 * 128;
+
+fn tma_min_avg_rows() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("MOE_CUDA_TMA_MIN_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TMA_MIN_AVG_ROWS)
+    })
 }
 
 impl DeviceExperts {
@@ -486,6 +515,8 @@ impl DeviceExperts {
             };
         if self.dtype == DType::F32 || avg <= if wgmma_ok { 1 } else { GEMV_MAX_AVG_ROWS } {
             Path::Gemv
+        } else if wgmma_ok && self.format == Format::Float && avg >= tma_min_avg_rows() {
+            Path::Tma
         } else if wgmma_ok {
             // The wgmma kernel streams weights near the copy rate from 2 rows per slot on, so
             // only decode (at most one row per slot on average) keeps the GEMV. 128-row tiles
@@ -557,6 +588,7 @@ impl DeviceExperts {
             // One "tile" per non-empty slot: the GEMV grid walks that list.
             Path::Gemv => 1 << 20,
             Path::Mma { bm } | Path::Wgmma { bm } => bm,
+            Path::Tma => 128,
         };
         let max_tiles = nk.div_ceil(bm.min(nk)) + s_local;
         let esize = self.dtype.size_in_bytes();
@@ -625,6 +657,30 @@ impl DeviceExperts {
             xq = dev.alloc_storage(n * h * esize)?;
             qdq(dev, self.fc1_input, (xs, self.dtype), (&xq, self.dtype), n, h, None)?;
             xq.ptr(dev)
+        };
+
+        // The TMA path reads each slot's FC1 input rows as one block: gather them once.
+        let xp;
+        let a1 = if path == Path::Tma {
+            xp = dev.alloc_storage(nk * h * esize)?;
+            let f = self.kernel(COMMON, "moe_expand")?;
+            let (xp_p, count_p, chunks) = (xp.ptr(dev), offsets_p + 4 * s_local as u64, (h * esize / 16) as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (nk as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
+                a.arg(&a1)
+                    .arg(&row_sel_p)
+                    .arg(&k_i)
+                    .arg(&count_p)
+                    .arg(&chunks)
+                    .arg(&xp_p);
+            })?;
+            xp.ptr(dev)
+        } else {
+            a1
         };
 
         // 3. FC1 + activation. With an FP8 FC2 input the activation is written in f32 and
@@ -758,6 +814,7 @@ impl DeviceExperts {
                 self.variant()?,
             ),
             Path::Mma { bm } => (format!("mma_{which}_{suffix}_{bm}"), tiles(0), self.variant()?),
+            Path::Tma => return self.gemm_tma(fc1, g, w, max_tiles, selections),
             Path::Wgmma { bm } => {
                 // WG_STAGES stages of A (bm x 128 B) and B (128 rows x 128 B of 16-bit values,
                 // or of raw codes), one decoded B tile for codes, 1 KB of alignment slack.
@@ -790,6 +847,59 @@ impl DeviceExperts {
             a.arg(&g).arg(&w).arg(&act);
         })
         .map_err(|e| dev_err(&dev.location(), &name, e))
+    }
+}
+
+impl DeviceExperts {
+    /// Queues one GEMM of the TMA path: `g.a` holds `selections` contiguous rows of `g.k`
+    /// values (the permuted rows first), the weights `w` one `w.rows x w.cols` matrix per slot.
+    fn gemm_tma(&self, fc1: bool, g: GemmArgs, w: WeightArgs, max_tiles: usize, selections: usize) -> Result<()> {
+        if self.num_slots == 0 {
+            return Ok(());
+        }
+        let dev = &self.dev;
+        let loc = dev.location();
+        let bf16 = self.dtype == DType::BF16;
+        let ta = ffi::tensor_map_16bit(g.a, bf16, selections, g.k as usize, 128, &loc)?;
+        let tb = ffi::tensor_map_16bit(w.w, bf16, self.num_slots * w.rows as usize, w.cols as usize, 128, &loc)?;
+        let units = g.units as usize;
+        // A gated FC1 tile covers 128 channels (their up and gate rows), any other 256 columns.
+        let n_tiles = if fc1 && g.gated != 0 {
+            units.div_ceil(128)
+        } else {
+            units.div_ceil(256)
+        };
+        let blocks = max_tiles * n_tiles;
+        if blocks > i32::MAX as usize {
+            return Err(MoeError::config(
+                "tokens per forward",
+                format!("{selections} selections need {blocks} GEMM blocks (more than one launch holds)"),
+            ));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (384, 1, 1),
+            // The stages, a full and an empty mbarrier per stage, 1 KB of alignment slack.
+            shared_mem_bytes: (TMA_STAGES * TMA_STAGE_BYTES + 16 * TMA_STAGES + 1024) as u32,
+        };
+        let name = format!(
+            "tma_{}_{}_{}",
+            if fc1 { "fc1" } else { "fc2" },
+            dt_suffix(self.dtype)?,
+            self.format.suffix()
+        );
+        let f = self.kernel(&format!("{} {WGMMA_DEFINE}", self.variant()?), &name)?;
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            cfg.shared_mem_bytes as i32,
+        )
+        .map_err(|e| dev_err(&loc, &format!("{name}: shared memory limit"), e))?;
+        let act = act_args(self.dims.activation);
+        let n_tiles_i = n_tiles as i32;
+        ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
+            a.arg(&g).arg(&w).arg(&act).arg(&ta).arg(&tb).arg(&n_tiles_i);
+        })
+        .map_err(|e| dev_err(&loc, &name, e))
     }
 }
 

@@ -113,3 +113,70 @@ unsafe impl DeviceRepr for super::experts::GemmArgs {}
 unsafe impl DeviceRepr for super::experts::WeightArgs {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for super::experts::ActArgs {}
+
+/// A bulk-tensor-copy (TMA) descriptor, passed by value to the kernels that copy with it
+/// (`TensorMap` in `kernels/experts.cu`).
+#[derive(Clone, Copy, Debug)]
+#[allow(dead_code)] // the bytes are read by the kernels, never by Rust
+pub(crate) struct TensorMap(cudarc::driver::sys::CUtensorMap);
+
+// SAFETY: `CUtensorMap` is the driver's 128-byte plain-data descriptor; the kernels declare the
+// parameter as a 128-byte, 64-byte-aligned struct and hand its address to the copy engine
+// unchanged, exactly as the driver API documents for `__grid_constant__` tensor maps.
+unsafe impl DeviceRepr for TensorMap {}
+
+/// The descriptor of a row-major `rows x cols` matrix of 16-bit values at device address
+/// `addr`, copied in boxes of `box_rows x 64` columns (128 bytes: one swizzle span) into the
+/// 128-byte swizzle that `wgmma` reads; out-of-range elements arrive as zeros.
+pub(crate) fn tensor_map_16bit(
+    addr: u64,
+    bf16: bool,
+    rows: usize,
+    cols: usize,
+    box_rows: u32,
+    location: &str,
+) -> Result<TensorMap> {
+    use cudarc::driver::sys;
+    let bad = |why: String| moe_core::MoeError::Backend(format!("{location}: tensor map: {why}").into());
+    if addr % 16 != 0 || (cols * 2) % 16 != 0 || rows == 0 || cols == 0 || rows > u32::MAX as usize {
+        return Err(bad(format!(
+            "{rows} x {cols} at {addr:#x} (needs a 16-byte aligned base and row pitch)"
+        )));
+    }
+    let dims: [u64; 2] = [cols as u64, rows as u64];
+    let strides: [u64; 1] = [(cols * 2) as u64];
+    let boxes: [u32; 2] = [64, box_rows];
+    let unit: [u32; 2] = [1, 1];
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    let dtype = if bf16 {
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+    } else {
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+    };
+    // SAFETY: every pointer refers to a live local array of the length the driver reads for a
+    // rank-2 map (2 dims, 1 stride, 2 box sizes, 2 element strides); the call only encodes the
+    // descriptor on the host and keeps no pointer. The global address is device memory that
+    // outlives every launch the descriptor is passed to (the caller's buffer).
+    let rc = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            dtype,
+            2,
+            addr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            unit.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if rc != sys::CUresult::CUDA_SUCCESS {
+        return Err(bad(format!(
+            "cuTensorMapEncodeTiled({rows} x {cols}, box {box_rows} x 64): {rc:?}"
+        )));
+    }
+    Ok(TensorMap(map))
+}

@@ -6,6 +6,7 @@
 //!   host <-> device copies.
 //! - [`ffi`]: the only module with `unsafe` (kernel launches, typed views of byte buffers).
 //! - [`compile`]: NVRTC compilation for the device's architecture, cached per module.
+//! - [`graph`]: CUDA-graph capture of a device's stream and its replay ([`DeviceGraph`]).
 //! - [`routing`], [`rows`], [`comm_rows`], [`experts`], [`ceilings`]: the device operations, each
 //!   with its CUDA C source in `cuda/kernels/`.
 
@@ -15,6 +16,7 @@ mod compile;
 mod device;
 mod experts;
 mod ffi;
+mod graph;
 mod routing;
 mod rows;
 mod storage;
@@ -26,4 +28,5 @@ pub use routing::*;
 pub use rows::*;
 
 pub use device::{CudaDevice, CudaTimer};
+pub use graph::{DeviceGraph, MAX_CAPTURED_STATUS_WORDS};
 pub use storage::{CudaStorage, download};

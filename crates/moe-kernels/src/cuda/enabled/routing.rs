@@ -281,9 +281,11 @@ pub fn route_device(method: &RoutingMethod, logits: &Tensor) -> Result<DeviceRou
                     &[ids.len() / k, k],
                 ));
             }
-            let ids_t = dev.upload(&Tensor::from_i32(vec![n, k], ids.clone())?)?;
+            // Uploaded once per device and reused: a per-call upload is a pageable host copy,
+            // which a CUDA graph cannot capture (graph.rs).
+            let ids_t = dev.constant(&Tensor::from_i32(vec![n, k], ids.clone())?, "routing.ids")?;
             let w = match scales {
-                Some(s) => Some(dev.upload(&Tensor::from_f32(vec![n, k], s.clone())?)?),
+                Some(s) => Some(dev.constant(&Tensor::from_f32(vec![n, k], s.clone())?, "routing.scales")?),
                 None => None,
             };
             Ok(out(ids_t, w, None))
@@ -295,7 +297,7 @@ pub fn route_device(method: &RoutingMethod, logits: &Tensor) -> Result<DeviceRou
         _ => {
             let plan = Plan::of(method).ok_or_else(|| MoeError::lifecycle("routing plan of a table method"))?;
             let (ids_t, w, status) = route_logits(&dev, storage, dtype, n, e, k, &plan)?;
-            Ok(out(ids_t, Some(w), Some(status)))
+            Ok(out(ids_t, Some(w), status))
         }
     }
 }
@@ -313,7 +315,7 @@ fn route_logits(
     e: usize,
     k: usize,
     plan: &Plan<'_>,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let loc = dev.location();
     // Status codes must stay below 2^32 - 1 (routing.cu: report); this also keeps N, E and k
     // within the kernel's `int` parameters.
@@ -338,16 +340,29 @@ fn route_logits(
 
     let mut ids_s = dev.alloc_storage(n * k * 4)?;
     let mut w_s = dev.alloc_storage(n * k * 4)?;
-    let mut status_s = dev.alloc_storage(8)?;
-    {
-        let mut v = status_s.view_mut::<u64>(1)?;
-        dev.stream()
-            .memset_zeros(&mut v)
-            .map_err(|e| dev_err(&loc, "clearing the routing status", e))?;
-    }
-    // Without a bias the kernel reads none; it still needs a valid pointer argument.
+    // Inside a graph capture the status word is one of the graph's, allocated before the
+    // capture and checked after each replay (graph.rs); a word allocated here would be the
+    // graph's allocation, never freed inside it.
+    let captured = dev.captured_status(Box::new(move |word| decode_status(word, n, e, k)))?;
+    let mut status_s = match captured {
+        Some(_) => None,
+        None => {
+            let mut s = dev.alloc_storage(8)?;
+            {
+                let mut v = s.view_mut::<u64>(1)?;
+                // A memset, not an upload of a zero: capturable, and no host copy.
+                dev.stream()
+                    .memset_zeros(&mut v)
+                    .map_err(|e| dev_err(&loc, "clearing the routing status", e))?;
+            }
+            Some(s)
+        }
+    };
+    // Without a bias the kernel reads none; it still needs a valid pointer argument. The bias
+    // is uploaded once per device (a per-call upload is a pageable host copy, which a CUDA
+    // graph cannot capture).
     let bias_t = match plan.bias {
-        Some(b) => dev.upload(&Tensor::from_f32(vec![b.len()], b.to_vec())?)?,
+        Some(b) => dev.constant(&Tensor::from_f32(vec![b.len()], b.to_vec())?, "routing bias")?,
         None => dev.zeros(DType::F32, vec![1])?,
     };
     if n > 0 {
@@ -358,7 +373,6 @@ fn route_logits(
         let logits_v = logits.view::<u8>(n * e * elem)?;
         let mut ids_v = ids_s.view_mut::<i32>(n * k)?;
         let mut w_v = w_s.view_mut::<f32>(n * k)?;
-        let mut status_v = status_s.view_mut::<u64>(1)?;
         // Scalars in the order and C types of route_logits' parameters.
         let (n_i, e_i, k_i) = (n as i32, e as i32, k as i32);
         let has_bias = i32::from(plan.bias.is_some());
@@ -368,31 +382,39 @@ fn route_logits(
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: shared as u32,
         };
-        let (ids_r, w_r, status_r) = (&mut ids_v, &mut w_v, &mut status_v);
-        ffi::launch(dev.stream(), &func, cfg, &loc, |args| {
-            args.arg(&logits_v)
-                .arg(&dtype)
-                .arg(&n_i)
-                .arg(&e_i)
-                .arg(&k_i)
-                .arg(&plan.method)
-                .arg(&plan.score_fn)
-                .arg(&bias_v)
-                .arg(&has_bias)
-                .arg(&plan.norm)
-                .arg(&plan.scale)
-                .arg(&n_group)
-                .arg(&topk_group)
-                .arg(&plan.eps)
-                .arg(ids_r)
-                .arg(w_r)
-                .arg(status_r);
-        })?;
+        let mut launch = |status: &mut CudaStorage| -> Result<()> {
+            let mut status_v = status.view_mut::<u64>(1)?;
+            let (ids_r, w_r, status_r) = (&mut ids_v, &mut w_v, &mut status_v);
+            ffi::launch(dev.stream(), &func, cfg, &loc, |args| {
+                args.arg(&logits_v)
+                    .arg(&dtype)
+                    .arg(&n_i)
+                    .arg(&e_i)
+                    .arg(&k_i)
+                    .arg(&plan.method)
+                    .arg(&plan.score_fn)
+                    .arg(&bias_v)
+                    .arg(&has_bias)
+                    .arg(&plan.norm)
+                    .arg(&plan.scale)
+                    .arg(&n_group)
+                    .arg(&topk_group)
+                    .arg(&plan.eps)
+                    .arg(ids_r)
+                    .arg(w_r)
+                    .arg(status_r);
+            })
+        };
+        match (&captured, status_s.as_mut()) {
+            (Some(word), _) => word.with_word(launch)?,
+            (None, Some(s)) => launch(s)?,
+            (None, None) => return Err(MoeError::lifecycle("routing status word missing")),
+        }
     }
     Ok((
         dev.tensor(DType::I32, vec![n, k], ids_s),
         dev.tensor(DType::F32, vec![n, k], w_s),
-        dev.tensor(DType::I64, vec![1], status_s),
+        status_s.map(|s| dev.tensor(DType::I64, vec![1], s)),
     ))
 }
 

@@ -39,6 +39,9 @@ impl DeviceStorage for CudaStorage {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
 }
 
 impl CudaStorage {
@@ -60,6 +63,19 @@ impl CudaStorage {
                 actual: "host tensor".into(),
             }),
         }
+    }
+
+    /// The device storage of `t`, mutably: `t` must be a CUDA tensor and the only holder of
+    /// its buffer (see `Tensor::device_storage_mut`), else a typed error naming `what`.
+    pub fn of_mut<'t>(t: &'t mut Tensor, what: &str) -> Result<&'t mut CudaStorage> {
+        CudaStorage::of(t, what)?;
+        t.device_storage_mut()
+            .and_then(|d| d.as_any_mut().downcast_mut::<CudaStorage>())
+            .ok_or_else(|| MoeError::DTypeMismatch {
+                what: what.into(),
+                expected: "a CUDA device tensor with no other clone alive (written in place)".into(),
+                actual: "a shared device tensor".into(),
+            })
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -156,7 +172,7 @@ impl CudaDevice {
         Ok(self.tensor(t.dtype(), t.shape().to_vec(), s))
     }
 
-    fn htod<T: DeviceRepr + ValidAsZeroBits>(&self, s: &mut CudaStorage, v: &[T]) -> Result<()> {
+    pub(crate) fn htod<T: DeviceRepr + ValidAsZeroBits>(&self, s: &mut CudaStorage, v: &[T]) -> Result<()> {
         if v.is_empty() {
             return Ok(());
         }
@@ -188,7 +204,7 @@ pub fn download(t: &Tensor) -> Result<Tensor> {
     Tensor::from_host(t.dtype(), t.shape().to_vec(), storage)
 }
 
-fn dtoh<T: DeviceRepr + ValidAsZeroBits + Default + Clone>(s: &CudaStorage, n: usize) -> Result<Vec<T>> {
+pub(crate) fn dtoh<T: DeviceRepr + ValidAsZeroBits + Default + Clone>(s: &CudaStorage, n: usize) -> Result<Vec<T>> {
     let mut out = vec![T::default(); n];
     if n == 0 {
         return Ok(out);
