@@ -3,10 +3,10 @@
 //! token counts that take each GEMM path (GEMV for few rows per slot and every f32 layer, the
 //! tensor-core kernel with 32-, 64- and 128-row tiles), device-resident inputs, an EP rank
 //! that holds only part of the slots, and the packed quantized formats; [`graph`]: the forward
-//! captured into a CUDA graph and replayed; [`tma`]: the Hopper TMA GEMM path on ragged shapes.
+//! captured into a CUDA graph and replayed; [`paths`]: the TMA GEMM and the 16-bit GEMV on ragged and long shapes.
 
 mod graph;
-mod tma;
+mod paths;
 
 use std::sync::{Mutex, MutexGuard};
 

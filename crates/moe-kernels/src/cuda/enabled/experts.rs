@@ -398,10 +398,14 @@ enum Path {
 /// (`MOE_CUDA_TMA_MIN_ROWS` overrides it, for measuring both paths on one machine).
 const TMA_MIN_AVG_ROWS: usize = 32;
 
-/// Pipeline depth of the TMA kernels (`TMA_STAGES` in `experts.cu`) and the bytes of one
-/// stage: A (128 rows) and B (256 weight rows) of 64 16-bit columns.
+/// Pipeline depth of the TMA kernels (`TMA_STAGES` in `experts.cu`); a stage holds A (128
+/// rows) and B (`bn` weight rows) of 64 16-bit columns.
 const TMA_STAGES: usize = 4;
-const TMA_STAGE_BYTES: usize = 128 * 128 + 256 * 128;
+
+/// Blocks per multiprocessor under which a plain (not gated) TMA GEMM takes 128-column tiles
+/// instead of 256: a grid of a few waves loses most of its last one (Mixtral's FC2 at 512
+/// tokens: about 12 row tiles x 16 column tiles on 132 multiprocessors).
+const TMA_NARROW_BELOW_WAVES: usize = 4;
 
 fn tma_min_avg_rows() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -863,12 +867,16 @@ impl DeviceExperts {
         let ta = ffi::tensor_map_16bit(g.a, bf16, selections, g.k as usize, 128, &loc)?;
         let tb = ffi::tensor_map_16bit(w.w, bf16, self.num_slots * w.rows as usize, w.cols as usize, 128, &loc)?;
         let units = g.units as usize;
-        // A gated FC1 tile covers 128 channels (their up and gate rows), any other 256 columns.
-        let n_tiles = if fc1 && g.gated != 0 {
-            units.div_ceil(128)
+        // A gated FC1 tile covers 128 channels (their up and gate rows), any other 256 or 128
+        // columns.
+        let gated = fc1 && g.gated != 0;
+        let wide_blocks = max_tiles * units.div_ceil(256);
+        let bn = if gated || wide_blocks >= TMA_NARROW_BELOW_WAVES * dev.multiprocessors() as usize {
+            256
         } else {
-            units.div_ceil(256)
+            128
         };
+        let n_tiles = if gated { units.div_ceil(128) } else { units.div_ceil(bn) };
         let blocks = max_tiles * n_tiles;
         if blocks > i32::MAX as usize {
             return Err(MoeError::config(
@@ -880,10 +888,10 @@ impl DeviceExperts {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (384, 1, 1),
             // The stages, a full and an empty mbarrier per stage, 1 KB of alignment slack.
-            shared_mem_bytes: (TMA_STAGES * TMA_STAGE_BYTES + 16 * TMA_STAGES + 1024) as u32,
+            shared_mem_bytes: (TMA_STAGES * (128 * 128 + bn * 128) + 16 * TMA_STAGES + 1024) as u32,
         };
         let name = format!(
-            "tma_{}_{}_{}",
+            "tma_{}_{}_{}_{bn}",
             if fc1 { "fc1" } else { "fc2" },
             dt_suffix(self.dtype)?,
             self.format.suffix()

@@ -49,24 +49,28 @@ template <int DT> __device__ __forceinline__ void store_elem(void* p, long long 
 
 // Eight consecutive activations starting at element i (i % 8 == 0 for 16-bit types,
 // i % 4 == 0 for f32: rows are 16-byte aligned because H and I are multiples of 8).
+// Eight 16-bit values (DT 1: bf16, 2: f16) of one 16-byte load, widened.
+template <int DT> __device__ __forceinline__ void unpack8(uint4 q, float v[8]) {
+    u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        if (DT == 1) {
+            v[2 * j] = __uint_as_float(w[j] << 16);
+            v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+        } else {
+            v[2 * j] = f16_to_f32((u16)(w[j] & 0xffffu));
+            v[2 * j + 1] = f16_to_f32((u16)(w[j] >> 16));
+        }
+    }
+}
+
 template <int DT> __device__ __forceinline__ void load8(const void* p, long long i, float v[8]) {
     if (DT == 0) {
         float4 a = *(const float4*)((const float*)p + i);
         float4 b = *(const float4*)((const float*)p + i + 4);
         v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
     } else {
-        uint4 q = *(const uint4*)((const u16*)p + i);
-        u32 w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            if (DT == 1) {
-                v[2 * j] = __uint_as_float(w[j] << 16);
-                v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-            } else {
-                v[2 * j] = f16_to_f32((u16)(w[j] & 0xffffu));
-                v[2 * j + 1] = f16_to_f32((u16)(w[j] >> 16));
-            }
-        }
+        unpack8<DT>(*(const uint4*)((const u16*)p + i), v);
     }
 }
 
@@ -975,8 +979,6 @@ __device__ void wg_body(GemmArgs g, WeightArgs w, ActArgs act) {
 #define TMA_BK 64
 #define TMA_STAGES 4
 #define TMA_A_BYTES (128 * 128)
-#define TMA_B_BYTES (256 * 128)
-#define TMA_STAGE (TMA_A_BYTES + TMA_B_BYTES)
 #define TMA_THREADS 384
 #define TMA_GROUP_M 8
 
@@ -1037,13 +1039,16 @@ template <int DT> __device__ __forceinline__ void wgmma_n256(float* d, unsigned 
     }
 }
 
-template <int DT, bool FC1>
+// TBN = 256 (a gated FC1 always: 128 channels of up and gate) or 128 (plain GEMMs whose
+// 256-column grid would leave multiprocessors idle: the host picks it from the tile count).
+template <int DT, bool FC1, int TBN>
 __device__ void tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& act, const TensorMap* ta,
                          const TensorMap* tb, int n_tiles) {
+    constexpr int B_BYTES = TBN * 128, STAGE = TMA_A_BYTES + B_BYTES;
     extern __shared__ unsigned char dsm_raw[];
     // 1 KB alignment of every tile (the swizzle atoms); the launch adds 1 KB of slack.
     unsigned char* dsm = dsm_raw + ((1024u - (smem_addr(dsm_raw) & 1023u)) & 1023u);
-    const u32 full0 = smem_addr(dsm + TMA_STAGES * TMA_STAGE), empty0 = full0 + 8 * TMA_STAGES;
+    const u32 full0 = smem_addr(dsm + TMA_STAGES * STAGE), empty0 = full0 + 8 * TMA_STAGES;
 
     // Grouped raster over a 1-D grid of (row tiles x column tiles).
     const int num_m = gridDim.x / n_tiles;
@@ -1061,7 +1066,7 @@ __device__ void tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& 
     const int m_rows = min(128, g.offsets[e + 1] - r_begin);
     const bool two = FC1 && g.gated;
     const int out_cols = two ? 2 * g.units : g.units;
-    const int c0 = two ? nt * 128 : nt * 256;  // first channel (gated) or column of the tile
+    const int c0 = two ? nt * 128 : nt * TBN;  // first channel (gated) or column of the tile
     const int tid = threadIdx.x, wg = tid >> 7;
     const int ktiles = (g.k + TMA_BK - 1) / TMA_BK;
 
@@ -1083,12 +1088,12 @@ __device__ void tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& 
                 const int s = kt % TMA_STAGES;
                 // The consumers released this stage's previous use (tile kt - TMA_STAGES).
                 if (kt >= TMA_STAGES) mbar_wait(empty0 + 8 * s, ((kt / TMA_STAGES) & 1) ^ 1);
-                const u32 st = smem_addr(dsm + s * TMA_STAGE), full = full0 + 8 * s;
+                const u32 st = smem_addr(dsm + s * STAGE), full = full0 + 8 * s;
                 const int k0 = kt * TMA_BK;
-                mbar_expect_tx(full, TMA_STAGE);
+                mbar_expect_tx(full, STAGE);
                 tma_load(st, ta, k0, r_begin, full);
                 tma_load(st + TMA_A_BYTES, tb, k0, b0, full);
-                tma_load(st + TMA_A_BYTES + TMA_B_BYTES / 2, tb, k0, b1, full);
+                if (TBN == 256) tma_load(st + TMA_A_BYTES + 128 * 128, tb, k0, b1, full);
             }
         }
         return;
@@ -1097,18 +1102,20 @@ __device__ void tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& 
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     const int c = wg - 1, wl = (tid >> 5) & 3, lane = tid & 31;
     const bool active = c * 64 < m_rows;
-    float d[128];
+    float d[TBN / 2];
 #pragma unroll
-    for (int i = 0; i < 128; ++i) d[i] = 0.0f;
+    for (int i = 0; i < TBN / 2; ++i) d[i] = 0.0f;
     for (int kt = 0; kt < ktiles; ++kt) {
         const int s = kt % TMA_STAGES;
         mbar_wait(full0 + 8 * s, (kt / TMA_STAGES) & 1);
         if (active) {
-            const unsigned char* st = dsm + s * TMA_STAGE;
+            const unsigned char* st = dsm + s * STAGE;
             wg_fence();
 #pragma unroll
             for (int ks = 0; ks < TMA_BK / 16; ++ks) {
-                wgmma_n256<DT>(d, wg_desc(st + c * 64 * 128) + 2 * ks, wg_desc(st + TMA_A_BYTES) + 2 * ks);
+                const unsigned long long da = wg_desc(st + c * 64 * 128) + 2 * ks, db = wg_desc(st + TMA_A_BYTES) + 2 * ks;
+                if (TBN == 256) wgmma_n256<DT>(d, da, db);
+                else wgmma_n128<DT>(d, da, db);
             }
             wg_commit();
             wg_wait1();  // the group of tile kt - 1 retired: its stage can be refilled
@@ -1142,7 +1149,7 @@ __device__ void tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& 
             }
         } else {
 #pragma unroll
-            for (int j = 0; j < 32; ++j) {
+            for (int j = 0; j < TBN / 8; ++j) {
                 const int n = c0 + j * 8 + (lane & 3) * 2;
                 if (n >= g.units) continue;
                 float v[2];
@@ -1158,13 +1165,15 @@ __device__ void tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& 
     }
 }
 
-#define TMA(NAME, DT, FC1)                                                                                     \
+#define TMA(NAME, DT, FC1, TBN)                                                                                 \
     extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)                                               \
         NAME(GemmArgs g, WeightArgs w, ActArgs a, const __grid_constant__ TensorMap ta,                       \
              const __grid_constant__ TensorMap tb, int n_tiles) {                                              \
-        tma_body<DT, FC1>(g, w, a, &ta, &tb, n_tiles);                                                         \
+        tma_body<DT, FC1, TBN>(g, w, a, &ta, &tb, n_tiles);                                                     \
     }
-#define TMA_ALL(SUF, DT) TMA(tma_fc1_##SUF, DT, true) TMA(tma_fc2_##SUF, DT, false)
+#define TMA_ALL(SUF, DT)                                                                           \
+    TMA(tma_fc1_##SUF##_256, DT, true, 256) TMA(tma_fc2_##SUF##_256, DT, false, 256)               \
+    TMA(tma_fc1_##SUF##_128, DT, true, 128) TMA(tma_fc2_##SUF##_128, DT, false, 128)
 
 #endif  // WGMMA
 
