@@ -4,6 +4,13 @@
 # the same bytes in the same run (`nccl_alltoall_baseline.py`), the bandwidth ratio against the
 # 70% bar, and the layer over NCCL against a single GPU (`nccl-layer`).
 #
+# Build the bundle here (release, feature `nccl`, no CUDA toolkit needed), from the checkout root:
+#   bash benches/gpu/build_nccl_bundle.sh        # = the two commands below, then copies
+#   cargo build --release -p moe-comm --features nccl --example nccl-exchange
+#   cargo build --release -p moe --features nccl --example nccl-layer
+#   mkdir -p target/nccl-bundle && cp target/release/examples/nccl-{exchange,layer} tools/gpu/gpu-env.sh target/nccl-bundle/
+# and run on the GPU machine: bash benches/gpu/nccl_run.sh target/nccl-bundle 2
+#
 # usage: benches/gpu/nccl_run.sh BIN_DIR [WORLD] [OUT_DIR]
 #   BIN_DIR  holds the release binaries `nccl-exchange` and `nccl-layer`; gpu-env.sh is taken
 #            from BIN_DIR, its parent (the gpu-bundle layout) or tools/gpu/ of the checkout
@@ -11,6 +18,8 @@
 #   OUT_DIR  logs (default: $OUT, else /tmp/nccl-run)
 # environment (quick iterations): NCCL_RUN_STAGES=bandwidth passes `--stages` to nccl-exchange;
 #   NCCL_RUN_LAYER=0 skips nccl-layer. A run that skips anything is not a full check.
+#   MOE_NCCL_DATA_PLANE=nonblocking runs everything on the non-blocking communicator only (no
+#   blocking data plane); by default the bandwidth stage measures both data planes side by side.
 set -uo pipefail
 BIN=${1:?usage: $0 BIN_DIR [WORLD] [OUT_DIR]}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -38,7 +47,7 @@ if [ "$WORLD" -lt 2 ]; then echo "need at least 2 GPUs (found $WORLD)"; exit 1; 
 echo "== NCCL leg: $WORLD ranks, $(nvidia-smi -L | head -1)"
 status=0
 
-"$BIN/nccl-exchange" --world "$WORLD" ${NCCL_RUN_STAGES:+--stages "$NCCL_RUN_STAGES"} --json 2>&1 | tee "$OUTDIR/nccl_exchange.log"
+"$BIN/nccl-exchange" --world "$WORLD" ${NCCL_RUN_STAGES:+--stages "$NCCL_RUN_STAGES"} --timeout-s "${NCCL_RUN_TIMEOUT_S:-240}" --json 2>&1 | tee "$OUTDIR/nccl_exchange.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 BYTES=$(python3 - "$OUTDIR/nccl_exchange.log" <<'PY'
@@ -68,9 +77,35 @@ def rows(path, stage):
         i = end
     return out
 ours, torch = rows(sys.argv[1], "bandwidth"), rows(sys.argv[2], "torch_alltoall")
+variants = rows(sys.argv[1], "bandwidth_variant")
 if not ours or not torch:
     print("bandwidth comparison: missing results"); sys.exit(1)
 mean = lambda v: sum(v) / len(v)
+med = lambda v: sorted(v)[len(v) // 2]
+tmean = mean([r["gbps"] for r in torch])
+tms = mean([r["ms"] for r in torch])
+print("\n== every data plane (mean over ranks; default first; ratio vs torch is the issue-4 bar)")
+print("%-12s %9s %9s %9s %9s %9s %9s %10s %10s  %s" % ("data plane", "total ms", "disp ms", "comb ms", "ours GB/s", "raw GB/s", "torch ms", "vs torch", "vs raw", "result"))
+for r0 in [ours[0]] + [v for v in variants if v["rank"] == 0]:
+    plane = r0.get("data_plane", "?")
+    rs = [r for r in ours + variants if r.get("data_plane") == plane]
+    g = mean([r["gbps"] for r in rs])
+    vt = g / tmean
+    vr = mean([r["ratio"] for r in rs])
+    ok = vt >= 0.7 and all(r["correct"] for r in rs)
+    print("%-12s %9.3f %9.3f %9.3f %9.1f %9.1f %9.3f %9.0f%% %9.0f%%  %s" % (plane, mean([r["total_ms"] for r in rs]),
+          mean([r["dispatch_ms"] for r in rs]), mean([r["combine_ms"] for r in rs]), g, mean([r["ref_gbps"] for r in rs]),
+          tms, 100 * vt, 100 * vr, ("PASS" if ok else "FAIL") + ("" if all(r["correct"] for r in rs) else " (WRONG OUTPUT)")))
+    for key, title in (("latency_ms", "latency probes"), ("phases_ms", "phases (synchronised at each boundary)")):
+        names = list(rs[0].get(key, {}).keys())
+        if names:
+            print("  %-40s %s" % (title + ", ms:", "  ".join("%s %.3f" % (n, mean([r[key].get(n, float("nan")) for r in rs])) for n in names)))
+    print(json.dumps({"stage": "data_plane_vs_torch", "data_plane": plane, "world": len(rs), "total_ms": round(mean([r["total_ms"] for r in rs]), 4),
+                      "ours_gbps": round(g, 3), "torch_gbps": round(tmean, 3), "ratio_vs_torch": round(vt, 4), "ratio_vs_raw": round(vr, 4),
+                      "latency_ms": {n: round(mean([r["latency_ms"][n] for r in rs]), 4) for n in rs[0].get("latency_ms", {})},
+                      "phases_ms": {n: round(mean([r["phases_ms"][n] for r in rs]), 4) for n in rs[0].get("phases_ms", {})},
+                      "pass": ok}))
+print("\n== default data plane (%s): per rank" % ours[0].get("data_plane", "?"))
 print("\n== dispatch+combine vs NCCL all-to-all (GB/s sent per rank, same GPUs, same run)")
 print("%-5s %12s %12s %12s %14s" % ("rank", "ours", "raw ours", "torch", "ours/torch"))
 t_by_rank = {r["rank"]: r for r in torch}

@@ -15,7 +15,12 @@
 //!   `--topk` over `--experts` experts spread evenly over the ranks, random routing: bytes this
 //!   rank sends (dispatch rows x (hidden + slots + weights), combine rows x hidden) over the
 //!   median wall time of dispatch+combine (every collective returns after its device work
-//!   finished), next to this group's raw `all_to_all_v` of equal splits of the same bytes.
+//!   finished), next to this group's raw `all_to_all_v` of equal splits of the same bytes;
+//!   with latency probes (a device all_to_all_v of 8 bytes per peer, the same from a host
+//!   tensor, all_gather_usize, a bare device synchronisation) and the median of every phase of
+//!   a profiled dispatch+combine (`AllToAll::set_profile`). Measured once per data plane of the
+//!   group, the default first (`bandwidth`, PASS/FAIL on the 70% bar), the non-blocking
+//!   communicator next (`bandwidth_variant`, INFO), each with its own output check.
 //! - `stall`: the last rank stalls past the others' deadline; they must fail with
 //!   `MoeError::Comm` naming it, at the deadline.
 //! - `dead`: on a fresh communicator the last rank exits (status 17) while the others wait
@@ -743,7 +748,7 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
             .collect::<Vec<_>>(),
     )?
     .to_f32_vec("want")?;
-    let correct = got == want;
+    let correct_default = got == want;
     drop((d, combined));
 
     let row_in = h * 2 + k * 4 + k * 4;
@@ -751,27 +756,6 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
     let bytes_combine = recv_rows * h * 2;
     let bytes = bytes_dispatch + bytes_combine;
     let bytes_peer = (sent_rows - local) * row_in + (recv_rows - local) * h * 2;
-    let (mut td, mut tc, mut tt) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..o.warmup + o.repeats {
-        g.barrier(soon())?;
-        let t0 = Instant::now();
-        let d = st.dispatch(payload.clone(), &list, false)?;
-        let t1 = Instant::now();
-        let out = d.x.clone();
-        let c = st.combine(out, t)?;
-        // Combine returns once its last kernel is queued: wait for it.
-        dev.synchronize()?;
-        let t2 = Instant::now();
-        drop((d, c));
-        if i >= o.warmup {
-            td.push((t1 - t0).as_secs_f64());
-            tc.push((t2 - t1).as_secs_f64());
-            tt.push((t2 - t0).as_secs_f64());
-        }
-    }
-    let (md, mc, mt) = (median(&mut td), median(&mut tc), median(&mut tt));
-    let gbps = bytes as f64 / mt / 1e9;
-
     // The in-binary NCCL reference: one raw all_to_all_v of equal splits of the same bytes
     // (the ranks' mean, so every rank sends and receives the same).
     let all = g.all_gather_usize(bytes, soon())?;
@@ -779,119 +763,193 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
     let rows_per_peer = (mean / p).div_ceil(h * 2).max(1);
     let raw = dev.zeros(DType::BF16, vec![p * rows_per_peer, h])?;
     let counts = vec![rows_per_peer; p];
-    let mut tr = Vec::new();
-    for i in 0..o.warmup + o.repeats {
-        g.barrier(soon())?;
-        let t0 = Instant::now();
-        let out = g.all_to_all_v(&raw, &counts, &counts, soon())?;
-        let el = t0.elapsed().as_secs_f64();
-        drop(out);
-        if i >= o.warmup {
-            tr.push(el);
-        }
-    }
     let ref_bytes = p * rows_per_peer * h * 2;
-    let mr = median(&mut tr);
-    let phases = breakdown(g, o, &payload.slots, recv_rows, sent_rows - local)?;
-    let ref_gbps = ref_bytes as f64 / mr / 1e9;
-    let ratio = gbps / ref_gbps;
-    let detail = format!(
-        "dispatch+combine {:.1} GB/s ({} B in {:.3} ms: dispatch {:.3} ms, combine {:.3} ms; {} B to peers), raw NCCL all_to_all_v {:.1} GB/s ({} B in {:.3} ms): {:.0}% (need 70%); combined output {}; pieces (ms): {}",
-        gbps,
-        bytes,
-        mt * 1e3,
-        md * 1e3,
-        mc * 1e3,
-        bytes_peer,
-        ref_gbps,
-        ref_bytes,
-        mr * 1e3,
-        ratio * 100.0,
-        if correct { "exact" } else { "WRONG" },
-        phases
-            .iter()
-            .map(|(n, v)| format!("{n} {v:.3}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let fields = format!(
-        "\"world\":{p},\"tokens\":{t},\"hidden\":{h},\"topk\":{k},\"experts\":{e},\"bytes\":{bytes},\"bytes_dispatch\":{bytes_dispatch},\"bytes_combine\":{bytes_combine},\"bytes_peer\":{bytes_peer},\"dispatch_ms\":{:.4},\"combine_ms\":{:.4},\"total_ms\":{:.4},\"gbps\":{gbps:.3},\"ref_bytes\":{ref_bytes},\"ref_ms\":{:.4},\"ref_gbps\":{ref_gbps:.3},\"ratio\":{ratio:.4},\"correct\":{correct},\"pieces_ms\":{{{}}},\"device\":{}",
-        md * 1e3,
-        mc * 1e3,
-        mt * 1e3,
-        mr * 1e3,
-        phases
-            .iter()
-            .map(|(n, v)| format!("{}:{v:.4}", json_str(n)))
-            .collect::<Vec<_>>()
-            .join(","),
-        json_str(dev.name())
-    );
-    rep.result("bandwidth", Some(correct && ratio >= 0.7), &detail, &fields);
-    Ok(())
-}
 
-/// Median wall times (ms) of the pieces a dispatch+combine is made of, each after a barrier:
-/// the slot download, the counts exchange (host tensor), a tiny device all-to-all (the fixed
-/// cost of one collective), the peers' share of the x exchange alone (no own block) and with
-/// the own block, and the row gather.
-fn breakdown(
-    g: &Arc<NcclGroup>,
-    o: &Opts,
-    slots: &Tensor,
-    recv_rows: usize,
-    peer_rows: usize,
-) -> Result<Vec<(&'static str, f64)>> {
-    let (r, p, h) = (g.rank(), g.size(), o.hidden);
-    let dev = g.device();
-    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        let mut v = Vec::new();
+    // Every data plane this group has, the default (the group's current one) first: the
+    // default's line is the `bandwidth` stage (PASS/FAIL on the 70% bar), the others are
+    // `bandwidth_variant` lines (INFO), measured the same way in the same run.
+    let default = g.data_plane();
+    let mut planes = vec![default];
+    if default == "blocking" {
+        planes.push("nonblocking");
+    }
+    for plane in planes {
+        g.set_blocking_data_plane(plane == "blocking")?;
+        g.barrier(soon())?;
+        let correct = if plane == default {
+            correct_default
+        } else {
+            let (d, combined) = exchange(&mut st, payload.clone(), &list)?;
+            let ok = d.x.rows() == recv_rows && download(&combined)?.to_f32_vec("combined")? == want;
+            drop((d, combined));
+            ok
+        };
+        let (mut td, mut tc, mut tt) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..o.warmup + o.repeats {
             g.barrier(soon())?;
             let t0 = Instant::now();
-            f()?;
+            let d = st.dispatch(payload.clone(), &list, false)?;
+            let t1 = Instant::now();
+            let out = d.x.clone();
+            let c = st.combine(out, t)?;
+            // Combine returns once its last kernel is queued: wait for it.
             dev.synchronize()?;
+            let t2 = Instant::now();
+            drop((d, c));
             if i >= o.warmup {
-                v.push(t0.elapsed().as_secs_f64() * 1e3);
+                td.push((t1 - t0).as_secs_f64());
+                tc.push((t2 - t1).as_secs_f64());
+                tt.push((t2 - t0).as_secs_f64());
             }
         }
-        Ok(median(&mut v))
-    };
+        let (md, mc, mt) = (median(&mut td), median(&mut tc), median(&mut tt));
+        let gbps = bytes as f64 / mt / 1e9;
+        let mut tr = Vec::new();
+        for i in 0..o.warmup + o.repeats {
+            g.barrier(soon())?;
+            let t0 = Instant::now();
+            let out = g.all_to_all_v(&raw, &counts, &counts, soon())?;
+            let el = t0.elapsed().as_secs_f64();
+            drop(out);
+            if i >= o.warmup {
+                tr.push(el);
+            }
+        }
+        let mr = median(&mut tr);
+        let probes = latency(g, o)?;
+        let phases = profiled(g, o, &mut st, &payload, &list)?;
+        let ref_gbps = ref_bytes as f64 / mr / 1e9;
+        let ratio = gbps / ref_gbps;
+        let list_ms = |v: &[(&str, f64)]| {
+            v.iter()
+                .map(|(n, v)| format!("{n} {v:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let json_ms = |v: &[(&str, f64)]| {
+            v.iter()
+                .map(|(n, v)| format!("{}:{v:.4}", json_str(n)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let detail = format!(
+            "[{plane} data plane] dispatch+combine {:.1} GB/s ({} B in {:.3} ms: dispatch {:.3} ms, combine {:.3} ms; {} B to peers), raw NCCL all_to_all_v {:.1} GB/s ({} B in {:.3} ms): {:.0}% (need 70%); combined output {}; latency (ms): {}; phases (ms, synchronised): {}",
+            gbps,
+            bytes,
+            mt * 1e3,
+            md * 1e3,
+            mc * 1e3,
+            bytes_peer,
+            ref_gbps,
+            ref_bytes,
+            mr * 1e3,
+            ratio * 100.0,
+            if correct { "exact" } else { "WRONG" },
+            list_ms(&probes),
+            list_ms(&phases),
+        );
+        let fields = format!(
+            "\"data_plane\":\"{plane}\",\"world\":{p},\"tokens\":{t},\"hidden\":{h},\"topk\":{k},\"experts\":{e},\"bytes\":{bytes},\"bytes_dispatch\":{bytes_dispatch},\"bytes_combine\":{bytes_combine},\"bytes_peer\":{bytes_peer},\"dispatch_ms\":{:.4},\"combine_ms\":{:.4},\"total_ms\":{:.4},\"gbps\":{gbps:.3},\"ref_bytes\":{ref_bytes},\"ref_ms\":{:.4},\"ref_gbps\":{ref_gbps:.3},\"ratio\":{ratio:.4},\"correct\":{correct},\"latency_ms\":{{{}}},\"phases_ms\":{{{}}},\"device\":{}",
+            md * 1e3,
+            mc * 1e3,
+            mt * 1e3,
+            mr * 1e3,
+            json_ms(&probes),
+            json_ms(&phases),
+            json_str(dev.name())
+        );
+        if plane == default {
+            rep.result("bandwidth", Some(correct && ratio >= 0.7), &detail, &fields);
+        } else {
+            rep.result("bandwidth_variant", None, &detail, &fields);
+        }
+    }
+    g.set_blocking_data_plane(default == "blocking")?;
+    Ok(())
+}
+
+/// Median wall time (ms) of `f` over the repeats, each after a barrier and with the device
+/// synchronised at the end.
+fn timed(g: &NcclGroup, o: &Opts, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    let dev = g.device();
+    let mut v = Vec::new();
+    for i in 0..o.warmup + o.repeats {
+        g.barrier(soon())?;
+        let t0 = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        if i >= o.warmup {
+            v.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(median(&mut v))
+}
+
+/// The fixed cost of one collective, measured directly: a device all_to_all_v of 8 bytes per
+/// peer, the same from a host tensor (upload + exchange + download, as the counts exchange),
+/// all_gather_usize (what a barrier costs), and a bare device synchronisation for scale.
+fn latency(g: &Arc<NcclGroup>, o: &Opts) -> Result<Vec<(&'static str, f64)>> {
+    let p = g.size();
+    let dev = g.device();
     let ones = vec![1usize; p];
-    let counts = Tensor::from_i32(vec![p, 1], vec![1; p])?;
-    let tiny = dev.zeros(DType::I32, vec![p, 1])?;
-    // Peers' rows only (own block empty), split evenly, as the x exchange moves them.
-    let per_peer = (peer_rows / (p - 1).max(1)).max(1);
-    let split: Vec<usize> = (0..p).map(|q| if q == r { 0 } else { per_peer }).collect();
-    let xs = dev.zeros(DType::BF16, vec![per_peer * (p - 1), h])?;
-    let own = recv_rows.saturating_sub(per_peer * (p - 1));
-    let split_own: Vec<usize> = (0..p).map(|q| if q == r { own } else { per_peer }).collect();
-    let xo = dev.zeros(DType::BF16, vec![per_peer * (p - 1) + own, h])?;
-    let idx: Vec<i32> = (0..recv_rows as i32).map(|i| i % xo.rows().max(1) as i32).collect();
-    let idx = dev.upload(&Tensor::from_i32(vec![idx.len()], idx)?)?;
+    let tiny = dev.zeros(DType::I64, vec![p, 1])?;
+    let host = Tensor::from_i32(vec![p, 2], vec![1; 2 * p])?;
     Ok(vec![
-        ("slots_download", time(&mut || download(slots).map(drop))?),
         (
-            "counts_exchange",
-            time(&mut || g.all_to_all_v(&counts, &ones, &ones, soon()).map(drop))?,
+            "tiny_alltoall_8B",
+            timed(g, o, &mut || g.all_to_all_v(&tiny, &ones, &ones, soon()).map(drop))?,
         ),
         (
-            "tiny_alltoall",
-            time(&mut || g.all_to_all_v(&tiny, &ones, &ones, soon()).map(drop))?,
+            "host_alltoall_8B",
+            timed(g, o, &mut || g.all_to_all_v(&host, &ones, &ones, soon()).map(drop))?,
         ),
         (
-            "x_peers_only",
-            time(&mut || g.all_to_all_v(&xs, &split, &split, soon()).map(drop))?,
+            "all_gather_usize",
+            timed(g, o, &mut || g.all_gather_usize(7, soon()).map(drop))?,
         ),
-        (
-            "x_with_own",
-            time(&mut || g.all_to_all_v(&xo, &split_own, &split_own, soon()).map(drop))?,
-        ),
-        (
-            "gather_x",
-            time(&mut || moe_kernels::cuda::gather_rows_indexed(&xo, &idx, 0, recv_rows).map(drop))?,
-        ),
+        ("device_sync", timed(g, o, &mut || dev.synchronize())?),
     ])
+}
+
+/// Median over the repeats of every phase of a profiled dispatch+combine (the device is
+/// synchronised at each phase boundary, so the phases add up to more than an unprofiled run).
+fn profiled(
+    g: &Arc<NcclGroup>,
+    o: &Opts,
+    st: &mut AllToAll,
+    payload: &DispatchPayload,
+    list: &[usize],
+) -> Result<Vec<(&'static str, f64)>> {
+    st.set_profile(true);
+    let mut runs: Vec<Vec<(&'static str, f64)>> = Vec::new();
+    let res = (|| -> Result<()> {
+        for i in 0..o.warmup + o.repeats {
+            g.barrier(soon())?;
+            let d = st.dispatch(payload.clone(), list, false)?;
+            let c = st.combine(d.x.clone(), list[g.rank()])?;
+            g.device().synchronize()?;
+            drop((d, c));
+            let phases = st.take_profile();
+            if i >= o.warmup {
+                runs.push(phases);
+            }
+        }
+        Ok(())
+    })();
+    st.set_profile(false);
+    res?;
+    let names: Vec<&'static str> = runs
+        .first()
+        .map(|r| r.iter().map(|p| p.0).collect())
+        .unwrap_or_default();
+    Ok(names
+        .iter()
+        .enumerate()
+        .map(|(j, &n)| {
+            let mut v: Vec<f64> = runs.iter().filter_map(|r| r.get(j).map(|p| p.1)).collect();
+            (n, if v.is_empty() { f64::NAN } else { median(&mut v) })
+        })
+        .collect())
 }
 
 fn stall(g: &NcclGroup, o: &Opts, rep: &mut Report) -> Result<()> {

@@ -9,13 +9,15 @@
 //! `ops::segment_sum_rows`). Device payloads upload the whole routing once per dispatch (send
 //! order, and the CSR listing of each token's returned rows for combine) as one i32 index,
 //! gather `x` by it and pack the other fields (slots, scales, scale factors) into one byte row
-//! by it (`gather_rows_indexed`, `gather_pack_rows`), so a dispatch is two exchanges after the
-//! counts; combine sums by the same index (`segment_sum_rows_indexed`). Same rows, same sums
-//! in the same order: bit-identical to the host path.
+//! by it (`gather_rows_indexed`, `gather_pack_rows`), queued before the counts exchange so the
+//! device gathers while the host waits for the counts; a dispatch is then two exchanges after
+//! the counts; combine sums by the same index (`segment_sum_rows_indexed`). Same rows, same
+//! sums in the same order: bit-identical to the host path. `AllToAll::set_profile` records the
+//! wall time of every phase (benchmarks).
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moe_core::{Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor};
 use moe_kernels::cuda::{self, CudaStorage, download};
@@ -41,6 +43,35 @@ pub struct AllToAll {
     /// Most (token, rank) rows one rank may send in a chunk (the exchange workspace).
     capacity_rows: usize,
     route: Option<Route>,
+    /// Phase timings (see [`AllToAll::set_profile`]), `None` when not profiling.
+    profile: Option<Profile>,
+}
+
+/// Wall time of each phase of the last dispatch and combine: the device is synchronised at
+/// every phase boundary (device payloads), so each phase includes its device work.
+struct Profile {
+    last: Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl Profile {
+    /// Ends phase `name` (after waiting for `sync`'s device when given).
+    fn mark(p: &mut Option<Profile>, name: &'static str, sync: Option<&Tensor>) -> Result<()> {
+        let Some(p) = p else { return Ok(()) };
+        if let Some(t) = sync.filter(|t| !t.is_host()) {
+            CudaStorage::of(t, "profiled tensor")?.device().synchronize()?;
+        }
+        let now = Instant::now();
+        p.phases.push((name, (now - p.last).as_secs_f64() * 1e3));
+        p.last = now;
+        Ok(())
+    }
+
+    fn start(p: &mut Option<Profile>) {
+        if let Some(p) = p {
+            p.last = Instant::now();
+        }
+    }
 }
 
 impl AllToAll {
@@ -52,7 +83,26 @@ impl AllToAll {
             slot_owner,
             capacity_rows,
             route: None,
+            profile: None,
         }
+    }
+
+    /// Profiling (benchmarks only): every dispatch and combine records the wall time (ms) of
+    /// its phases, synchronising the device at each boundary, which makes them slower.
+    /// Results are unchanged.
+    pub fn set_profile(&mut self, on: bool) {
+        self.profile = on.then(|| Profile {
+            last: Instant::now(),
+            phases: Vec::new(),
+        });
+    }
+
+    /// The phases recorded since the last call (name, ms), in order.
+    pub fn take_profile(&mut self) -> Vec<(&'static str, f64)> {
+        self.profile
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.phases))
+            .unwrap_or_default()
     }
 
     /// The slot ids as host values (downloaded when they live on a device).
@@ -113,7 +163,9 @@ impl Communication for AllToAll {
         }
         let n = p.x.rows();
         let k = p.slots.row_len();
+        Profile::start(&mut self.profile);
         let slots = Self::host_slots(&p.slots)?;
+        Profile::mark(&mut self.profile, "slots_download", None)?;
         let mut per_rank: Vec<Vec<usize>> = vec![Vec::with_capacity(n); size];
         // `stamp[r] == t + 1`: token t already goes to rank r.
         let mut stamp = vec![0usize; size];
@@ -154,6 +206,24 @@ impl Communication for AllToAll {
             let dev = CudaStorage::of(&p.x, "dispatched x")?.device();
             Some(dev.upload(&Tensor::from_i32(vec![all.len()], all)?)?)
         };
+        Profile::mark(&mut self.profile, "route_and_upload", index.as_ref())?;
+        let m = order.len();
+        // Device payloads: the send rows are gathered before the counts exchange, so the
+        // device gathers while the host waits for the counts. slots, scales and x_sf travel
+        // side by side in one byte row.
+        let mut parts: Vec<&Tensor> = vec![&p.slots];
+        parts.extend(p.scales.as_ref());
+        parts.extend(p.x_sf.as_ref());
+        let gathered = match &index {
+            None => None,
+            Some(index) => {
+                let x = cuda::gather_rows_indexed(&p.x, index, 0, m)?;
+                Profile::mark(&mut self.profile, "gather_x", Some(&x))?;
+                let packed = cuda::gather_pack_rows(&parts, index, 0, m)?;
+                Profile::mark(&mut self.profile, "pack_meta", Some(&packed))?;
+                Some((x, packed))
+            }
+        };
         let deadline = Deadline::after(self.timeout);
         let counts_t = Tensor::from_i32(
             vec![size, 1],
@@ -170,10 +240,10 @@ impl Communication for AllToAll {
             .iter()
             .map(|&c| c.max(0) as usize)
             .collect();
-        let m = order.len();
-        let exchange =
-            |t: &Tensor| -> Result<Tensor> { self.group.all_to_all_v(t, &send_counts, &recv_counts, deadline) };
-        let out = match &index {
+        Profile::mark(&mut self.profile, "counts_exchange", None)?;
+        let group = &self.group;
+        let exchange = |t: &Tensor| -> Result<Tensor> { group.all_to_all_v(t, &send_counts, &recv_counts, deadline) };
+        let out = match gathered {
             None => {
                 let gathered = |t: &Tensor| exchange(&ops::gather_rows(t, &order)?);
                 DispatchPayload {
@@ -183,18 +253,18 @@ impl Communication for AllToAll {
                     scales: p.scales.as_ref().map(gathered).transpose()?,
                 }
             }
-            Some(index) => {
-                let x = exchange(&cuda::gather_rows_indexed(&p.x, index, 0, m)?)?;
-                // slots, scales and x_sf side by side in one byte row: one exchange.
-                let mut parts: Vec<&Tensor> = vec![&p.slots];
-                parts.extend(p.scales.as_ref());
-                parts.extend(p.x_sf.as_ref());
+            Some((x, packed)) => {
+                let x = exchange(&x)?;
+                Profile::mark(&mut self.profile, "x_exchange", None)?;
                 let fields: Vec<(DType, Vec<usize>)> = parts
                     .iter()
                     .map(|t| (t.dtype(), t.shape().get(1..).unwrap_or(&[]).to_vec()))
                     .collect();
-                let packed = exchange(&cuda::gather_pack_rows(&parts, index, 0, m)?)?;
-                let mut unpacked = cuda::unpack_rows(&packed, &fields)?.into_iter();
+                let packed = exchange(&packed)?;
+                Profile::mark(&mut self.profile, "meta_exchange", None)?;
+                let unpacked = cuda::unpack_rows(&packed, &fields)?;
+                Profile::mark(&mut self.profile, "unpack_meta", unpacked.first())?;
+                let mut unpacked = unpacked.into_iter();
                 let mut next = || {
                     unpacked
                         .next()
@@ -222,9 +292,11 @@ impl Communication for AllToAll {
             .take()
             .ok_or_else(|| MoeError::lifecycle("all-to-all combine without a dispatch"))?;
         let deadline = Deadline::after(self.timeout);
+        Profile::start(&mut self.profile);
         let back = self
             .group
             .all_to_all_v(&out, &route.recv_counts, &route.send_counts, deadline)?;
+        Profile::mark(&mut self.profile, "combine_exchange", None)?;
         let dtype = if out.dtype().is_float_activation() {
             out.dtype()
         } else {
@@ -234,7 +306,9 @@ impl Communication for AllToAll {
         match &route.index {
             Some(index) if !back.is_host() => {
                 let m = route.order.len();
-                cuda::segment_sum_rows_indexed(&back, index, m, m + n + 1, n, dtype)
+                let sum = cuda::segment_sum_rows_indexed(&back, index, m, m + n + 1, n, dtype)?;
+                Profile::mark(&mut self.profile, "segment_sum", Some(&sum))?;
+                Ok(sum)
             }
             _ => {
                 let (offsets, rows) = rows_by_token(&route.order, n);

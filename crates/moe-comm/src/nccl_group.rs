@@ -12,6 +12,21 @@
 //! or not, returns only after the device finished it: the NCCL exchange counts need host
 //! values anyway, and a collective that may time out must be observed to its end.
 //!
+//! **Data plane.** A non-blocking communicator makes every `ncclGroupEnd` start a thread that
+//! launches the group and returns `ncclInProgress`, which costs each collective a thread start
+//! and a hand-off before the device even sees it. So at init (unless `MOE_NCCL_DATA_PLANE` is
+//! `nonblocking`) a second, blocking communicator is created from a fresh unique id sent over
+//! the first, and its connections are made right away by one send/recv with every peer, one
+//! all-gather and one broadcast (the only NCCL calls the collectives use). This happens on a
+//! helper thread while the caller waits against the init deadline, watching for exited peers
+//! (at the deadline the helper stays blocked in NCCL and the group fails). Collectives then
+//! run on this data plane: with every connection made, a blocking `ncclGroupEnd` only queues
+//! kernels on the stream and never waits for a peer, so the deadline still holds where peers
+//! matter, in the completion wait: the event is polled against the deadline with the liveness
+//! probe, and an abort (of both communicators) stops the kernels still waiting for a peer.
+//! `set_blocking_data_plane(false)` switches back to the non-blocking communicator (the
+//! benchmark measures both in one run).
+//!
 //! **Naming the peer.** Ranks bootstrapped from a unique-id file keep a liveness file each
 //! (`<id file>.rank<r>`: process id and the number of the collective the rank last entered).
 //! While waiting, a rank looks every 200 ms for a peer whose process has exited and
@@ -76,7 +91,15 @@ struct RawComm(sys::ncclComm_t);
 unsafe impl Send for RawComm {}
 
 struct Inner {
+    /// The non-blocking communicator: bootstrap, and every collective when there is no data
+    /// plane (or it is switched off).
     comm: RawComm,
+    /// The blocking data-plane communicator (null when absent): its connections are made at
+    /// init, so its `ncclGroupEnd` only queues kernels and never waits for a peer (see the
+    /// module docs, **Data plane**).
+    data: RawComm,
+    /// Whether collectives run on `data` (only when it is not null).
+    use_data: bool,
     /// Collectives entered so far; errors and liveness files name them by this number.
     seq: u64,
     /// Why the communicator was aborted: every later collective fails with it at once.
@@ -89,6 +112,109 @@ struct Inner {
     side: Arc<CudaStream>,
     fork: CudaEvent,
     joined: CudaEvent,
+}
+
+impl Inner {
+    /// The communicator collectives run on now, and whether it is the blocking data plane.
+    fn active(&self) -> (sys::ncclComm_t, bool) {
+        if self.use_data && !self.data.0.is_null() {
+            (self.data.0, true)
+        } else {
+            (self.comm.0, false)
+        }
+    }
+}
+
+/// Environment variable choosing the data plane: `nonblocking` runs every collective on the
+/// non-blocking communicator (no second communicator is created); anything else (default)
+/// creates the blocking data-plane communicator at init and runs collectives on it.
+pub const DATA_PLANE_ENV: &str = "MOE_NCCL_DATA_PLANE";
+
+fn data_plane_wanted() -> bool {
+    !matches!(
+        std::env::var(DATA_PLANE_ENV).as_deref(),
+        Ok("nonblocking" | "non-blocking" | "0")
+    )
+}
+
+/// Bytes per rank of the warm-up collectives that make the data plane's connections.
+const WARM_BYTES: usize = 4096;
+
+/// Creates the blocking data-plane communicator from `id` and makes its connections (p2p with
+/// every peer, the ring of all-gather and broadcast) by running each kind of call once; every
+/// rank runs the same calls. Runs on a helper thread: blocking calls wait for the peers.
+fn init_data_plane(
+    id: sys::ncclUniqueId,
+    rank: usize,
+    world: usize,
+    version: c_int,
+    stream: usize,
+    buf: u64,
+) -> std::result::Result<RawComm, String> {
+    let mut config = nonblocking_config(version);
+    config.blocking = 1;
+    let mut raw: sys::ncclComm_t = std::ptr::null_mut();
+    // SAFETY: `raw` and `config` are valid for the call (NCCL copies the config and writes the
+    // handle); `config` is initialised as NCCL_CONFIG_INITIALIZER would, blocking.
+    unsafe { nccl::comm_init_rank_config(&mut raw, world as c_int, id, rank as c_int, &mut config) }
+        .map_err(|e| format!("creating the data-plane communicator: {:?} {}", e.0, last_error(raw)))?;
+    let comm = RawComm(raw);
+    let stream = stream as sys::cudaStream_t;
+    let w = WARM_BYTES as u64;
+    let mut p2p = Vec::new();
+    for peer in (0..world).filter(|&q| q != rank) {
+        p2p.push(Op::Send {
+            ptr: buf,
+            bytes: WARM_BYTES,
+            peer,
+        });
+        p2p.push(Op::Recv {
+            ptr: buf + w * (1 + peer as u64),
+            bytes: WARM_BYTES,
+            peer,
+        });
+    }
+    let groups: [(&str, Vec<Op>); 3] = [
+        ("send/recv", p2p),
+        (
+            "all-gather",
+            vec![Op::AllGather {
+                send: buf + w * rank as u64,
+                recv: buf,
+                bytes: WARM_BYTES,
+            }],
+        ),
+        (
+            "broadcast",
+            vec![Op::Broadcast {
+                send: buf,
+                recv: buf,
+                bytes: WARM_BYTES,
+                root: 0,
+            }],
+        ),
+    ];
+    for (what, ops) in &groups {
+        let mut res = nccl::group_start().map(|_| ()).map_err(|e| format!("{:?}", e.0));
+        if res.is_ok() {
+            for op in ops {
+                if let Err(e) = issue(comm.0, stream, op) {
+                    res = Err(format!("{:?}", e.0));
+                    break;
+                }
+            }
+            if let Err(e) = nccl::group_end() {
+                res = res.and(Err(format!("{:?}", e.0)));
+            }
+        }
+        if let Err(e) = res {
+            let why = format!("connecting the data plane ({what}): {e} {}", last_error(comm.0));
+            // SAFETY: the handle is live and owned by this function; never used again.
+            let _ = unsafe { nccl::comm_abort(comm.0) };
+            return Err(why);
+        }
+    }
+    Ok(comm)
 }
 
 /// A device-to-device copy of a collective's own block (no NCCL involved).
@@ -608,6 +734,8 @@ impl NcclGroup {
             dev,
             inner: Mutex::new(Inner {
                 comm: RawComm(raw),
+                data: RawComm(std::ptr::null_mut()),
+                use_data: false,
                 seq: 0,
                 broken: None,
                 done,
@@ -624,6 +752,9 @@ impl NcclGroup {
         let mut inner = group.lock();
         group.wait(&mut inner, "communicator init", deadline, false)?;
         drop(inner);
+        if world > 1 && data_plane_wanted() {
+            group.start_data_plane(version, deadline)?;
+        }
         tracing::debug!(
             rank,
             world,
@@ -637,6 +768,98 @@ impl NcclGroup {
     /// The GPU this rank's communicator runs on.
     pub fn device(&self) -> &CudaDevice {
         &self.dev
+    }
+
+    /// Which communicator collectives run on: `"blocking"` (the data plane) or `"nonblocking"`.
+    pub fn data_plane(&self) -> &'static str {
+        if self.lock().active().1 {
+            "blocking"
+        } else {
+            "nonblocking"
+        }
+    }
+
+    /// Switches collectives between the blocking data plane (`true`; it must have been created
+    /// at init, i.e. `MOE_NCCL_DATA_PLANE` was not `nonblocking`) and the non-blocking
+    /// communicator (`false`). Every rank must switch at the same point (a benchmark compares
+    /// the two this way); the results are the same either way.
+    pub fn set_blocking_data_plane(&self, on: bool) -> Result<()> {
+        let mut inner = self.lock();
+        if on && inner.data.0.is_null() {
+            return Err(comm_err(
+                None,
+                format!(
+                    "NCCL rank {}: no blocking data plane ({DATA_PLANE_ENV}=nonblocking, or aborted)",
+                    self.rank
+                ),
+            ));
+        }
+        inner.use_data = on;
+        Ok(())
+    }
+
+    /// Creates the blocking data-plane communicator (see the module docs, **Data plane**): a
+    /// fresh unique id travels over the non-blocking communicator, then a helper thread creates
+    /// the communicator and makes its connections while this thread waits for it against
+    /// `deadline`, watching for peers that exit. At the deadline the helper is left blocked in
+    /// NCCL (it cannot be interrupted) and the group is failed and aborted.
+    fn start_data_plane(&self, version: c_int, deadline: Deadline) -> Result<()> {
+        let what = "data-plane init";
+        let (rank, world) = (self.rank, self.size);
+        let counts: Vec<usize> = (0..world).map(|r| usize::from(r == 0)).collect();
+        let local = if rank == 0 {
+            new_unique_id()?.to_vec()
+        } else {
+            Vec::new()
+        };
+        let t = Tensor::from_host(DType::U8, vec![counts[rank], ID_BYTES], HostStorage::Bytes(local))?;
+        let all = self.all_gather_v(&t, &counts, deadline)?;
+        let id = id_from_bytes(all.as_bytes("NCCL unique id")?)
+            .ok_or_else(|| comm_err(Some(0), "malformed data-plane NCCL unique id"))?;
+        let (warm, buf) = self.buffer(WARM_BYTES * (world + 1))?;
+        let stream = self.dev.stream().clone();
+        let ctx = stream.context().clone();
+        let cu_stream = stream.cu_stream() as usize;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("nccl-data-plane-{rank}"))
+            .spawn(move || {
+                let res = match ctx.bind_to_thread() {
+                    Ok(()) => init_data_plane(id, rank, world, version, cu_stream, buf),
+                    Err(e) => Err(format!("binding the context: {e}")),
+                };
+                let _ = tx.send(res);
+            })
+            .map_err(|e| comm_err(None, format!("NCCL {what}: spawning the helper thread: {e}")))?;
+        let mut inner = self.lock();
+        let mut probe = Instant::now();
+        let raw = loop {
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(Ok(raw)) => break raw,
+                Ok(Err(why)) => return Err(self.fail(&mut inner, what, why, None)),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.fail(&mut inner, what, "the helper thread died".into(), None));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if deadline.expired() {
+                return Err(self.fail(&mut inner, what, "not complete at the deadline".into(), None));
+            }
+            if probe.elapsed() >= PROBE_EVERY {
+                probe = Instant::now();
+                if let Some(dead) = self.liveness.as_ref().and_then(Liveness::dead_peer) {
+                    return Err(self.fail(&mut inner, what, "a peer exited".into(), Some(dead)));
+                }
+            }
+        };
+        inner.data = raw;
+        inner.use_data = true;
+        // The warm-up calls were queued on the device's stream: wait for them before the
+        // buffer goes.
+        self.wait(&mut inner, what, deadline, true)?;
+        drop(inner);
+        drop(warm);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -655,6 +878,11 @@ impl NcclGroup {
     /// Aborts the communicator and waits a bounded time for its kernels to leave the stream;
     /// returns a note when they did not.
     fn abort(&self, inner: &mut Inner) -> String {
+        if !inner.data.0.is_null() {
+            // SAFETY: as below, for the data-plane handle.
+            let _ = unsafe { nccl::comm_abort(inner.data.0) };
+            inner.data.0 = std::ptr::null_mut();
+        }
         if inner.comm.0.is_null() {
             return String::new();
         }
@@ -700,8 +928,9 @@ impl NcclGroup {
     fn wait(&self, inner: &mut Inner, what: &str, deadline: Deadline, on_device: bool) -> Result<()> {
         let mut probe = Instant::now();
         let mut recorded = false;
+        let (comm, _) = inner.active();
         loop {
-            match async_state(inner.comm.0) {
+            match async_state(comm) {
                 Err(why) => return Err(self.fail(inner, what, why, None)),
                 Ok(false) => {}
                 Ok(true) if !on_device => return Ok(()),
@@ -766,7 +995,7 @@ impl NcclGroup {
             return self.wait(&mut inner, what, deadline, true);
         }
         let cu_stream = stream.cu_stream() as sys::cudaStream_t;
-        let comm = inner.comm.0;
+        let (comm, _) = inner.active();
         let mut issued = nccl::group_start()
             .map(|_| ())
             .map_err(|e| format!("ncclGroupStart: {:?}", e.0));
@@ -886,6 +1115,14 @@ impl NcclGroup {
 impl Drop for NcclGroup {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !inner.data.0.is_null() {
+            let _ = self.dev.stream().context().bind_to_thread();
+            // SAFETY: the handle is live and this is its last user (`&mut self`). Every
+            // collective on it completed (or the group was aborted, which nulled it), so the
+            // abort only frees it, without waiting for a peer as a blocking destroy might.
+            let _ = unsafe { nccl::comm_abort(inner.data.0) };
+            inner.data.0 = std::ptr::null_mut();
+        }
         let comm = inner.comm.0;
         if comm.is_null() {
             return;
