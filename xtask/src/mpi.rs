@@ -124,7 +124,7 @@ pub fn mpi_leg(root: &Path) -> Result<bool> {
     let mut all = true;
     for n in RANKS {
         for example in ["mpi-collectives", "mpi-layer", "mpi-fixtures"] {
-            all &= ok(&mut mpirun(n).arg(bins.join("examples").join(example)))?;
+            all &= ok(mpirun(n).arg(bins.join("examples").join(example)))?;
         }
         for (fixture, comm) in [
             ("qwen3_moe-float32", "alltoall"),
