@@ -960,12 +960,12 @@ __device__ void wg_body(GemmArgs g, WeightArgs w, ActArgs act) {
 #define WG_ALL(SUF, DT, FMT) WG_BM(SUF, DT, FMT, 64) WG_BM(SUF, DT, FMT, 128)
 
 // ---- TMA warp-specialized path (16-bit float weights, many rows per slot) ----------------
-// 128 x 256 output tiles in 384 threads. Warpgroup 0 is the producer: one thread issues the
-// bulk tensor copies (TMA) of A [128 rows x 64] and B [256 weight rows x 64] into
+// 128 x TBN output tiles (TBN = 256 or 128) in 384 threads. Warpgroup 0 is the producer: one
+// thread issues the bulk tensor copies (TMA) of A [128 rows x 64] and B [TBN weight rows x 64] into
 // TMA_STAGES stages laid out in the 128-byte swizzle wgmma reads, each stage guarded by a
 // `full` mbarrier (the copies' byte count) and an `empty` one (one arrival per consumer
-// warp). Warpgroups 1 and 2 are the consumers: each multiplies 64 rows by all 256 columns
-// (m64n256k16) once a stage is full, keeps one MMA group in flight and releases the stage of
+// warp). Warpgroups 1 and 2 are the consumers: each multiplies 64 rows by all TBN columns
+// (m64n256k16 or m64n128k16) once a stage is full, keeps one MMA group in flight and releases the stage of
 // the previous group. A is contiguous per slot (FC1 reads the expanded input of
 // `moe_expand`), so each tile is one box; rows past the slot's end belong to the next slot
 // or are zero-filled by the copy, and are never stored. A consumer whose 64 rows all lie past
