@@ -394,8 +394,9 @@ enum Path {
     Tma,
 }
 
-/// Average rows per slot from which 16-bit float weights take the TMA path on Hopper
-/// (`MOE_CUDA_TMA_MIN_ROWS` overrides it, for measuring both paths on one machine).
+/// Average rows per slot from which 16-bit float weights take the TMA path on Hopper (below
+/// it each slot's 128-row tile would be mostly empty, and the cp.async `wgmma` kernel's 64-row
+/// tiles already meet the T = 64 targets).
 const TMA_MIN_AVG_ROWS: usize = 32;
 
 /// Pipeline depth of the TMA kernels (`TMA_STAGES` in `experts.cu`); a stage holds A (128
@@ -406,16 +407,6 @@ const TMA_STAGES: usize = 4;
 /// instead of 256: a grid of a few waves loses most of its last one (Mixtral's FC2 at 512
 /// tokens: about 12 row tiles x 16 column tiles on 132 multiprocessors).
 const TMA_NARROW_BELOW_WAVES: usize = 4;
-
-fn tma_min_avg_rows() -> usize {
-    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var("MOE_CUDA_TMA_MIN_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(TMA_MIN_AVG_ROWS)
-    })
-}
 
 impl DeviceExperts {
     /// Uploads the local slots `slots` (one [`ExpertView`] each, in local slot order) of a
@@ -519,7 +510,7 @@ impl DeviceExperts {
             };
         if self.dtype == DType::F32 || avg <= if wgmma_ok { 1 } else { GEMV_MAX_AVG_ROWS } {
             Path::Gemv
-        } else if wgmma_ok && self.format == Format::Float && avg >= tma_min_avg_rows() {
+        } else if wgmma_ok && self.format == Format::Float && avg >= TMA_MIN_AVG_ROWS {
             Path::Tma
         } else if wgmma_ok {
             // The wgmma kernel streams weights near the copy rate from 2 rows per slot on, so
