@@ -64,7 +64,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::rows::{check_counts, check_gather_input};
+use crate::rows::{check_counts, check_gather_input, check_split_rows};
 use cudarc::driver::{CudaEvent, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result as nccl, sys};
 use moe_core::{DType, Deadline, HostStorage, MoeError, ProcessGroup, Result, Storage, Tensor};
@@ -440,6 +440,21 @@ fn new_unique_id() -> Result<[u8; ID_BYTES]> {
     Ok(id.internal.map(|c| c as u8))
 }
 
+/// A unique id created by rank 0 of `group` and gathered by every rank over it (`what` names
+/// it in the error a malformed id gets).
+fn shared_unique_id(group: &dyn ProcessGroup, what: &str, deadline: Deadline) -> Result<sys::ncclUniqueId> {
+    let (rank, world) = (group.rank(), group.size());
+    let counts: Vec<usize> = (0..world).map(|r| usize::from(r == 0)).collect();
+    let local = if rank == 0 {
+        new_unique_id()?.to_vec()
+    } else {
+        Vec::new()
+    };
+    let t = Tensor::from_host(DType::U8, vec![counts[rank], ID_BYTES], HostStorage::Bytes(local))?;
+    let all = group.all_gather_v(&t, &counts, deadline)?;
+    id_from_bytes(all.as_bytes(what)?).ok_or_else(|| comm_err(Some(0), format!("malformed {what}")))
+}
+
 fn id_from_bytes(bytes: &[u8]) -> Option<sys::ncclUniqueId> {
     let arr: [u8; ID_BYTES] = bytes.try_into().ok()?;
     Some(sys::ncclUniqueId {
@@ -682,18 +697,8 @@ impl NcclGroup {
     /// Joins the world of the host process group `group` (same ranks) on GPU
     /// `device_ordinal`; rank 0's unique id travels over `group`.
     pub fn from_group(group: &dyn ProcessGroup, device_ordinal: usize, deadline: Deadline) -> Result<NcclGroup> {
-        let (rank, world) = (group.rank(), group.size());
-        let counts: Vec<usize> = (0..world).map(|r| usize::from(r == 0)).collect();
-        let local = if rank == 0 {
-            new_unique_id()?.to_vec()
-        } else {
-            Vec::new()
-        };
-        let t = Tensor::from_host(DType::U8, vec![counts[rank], ID_BYTES], HostStorage::Bytes(local))?;
-        let all = group.all_gather_v(&t, &counts, deadline)?;
-        let id = id_from_bytes(all.as_bytes("NCCL unique id")?)
-            .ok_or_else(|| comm_err(Some(0), "malformed NCCL unique id"))?;
-        Self::init(id, rank, world, device_ordinal, deadline, None)
+        let id = shared_unique_id(group, "NCCL unique id", deadline)?;
+        Self::init(id, group.rank(), group.size(), device_ordinal, deadline, None)
     }
 
     fn init(
@@ -806,16 +811,7 @@ impl NcclGroup {
     fn start_data_plane(&self, version: c_int, deadline: Deadline) -> Result<()> {
         let what = "data-plane init";
         let (rank, world) = (self.rank, self.size);
-        let counts: Vec<usize> = (0..world).map(|r| usize::from(r == 0)).collect();
-        let local = if rank == 0 {
-            new_unique_id()?.to_vec()
-        } else {
-            Vec::new()
-        };
-        let t = Tensor::from_host(DType::U8, vec![counts[rank], ID_BYTES], HostStorage::Bytes(local))?;
-        let all = self.all_gather_v(&t, &counts, deadline)?;
-        let id = id_from_bytes(all.as_bytes("NCCL unique id")?)
-            .ok_or_else(|| comm_err(Some(0), "malformed data-plane NCCL unique id"))?;
+        let id = shared_unique_id(self, "data-plane NCCL unique id", deadline)?;
         let (warm, buf) = self.buffer(WARM_BYTES * (world + 1))?;
         let stream = self.dev.stream().clone();
         let ctx = stream.context().clone();
@@ -1181,14 +1177,7 @@ impl ProcessGroup for NcclGroup {
     fn reduce_scatter_v(&self, full: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
         check_counts(counts, self.size(), "reduce_scatter_v counts")?;
         check_float(full, "reduce_scatter_v input")?;
-        let total: usize = counts.iter().sum();
-        if full.rows() != total {
-            return Err(MoeError::shape(
-                "rows to split",
-                format!("{total} rows (sum of counts {counts:?})"),
-                full.shape(),
-            ));
-        }
+        check_split_rows(full, counts)?;
         let host = full.is_host();
         let full = self.operand(full, "reduce_scatter_v input")?;
         let rb = row_bytes(&full);
@@ -1222,14 +1211,7 @@ impl ProcessGroup for NcclGroup {
     ) -> Result<Tensor> {
         check_counts(send_counts, self.size(), "all_to_all_v send counts")?;
         check_counts(recv_counts, self.size(), "all_to_all_v recv counts")?;
-        let sent: usize = send_counts.iter().sum();
-        if send.rows() != sent {
-            return Err(MoeError::shape(
-                "rows to split",
-                format!("{sent} rows (sum of counts {send_counts:?})"),
-                send.shape(),
-            ));
-        }
+        check_split_rows(send, send_counts)?;
         let host = send.is_host();
         let send = self.operand(send, "all_to_all_v input")?;
         let rb = row_bytes(&send);

@@ -27,8 +27,8 @@ pub(crate) fn check_gather_input(local: &Tensor, counts: &[usize], rank: usize, 
     Ok(())
 }
 
-/// Splits `t` into consecutive row blocks of `counts[r]` rows.
-pub fn split_rows_by_counts(t: &Tensor, counts: &[usize]) -> Result<Vec<Tensor>> {
+/// Checks that `t` holds exactly the rows `counts` splits it into.
+pub(crate) fn check_split_rows(t: &Tensor, counts: &[usize]) -> Result<()> {
     let total: usize = counts.iter().sum();
     if total != t.rows() {
         return Err(MoeError::shape(
@@ -37,6 +37,12 @@ pub fn split_rows_by_counts(t: &Tensor, counts: &[usize]) -> Result<Vec<Tensor>>
             t.shape(),
         ));
     }
+    Ok(())
+}
+
+/// Splits `t` into consecutive row blocks of `counts[r]` rows.
+pub fn split_rows_by_counts(t: &Tensor, counts: &[usize]) -> Result<Vec<Tensor>> {
+    check_split_rows(t, counts)?;
     let mut start = 0;
     counts
         .iter()
