@@ -3,35 +3,46 @@
 //! backend skips slots it does not hold), combine sends the partial outputs back and sums
 //! them per token. Moves `k`-times less data than all-gather when experts spread over ranks.
 //!
-//! The routing (which rows go where, and the per-token sums of combine) is computed on the host
-//! from the slot ids (downloaded when they live on a device; NCCL needs host-side counts
-//! anyway). Host payloads are gathered and summed on the host (`ops::gather_rows`,
-//! `ops::segment_sum_rows`). Device payloads upload the whole routing once per dispatch (send
-//! order, and the CSR listing of each token's returned rows for combine) as one i32 index,
-//! gather `x` by it and pack the other fields (slots, scales, scale factors) into one byte row
-//! by it (`gather_rows_indexed`, `gather_pack_rows`), queued before the counts exchange so the
-//! device gathers while the host waits for the counts; a dispatch is then two exchanges after
-//! the counts; combine sums by the same index (`segment_sum_rows_indexed`). Same rows, same
-//! sums in the same order: bit-identical to the host path. `AllToAll::set_profile` records the
-//! wall time of every phase (benchmarks).
+//! A dispatch is two collectives, the same on every rank whatever its payload lives on:
+//! 1. the **routing**: which rows go where (send order), how many to each rank, and each token's
+//!    returned rows for combine. Device payloads build it on their device from the slot ids
+//!    (`moe_kernels::cuda::alltoall_route`: nothing is read back); host payloads (and worlds
+//!    past the kernel's 64 ranks) on the host. Either way it ends in a `head` of
+//!    `[rows to each rank.., first bad token + 1, its slot]`;
+//! 2. one **all-gather of the heads**: every rank learns its receive counts and whether any
+//!    rank's tokens name a slot outside the owner table, which fails the dispatch on every rank
+//!    alike (no rank is left waiting for a peer that gave up);
+//! 3. the rows are gathered in send order and x, the slots, the routing weights and x's scale
+//!    factors cross in **one** `all_to_all_v_many` (one NCCL group). On the device the gather
+//!    (`gather_routed`, its row count read on the device) is queued before the heads' exchange,
+//!    so the device never waits for the host between the two.
+//!
+//! Combine sends the outputs back and sums each token's rows in f32 in ascending row order
+//! (`segment_sum_rows_indexed` on the device): same rows, same sums in the same order on either
+//! path, so device and host runs are bit-identical. `AllToAll::set_profile` records the wall
+//! time of every phase (benchmarks).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moe_core::{Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor};
-use moe_kernels::cuda::{self, CudaStorage, download};
+use moe_core::{Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Storage, Tensor};
+use moe_kernels::cuda::{self, ALLTOALL_ROUTE_MAX_RANKS, AllToAllRoute, CudaDevice, CudaStorage, download};
 use moe_kernels::ops;
+
+/// Where a dispatch's rows went, kept for its combine.
+enum Rows {
+    /// Host routing: the local token of every row sent, in send order.
+    Host(Vec<usize>),
+    /// Device routing, on the payload's device.
+    Device(AllToAllRoute),
+}
 
 /// State a dispatch leaves for its combine.
 struct Route {
-    /// Local token index of every row sent, in send order.
-    order: Vec<usize>,
     send_counts: Vec<usize>,
     recv_counts: Vec<usize>,
     local_rows: usize,
-    /// Device payloads: `[order | offsets | rows]` of `rows_by_token` on the payload's device.
-    index: Option<Tensor>,
+    rows: Rows,
 }
 
 /// All-to-all dispatch/combine over a slot -> rank ownership table.
@@ -40,6 +51,8 @@ pub struct AllToAll {
     timeout: Duration,
     /// Owning rank of every global slot.
     slot_owner: Vec<usize>,
+    /// `slot_owner` as i32 on the device of the last device dispatch (uploaded once).
+    owner_on_device: Option<Tensor>,
     /// Most (token, rank) rows one rank may send in a chunk (the exchange workspace).
     capacity_rows: usize,
     route: Option<Route>,
@@ -74,6 +87,76 @@ impl Profile {
     }
 }
 
+/// The host routing: the local token of every row sent (rank-major, tokens ascending within a
+/// rank), the rows sent to each rank, and the first token naming a slot outside `owner` with
+/// that slot. The device kernel (`a2a_route`) builds the same lists.
+fn host_route(
+    slots: &[i32],
+    k: usize,
+    owner: &[usize],
+    world: usize,
+) -> (Vec<usize>, Vec<usize>, Option<(usize, i32)>) {
+    let n = if k == 0 { 0 } else { slots.len() / k };
+    let mut per_rank: Vec<Vec<usize>> = vec![Vec::with_capacity(n); world];
+    // `stamp[r] == t + 1`: token t already goes to rank r.
+    let mut stamp = vec![0usize; world];
+    let mut bad = None;
+    for t in 0..n {
+        for &s in &slots[t * k..(t + 1) * k] {
+            match usize::try_from(s).ok().and_then(|s| owner.get(s)) {
+                Some(&r) if stamp[r] != t + 1 => {
+                    stamp[r] = t + 1;
+                    per_rank[r].push(t);
+                }
+                Some(_) => {}
+                None => bad = bad.or(Some((t, s))),
+            }
+        }
+    }
+    let counts = per_rank.iter().map(Vec::len).collect();
+    (per_rank.concat(), counts, bad)
+}
+
+/// Each local token's rows in the combined buffer, grouped by token in ascending row order
+/// (CSR: `offsets[t]..offsets[t + 1]` index `rows`), so the per-token sums add in the order
+/// the rows arrive.
+fn rows_by_token(order: &[usize], tokens: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut offsets = vec![0usize; tokens + 1];
+    for &t in order {
+        offsets[t + 1] += 1;
+    }
+    for t in 0..tokens {
+        offsets[t + 1] += offsets[t];
+    }
+    let mut next = offsets.clone();
+    let mut rows = vec![0usize; order.len()];
+    for (row, &t) in order.iter().enumerate() {
+        rows[next[t]] = row;
+        next[t] += 1;
+    }
+    (offsets, rows)
+}
+
+fn to_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| MoeError::config(what, format!("{v} exceeds i32")))
+}
+
+/// `t` as host i32 values (downloaded when it lives on a device).
+fn host_i32(t: &Tensor, what: &str) -> Result<Vec<i32>> {
+    if t.is_host() {
+        return Ok(t.as_i32(what)?.to_vec());
+    }
+    Ok(download(t)?.as_i32(what)?.to_vec())
+}
+
+/// `t` on `dev`: itself when it already lives there, uploaded when it is a host tensor.
+fn on_device(dev: &CudaDevice, t: &Tensor) -> Result<Tensor> {
+    match t.storage() {
+        Storage::Host(_) => dev.upload(t),
+        Storage::Device(_) => Ok(t.clone()),
+    }
+}
+
 impl AllToAll {
     /// `slot_owner[s]` is the rank holding global slot `s`.
     pub fn new(group: Arc<dyn ProcessGroup>, timeout: Duration, slot_owner: Vec<usize>, capacity_rows: usize) -> Self {
@@ -81,6 +164,7 @@ impl AllToAll {
             group,
             timeout,
             slot_owner,
+            owner_on_device: None,
             capacity_rows,
             route: None,
             profile: None,
@@ -105,33 +189,62 @@ impl AllToAll {
             .unwrap_or_default()
     }
 
-    /// The slot ids as host values (downloaded when they live on a device).
-    fn host_slots(slots: &Tensor) -> Result<Cow<'_, [i32]>> {
-        if slots.is_host() {
-            return slots.as_i32("dispatched slots").map(Cow::Borrowed);
+    /// The owner table on `dev` (uploaded at the first dispatch on it).
+    fn owner_on(&mut self, dev: &CudaDevice) -> Result<Tensor> {
+        if let Some(t) = &self.owner_on_device
+            && CudaStorage::of(t, "slot owners")?.device().ordinal() == dev.ordinal()
+        {
+            return Ok(t.clone());
         }
-        Ok(Cow::Owned(download(slots)?.as_i32("dispatched slots")?.to_vec()))
+        let owner = self
+            .slot_owner
+            .iter()
+            .map(|&r| to_i32(r, "slot owner"))
+            .collect::<Result<Vec<_>>>()?;
+        let t = dev.upload(&Tensor::from_i32(vec![owner.len()], owner)?)?;
+        self.owner_on_device = Some(t.clone());
+        Ok(t)
     }
-}
 
-/// Each local token's rows in the combined buffer, grouped by token in ascending row order
-/// (CSR: `offsets[t]..offsets[t + 1]` index `rows`), so the per-token sums add in the order
-/// the rows arrive.
-fn rows_by_token(order: &[usize], tokens: usize) -> (Vec<usize>, Vec<usize>) {
-    let mut offsets = vec![0usize; tokens + 1];
-    for &t in order {
-        offsets[t + 1] += 1;
+    /// The host routing of `slots` as its head (`[1, world + 2]` i32) and the send order.
+    fn route_on_host(&self, slots: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+        let world = self.group.size();
+        let k = slots.row_len();
+        let values = host_i32(slots, "dispatched slots")?;
+        let (order, counts, bad) = host_route(&values, k, &self.slot_owner, world);
+        let mut head = counts
+            .iter()
+            .map(|&c| to_i32(c, "alltoall rows"))
+            .collect::<Result<Vec<_>>>()?;
+        match bad {
+            Some((t, s)) => head.extend([to_i32(t + 1, "alltoall token")?, s]),
+            None => head.extend([0, 0]),
+        }
+        Ok((Tensor::from_i32(vec![1, world + 2], head)?, order))
     }
-    for t in 0..tokens {
-        offsets[t + 1] += offsets[t];
+
+    /// Host routing for device payloads of worlds past the device kernel's: the lists uploaded
+    /// in the kernel's layout, so gather and combine run on the device either way.
+    fn upload_route(dev: &CudaDevice, order: &[usize], head: Tensor, tokens: usize, k: usize) -> Result<AllToAllRoute> {
+        let world = head.row_len() - 2;
+        let max_rows = tokens * world.min(k);
+        let (offsets, rows) = rows_by_token(order, tokens);
+        let mut all = vec![0usize; 2 * max_rows + tokens + 1];
+        all[..order.len()].copy_from_slice(order);
+        all[max_rows..max_rows + tokens + 1].copy_from_slice(&offsets);
+        all[max_rows + tokens + 1..max_rows + tokens + 1 + rows.len()].copy_from_slice(&rows);
+        let all = all
+            .into_iter()
+            .map(|v| to_i32(v, "alltoall rows"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AllToAllRoute {
+            index: dev.upload(&Tensor::from_i32(vec![all.len()], all)?)?,
+            head: dev.upload(&head)?,
+            max_rows,
+            tokens,
+            world,
+        })
     }
-    let mut next = offsets.clone();
-    let mut rows = vec![0usize; order.len()];
-    for (row, &t) in order.iter().enumerate() {
-        rows[next[t]] = row;
-        next[t] += 1;
-    }
-    (offsets, rows)
 }
 
 impl Communication for AllToAll {
@@ -164,124 +277,89 @@ impl Communication for AllToAll {
         let n = p.x.rows();
         let k = p.slots.row_len();
         Profile::start(&mut self.profile);
-        let slots = Self::host_slots(&p.slots)?;
-        Profile::mark(&mut self.profile, "slots_download", None)?;
-        let mut per_rank: Vec<Vec<usize>> = vec![Vec::with_capacity(n); size];
-        // `stamp[r] == t + 1`: token t already goes to rank r.
-        let mut stamp = vec![0usize; size];
-        for t in 0..n {
-            for &s in &slots[t * k..(t + 1) * k] {
-                let owner = usize::try_from(s)
-                    .ok()
-                    .and_then(|s| self.slot_owner.get(s))
-                    .copied()
-                    .ok_or_else(|| {
-                        MoeError::config(
-                            "slots",
-                            format!(
-                                "token {t} names slot {s}, but there are {} slots",
-                                self.slot_owner.len()
-                            ),
-                        )
-                    })?;
-                if stamp[owner] != t + 1 {
-                    stamp[owner] = t + 1;
-                    per_rank[owner].push(t);
-                }
-            }
-        }
-        let send_counts: Vec<usize> = per_rank.iter().map(Vec::len).collect();
-        let order: Vec<usize> = per_rank.concat();
-        // Device payloads: the whole routing goes up once, before the counts exchange.
-        let index = if p.x.is_host() {
-            None
-        } else {
-            let (offsets, rows) = rows_by_token(&order, n);
-            let all: Vec<i32> = order
-                .iter()
-                .chain(&offsets)
-                .chain(&rows)
-                .map(|&v| i32::try_from(v).map_err(|_| MoeError::config("alltoall rows", format!("{v} exceeds i32"))))
-                .collect::<Result<_>>()?;
-            let dev = CudaStorage::of(&p.x, "dispatched x")?.device();
-            Some(dev.upload(&Tensor::from_i32(vec![all.len()], all)?)?)
+        // 1. routing, on the payload's side.
+        let dev = match p.x.storage() {
+            Storage::Host(_) => None,
+            Storage::Device(_) => Some(CudaStorage::of(&p.x, "dispatched x")?.device().clone()),
         };
-        Profile::mark(&mut self.profile, "route_and_upload", index.as_ref())?;
-        let m = order.len();
-        // Device payloads: the send rows are gathered before the counts exchange, so the
-        // device gathers while the host waits for the counts. slots, scales and x_sf travel
-        // side by side in one byte row.
-        let mut parts: Vec<&Tensor> = vec![&p.slots];
-        parts.extend(p.scales.as_ref());
-        parts.extend(p.x_sf.as_ref());
-        let gathered = match &index {
-            None => None,
-            Some(index) => {
-                let x = cuda::gather_rows_indexed(&p.x, index, 0, m)?;
-                Profile::mark(&mut self.profile, "gather_x", Some(&x))?;
-                let packed = cuda::gather_pack_rows(&parts, index, 0, m)?;
-                Profile::mark(&mut self.profile, "pack_meta", Some(&packed))?;
-                Some((x, packed))
-            }
+        // Device payloads: the slot ids on the device once, for the routing and the gather.
+        let slots = match &dev {
+            Some(dev) => on_device(dev, &p.slots)?,
+            None => p.slots.clone(),
         };
-        let deadline = Deadline::after(self.timeout);
-        let counts_t = Tensor::from_i32(
-            vec![size, 1],
-            send_counts
-                .iter()
-                .map(|&c| i32::try_from(c).unwrap_or(i32::MAX))
-                .collect(),
-        )?;
-        let recv = self
-            .group
-            .all_to_all_v(&counts_t, &vec![1; size], &vec![1; size], deadline)?;
-        let recv_counts: Vec<usize> = recv
-            .as_i32("received counts")?
-            .iter()
-            .map(|&c| c.max(0) as usize)
-            .collect();
-        Profile::mark(&mut self.profile, "counts_exchange", None)?;
-        let group = &self.group;
-        let exchange = |t: &Tensor| -> Result<Tensor> { group.all_to_all_v(t, &send_counts, &recv_counts, deadline) };
-        let out = match gathered {
+        let (head, rows) = match &dev {
             None => {
-                let gathered = |t: &Tensor| exchange(&ops::gather_rows(t, &order)?);
-                DispatchPayload {
-                    x: gathered(&p.x)?,
-                    x_sf: p.x_sf.as_ref().map(gathered).transpose()?,
-                    slots: gathered(&p.slots)?,
-                    scales: p.scales.as_ref().map(gathered).transpose()?,
-                }
+                let (head, order) = self.route_on_host(&p.slots)?;
+                (head, Rows::Host(order))
             }
-            Some((x, packed)) => {
-                let x = exchange(&x)?;
-                Profile::mark(&mut self.profile, "x_exchange", None)?;
-                let fields: Vec<(DType, Vec<usize>)> = parts
+            Some(dev) if size > ALLTOALL_ROUTE_MAX_RANKS => {
+                let (head, order) = self.route_on_host(&slots)?;
+                let route = Self::upload_route(dev, &order, head, n, k)?;
+                (route.head.clone(), Rows::Device(route))
+            }
+            Some(dev) => {
+                let owner = self.owner_on(dev)?;
+                let route = cuda::alltoall_route(&slots, &owner, size)?;
+                (route.head.clone(), Rows::Device(route))
+            }
+        };
+        Profile::mark(&mut self.profile, "route", Some(&head))?;
+        let mut fields: Vec<&Tensor> = vec![&p.x, &slots];
+        fields.extend(p.scales.as_ref());
+        fields.extend(p.x_sf.as_ref());
+        // Device routing: the send rows are gathered before the counts exchange, their number
+        // read on the device, so the device gathers while the heads cross.
+        let early = match (&rows, &dev) {
+            (Rows::Device(route), Some(dev)) => Some(
+                fields
                     .iter()
-                    .map(|t| (t.dtype(), t.shape().get(1..).unwrap_or(&[]).to_vec()))
-                    .collect();
-                let packed = exchange(&packed)?;
-                Profile::mark(&mut self.profile, "meta_exchange", None)?;
-                let unpacked = cuda::unpack_rows(&packed, &fields)?;
-                Profile::mark(&mut self.profile, "unpack_meta", unpacked.first())?;
-                let mut unpacked = unpacked.into_iter();
-                let mut next = || {
-                    unpacked
-                        .next()
-                        .ok_or_else(|| MoeError::lifecycle("alltoall: a packed field is missing"))
-                };
-                let slots = next()?;
-                let scales = p.scales.as_ref().map(|_| next()).transpose()?;
-                let x_sf = p.x_sf.as_ref().map(|_| next()).transpose()?;
-                DispatchPayload { x, x_sf, slots, scales }
-            }
+                    .map(|t| cuda::gather_routed(&on_device(dev, t)?, route))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        Profile::mark(&mut self.profile, "gather", early.as_ref().and_then(|g| g.first()))?;
+        // 2. every rank's head: counts, and a bad slot anywhere refuses the dispatch everywhere.
+        let deadline = Deadline::after(self.timeout);
+        let heads = self.group.all_gather_v(&head, &vec![1; size], deadline)?;
+        let heads = host_i32(&heads, "all-to-all routing heads")?;
+        let counts = AllToAllRoute::counts(&heads, self.group.rank(), size, self.slot_owner.len())?;
+        Profile::mark(&mut self.profile, "counts_exchange", None)?;
+        // 3. the rows in send order (host routing: gathered now), then one exchange of them all.
+        let m: usize = counts.send.iter().sum();
+        let gathered = match (&rows, early) {
+            (Rows::Host(order), _) => fields
+                .iter()
+                .map(|t| ops::gather_rows(t, order))
+                .collect::<Result<Vec<_>>>()?,
+            (Rows::Device(_), Some(early)) => early
+                .iter()
+                .map(|t| cuda::truncate_rows(t, m))
+                .collect::<Result<Vec<_>>>()?,
+            (Rows::Device(_), None) => return Err(MoeError::lifecycle("alltoall: a device routing of a host payload")),
+        };
+        let refs: Vec<&Tensor> = gathered.iter().collect();
+        let mut exchanged = self
+            .group
+            .all_to_all_v_many(&refs, &counts.send, &counts.recv, deadline)?
+            .into_iter();
+        Profile::mark(&mut self.profile, "exchange", None)?;
+        let mut next = || {
+            exchanged
+                .next()
+                .ok_or_else(|| MoeError::lifecycle("alltoall: an exchanged field is missing"))
+        };
+        let out = DispatchPayload {
+            x: next()?,
+            slots: next()?,
+            scales: p.scales.as_ref().map(|_| next()).transpose()?,
+            x_sf: p.x_sf.as_ref().map(|_| next()).transpose()?,
         };
         self.route = Some(Route {
-            order,
-            send_counts,
-            recv_counts,
+            send_counts: counts.send,
+            recv_counts: counts.recv,
             local_rows: n,
-            index,
+            rows,
         });
         Ok(out)
     }
@@ -303,18 +381,25 @@ impl Communication for AllToAll {
             DType::F32
         };
         let n = route.local_rows;
-        match &route.index {
-            Some(index) if !back.is_host() => {
-                let m = route.order.len();
-                let sum = cuda::segment_sum_rows_indexed(&back, index, m, m + n + 1, n, dtype)?;
-                Profile::mark(&mut self.profile, "segment_sum", Some(&sum))?;
-                Ok(sum)
+        let sum = match &route.rows {
+            Rows::Device(r) if !back.is_host() => {
+                cuda::segment_sum_rows_indexed(&back, &r.index, r.offsets_at(), r.rows_at(), n, dtype)?
             }
-            _ => {
-                let (offsets, rows) = rows_by_token(&route.order, n);
-                ops::segment_sum_rows(&back, &offsets, &rows, dtype)
+            Rows::Device(r) => {
+                // A host output of a device dispatch: the listing comes back to the host once.
+                let index = host_i32(&r.index, "all-to-all routing index")?;
+                let m: usize = route.send_counts.iter().sum();
+                let order: Vec<usize> = index[..m].iter().map(|&t| t as usize).collect();
+                let (offsets, rows) = rows_by_token(&order, n);
+                ops::segment_sum_rows(&back, &offsets, &rows, dtype)?
             }
-        }
+            Rows::Host(order) => {
+                let (offsets, rows) = rows_by_token(order, n);
+                ops::segment_sum_rows(&back, &offsets, &rows, dtype)?
+            }
+        };
+        Profile::mark(&mut self.profile, "segment_sum", Some(&sum))?;
+        Ok(sum)
     }
 
     fn destroy(&mut self) -> Result<()> {

@@ -956,9 +956,9 @@ impl NcclGroup {
         }
     }
 
-    /// Runs `ops` as one NCCL group on the device's stream, with `local` copied on the side
-    /// stream meanwhile, and waits for both.
-    fn run(&self, what: &str, ops: &[Op], local: Option<LocalCopy>, deadline: Deadline) -> Result<()> {
+    /// Runs `ops` as one NCCL group on the device's stream, with the `local` blocks copied on
+    /// the side stream meanwhile, and waits for both.
+    fn run(&self, what: &str, ops: &[Op], local: &[LocalCopy], deadline: Deadline) -> Result<()> {
         let mut inner = self.lock();
         if let Some(why) = &inner.broken {
             return Err(comm_err(
@@ -971,16 +971,16 @@ impl NcclGroup {
             l.enter(inner.seq);
         }
         let ops: Vec<&Op> = ops.iter().filter(|o| o.bytes() > 0).collect();
-        let local = local.filter(|c| c.bytes > 0);
-        if ops.is_empty() && local.is_none() {
+        let local: Vec<&LocalCopy> = local.iter().filter(|c| c.bytes > 0).collect();
+        if ops.is_empty() && local.is_empty() {
             return Ok(());
         }
         let stream = self.dev.stream();
         if let Err(e) = stream.context().bind_to_thread() {
             return Err(self.fail(&mut inner, what, format!("binding the context: {e}"), None));
         }
-        if let Some(c) = local
-            && let Err(e) = self.copy_local(&inner, &c)
+        if !local.is_empty()
+            && let Err(e) = self.copy_local(&inner, &local)
         {
             return Err(self.fail(&mut inner, what, format!("copying the local block: {e}"), None));
         }
@@ -1010,7 +1010,7 @@ impl NcclGroup {
         if let Err(why) = issued {
             return Err(self.fail(&mut inner, what, why, None));
         }
-        if local.is_some()
+        if !local.is_empty()
             && let Err(e) = stream.wait(&inner.joined)
         {
             return Err(self.fail(&mut inner, what, format!("joining the side stream: {e}"), None));
@@ -1018,17 +1018,20 @@ impl NcclGroup {
         self.wait(&mut inner, what, deadline, true)
     }
 
-    /// Queues `c` on the side stream after everything queued so far on the device's stream,
-    /// and records `joined` after it (the caller makes the device's stream wait for it).
-    fn copy_local(&self, inner: &Inner, c: &LocalCopy) -> std::result::Result<(), cudarc::driver::DriverError> {
+    /// Queues the copies on the side stream after everything queued so far on the device's
+    /// stream, and records `joined` after them (the caller makes the device's stream wait for it).
+    fn copy_local(&self, inner: &Inner, copies: &[&LocalCopy]) -> std::result::Result<(), cudarc::driver::DriverError> {
         let stream = self.dev.stream();
         inner.fork.record(stream)?;
         inner.side.wait(&inner.fork)?;
-        // SAFETY: both ranges are `bytes` long inside live device buffers of this context (the
-        // caller's operand and the collective's output, checked by the collective that built
-        // the copy); the copy is ordered after their producers by `fork`, and the device's
-        // stream (on which the buffers are freed) waits for `joined` before anything later.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(c.dst, c.src, c.bytes, inner.side.cu_stream()) }?;
+        for c in copies {
+            // SAFETY: both ranges are `bytes` long inside live device buffers of this context
+            // (the caller's operand and the collective's output, checked by the collective that
+            // built the copy); the copy is ordered after their producers by `fork`, and the
+            // device's stream (on which the buffers are freed) waits for `joined` before
+            // anything later.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(c.dst, c.src, c.bytes, inner.side.cu_stream()) }?;
+        }
         if let Err(e) = inner.joined.record(&inner.side) {
             // The device's stream must not run past the copy: make it wait for the whole side
             // stream instead.
@@ -1170,7 +1173,7 @@ impl ProcessGroup for NcclGroup {
         let (out, recv) = self.buffer(total * rb)?;
         let byte_counts: Vec<usize> = counts.iter().map(|c| c * rb).collect();
         let ops = self.gather_ops(self.addr(&local)?, recv, &byte_counts);
-        self.run("all_gather_v", &ops, None, deadline)?;
+        self.run("all_gather_v", &ops, &[], deadline)?;
         Self::finish(self.dev.tensor(local.dtype(), with_rows(&local, total), out), host)
     }
 
@@ -1197,7 +1200,7 @@ impl ProcessGroup for NcclGroup {
                 peer,
             });
         }
-        self.run("reduce_scatter_v", &ops, None, deadline)?;
+        self.run("reduce_scatter_v", &ops, &[], deadline)?;
         let blocks = self.dev.tensor(full.dtype(), with_rows(&full, self.size * n), blocks);
         Self::finish(sum_blocks(&blocks, self.size, with_rows(&full, n))?, host)
     }
@@ -1209,17 +1212,21 @@ impl ProcessGroup for NcclGroup {
         recv_counts: &[usize],
         deadline: Deadline,
     ) -> Result<Tensor> {
+        let mut out = self.all_to_all_v_many(&[send], send_counts, recv_counts, deadline)?;
+        out.pop()
+            .ok_or_else(|| MoeError::lifecycle("NCCL all_to_all_v: no output"))
+    }
+
+    /// Every tensor's blocks in one NCCL group: one launch and one completion wait for all.
+    fn all_to_all_v_many(
+        &self,
+        sends: &[&Tensor],
+        send_counts: &[usize],
+        recv_counts: &[usize],
+        deadline: Deadline,
+    ) -> Result<Vec<Tensor>> {
         check_counts(send_counts, self.size(), "all_to_all_v send counts")?;
         check_counts(recv_counts, self.size(), "all_to_all_v recv counts")?;
-        check_split_rows(send, send_counts)?;
-        let host = send.is_host();
-        let send = self.operand(send, "all_to_all_v input")?;
-        let rb = row_bytes(&send);
-        let total: usize = recv_counts.iter().sum();
-        let (out, recv) = self.buffer(total * rb)?;
-        let from = self.addr(&send)?;
-        let mut ops = Vec::with_capacity(2 * self.size);
-        let (so, ro) = (offsets(send_counts), offsets(recv_counts));
         // The own block is a device copy on the side stream, not an NCCL send to itself.
         let me = self.rank;
         if send_counts[me] != recv_counts[me] {
@@ -1231,25 +1238,40 @@ impl ProcessGroup for NcclGroup {
                 ),
             ));
         }
-        let local = LocalCopy {
-            dst: recv + (ro[me] * rb) as u64,
-            src: from + (so[me] * rb) as u64,
-            bytes: send_counts[me] * rb,
-        };
-        for peer in (0..self.size).filter(|&q| q != me) {
-            ops.push(Op::Send {
-                ptr: from + (so[peer] * rb) as u64,
-                bytes: send_counts[peer] * rb,
-                peer,
+        let total: usize = recv_counts.iter().sum();
+        let (so, ro) = (offsets(send_counts), offsets(recv_counts));
+        let mut ops = Vec::with_capacity(2 * self.size * sends.len());
+        let mut local = Vec::with_capacity(sends.len());
+        let mut outs = Vec::with_capacity(sends.len());
+        for send in sends {
+            check_split_rows(send, send_counts)?;
+            let host = send.is_host();
+            let send = self.operand(send, "all_to_all_v input")?;
+            let rb = row_bytes(&send);
+            let (out, recv) = self.buffer(total * rb)?;
+            let from = self.addr(&send)?;
+            local.push(LocalCopy {
+                dst: recv + (ro[me] * rb) as u64,
+                src: from + (so[me] * rb) as u64,
+                bytes: send_counts[me] * rb,
             });
-            ops.push(Op::Recv {
-                ptr: recv + (ro[peer] * rb) as u64,
-                bytes: recv_counts[peer] * rb,
-                peer,
-            });
+            for peer in (0..self.size).filter(|&q| q != me) {
+                ops.push(Op::Send {
+                    ptr: from + (so[peer] * rb) as u64,
+                    bytes: send_counts[peer] * rb,
+                    peer,
+                });
+                ops.push(Op::Recv {
+                    ptr: recv + (ro[peer] * rb) as u64,
+                    bytes: recv_counts[peer] * rb,
+                    peer,
+                });
+            }
+            // The operand (an upload of a host tensor) lives until the collective has finished.
+            outs.push((self.dev.tensor(send.dtype(), with_rows(&send, total), out), host, send));
         }
-        self.run("all_to_all_v", &ops, Some(local), deadline)?;
-        Self::finish(self.dev.tensor(send.dtype(), with_rows(&send, total), out), host)
+        self.run("all_to_all_v", &ops, &local, deadline)?;
+        outs.into_iter().map(|(t, host, _)| Self::finish(t, host)).collect()
     }
 
     fn all_reduce_sum(&self, t: &Tensor, deadline: Deadline) -> Result<Tensor> {
@@ -1278,13 +1300,13 @@ impl ProcessGroup for NcclGroup {
                 peer,
             });
         }
-        self.run("all_reduce_sum (reduce-scatter half)", &ops, None, deadline)?;
+        self.run("all_reduce_sum (reduce-scatter half)", &ops, &[], deadline)?;
         let blocks = self.dev.tensor(t.dtype(), vec![p * mine], blocks);
         let part = sum_blocks(&blocks, p, vec![mine])?;
         let (out, dst) = self.buffer(numel * esz)?;
         let byte_counts: Vec<usize> = (0..p).map(|r| len(r) * esz).collect();
         let ops = self.gather_ops(self.addr(&part)?, dst, &byte_counts);
-        self.run("all_reduce_sum (all-gather half)", &ops, None, deadline)?;
+        self.run("all_reduce_sum (all-gather half)", &ops, &[], deadline)?;
         Self::finish(self.dev.tensor(t.dtype(), t.shape().to_vec(), out), host)
     }
 

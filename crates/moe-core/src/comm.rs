@@ -46,6 +46,21 @@ pub trait ProcessGroup: Send + Sync {
         recv_counts: &[usize],
         deadline: Deadline,
     ) -> Result<Tensor>;
+    /// [`ProcessGroup::all_to_all_v`] of several tensors with the same row counts (a payload
+    /// and its per-row metadata), as one exchange where the engine can group them: NCCL runs
+    /// them as one group (one launch, one completion wait). Outputs in input order.
+    fn all_to_all_v_many(
+        &self,
+        sends: &[&Tensor],
+        send_counts: &[usize],
+        recv_counts: &[usize],
+        deadline: Deadline,
+    ) -> Result<Vec<Tensor>> {
+        sends
+            .iter()
+            .map(|t| self.all_to_all_v(t, send_counts, recv_counts, deadline))
+            .collect()
+    }
     /// Element-wise sum over ranks.
     fn all_reduce_sum(&self, t: &Tensor, deadline: Deadline) -> Result<Tensor>;
     /// Every rank's `value`, in rank order (token counts, chunk counts).

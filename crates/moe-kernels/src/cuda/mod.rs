@@ -7,6 +7,8 @@
 //! returns [`moe_core::MoeError::NotCompiledWithCuda`], so callers compile unchanged and fail
 //! with a typed error. `cfg` appears only on the `mod`/`use` lines below.
 
+mod route;
+
 #[cfg(not(feature = "cuda"))]
 mod absent;
 #[cfg(feature = "cuda")]
@@ -16,3 +18,4 @@ mod enabled;
 pub use absent::*;
 #[cfg(feature = "cuda")]
 pub use enabled::*;
+pub use route::{ALLTOALL_ROUTE_MAX_RANKS, AllToAllRoute, RouteCounts};

@@ -5,6 +5,8 @@
 
 use moe_core::{DType, MoeError, Result, Tensor};
 
+use crate::cuda::AllToAllRoute;
+
 /// Rows `idx[i]` of a device tensor (not available in this build).
 pub fn gather_rows(_t: &Tensor, _idx: &[usize]) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)
@@ -12,11 +14,6 @@ pub fn gather_rows(_t: &Tensor, _idx: &[usize]) -> Result<Tensor> {
 
 /// Rows `index[start..start + len]` of a device tensor (not available in this build).
 pub fn gather_rows_indexed(_t: &Tensor, _index: &Tensor, _start: usize, _len: usize) -> Result<Tensor> {
-    Err(MoeError::NotCompiledWithCuda)
-}
-
-/// Several tensors' indexed rows side by side as one byte row (not available in this build).
-pub fn gather_pack_rows(_parts: &[&Tensor], _index: &Tensor, _start: usize, _len: usize) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)
 }
 
@@ -49,5 +46,20 @@ pub fn segment_sum_rows_indexed(
 
 /// Equal blocks summed element-wise in f32 (not available in this build).
 pub fn sum_blocks(_t: &Tensor, _blocks: usize, _shape: Vec<usize>) -> Result<Tensor> {
+    Err(MoeError::NotCompiledWithCuda)
+}
+
+/// The all-to-all routing of a dispatch on the device (not available in this build).
+pub fn alltoall_route(_slots: &Tensor, _owner: &Tensor, _world: usize) -> Result<AllToAllRoute> {
+    Err(MoeError::NotCompiledWithCuda)
+}
+
+/// A dispatch's send rows gathered by a device routing (not available in this build).
+pub fn gather_routed(_t: &Tensor, _route: &AllToAllRoute) -> Result<Tensor> {
+    Err(MoeError::NotCompiledWithCuda)
+}
+
+/// The first rows of a device tensor, sharing its buffer (not available in this build).
+pub fn truncate_rows(_t: &Tensor, _rows: usize) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)
 }

@@ -1,12 +1,13 @@
 //! Device row gathers and scatter-adds that the communication strategies pack and unpack exchanges with.
 //!
-//! - [`gather_rows`]: rows of a tensor picked by a host index list; [`gather_rows_indexed`] and
-//!   [`gather_pack_rows`] pick them by a device index uploaded once (the all-to-all send buffers,
-//!   the second one packing several tensors' rows side by side).
+//! - [`gather_rows`]: rows of a tensor picked by a host index list; [`gather_rows_indexed`]
+//!   picks them by a device index (the all-to-all send buffers, by [`alltoall_route`]'s order).
 //! - [`pack_rows`] / [`unpack_rows`]: several tensors' rows side by side as one byte row, and
 //!   back (the packed all-gather).
 //! - [`segment_sum_rows`] / [`segment_sum_rows_indexed`]: groups of rows summed in f32 in a
 //!   listed order (the all-to-all combine), the listing on the host or already on the device.
+//! - [`alltoall_route`]: the all-to-all strategy's routing (send order, counts, each token's
+//!   returned rows) built from slot ids on the device, so a dispatch never reads them back.
 //! - [`sum_blocks`]: equal blocks of a tensor summed element-wise in f32 in block order (the
 //!   NCCL group's reduce-scatter and all-reduce).
 //!
@@ -19,11 +20,14 @@ use moe_core::{DType, MoeError, Result, Storage, Tensor};
 use super::device::CudaDevice;
 use super::ffi;
 use super::storage::{CudaStorage, tensor_bytes};
+use crate::cuda::{ALLTOALL_ROUTE_MAX_RANKS, AllToAllRoute};
 
 const MODULE: &str = "comm_rows";
 const SRC: &str = include_str!("../kernels/comm_rows.cu");
 /// Threads per block of the row kernels.
 const THREADS: u32 = 256;
+/// Threads of the one block of the all-to-all routing kernel (`ROUTE_THREADS` in the source).
+const ROUTE_THREADS: u32 = 1024;
 /// Most blocks a grid-stride row kernel is launched with.
 const MAX_BLOCKS: usize = 1 << 20;
 
@@ -111,13 +115,15 @@ impl RowCopy {
 
 /// Runs one row copy from `src` (of `src_rows` rows) into `dst` on `dev`'s stream; `idx`
 /// (device i32 from element `start` on, one entry per row) picks the source row of each
-/// destination row.
+/// destination row; `limit` (a device i32 at an element offset) caps the rows copied at a
+/// count only the device knows.
 fn copy_rows(
     dev: &CudaDevice,
     dst: &mut CudaStorage,
     src: &CudaStorage,
     src_rows: usize,
     idx: Option<(&CudaStorage, usize)>,
+    limit: Option<(&CudaStorage, usize)>,
     c: &RowCopy,
 ) -> Result<()> {
     if c.rows == 0 || c.width == 0 {
@@ -152,6 +158,9 @@ fn copy_rows(
     let idx_v = idx
         .map(|(i, start)| i.view::<i32>(start + c.rows).map(|v| v.slice(start..)))
         .transpose()?;
+    let limit_v = limit
+        .map(|(l, at)| l.view::<i32>(at + 1).map(|v| v.slice(at..)))
+        .transpose()?;
     let null: u64 = 0;
     let src_rows = src_rows as i64;
     ffi::launch(&stream, &func, cfg, &loc, |a| {
@@ -166,6 +175,10 @@ fn copy_rows(
             None => a.arg(&null),
         };
         a.arg(&rows).arg(&width).arg(&src_rows);
+        match &limit_v {
+            Some(v) => a.arg(v),
+            None => a.arg(&null),
+        };
     })
 }
 
@@ -192,7 +205,7 @@ pub fn gather_rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
             rows: idx.len(),
             width: rb,
         };
-        copy_rows(&dev, &mut out, s, rows, Some((index_s, 0)), &copy)?;
+        copy_rows(&dev, &mut out, s, rows, Some((index_s, 0)), None, &copy)?;
     }
     Ok(dev.tensor(t.dtype(), shape, out))
 }
@@ -229,6 +242,7 @@ pub fn pack_rows(parts: &[&Tensor]) -> Result<Tensor> {
             &mut out,
             CudaStorage::of(&p, "pack_rows part")?,
             rows,
+            None,
             None,
             &copy,
         )?;
@@ -268,7 +282,7 @@ pub fn unpack_rows(packed: &Tensor, fields: &[(DType, Vec<usize>)]) -> Result<Ve
                 rows,
                 width: w,
             };
-            copy_rows(&dev, &mut out, s, rows, None, &copy)?;
+            copy_rows(&dev, &mut out, s, rows, None, None, &copy)?;
             offset += w;
             let mut shape = vec![rows];
             shape.extend(row_shape);
@@ -422,43 +436,50 @@ pub fn gather_rows_indexed(t: &Tensor, index: &Tensor, start: usize, len: usize)
         rows: len,
         width: rb,
     };
-    copy_rows(&dev, &mut out, s, t.rows(), Some((idx, start)), &copy)?;
+    copy_rows(&dev, &mut out, s, t.rows(), Some((idx, start)), None, &copy)?;
     Ok(dev.tensor(t.dtype(), shape, out))
 }
 
-/// `[len, sum of row bytes]` u8: row `i` holds row `index[start + i]` of every part side by
-/// side, in part order ([`pack_rows`] of [`gather_rows_indexed`] of each part, in one pass).
-/// Parts share their row count; host parts are uploaded to `index`'s device.
-pub fn gather_pack_rows(parts: &[&Tensor], index: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-    let idx = device_index(index, start + len, "gather_pack_rows index")?;
-    let dev = idx.device().clone();
-    let rows = parts.first().map(|p| p.rows()).unwrap_or(0);
-    if let Some(p) = parts.iter().find(|p| p.rows() != rows) {
+/// A dispatch's send rows of the device tensor `t`, queued before the host knows how many
+/// there are: rows `route.index[0..m)` of `t`, with `m` (the routing's total, `offsets[tokens]`)
+/// read on the device. The result has `route.max_rows` rows, of which the first `m` are
+/// written; [`truncate_rows`] it to `m` once the counts are known.
+pub fn gather_routed(t: &Tensor, route: &AllToAllRoute) -> Result<Tensor> {
+    let s = CudaStorage::of(t, "gather_routed input")?;
+    let dev = s.device().clone();
+    let idx = device_index(&route.index, route.rows_at(), "gather_routed index")?;
+    let rb = row_bytes(t);
+    let shape = with_rows(t, route.max_rows);
+    let mut out = dev.alloc_storage(tensor_bytes(t.dtype(), &shape))?;
+    let copy = RowCopy {
+        dst_stride: rb,
+        dst_off: 0,
+        src_stride: rb,
+        src_off: 0,
+        rows: route.max_rows,
+        width: rb,
+    };
+    let total = route.offsets_at() + route.tokens;
+    copy_rows(&dev, &mut out, s, t.rows(), Some((idx, 0)), Some((idx, total)), &copy)?;
+    Ok(dev.tensor(t.dtype(), shape, out))
+}
+
+/// The first `rows` rows of the device tensor `t`, sharing its buffer (no copy).
+pub fn truncate_rows(t: &Tensor, rows: usize) -> Result<Tensor> {
+    if rows > t.rows() {
         return Err(MoeError::shape(
-            "gather_pack_rows part",
-            format!("{rows} rows"),
-            p.shape(),
+            "truncate_rows",
+            format!("at least {rows} rows"),
+            t.shape(),
         ));
     }
-    let widths: Vec<usize> = parts.iter().map(|t| row_bytes(t)).collect();
-    let total: usize = widths.iter().sum();
-    let mut out = dev.alloc_storage(len * total)?;
-    let mut offset = 0;
-    for (p, &w) in parts.iter().zip(&widths) {
-        let p = on_device(&dev, p)?;
-        let copy = RowCopy {
-            dst_stride: total,
-            dst_off: offset,
-            src_stride: w,
-            src_off: 0,
-            rows: len,
-            width: w,
-        };
-        let src = CudaStorage::of(&p, "gather_pack_rows part")?;
-        copy_rows(&dev, &mut out, src, rows, Some((idx, start)), &copy)?;
-        offset += w;
+    match t.storage() {
+        Storage::Device(s) => {
+            CudaStorage::of(t, "truncate_rows input")?;
+            Ok(Tensor::from_device(t.dtype(), with_rows(t, rows), s.clone()))
+        }
+        Storage::Host(_) => t.narrow_rows(0, rows),
     }
-    Ok(dev.tensor(DType::U8, vec![len, total], out))
 }
 
 /// [`segment_sum_rows`] with the listing already on the device: `groups` groups, whose
@@ -518,4 +539,190 @@ pub fn sum_blocks(t: &Tensor, blocks: usize, shape: Vec<usize>) -> Result<Tensor
         a.arg(&mut dst_v).arg(&src_v).arg(&code).arg(&blocks_i).arg(&len_i);
     })?;
     Ok(dev.tensor(t.dtype(), shape, out))
+}
+
+/// The all-to-all routing of a dispatch on the device (`a2a_route` in the kernel source): where
+/// each of the `[tokens, k]` i32 `slots` goes when slot `s` lives on rank `owner[s]` (`owner`: a
+/// device i32 table of `world` ranks, every entry below `world`, checked by the caller when it
+/// uploads it). `slots` on the host are uploaded to `owner`'s device. The lists equal the ones
+/// the host routing of the all-to-all strategy builds; nothing is read back here.
+pub fn alltoall_route(slots: &Tensor, owner: &Tensor, world: usize) -> Result<AllToAllRoute> {
+    if world == 0 || world > ALLTOALL_ROUTE_MAX_RANKS {
+        return Err(MoeError::config(
+            "alltoall world",
+            format!("{world} ranks; the device routing takes 1 to {ALLTOALL_ROUTE_MAX_RANKS}"),
+        ));
+    }
+    for (t, what) in [(slots, "alltoall slots"), (owner, "alltoall slot owners")] {
+        if t.dtype() != DType::I32 {
+            return Err(MoeError::DTypeMismatch {
+                what: what.into(),
+                expected: "i32".into(),
+                actual: t.dtype().to_string(),
+            });
+        }
+    }
+    let own = CudaStorage::of(owner, "alltoall slot owners")?;
+    let dev = own.device().clone();
+    let slots = on_device(&dev, slots)?;
+    let (tokens, k) = (slots.rows(), slots.row_len());
+    let max_rows = tokens * world.min(k);
+    // order, offsets, rows, then the 8-byte masks at an even (8-byte aligned) i32 offset.
+    let scratch = (2 * max_rows + tokens + 1).next_multiple_of(2);
+    let len = scratch + 2 * tokens;
+    let too_big = |what: &str| MoeError::config("alltoall routing", format!("{what} exceeds i32"));
+    let as_i32 = |v: usize, what: &str| i32::try_from(v).map_err(|_| too_big(what));
+    let args = [
+        as_i32(tokens, "tokens")?,
+        as_i32(k, "slots per token")?,
+        as_i32(owner.numel(), "slots")?,
+        as_i32(world, "ranks")?,
+        as_i32(max_rows, "rows")?,
+        as_i32(scratch, "index length")?,
+    ];
+    as_i32(len, "index length")?;
+    let mut index = dev.alloc_storage(len * 4)?;
+    let mut head = dev.alloc_storage((world + 2) * 4)?;
+    let func = dev.function(MODULE, SRC, "a2a_route")?;
+    let loc = dev.location();
+    let stream = dev.stream().clone();
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (ROUTE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let slots_s = CudaStorage::of(&slots, "alltoall slots")?;
+    let slots_v = slots_s.view::<i32>(slots.numel())?;
+    let owner_v = own.view::<i32>(owner.numel())?;
+    let mut index_v = index.view_mut::<i32>(len)?;
+    let mut head_v = head.view_mut::<i32>(world + 2)?;
+    let [n_i, k_i, slots_i, world_i, max_i, scratch_i] = args;
+    ffi::launch(&stream, &func, cfg, &loc, |a| {
+        a.arg(&slots_v)
+            .arg(&n_i)
+            .arg(&k_i)
+            .arg(&owner_v)
+            .arg(&slots_i)
+            .arg(&world_i)
+            .arg(&max_i)
+            .arg(&scratch_i)
+            .arg(&mut index_v)
+            .arg(&mut head_v);
+    })?;
+    drop((index_v, head_v));
+    Ok(AllToAllRoute {
+        index: dev.tensor(DType::I32, vec![len], index),
+        head: dev.tensor(DType::I32, vec![1, world + 2], head),
+        max_rows,
+        tokens,
+        world,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use moe_core::{Result, Tensor};
+
+    use super::alltoall_route;
+    use crate::cuda::{AllToAllRoute, CudaDevice, download};
+
+    /// The routing as the host strategy lists it: send order (rank-major, tokens ascending),
+    /// counts per rank, each token's rows (CSR), and the first bad (token, slot).
+    #[allow(clippy::type_complexity)]
+    fn host_route(
+        slots: &[i32],
+        k: usize,
+        owner: &[i32],
+        world: usize,
+    ) -> (Vec<i32>, Vec<usize>, Vec<i32>, Vec<i32>, Option<(usize, i32)>) {
+        let n = slots.len() / k;
+        let mut per_rank = vec![Vec::new(); world];
+        let mut bad = None;
+        for t in 0..n {
+            let mut seen = vec![false; world];
+            for &s in &slots[t * k..(t + 1) * k] {
+                match owner.get(s as usize).filter(|_| s >= 0) {
+                    Some(&o) => seen[o as usize] = true,
+                    None => bad = bad.or(Some((t, s))),
+                }
+            }
+            (0..world).filter(|&r| seen[r]).for_each(|r| per_rank[r].push(t as i32));
+        }
+        let counts = per_rank.iter().map(Vec::len).collect();
+        let order: Vec<i32> = per_rank.concat();
+        let mut offsets = vec![0i32; n + 1];
+        order.iter().for_each(|&t| offsets[t as usize + 1] += 1);
+        (0..n).for_each(|t| offsets[t + 1] += offsets[t]);
+        let mut next = offsets.clone();
+        let mut rows = vec![0i32; order.len()];
+        for (row, &t) in order.iter().enumerate() {
+            rows[next[t as usize] as usize] = row as i32;
+            next[t as usize] += 1;
+        }
+        (order, counts, offsets, rows, bad)
+    }
+
+    #[test]
+    fn device_alltoall_routing_equals_the_host_lists() -> Result<()> {
+        let dev = CudaDevice::new(0)?;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        for &(n, k, world, num_slots) in &[
+            (0, 2, 2, 8),
+            (1, 1, 1, 4),
+            (7, 2, 3, 9),
+            (1000, 8, 2, 256),
+            (3000, 8, 4, 256),
+            (4096, 8, 8, 264),
+            (2500, 4, 5, 17),
+            (1030, 6, 64, 130),
+        ] {
+            let owner: Vec<i32> = (0..num_slots).map(|s| (s * world / num_slots) as i32).collect();
+            let slots: Vec<i32> = (0..n * k).map(|_| next(num_slots) as i32).collect();
+            let owner_d = dev.upload(&Tensor::from_i32(vec![num_slots], owner.clone())?)?;
+            let slots_h = Tensor::from_i32(vec![n, k], slots.clone())?;
+            let route = alltoall_route(&slots_h, &owner_d, world)?;
+            let (order, counts, offsets, rows, _) = host_route(&slots, k, &owner, world);
+            let index = download(&route.index)?.as_i32("index")?.to_vec();
+            let head = download(&route.head)?.as_i32("head")?.to_vec();
+            let case = format!("n {n} k {k} world {world}");
+            let m = order.len();
+            assert_eq!(&index[..m], &order[..], "{case}: order");
+            assert_eq!(
+                &index[route.offsets_at()..route.offsets_at() + n + 1],
+                &offsets[..],
+                "{case}: offsets"
+            );
+            assert_eq!(&index[route.rows_at()..route.rows_at() + m], &rows[..], "{case}: rows");
+            let sent: Vec<usize> = head[..world].iter().map(|&c| c as usize).collect();
+            assert_eq!(sent, counts, "{case}: counts");
+            assert_eq!(&head[world..], &[0, 0], "{case}: no bad slot");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn device_alltoall_routing_names_the_first_bad_slot() -> Result<()> {
+        let dev = CudaDevice::new(0)?;
+        let owner_d = dev.upload(&Tensor::from_i32(vec![4], vec![0, 0, 1, 1])?)?;
+        let mut slots: Vec<i32> = (0..3000 * 2).map(|i| (i % 4) as i32).collect();
+        slots[2 * 2100 + 1] = 9;
+        slots[2 * 2500] = -3;
+        let route = alltoall_route(&Tensor::from_i32(vec![3000, 2], slots)?, &owner_d, 2)?;
+        let head = download(&route.head)?.as_i32("head")?.to_vec();
+        assert_eq!(&head[2..], &[2101, 9]);
+        // As the other rank of two reads the all-gathered heads.
+        let heads: Vec<i32> = [0, 0, 0, 0].into_iter().chain(head).collect();
+        let err = AllToAllRoute::counts(&heads, 0, 2, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("rank 1: token 2100 names slot 9, but there are 4 slots"),
+            "{err}"
+        );
+        Ok(())
+    }
 }

@@ -77,29 +77,45 @@ __device__ __forceinline__ void store_f(void* p, i64 i, int dt, float v) {
 }
 
 // dst[r * dst_stride + dst_off + c] = src[s * src_stride + src_off + c] for c < width, with
-// s = idx[r] (or r when idx is null); strides, offsets and width in words of T. A row whose
-// index lies outside 0..src_rows is left unwritten (the callers check their indices on the host
-// first; this keeps a wrong device index from reading outside `src`). One block per row
-// (grid-stride over rows), threads over the row's words.
+// s = idx[r] (or r when idx is null); strides, offsets and width in words of T. Rows at or past
+// *limit (when given: a row count known only on the device) are skipped. A row whose index lies
+// outside 0..src_rows is left unwritten (the callers check their indices first; this keeps a
+// wrong device index from reading outside `src`). One block per row (grid-stride over rows),
+// threads over the row's words, COPY_UNROLL loads in flight per thread before their stores.
+#define COPY_UNROLL 4
 template <typename T>
 __device__ __forceinline__ void copy_rows_impl(T* __restrict__ dst, i64 dst_stride, i64 dst_off,
                                                const T* __restrict__ src, i64 src_stride, i64 src_off,
-                                               const int* __restrict__ idx, i64 rows, i64 width, i64 src_rows) {
+                                               const int* __restrict__ idx, i64 rows, i64 width, i64 src_rows,
+                                               const int* __restrict__ limit) {
+    if (limit) rows = min(rows, (i64)*limit);
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
         const i64 s = idx ? (i64)idx[r] : r;
         if (s < 0 || s >= src_rows) continue;
         const T* from = src + s * src_stride + src_off;
         T* to = dst + r * dst_stride + dst_off;
-        for (i64 c = threadIdx.x; c < width; c += blockDim.x) {
-            to[c] = from[c];
+        for (i64 c0 = threadIdx.x; c0 < width; c0 += COPY_UNROLL * (i64)blockDim.x) {
+            T v[COPY_UNROLL];
+#pragma unroll
+            for (int u = 0; u < COPY_UNROLL; ++u) {
+                const i64 c = c0 + u * (i64)blockDim.x;
+                if (c < width) v[u] = from[c];
+            }
+#pragma unroll
+            for (int u = 0; u < COPY_UNROLL; ++u) {
+                const i64 c = c0 + u * (i64)blockDim.x;
+                if (c < width) to[c] = v[u];
+            }
         }
     }
 }
 
 #define COPY_ROWS(NAME, T)                                                                                   \
     extern "C" __global__ void NAME(T* dst, i64 dst_stride, i64 dst_off, const T* src, i64 src_stride,       \
-                                    i64 src_off, const int* idx, i64 rows, i64 width, i64 src_rows) {       \
-        copy_rows_impl<T>(dst, dst_stride, dst_off, src, src_stride, src_off, idx, rows, width, src_rows);   \
+                                    i64 src_off, const int* idx, i64 rows, i64 width, i64 src_rows,         \
+                                    const int* limit) {                                                      \
+        copy_rows_impl<T>(dst, dst_stride, dst_off, src, src_stride, src_off, idx, rows, width, src_rows,    \
+                          limit);                                                                            \
     }
 
 COPY_ROWS(copy_rows_w16, W16)
@@ -182,6 +198,7 @@ __device__ __forceinline__ void segment_sum_v8_impl(void* dst, const void* src, 
         const int b = offsets[g + 1];
         for (i64 c = threadIdx.x; c < h8; c += blockDim.x) {
             float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
             for (int j = a; j < b; ++j) {
                 const i64 r = rows[j];
                 if (r < 0 || r >= src_rows) continue;
@@ -221,5 +238,119 @@ extern "C" __global__ void sum_blocks(void* dst, const void* src, int dt, i64 bl
             acc += load_f(src, b * len + e, dt);
         }
         store_f(dst, e, dt, acc);
+    }
+}
+
+// ---- all-to-all routing ---------------------------------------------------------------------
+
+// The all-to-all routing of one dispatch, built where the slot ids already are (alltoall.rs
+// builds the same lists on the host for host payloads). Token t goes once to every distinct rank
+// owning one of its k slots (owner[slot] < world <= 64: a bit of a 64-bit mask). One block of
+// ROUTE_THREADS threads, each owning a contiguous run of tokens, so block-wide prefix sums over
+// the runs keep tokens in ascending order. Writes, with m the number of rows sent:
+//   index[0, m):                        the token of every sent row, grouped by destination rank
+//                                       (rank order), tokens ascending within a rank;
+//   index[max_rows, max_rows + n + 1):  offsets (CSR) of each token's entries in the next list;
+//   index[max_rows + n + 1, + m):       each token's row numbers in send order, ascending;
+//   index[scratch, + 2n):               the tokens' rank masks (scratch);
+//   head[0, world):                     rows sent to each rank;
+//   head[world], head[world + 1]:       1 + the first token naming a slot outside 0..num_slots
+//                                       and that slot (0, 0 when every slot is valid).
+// Invalid slots send nowhere; the caller refuses the whole dispatch when head[world] != 0.
+#define ROUTE_THREADS 1024
+
+// Exclusive prefix sum of v over the block; *total receives the block's sum.
+__device__ int route_scan(int v, int* total) {
+    __shared__ int warp_sums[ROUTE_THREADS / 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) warp_sums[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        int s = warp_sums[lane];
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, s, o);
+            if (lane >= o) s += y;
+        }
+        warp_sums[lane] = s;
+    }
+    __syncthreads();
+    const int excl = x - v + (warp > 0 ? warp_sums[warp - 1] : 0);
+    *total = warp_sums[ROUTE_THREADS / 32 - 1];
+    __syncthreads();  // warp_sums is reused by the next scan
+    return excl;
+}
+
+extern "C" __global__ void __launch_bounds__(ROUTE_THREADS) a2a_route(const int* slots, int n, int k, const int* owner,
+                                                                    int num_slots, int world, int max_rows, int scratch,
+                                                                    int* index, int* head) {
+    __shared__ int first_bad;
+    if (threadIdx.x == 0) first_bad = 0x7fffffff;
+    __syncthreads();
+    const int per = (n + ROUTE_THREADS - 1) / ROUTE_THREADS;
+    const int t0 = min(n, (int)threadIdx.x * per), t1 = min(n, t0 + per);
+    unsigned long long* masks = (unsigned long long*)(index + scratch);
+    int* offsets = index + max_rows;
+    int* rows = offsets + n + 1;
+    // Masks first, neighbouring threads on neighbouring tokens (coalesced slot reads); the
+    // barrier makes them visible to the threads whose runs hold them.
+    for (int t = threadIdx.x; t < n; t += ROUTE_THREADS) {
+        unsigned long long m = 0;
+        for (int j = 0; j < k; ++j) {
+            const int s = slots[(long long)t * k + j];
+            if (s >= 0 && s < num_slots) m |= 1ull << owner[s];
+            else atomicMin(&first_bad, t);
+        }
+        masks[t] = m;
+    }
+    __syncthreads();
+    int mine = 0;
+    for (int t = t0; t < t1; ++t) mine += __popcll(masks[t]);
+    int total;
+    int at = route_scan(mine, &total);
+    for (int t = t0; t < t1; ++t) {
+        offsets[t] = at;
+        at += __popcll(masks[t]);
+    }
+    if (threadIdx.x == 0) offsets[n] = total;
+    int base = 0;
+    for (int r = 0; r < world; ++r) {
+        int cr = 0;
+        for (int t = t0; t < t1; ++t) cr += (int)((masks[t] >> r) & 1ull);
+        int sent;
+        int pos = base + route_scan(cr, &sent);
+        const unsigned long long below = (1ull << r) - 1ull;
+        for (int t = t0; t < t1; ++t) {
+            const unsigned long long m = masks[t];
+            if ((m >> r) & 1ull) {
+                index[pos] = t;
+                rows[offsets[t] + __popcll(m & below)] = pos;
+                ++pos;
+            }
+        }
+        if (threadIdx.x == 0) head[r] = sent;
+        base += sent;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int t = first_bad;
+        head[world] = t == 0x7fffffff ? 0 : t + 1;
+        int slot = 0;
+        if (t != 0x7fffffff) {
+            for (int j = 0; j < k; ++j) {
+                const int s = slots[(long long)t * k + j];
+                if (s < 0 || s >= num_slots) {
+                    slot = s;
+                    break;
+                }
+            }
+        }
+        head[world + 1] = slot;
     }
 }
