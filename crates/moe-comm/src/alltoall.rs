@@ -96,7 +96,7 @@ fn host_route(
     owner: &[usize],
     world: usize,
 ) -> (Vec<usize>, Vec<usize>, Option<(usize, i32)>) {
-    let n = if k == 0 { 0 } else { slots.len() / k };
+    let n = slots.len().checked_div(k).unwrap_or(0);
     let mut per_rank: Vec<Vec<usize>> = vec![Vec::with_capacity(n); world];
     // `stamp[r] == t + 1`: token t already goes to rank r.
     let mut stamp = vec![0usize; world];

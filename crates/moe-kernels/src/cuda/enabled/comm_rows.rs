@@ -609,7 +609,6 @@ pub fn alltoall_route(slots: &Tensor, owner: &Tensor, world: usize) -> Result<Al
             .arg(&mut index_v)
             .arg(&mut head_v);
     })?;
-    drop((index_v, head_v));
     Ok(AllToAllRoute {
         index: dev.tensor(DType::I32, vec![len], index),
         head: dev.tensor(DType::I32, vec![1, world + 2], head),
