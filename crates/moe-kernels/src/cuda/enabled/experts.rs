@@ -380,7 +380,11 @@ fn check_aligned(what: &str, v: usize, to: usize) -> Result<()> {
 /// The GEMM path of one forward.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Path {
-    Gemv,
+    /// One warp per output channel; `one_row`: a forward of one token (no slot has two rows),
+    /// run by the `gemv1_*` copies.
+    Gemv {
+        one_row: bool,
+    },
     /// `mma.sync` tiles (Ampere and Ada).
     Mma {
         bm: usize,
@@ -500,7 +504,7 @@ impl DeviceExperts {
         self.bytes
     }
 
-    fn path(&self, selections: usize) -> Path {
+    fn path(&self, selections: usize, tokens: usize) -> Path {
         let avg = selections.div_ceil(self.num_slots.max(1));
         // wgmma reads FP8 block scales per 64 columns of K: the blocks must not be finer.
         let wgmma_ok = self.dev.sm() >= 90
@@ -509,7 +513,7 @@ impl DeviceExperts {
                 _ => true,
             };
         if self.dtype == DType::F32 || avg <= if wgmma_ok { 1 } else { GEMV_MAX_AVG_ROWS } {
-            Path::Gemv
+            Path::Gemv { one_row: tokens == 1 }
         } else if wgmma_ok && self.format == Format::Float && avg >= TMA_MIN_AVG_ROWS {
             Path::Tma
         } else if wgmma_ok {
@@ -578,10 +582,10 @@ impl DeviceExperts {
         }
         let nk = n * k;
         let s_local = self.num_slots;
-        let path = self.path(nk);
+        let path = self.path(nk, n);
         let bm = match path {
             // One "tile" per non-empty slot: the GEMV grid walks that list.
-            Path::Gemv => 1 << 20,
+            Path::Gemv { .. } => 1 << 20,
             Path::Mma { bm } | Path::Wgmma { bm } => bm,
             Path::Tma => 128,
         };
@@ -794,8 +798,8 @@ impl DeviceExperts {
             shared_mem_bytes: bm_shared,
         };
         let (name, cfg, variant) = match path {
-            Path::Gemv => (
-                format!("gemv_{which}_{suffix}"),
+            Path::Gemv { one_row } => (
+                format!("gemv{}_{which}_{suffix}", if one_row { "1" } else { "" }),
                 LaunchConfig {
                     // At most one block row per non-empty slot (see `moe_scan`).
                     grid_dim: (
