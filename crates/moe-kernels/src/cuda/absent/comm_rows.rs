@@ -12,11 +12,6 @@ pub fn gather_rows(_t: &Tensor, _idx: &[usize]) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)
 }
 
-/// Rows `index[start..start + len]` of a device tensor (not available in this build).
-pub fn gather_rows_indexed(_t: &Tensor, _index: &Tensor, _start: usize, _len: usize) -> Result<Tensor> {
-    Err(MoeError::NotCompiledWithCuda)
-}
-
 /// Parts' rows side by side as one byte row (not available in this build).
 pub fn pack_rows(_parts: &[&Tensor]) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)

@@ -1,7 +1,7 @@
 //! Device row gathers and scatter-adds that the communication strategies pack and unpack exchanges with.
 //!
-//! - [`gather_rows`]: rows of a tensor picked by a host index list; [`gather_rows_indexed`]
-//!   picks them by a device index (the all-to-all send buffers, by [`alltoall_route`]'s order).
+//! - [`gather_rows`]: rows of a tensor picked by a host index list; [`gather_routed`] picks
+//!   them by [`alltoall_route`]'s device order (the all-to-all send buffers).
 //! - [`pack_rows`] / [`unpack_rows`]: several tensors' rows side by side as one byte row, and
 //!   back (the packed all-gather).
 //! - [`segment_sum_rows`] / [`segment_sum_rows_indexed`]: groups of rows summed in f32 in a
@@ -416,28 +416,6 @@ fn device_index<'t>(index: &'t Tensor, need: usize, what: &str) -> Result<&'t Cu
         return Err(MoeError::shape(what, format!("at least {need} entries"), index.shape()));
     }
     CudaStorage::of(index, what)
-}
-
-/// `[len, ...]`: row `i` is row `index[start + i]` of the device tensor `t` (any dtype), where
-/// `index` is a device i32 tensor of `t`'s device (uploaded once for several gathers). An
-/// index outside `t`'s rows leaves its row unwritten: check the indices before uploading them.
-pub fn gather_rows_indexed(t: &Tensor, index: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-    let s = CudaStorage::of(t, "gather_rows input")?;
-    let dev = s.device().clone();
-    let idx = device_index(index, start + len, "gather_rows index")?;
-    let rb = row_bytes(t);
-    let shape = with_rows(t, len);
-    let mut out = dev.alloc_storage(tensor_bytes(t.dtype(), &shape))?;
-    let copy = RowCopy {
-        dst_stride: rb,
-        dst_off: 0,
-        src_stride: rb,
-        src_off: 0,
-        rows: len,
-        width: rb,
-    };
-    copy_rows(&dev, &mut out, s, t.rows(), Some((idx, start)), None, &copy)?;
-    Ok(dev.tensor(t.dtype(), shape, out))
 }
 
 /// A dispatch's send rows of the device tensor `t`, queued before the host knows how many
