@@ -149,14 +149,6 @@ fn host_i32(t: &Tensor, what: &str) -> Result<Vec<i32>> {
     Ok(download(t)?.as_i32(what)?.to_vec())
 }
 
-/// `t` on `dev`: itself when it already lives there, uploaded when it is a host tensor.
-fn on_device(dev: &CudaDevice, t: &Tensor) -> Result<Tensor> {
-    match t.storage() {
-        Storage::Host(_) => dev.upload(t),
-        Storage::Device(_) => Ok(t.clone()),
-    }
-}
-
 impl AllToAll {
     /// `slot_owner[s]` is the rank holding global slot `s`.
     pub fn new(group: Arc<dyn ProcessGroup>, timeout: Duration, slot_owner: Vec<usize>, capacity_rows: usize) -> Self {
@@ -222,29 +214,6 @@ impl AllToAll {
         }
         Ok((Tensor::from_i32(vec![1, world + 2], head)?, order))
     }
-
-    /// Host routing for device payloads of worlds past the device kernel's: the lists uploaded
-    /// in the kernel's layout, so gather and combine run on the device either way.
-    fn upload_route(dev: &CudaDevice, order: &[usize], head: Tensor, tokens: usize, k: usize) -> Result<AllToAllRoute> {
-        let world = head.row_len() - 2;
-        let max_rows = tokens * world.min(k);
-        let (offsets, rows) = rows_by_token(order, tokens);
-        let mut all = vec![0usize; 2 * max_rows + tokens + 1];
-        all[..order.len()].copy_from_slice(order);
-        all[max_rows..max_rows + tokens + 1].copy_from_slice(&offsets);
-        all[max_rows + tokens + 1..max_rows + tokens + 1 + rows.len()].copy_from_slice(&rows);
-        let all = all
-            .into_iter()
-            .map(|v| to_i32(v, "alltoall rows"))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(AllToAllRoute {
-            index: dev.upload(&Tensor::from_i32(vec![all.len()], all)?)?,
-            head: dev.upload(&head)?,
-            max_rows,
-            tokens,
-            world,
-        })
-    }
 }
 
 impl Communication for AllToAll {
@@ -284,7 +253,7 @@ impl Communication for AllToAll {
         };
         // Device payloads: the slot ids on the device once, for the routing and the gather.
         let slots = match &dev {
-            Some(dev) => on_device(dev, &p.slots)?,
+            Some(dev) => dev.upload(&p.slots)?,
             None => p.slots.clone(),
         };
         let (head, rows) = match &dev {
@@ -293,8 +262,10 @@ impl Communication for AllToAll {
                 (head, Rows::Host(order))
             }
             Some(dev) if size > ALLTOALL_ROUTE_MAX_RANKS => {
+                // Worlds past the device kernel's: host routing, uploaded in its layout.
                 let (head, order) = self.route_on_host(&slots)?;
-                let route = Self::upload_route(dev, &order, head, n, k)?;
+                let (offsets, rows) = rows_by_token(&order, n);
+                let route = AllToAllRoute::upload(dev, &order, &offsets, &rows, &head, k)?;
                 (route.head.clone(), Rows::Device(route))
             }
             Some(dev) => {
@@ -313,7 +284,7 @@ impl Communication for AllToAll {
             (Rows::Device(route), Some(dev)) => Some(
                 fields
                     .iter()
-                    .map(|t| cuda::gather_routed(&on_device(dev, t)?, route))
+                    .map(|t| cuda::gather_routed(&dev.upload(t)?, route))
                     .collect::<Result<Vec<_>>>()?,
             ),
             _ => None,

@@ -5,6 +5,8 @@
 
 use moe_core::{MoeError, Result, Tensor};
 
+use crate::cuda::CudaDevice;
+
 /// Most ranks the device routing takes (a token's destinations are the bits of a 64-bit mask).
 pub const ALLTOALL_ROUTE_MAX_RANKS: usize = 64;
 
@@ -19,10 +21,9 @@ pub const ALLTOALL_ROUTE_MAX_RANKS: usize = 64;
 pub struct AllToAllRoute {
     pub index: Tensor,
     pub head: Tensor,
-    /// Capacity of the row lists: `tokens * min(world, k)`.
+    /// Capacity of the row lists ([`Self::capacity`]).
     pub max_rows: usize,
     pub tokens: usize,
-    pub world: usize,
 }
 
 /// A dispatch's counts as every rank reported them: row `r` of the all-gathered `head`s.
@@ -35,6 +36,41 @@ pub struct RouteCounts {
 }
 
 impl AllToAllRoute {
+    /// Most rows `tokens` tokens of `k` slots send over `world` ranks (each token once per
+    /// distinct rank).
+    pub fn capacity(tokens: usize, k: usize, world: usize) -> usize {
+        tokens * world.min(k)
+    }
+
+    /// A routing built on the host, uploaded to `dev` in this layout (worlds past the device
+    /// kernel's): `order` the token of every sent row, `offsets`/`rows` each token's rows (CSR),
+    /// `head` the `[1, world + 2]` i32 head, `k` slots per token.
+    pub fn upload(
+        dev: &CudaDevice,
+        order: &[usize],
+        offsets: &[usize],
+        rows: &[usize],
+        head: &Tensor,
+        k: usize,
+    ) -> Result<AllToAllRoute> {
+        let tokens = offsets.len().saturating_sub(1);
+        let max_rows = Self::capacity(tokens, k, head.row_len().saturating_sub(2));
+        let mut all = vec![0i32; 2 * max_rows + tokens + 1];
+        let at = [(0, order), (max_rows, offsets), (max_rows + tokens + 1, rows)];
+        for (start, values) in at {
+            for (slot, &v) in all[start..start + values.len()].iter_mut().zip(values) {
+                *slot =
+                    i32::try_from(v).map_err(|_| MoeError::config("alltoall routing", format!("{v} exceeds i32")))?;
+            }
+        }
+        Ok(AllToAllRoute {
+            index: dev.upload(&Tensor::from_i32(vec![all.len()], all)?)?,
+            head: dev.upload(head)?,
+            max_rows,
+            tokens,
+        })
+    }
+
     pub fn offsets_at(&self) -> usize {
         self.max_rows
     }

@@ -71,27 +71,6 @@ fn upload_index(dev: &CudaDevice, values: Vec<i32>) -> Result<Tensor> {
     dev.upload(&Tensor::from_i32(vec![n], values)?)
 }
 
-/// A device tensor of `t`'s device: `t` itself, or `t` uploaded to `dev` when it is a host tensor.
-fn on_device(dev: &CudaDevice, t: &Tensor) -> Result<Tensor> {
-    match t.storage() {
-        Storage::Host(_) => dev.upload(t),
-        Storage::Device(_) => {
-            let s = CudaStorage::of(t, "row operand")?;
-            if s.device().ordinal() != dev.ordinal() {
-                return Err(MoeError::Backend(
-                    format!(
-                        "row operands on {} and {}: move them to one device first",
-                        s.device().location(),
-                        dev.location()
-                    )
-                    .into(),
-                ));
-            }
-            Ok(t.clone())
-        }
-    }
-}
-
 /// One strided row copy (see `copy_rows_impl` in the kernel source); all sizes in bytes.
 struct RowCopy {
     dst_stride: usize,
@@ -228,7 +207,7 @@ pub fn pack_rows(parts: &[&Tensor]) -> Result<Tensor> {
     let mut out = dev.alloc_storage(rows * total)?;
     let mut offset = 0;
     for (p, &w) in parts.iter().zip(&widths) {
-        let p = on_device(&dev, p)?;
+        let p = dev.upload(p)?;
         let copy = RowCopy {
             dst_stride: total,
             dst_off: offset,
@@ -542,9 +521,9 @@ pub fn alltoall_route(slots: &Tensor, owner: &Tensor, world: usize) -> Result<Al
     }
     let own = CudaStorage::of(owner, "alltoall slot owners")?;
     let dev = own.device().clone();
-    let slots = on_device(&dev, slots)?;
+    let slots = dev.upload(slots)?;
     let (tokens, k) = (slots.rows(), slots.row_len());
-    let max_rows = tokens * world.min(k);
+    let max_rows = AllToAllRoute::capacity(tokens, k, world);
     // order, offsets, rows, then the 8-byte masks at an even (8-byte aligned) i32 offset.
     let scratch = (2 * max_rows + tokens + 1).next_multiple_of(2);
     let len = scratch + 2 * tokens;
@@ -592,7 +571,6 @@ pub fn alltoall_route(slots: &Tensor, owner: &Tensor, world: usize) -> Result<Al
         head: dev.tensor(DType::I32, vec![1, world + 2], head),
         max_rows,
         tokens,
-        world,
     })
 }
 

@@ -382,17 +382,11 @@ fn check_aligned(what: &str, v: usize, to: usize) -> Result<()> {
 enum Path {
     /// One warp per output channel; `one_row`: a forward of one token (no slot has two rows),
     /// run by the `gemv1_*` copies.
-    Gemv {
-        one_row: bool,
-    },
+    Gemv { one_row: bool },
     /// `mma.sync` tiles (Ampere and Ada).
-    Mma {
-        bm: usize,
-    },
+    Mma { bm: usize },
     /// Warpgroup MMA tiles (Hopper).
-    Wgmma {
-        bm: usize,
-    },
+    Wgmma { bm: usize },
     /// Hopper, 16-bit float weights, many rows per slot: the warp-specialized TMA kernel
     /// (128-row tiles).
     Tma,
