@@ -87,6 +87,7 @@ impl CudaDevice {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| dev_err(&loc, "creating the context", e))?;
         ffi::disable_event_tracking(&ctx);
+        ffi::keep_freed_memory(&ctx, &loc)?;
         let stream = ctx.new_stream().map_err(|e| dev_err(&loc, "creating the stream", e))?;
         let name = ctx.name().map_err(|e| dev_err(&loc, "reading the name", e))?;
         let (major, minor) = ctx

@@ -20,6 +20,32 @@ pub(crate) fn disable_event_tracking(ctx: &Arc<CudaContext>) {
     unsafe { ctx.disable_event_tracking() };
 }
 
+/// Keeps the memory the stream-ordered allocator frees in the device's pool instead of
+/// returning it to the driver at every synchronisation. With the default threshold (0) each
+/// forward after a host wait maps its scratch again: about 0.5 ms per forward of a
+/// DeepSeek-V3 layer at 4096 tokens (1.1 GB of scratch), paid only outside graph replay.
+pub(crate) fn keep_freed_memory(ctx: &Arc<CudaContext>, location: &str) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    ctx.bind_to_thread().map_err(|e| dev_err(location, "binding the context", e))?;
+    // SAFETY: `pool` is a valid out-pointer for the device's current pool handle, and
+    // `threshold` a valid u64 the driver reads for CU_MEMPOOL_ATTR_RELEASE_THRESHOLD (a
+    // cuuint64_t attribute); both outlive the calls, and the device handle is the context's.
+    unsafe {
+        sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| dev_err(location, "reading the memory pool", e))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()
+        .map_err(|e| dev_err(location, "keeping freed memory in the pool", e))
+    }
+}
+
 /// Launches `func` with the arguments `push` adds, in the order of the kernel's parameters.
 ///
 /// Callers keep each launch next to the `extern "C"` signature it targets (same module name);
