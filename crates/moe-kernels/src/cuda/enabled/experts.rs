@@ -401,6 +401,10 @@ const TMA_MIN_AVG_ROWS: usize = 32;
 /// rows) and B (`bn` weight rows) of 64 16-bit columns.
 const TMA_STAGES: usize = 4;
 
+/// Row tiles the TMA kernels raster together (`moe_scan`'s `group`): a group's blocks fill
+/// about one wave of 132 multiprocessors with DeepSeek-V3's 16 gated FC1 column tiles.
+const TMA_GROUP_TILES: i32 = 8;
+
 /// Blocks per multiprocessor under which a plain (not gated) TMA GEMM takes 128-column tiles
 /// instead of 256: a grid of a few waves loses most of its last one (Mixtral's FC2 at 512
 /// tokens: about 12 row tiles x 16 column tiles on 132 multiprocessors).
@@ -594,7 +598,7 @@ impl DeviceExperts {
         let offsets = dev.alloc_storage((s_local + 1) * 4)?;
         let pos = dev.alloc_storage(nk * 4)?;
         let row_sel = dev.alloc_storage(nk * 4)?;
-        let tiles = dev.alloc_storage(max_tiles * 8)?;
+        let tiles = dev.alloc_storage(max_tiles * 16)?;
         let num_tiles = dev.alloc_storage(4)?;
         let ids_p = ids.ptr(dev);
         let (nk_i, k_i, start_i, s_i) = (nk as i32, k as i32, slot_start as i32, s_local as i32);
@@ -625,6 +629,7 @@ impl DeviceExperts {
             a.arg(&counts_p)
                 .arg(&s_i)
                 .arg(&bm_i)
+                .arg(&TMA_GROUP_TILES)
                 .arg(&offsets_p)
                 .arg(&tiles_p)
                 .arg(&num_tiles_p);
@@ -853,7 +858,8 @@ impl DeviceExperts {
         let dev = &self.dev;
         let loc = dev.location();
         let bf16 = self.dtype == DType::BF16;
-        let ta = ffi::tensor_map_16bit(g.a, bf16, selections, g.k as usize, 128, &loc)?;
+        // A in 64-row boxes: a tile copies only the boxes its slot's rows reach.
+        let ta = ffi::tensor_map_16bit(g.a, bf16, selections, g.k as usize, 64, &loc)?;
         let tb = ffi::tensor_map_16bit(w.w, bf16, self.num_slots * w.rows as usize, w.cols as usize, 128, &loc)?;
         let units = g.units as usize;
         // A gated FC1 tile covers 128 channels (their up and gate rows), any other 256 or 128
