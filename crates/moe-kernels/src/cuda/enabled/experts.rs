@@ -590,16 +590,13 @@ impl DeviceExperts {
         let max_tiles = nk.div_ceil(bm.min(nk)) + s_local;
         let esize = self.dtype.size_in_bytes();
 
-        // 1. permutation
-        let mut counts = dev.alloc_storage(s_local.max(1) * 4)?;
-        counts.zero()?;
-        let mut cursor = dev.alloc_storage(s_local.max(1) * 4)?;
-        cursor.zero()?;
-        let offsets = dev.alloc_storage((s_local + 1) * 4)?;
-        let pos = dev.alloc_storage(nk * 4)?;
-        let row_sel = dev.alloc_storage(nk * 4)?;
-        let tiles = dev.alloc_storage(max_tiles * 16)?;
-        let num_tiles = dev.alloc_storage(4)?;
+        // 1. permutation. Its index buffers share one allocation, the two counters first and
+        // zeroed by one memset: outside graph replay each allocation and memset is host
+        // latency a one-token forward pays.
+        let mut index = IndexBuffers::new(s_local, nk, max_tiles);
+        let mut scratch = dev.alloc_storage(index.bytes)?;
+        scratch.zero_prefix(index.zeroed)?;
+        index.base = scratch.ptr(dev);
         let ids_p = ids.ptr(dev);
         let (nk_i, k_i, start_i, s_i) = (nk as i32, k as i32, slot_start as i32, s_local as i32);
         let grid = |total: usize, block: usize| LaunchConfig {
@@ -608,12 +605,13 @@ impl DeviceExperts {
             shared_mem_bytes: 0,
         };
         let f = self.kernel(COMMON, "moe_count")?;
-        let counts_p = counts.ptr(dev);
+        let counts_p = index.at(index.counts);
         ffi::launch(dev.stream(), &f, grid(nk, 256), &loc, |a| {
             a.arg(&ids_p).arg(&nk_i).arg(&start_i).arg(&s_i).arg(&counts_p);
         })?;
         let f = self.kernel(COMMON, "moe_scan")?;
-        let (offsets_p, tiles_p, num_tiles_p, bm_i) = (offsets.ptr(dev), tiles.ptr(dev), num_tiles.ptr(dev), bm as i32);
+        let (offsets_p, tiles_p, num_tiles_p, bm_i) =
+            (index.at(index.offsets), index.at(index.tiles), index.at(index.num_tiles), bm as i32);
         let scan_cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (256, 1, 1),
@@ -625,17 +623,19 @@ impl DeviceExperts {
                 format!("{s_local} exceed the CUDA scan's 6144"),
             ));
         }
+        // Only the TMA kernels raster in groups.
+        let group = if path == Path::Tma { TMA_GROUP_TILES } else { 0 };
         ffi::launch(dev.stream(), &f, scan_cfg, &loc, |a| {
             a.arg(&counts_p)
                 .arg(&s_i)
                 .arg(&bm_i)
-                .arg(&TMA_GROUP_TILES)
+                .arg(&group)
                 .arg(&offsets_p)
                 .arg(&tiles_p)
                 .arg(&num_tiles_p);
         })?;
         let f = self.kernel(COMMON, "moe_scatter")?;
-        let (cursor_p, pos_p, row_sel_p) = (cursor.ptr(dev), pos.ptr(dev), row_sel.ptr(dev));
+        let (cursor_p, pos_p, row_sel_p) = (index.at(index.cursor), index.at(index.pos), index.at(index.row_sel));
         ffi::launch(dev.stream(), &f, grid(nk, 256), &loc, |a| {
             a.arg(&ids_p)
                 .arg(&nk_i)
@@ -751,7 +751,7 @@ impl DeviceExperts {
                 .arg(&out_p);
         })?;
         // Scratch buffers are freed on the stream after the kernels that read them.
-        drop((counts, cursor, offsets, pos, row_sel, tiles, num_tiles, act, act32, y));
+        drop((scratch, act, act32, y));
         Ok(dev.tensor(out_dtype, vec![n, h], out))
     }
 
@@ -845,6 +845,58 @@ impl DeviceExperts {
             a.arg(&g).arg(&w).arg(&act);
         })
         .map_err(|e| dev_err(&dev.location(), &name, e))
+    }
+}
+
+/// Byte offsets of a forward's index buffers in one allocation (16-byte aligned: the tile
+/// list is read as `int4`): the per-slot counters `counts` and `cursor` (zeroed), the slots'
+/// row `offsets`, each selection's permuted row `pos`, each permuted row's selection
+/// `row_sel`, the `tiles` list and its length `num_tiles` (see `moe_scan`).
+struct IndexBuffers {
+    base: u64,
+    counts: usize,
+    cursor: usize,
+    zeroed: usize,
+    offsets: usize,
+    pos: usize,
+    row_sel: usize,
+    tiles: usize,
+    num_tiles: usize,
+    bytes: usize,
+}
+
+impl IndexBuffers {
+    fn new(slots: usize, selections: usize, max_tiles: usize) -> IndexBuffers {
+        let mut end = 0;
+        let mut take = |bytes: usize| {
+            let at = end;
+            end += bytes.div_ceil(16) * 16;
+            at
+        };
+        let counts = take(slots.max(1) * 4);
+        let cursor = take(slots.max(1) * 4);
+        let offsets = take((slots + 1) * 4);
+        let pos = take(selections * 4);
+        let row_sel = take(selections * 4);
+        let tiles = take(max_tiles * 16);
+        let num_tiles = take(4);
+        IndexBuffers {
+            base: 0,
+            counts,
+            cursor,
+            zeroed: offsets,
+            offsets,
+            pos,
+            row_sel,
+            tiles,
+            num_tiles,
+            bytes: end,
+        }
+    }
+
+    /// The device address of the buffer at byte offset `at`.
+    fn at(&self, at: usize) -> u64 {
+        self.base + at as u64
     }
 }
 
@@ -990,6 +1042,15 @@ impl CudaStorage {
     pub(crate) fn ptr(&self, dev: &CudaDevice) -> u64 {
         let (p, _sync) = self.bytes().device_ptr(dev.stream());
         p
+    }
+
+    /// Zero-fills the first `bytes` of the buffer (queued on the stream).
+    pub(crate) fn zero_prefix(&mut self, bytes: usize) -> Result<()> {
+        let dev = self.device().clone();
+        let mut head = self.bytes_mut().slice_mut(0..bytes);
+        dev.stream()
+            .memset_zeros(&mut head)
+            .map_err(|e| dev_err(&dev.location(), "memset", e))
     }
 
     /// Zero-fills the buffer (queued on the stream).

@@ -189,7 +189,9 @@ extern "C" __global__ void moe_count(const int* slots, int nk, int slot_start, i
 // kernel rasters together (every column tile of a group before the next group): at most
 // `group` tiles, and a slot of at most `group` tiles never straddles two groups, so each
 // weight tile is read from memory once while all its row tiles use it (a slot cut in two
-// by a fixed-size group read its weights twice). Other kernels read only .x and .y.
+// by a fixed-size group read its weights twice). Other kernels read only .x and .y, and pass
+// group 0: the groups are not formed (one thread walks every slot, which a one-token forward
+// of 256 slots would pay for nothing).
 extern "C" __global__ void moe_scan(const int* counts, int num_local, int bm, int group, int* offsets, int4* tiles,
                                     int* num_tiles) {
     extern __shared__ int sh[];  // [2 * num_local]: row offsets, tile offsets
@@ -214,7 +216,7 @@ extern "C" __global__ void moe_scan(const int* counts, int num_local, int bm, in
         for (int j = 0; j * bm < c; ++j) tiles[t0 + j] = make_int4(e, j * bm, 0, 0);
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (group > 0 && threadIdx.x == 0) {
         const int total = num_tiles[0];
         int first = 0;  // first tile of the open group
         for (int e = 0; e <= num_local; ++e) {
