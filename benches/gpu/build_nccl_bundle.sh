@@ -14,5 +14,7 @@ cargo build --release -p moe --features nccl --example nccl-layer
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 mkdir -p "$OUTDIR"
 cp "$TARGET/release/examples/nccl-exchange" "$TARGET/release/examples/nccl-layer" "$OUTDIR/"
+# The release profile keeps debug info; the bundle travels to the GPU machine without it.
+if command -v strip >/dev/null; then strip "$OUTDIR/nccl-exchange" "$OUTDIR/nccl-layer"; fi
 cp "$ROOT/tools/gpu/gpu-env.sh" "$OUTDIR/"
 ls -l "$OUTDIR"

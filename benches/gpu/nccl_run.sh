@@ -84,28 +84,30 @@ mean = lambda v: sum(v) / len(v)
 med = lambda v: sorted(v)[len(v) // 2]
 tmean = mean([r["gbps"] for r in torch])
 tms = mean([r["ms"] for r in torch])
-print("\n== every data plane (mean over ranks; default first; ratio vs torch is the issue-4 bar)")
-print("%-12s %9s %9s %9s %9s %9s %9s %10s %10s  %s" % ("data plane", "total ms", "disp ms", "comb ms", "ours GB/s", "raw GB/s", "torch ms", "vs torch", "vs raw", "result"))
+print("\n== every strategy and data plane (mean over ranks; auto's choice first; ratio vs torch is the issue-4 bar;")
+print("   both strategies measured by the all-to-all's bytes)")
+print("%-22s %9s %9s %9s %9s %9s %9s %10s %10s  %s" % ("strategy/data plane", "total ms", "disp ms", "comb ms", "ours GB/s", "raw GB/s", "torch ms", "vs torch", "vs raw", "result"))
+run_of = lambda r: (r.get("strategy", "alltoall"), r.get("data_plane", "?"))
 for r0 in [ours[0]] + [v for v in variants if v["rank"] == 0]:
-    plane = r0.get("data_plane", "?")
-    rs = [r for r in ours + variants if r.get("data_plane") == plane]
+    strategy, plane = run_of(r0)
+    rs = [r for r in ours + variants if run_of(r) == (strategy, plane)]
     g = mean([r["gbps"] for r in rs])
     vt = g / tmean
     vr = mean([r["ratio"] for r in rs])
     ok = vt >= 0.7 and all(r["correct"] for r in rs)
-    print("%-12s %9.3f %9.3f %9.3f %9.1f %9.1f %9.3f %9.0f%% %9.0f%%  %s" % (plane, mean([r["total_ms"] for r in rs]),
+    print("%-22s %9.3f %9.3f %9.3f %9.1f %9.1f %9.3f %9.0f%% %9.0f%%  %s" % (strategy + "/" + plane, mean([r["total_ms"] for r in rs]),
           mean([r["dispatch_ms"] for r in rs]), mean([r["combine_ms"] for r in rs]), g, mean([r["ref_gbps"] for r in rs]),
           tms, 100 * vt, 100 * vr, ("PASS" if ok else "FAIL") + ("" if all(r["correct"] for r in rs) else " (WRONG OUTPUT)")))
     for key, title in (("latency_ms", "latency probes"), ("phases_ms", "phases (synchronised at each boundary)")):
         names = list(rs[0].get(key, {}).keys())
         if names:
             print("  %-40s %s" % (title + ", ms:", "  ".join("%s %.3f" % (n, mean([r[key].get(n, float("nan")) for r in rs])) for n in names)))
-    print(json.dumps({"stage": "data_plane_vs_torch", "data_plane": plane, "world": len(rs), "total_ms": round(mean([r["total_ms"] for r in rs]), 4),
+    print(json.dumps({"stage": "data_plane_vs_torch", "strategy": strategy, "data_plane": plane, "world": len(rs), "total_ms": round(mean([r["total_ms"] for r in rs]), 4),
                       "ours_gbps": round(g, 3), "torch_gbps": round(tmean, 3), "ratio_vs_torch": round(vt, 4), "ratio_vs_raw": round(vr, 4),
                       "latency_ms": {n: round(mean([r["latency_ms"][n] for r in rs]), 4) for n in rs[0].get("latency_ms", {})},
                       "phases_ms": {n: round(mean([r["phases_ms"][n] for r in rs]), 4) for n in rs[0].get("phases_ms", {})},
                       "pass": ok}))
-print("\n== default data plane (%s): per rank" % ours[0].get("data_plane", "?"))
+print("\n== auto's strategy (%s) on the default data plane (%s): per rank" % run_of(ours[0]))
 print("\n== dispatch+combine vs NCCL all-to-all (GB/s sent per rank, same GPUs, same run)")
 print("%-5s %12s %12s %12s %14s" % ("rank", "ours", "raw ours", "torch", "ours/torch"))
 t_by_rank = {r["rank"]: r for r in torch}
@@ -113,7 +115,7 @@ for r in sorted(ours, key=lambda r: r["rank"]):
     t = t_by_rank.get(r["rank"], {}).get("gbps", float("nan"))
     print("%-5d %12.1f %12.1f %12.1f %13.0f%%" % (r["rank"], r["gbps"], r["ref_gbps"], t, 100 * r["gbps"] / t))
 ratio = mean([r["gbps"] for r in ours]) / mean([r["gbps"] for r in torch])
-print(json.dumps({"stage": "bandwidth_vs_torch", "world": len(ours), "device": ours[0].get("device"),
+print(json.dumps({"stage": "bandwidth_vs_torch", "strategy": run_of(ours[0])[0], "world": len(ours), "device": ours[0].get("device"),
                   "ours_gbps": round(mean([r["gbps"] for r in ours]), 3),
                   "raw_gbps": round(mean([r["ref_gbps"] for r in ours]), 3),
                   "torch_gbps": round(mean([r["gbps"] for r in torch]), 3),

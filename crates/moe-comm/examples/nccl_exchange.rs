@@ -11,16 +11,19 @@
 //! - `roundtrip`: AllToAll, AllGather+ReduceScatter and PackedAllGather dispatch+combine on
 //!   device tensors, against the same strategy over `InProcessGroup` threads fed the same
 //!   inputs (every rank rebuilds all ranks' inputs from seeds): bit-identical.
-//! - `bandwidth`: AllToAll dispatch+combine at `--tokens` per rank x `--hidden` bf16, top-k
-//!   `--topk` over `--experts` experts spread evenly over the ranks, random routing: bytes this
-//!   rank sends (dispatch rows x (hidden + slots + weights), combine rows x hidden) over the
-//!   median wall time of dispatch+combine (every collective returns after its device work
+//! - `bandwidth`: AllToAll and AllGather+ReduceScatter dispatch+combine at `--tokens` per rank
+//!   x `--hidden` bf16, top-k `--topk` over `--experts` experts spread evenly over the ranks,
+//!   random routing: the all-to-all's bytes (dispatch rows x (hidden + slots + weights),
+//!   combine rows x hidden; the rows the routing needs, the measure of both strategies) over
+//!   the median wall time of dispatch+combine (every collective returns after its device work
 //!   finished), next to this group's raw `all_to_all_v` of equal splits of the same bytes;
 //!   with latency probes (a device all_to_all_v of 8 bytes per peer, the same from a host
-//!   tensor, all_gather_usize, a bare device synchronisation) and the median of every phase of
-//!   a profiled dispatch+combine (`AllToAll::set_profile`). Measured once per data plane of the
-//!   group, the default first (`bandwidth`, PASS/FAIL on the 70% bar), the non-blocking
-//!   communicator next (`bandwidth_variant`, INFO), each with its own output check.
+//!   tensor, all_gather_usize, a bare device synchronisation) and, for the all-to-all, the
+//!   median of every phase of a profiled dispatch+combine (`AllToAll::set_profile`). The
+//!   strategy `auto` picks for the shape (`expected_peer_share` against
+//!   `ALLGATHER_PREFERRED_SHARE`, the comm factory's rule) on the group's default data plane is
+//!   `bandwidth` (PASS/FAIL on the 70% bar); the other strategy and the all-to-all on the
+//!   non-blocking communicator are `bandwidth_variant` (INFO), each with its own output check.
 //! - `stall`: the last rank stalls past the others' deadline; they must fail with
 //!   `MoeError::Comm` naming it, at the deadline.
 //! - `dead`: on a fresh communicator the last rank exits (status 17) while the others wait
@@ -36,7 +39,10 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use moe_comm::{AllGatherReduceScatter, AllToAll, InProcessGroup, NcclGroup, PackedAllGather, sum_tensors};
+use moe_comm::{
+    ALLGATHER_PREFERRED_SHARE, AllGatherReduceScatter, AllToAll, InProcessGroup, NcclGroup, PackedAllGather,
+    expected_peer_share, sum_tensors,
+};
 use moe_core::{Communication, DType, Deadline, DispatchPayload, MoeError, ProcessGroup, Result, Tensor};
 use moe_kernels::cuda::download;
 
@@ -732,27 +738,27 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
         scales: Some(dev.upload(&scales)?),
     };
     let list = vec![t; p];
-    let mut st = AllToAll::new(g.clone(), DEADLINE, owner, 1 << 20);
+    let mut a2a = AllToAll::new(g.clone(), DEADLINE, owner, 1 << 20);
+    let mut ag = AllGatherReduceScatter::new(g.clone(), DEADLINE);
+    let want_of = |visits: &dyn Fn(usize) -> usize| -> Result<Vec<f32>> {
+        let xs = x_host.to_f32_vec("x")?;
+        let v: Vec<f32> = xs.iter().enumerate().map(|(i, v)| v * visits(i / h) as f32).collect();
+        Tensor::from_f32_as(DType::BF16, vec![t, h], &v)?.to_f32_vec("want")
+    };
+    // The all-to-all's combined rows are x times the ranks each token visited; the
+    // all-gather's x times the world (every rank returns its rows for every token).
+    let want_a2a = want_of(&|tok| distinct[tok])?;
+    let want_ag = want_of(&|_| p)?;
 
-    // Correctness at this size: the combined rows are x times the ranks each token visited.
-    let (d, combined) = exchange(&mut st, payload.clone(), &list)?;
-    let recv_rows = d.x.rows();
-    let got = download(&combined)?.to_f32_vec("combined")?;
-    let xs = x_host.to_f32_vec("x")?;
-    let want = Tensor::from_f32_as(
-        DType::BF16,
-        vec![t, h],
-        &xs.iter()
-            .enumerate()
-            .map(|(i, v)| v * distinct[i / h] as f32)
-            .collect::<Vec<_>>(),
-    )?
-    .to_f32_vec("want")?;
-    let correct_default = got == want;
-    drop((d, combined));
-
+    // Bytes of the all-to-all (the rows the routing needs), the measure of both strategies:
+    // the all-gather moves at least as many.
     let row_in = h * 2 + k * 4 + k * 4;
     let bytes_dispatch = sent_rows * row_in;
+    let recv_rows = {
+        let (d, c) = exchange(&mut a2a, payload.clone(), &list)?;
+        drop(c);
+        d.x.rows()
+    };
     let bytes_combine = recv_rows * h * 2;
     let bytes = bytes_dispatch + bytes_combine;
     let bytes_peer = (sent_rows - local) * row_in + (recv_rows - local) * h * 2;
@@ -765,22 +771,32 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
     let counts = vec![rows_per_peer; p];
     let ref_bytes = p * rows_per_peer * h * 2;
 
-    // Every data plane this group has, the default (the group's current one) first: the
-    // default's line is the `bandwidth` stage (PASS/FAIL on the 70% bar), the others are
-    // `bandwidth_variant` lines (INFO), measured the same way in the same run.
+    // The strategy `auto` picks for this shape (moe's comm factory, same rule) on the default
+    // data plane is the `bandwidth` stage (PASS/FAIL on the 70% bar); the other strategy and
+    // the non-blocking communicator are `bandwidth_variant` lines (INFO), measured the same
+    // way in the same run, each with its own output check.
+    let share = expected_peer_share(e, p, k);
+    let chosen = if share >= ALLGATHER_PREFERRED_SHARE {
+        "allgather"
+    } else {
+        "alltoall"
+    };
     let default = g.data_plane();
-    let mut planes = vec![default];
+    let mut runs = vec![(chosen, default)];
+    runs.push((if chosen == "alltoall" { "allgather" } else { "alltoall" }, default));
     if default == "blocking" {
-        planes.push("nonblocking");
+        runs.push(("alltoall", "nonblocking"));
     }
-    for plane in planes {
+    for (kind, plane) in runs {
         g.set_blocking_data_plane(plane == "blocking")?;
         g.barrier(soon())?;
-        let correct = if plane == default {
-            correct_default
-        } else {
-            let (d, combined) = exchange(&mut st, payload.clone(), &list)?;
-            let ok = d.x.rows() == recv_rows && download(&combined)?.to_f32_vec("combined")? == want;
+        let (st, want): (&mut dyn Communication, &[f32]) = match kind {
+            "alltoall" => (&mut a2a, &want_a2a),
+            _ => (&mut ag, &want_ag),
+        };
+        let correct = {
+            let (d, combined) = exchange(st, payload.clone(), &list)?;
+            let ok = download(&combined)?.to_f32_vec("combined")? == want;
             drop((d, combined));
             ok
         };
@@ -817,7 +833,11 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
         }
         let mr = median(&mut tr);
         let probes = latency(g, o)?;
-        let phases = profiled(g, o, &mut st, &payload, &list)?;
+        let phases = if kind == "alltoall" {
+            profiled(g, o, &mut a2a, &payload, &list)?
+        } else {
+            Vec::new()
+        };
         let ref_gbps = ref_bytes as f64 / mr / 1e9;
         let ratio = gbps / ref_gbps;
         let list_ms = |v: &[(&str, f64)]| {
@@ -833,7 +853,7 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
                 .join(",")
         };
         let detail = format!(
-            "[{plane} data plane] dispatch+combine {:.1} GB/s ({} B in {:.3} ms: dispatch {:.3} ms, combine {:.3} ms; {} B to peers), raw NCCL all_to_all_v {:.1} GB/s ({} B in {:.3} ms): {:.0}% (need 70%); combined output {}; latency (ms): {}; phases (ms, synchronised): {}",
+            "[{kind}, {plane} data plane, auto: {chosen} (peer share {share:.4})] dispatch+combine {:.1} GB/s ({} B in {:.3} ms: dispatch {:.3} ms, combine {:.3} ms; {} B to peers), raw NCCL all_to_all_v {:.1} GB/s ({} B in {:.3} ms): {:.0}% (need 70%); combined output {}; latency (ms): {}; phases (ms, synchronised): {}",
             gbps,
             bytes,
             mt * 1e3,
@@ -849,7 +869,7 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
             list_ms(&phases),
         );
         let fields = format!(
-            "\"data_plane\":\"{plane}\",\"world\":{p},\"tokens\":{t},\"hidden\":{h},\"topk\":{k},\"experts\":{e},\"bytes\":{bytes},\"bytes_dispatch\":{bytes_dispatch},\"bytes_combine\":{bytes_combine},\"bytes_peer\":{bytes_peer},\"dispatch_ms\":{:.4},\"combine_ms\":{:.4},\"total_ms\":{:.4},\"gbps\":{gbps:.3},\"ref_bytes\":{ref_bytes},\"ref_ms\":{:.4},\"ref_gbps\":{ref_gbps:.3},\"ratio\":{ratio:.4},\"correct\":{correct},\"latency_ms\":{{{}}},\"phases_ms\":{{{}}},\"device\":{}",
+            "\"strategy\":\"{kind}\",\"auto\":\"{chosen}\",\"peer_share\":{share:.5},\"data_plane\":\"{plane}\",\"world\":{p},\"tokens\":{t},\"hidden\":{h},\"topk\":{k},\"experts\":{e},\"bytes\":{bytes},\"bytes_dispatch\":{bytes_dispatch},\"bytes_combine\":{bytes_combine},\"bytes_peer\":{bytes_peer},\"dispatch_ms\":{:.4},\"combine_ms\":{:.4},\"total_ms\":{:.4},\"gbps\":{gbps:.3},\"ref_bytes\":{ref_bytes},\"ref_ms\":{:.4},\"ref_gbps\":{ref_gbps:.3},\"ratio\":{ratio:.4},\"correct\":{correct},\"latency_ms\":{{{}}},\"phases_ms\":{{{}}},\"device\":{}",
             md * 1e3,
             mc * 1e3,
             mt * 1e3,
@@ -858,7 +878,7 @@ fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Result<()> {
             json_ms(&phases),
             json_str(dev.name())
         );
-        if plane == default {
+        if (kind, plane) == (chosen, default) {
             rep.result("bandwidth", Some(correct && ratio >= 0.7), &detail, &fields);
         } else {
             rep.result("bandwidth_variant", None, &detail, &fields);

@@ -24,10 +24,6 @@ impl AllGatherReduceScatter {
             counts: None,
         }
     }
-
-    fn gather(&self, t: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
-        self.group.all_gather_v(t, counts, deadline)
-    }
 }
 
 impl Communication for AllGatherReduceScatter {
@@ -52,18 +48,25 @@ impl Communication for AllGatherReduceScatter {
         let Some(counts) = self.counts.clone() else {
             return Ok(p);
         };
-        let deadline = Deadline::after(self.timeout);
-        let out = DispatchPayload {
-            x: self.gather(&p.x, &counts, deadline)?,
-            x_sf: p.x_sf.as_ref().map(|s| self.gather(s, &counts, deadline)).transpose()?,
-            slots: self.gather(&p.slots, &counts, deadline)?,
-            scales: p
-                .scales
-                .as_ref()
-                .map(|s| self.gather(s, &counts, deadline))
-                .transpose()?,
+        // x, its scale factors, the slots and the routing weights in one collective.
+        let mut fields: Vec<&Tensor> = vec![&p.x, &p.slots];
+        fields.extend(p.scales.as_ref());
+        fields.extend(p.x_sf.as_ref());
+        let mut gathered = self
+            .group
+            .all_gather_v_many(&fields, &counts, Deadline::after(self.timeout))?
+            .into_iter();
+        let mut next = || {
+            gathered
+                .next()
+                .ok_or_else(|| MoeError::lifecycle("allgather: a gathered field is missing"))
         };
-        Ok(out)
+        Ok(DispatchPayload {
+            x: next()?,
+            slots: next()?,
+            scales: p.scales.as_ref().map(|_| next()).transpose()?,
+            x_sf: p.x_sf.as_ref().map(|_| next()).transpose()?,
+        })
     }
 
     fn combine(&mut self, out: Tensor, _: usize) -> Result<Tensor> {

@@ -87,6 +87,27 @@ impl Profile {
     }
 }
 
+/// The expected share of a rank's tokens that one other rank receives in an all-to-all
+/// dispatch under random routing: a token skips a rank holding `num_slots / world` of the
+/// slots with probability C(num_slots - num_slots / world, top_k) / C(num_slots, top_k).
+/// Near 1 (few ranks, large top-k) the all-to-all moves almost the all-gather's bytes while
+/// paying for its routing, its row gather and its counts exchange on top.
+pub fn expected_peer_share(num_slots: usize, world: usize, top_k: usize) -> f64 {
+    if world <= 1 || num_slots == 0 {
+        return 1.0;
+    }
+    let others = num_slots - num_slots / world;
+    let skip: f64 = (0..top_k.min(num_slots))
+        .map(|i| others.saturating_sub(i) as f64 / (num_slots - i) as f64)
+        .product();
+    1.0 - skip
+}
+
+/// At or above this [`expected_peer_share`] the all-gather strategy beats the all-to-all:
+/// it saves too few bytes to pay for its routing, gather and counts exchange. Measured with
+/// NCCL at 4096 tokens x hidden 7168 (see docs/BENCHMARKS.md, issue 4).
+pub const ALLGATHER_PREFERRED_SHARE: f64 = 0.9;
+
 /// The host routing: the local token of every row sent (rank-major, tokens ascending within a
 /// rank), the rows sent to each rank, and the first token naming a slot outside `owner` with
 /// that slot. The device kernel (`a2a_route`) builds the same lists.
@@ -382,6 +403,23 @@ impl Communication for AllToAll {
 mod tests {
     use super::*;
     use crate::InProcessGroup;
+
+    #[test]
+    fn expected_peer_share_follows_the_binomial_miss_rate() {
+        // DeepSeek-V3 routing (top-8 of 256): 2 ranks miss a token with 0.5^8-ish odds.
+        let two = expected_peer_share(256, 2, 8);
+        let exact2 = 1.0 - (0..8).map(|i| (128.0 - i as f64) / (256.0 - i as f64)).product::<f64>();
+        assert!((two - exact2).abs() < 1e-12 && two > 0.996 && two < 0.997, "{two}");
+        let four = expected_peer_share(256, 4, 8);
+        assert!(four > 0.90 && four < 0.905, "{four}");
+        let eight = expected_peer_share(256, 8, 8);
+        assert!(eight > 0.65 && eight < 0.67, "{eight}");
+        // Mixtral (top-2 of 8) over 2 ranks: 1 - C(4,2)/C(8,2) = 22/28.
+        assert!((expected_peer_share(8, 2, 2) - 22.0 / 28.0).abs() < 1e-12);
+        // Every slot on every rank, or k past the other ranks' slots: always visited.
+        assert_eq!(expected_peer_share(8, 1, 2), 1.0);
+        assert_eq!(expected_peer_share(4, 4, 4), 1.0);
+    }
 
     #[test]
     fn rows_by_token_lists_each_tokens_rows_in_arrival_order() {

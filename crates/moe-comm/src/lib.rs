@@ -23,7 +23,7 @@ mod packed;
 mod rows;
 
 pub use allgather::AllGatherReduceScatter;
-pub use alltoall::AllToAll;
+pub use alltoall::{ALLGATHER_PREFERRED_SHARE, AllToAll, expected_peer_share};
 pub use inprocess::InProcessGroup;
 #[cfg(feature = "mpi")]
 pub use mpi_group::MpiGroup;

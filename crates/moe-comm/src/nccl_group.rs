@@ -68,7 +68,7 @@ use crate::rows::{check_counts, check_gather_input, check_split_rows};
 use cudarc::driver::{CudaEvent, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result as nccl, sys};
 use moe_core::{DType, Deadline, HostStorage, MoeError, ProcessGroup, Result, Storage, Tensor};
-use moe_kernels::cuda::{CudaDevice, CudaStorage, download, sum_blocks};
+use moe_kernels::cuda::{CudaDevice, CudaStorage, OwnBlock, download, sum_blocks, sum_blocks_with};
 
 /// How often a waiting rank looks for peers whose process has exited.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
@@ -1165,16 +1165,33 @@ impl ProcessGroup for NcclGroup {
     }
 
     fn all_gather_v(&self, local: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
-        check_gather_input(local, counts, self.rank, self.size())?;
-        let host = local.is_host();
-        let local = self.operand(local, "all_gather_v input")?;
-        let rb = row_bytes(&local);
+        let mut out = self.all_gather_v_many(&[local], counts, deadline)?;
+        out.pop()
+            .ok_or_else(|| MoeError::lifecycle("NCCL all_gather_v: no output"))
+    }
+
+    /// Every tensor's gather in one NCCL group: one launch and one completion wait for all.
+    fn all_gather_v_many(&self, locals: &[&Tensor], counts: &[usize], deadline: Deadline) -> Result<Vec<Tensor>> {
         let total: usize = counts.iter().sum();
-        let (out, recv) = self.buffer(total * rb)?;
-        let byte_counts: Vec<usize> = counts.iter().map(|c| c * rb).collect();
-        let ops = self.gather_ops(self.addr(&local)?, recv, &byte_counts);
+        let mut ops = Vec::new();
+        let mut outs = Vec::with_capacity(locals.len());
+        for local in locals {
+            check_gather_input(local, counts, self.rank, self.size())?;
+            let host = local.is_host();
+            let local = self.operand(local, "all_gather_v input")?;
+            let rb = row_bytes(&local);
+            let (out, recv) = self.buffer(total * rb)?;
+            let byte_counts: Vec<usize> = counts.iter().map(|c| c * rb).collect();
+            ops.extend(self.gather_ops(self.addr(&local)?, recv, &byte_counts));
+            // The operand (an upload of a host tensor) lives until the collective has finished.
+            outs.push((
+                self.dev.tensor(local.dtype(), with_rows(&local, total), out),
+                host,
+                local,
+            ));
+        }
         self.run("all_gather_v", &ops, &[], deadline)?;
-        Self::finish(self.dev.tensor(local.dtype(), with_rows(&local, total), out), host)
+        outs.into_iter().map(|(t, host, _)| Self::finish(t, host)).collect()
     }
 
     fn reduce_scatter_v(&self, full: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor> {
@@ -1184,25 +1201,39 @@ impl ProcessGroup for NcclGroup {
         let host = full.is_host();
         let full = self.operand(full, "reduce_scatter_v input")?;
         let rb = row_bytes(&full);
-        let n = counts[self.rank];
-        let (blocks, recv) = self.buffer(self.size * n * rb)?;
+        let (me, n) = (self.rank, counts[self.rank]);
+        // The peers' blocks arrive side by side in rank order; the own block is summed where
+        // it is, never copied or sent to itself.
+        let (blocks, recv) = self.buffer((self.size - 1) * n * rb)?;
         let send = self.addr(&full)?;
         let mut ops = Vec::with_capacity(2 * self.size);
-        for (peer, (&c, o)) in counts.iter().zip(offsets(counts)).enumerate() {
+        let own_at = offsets(counts)[me];
+        for (peer, (&c, o)) in counts.iter().zip(offsets(counts)).enumerate().filter(|&(q, _)| q != me) {
+            let slot = peer - usize::from(peer > me);
             ops.push(Op::Send {
                 ptr: send + (o * rb) as u64,
                 bytes: c * rb,
                 peer,
             });
             ops.push(Op::Recv {
-                ptr: recv + (peer * n * rb) as u64,
+                ptr: recv + (slot * n * rb) as u64,
                 bytes: n * rb,
                 peer,
             });
         }
         self.run("reduce_scatter_v", &ops, &[], deadline)?;
-        let blocks = self.dev.tensor(full.dtype(), with_rows(&full, self.size * n), blocks);
-        Self::finish(sum_blocks(&blocks, self.size, with_rows(&full, n))?, host)
+        let blocks = self
+            .dev
+            .tensor(full.dtype(), with_rows(&full, (self.size - 1) * n), blocks);
+        let own = OwnBlock {
+            index: me,
+            tensor: &full,
+            first: own_at * full.row_len(),
+        };
+        Self::finish(
+            sum_blocks_with(&blocks, Some(own), self.size, with_rows(&full, n))?,
+            host,
+        )
     }
 
     fn all_to_all_v(

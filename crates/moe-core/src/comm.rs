@@ -36,6 +36,12 @@ pub trait ProcessGroup: Send + Sync {
 
     /// Concatenates every rank's rows (rank order); `counts[r]` rows come from rank r.
     fn all_gather_v(&self, local: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor>;
+    /// [`ProcessGroup::all_gather_v`] of several tensors with the same row counts (a payload
+    /// and its per-row metadata), as one collective where the engine can group them: NCCL runs
+    /// them as one group (one launch, one completion wait). Outputs in input order.
+    fn all_gather_v_many(&self, locals: &[&Tensor], counts: &[usize], deadline: Deadline) -> Result<Vec<Tensor>> {
+        locals.iter().map(|t| self.all_gather_v(t, counts, deadline)).collect()
+    }
     /// Sums `full` (`sum(counts)` rows) over ranks and returns this rank's `counts[rank]` rows.
     fn reduce_scatter_v(&self, full: &Tensor, counts: &[usize], deadline: Deadline) -> Result<Tensor>;
     /// Sends `send_counts[r]` consecutive rows to rank r; receives `recv_counts[r]` from r.

@@ -3,13 +3,16 @@
 //!
 //! Order for `auto`: a single rank needs none; replicated tokens (no attention-DP) or MoE-TP
 //! need the all-gather family; otherwise small chunk caps prefer the packed one-collective
-//! strategy and larger ones the all-to-all, whose infeasible workloads fall back to
-//! AllGather+ReduceScatter at forward time.
+//! strategy and larger ones the all-to-all, unless random routing would send nearly every
+//! token to every rank anyway (`moe_comm::expected_peer_share` at or above
+//! `ALLGATHER_PREFERRED_SHARE`: few ranks, large top-k), where AllGather+ReduceScatter moves
+//! about the same bytes without the all-to-all's routing and counts exchange. The all-to-all's
+//! infeasible workloads fall back to AllGather+ReduceScatter at forward time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use moe_comm::{AllGatherReduceScatter, AllToAll, PackedAllGather};
+use moe_comm::{ALLGATHER_PREFERRED_SHARE, AllGatherReduceScatter, AllToAll, PackedAllGather, expected_peer_share};
 use moe_core::{CommSelection, Communication, ExpertPartition, MoeConfig, MoeError, ProcessGroup, Result};
 
 use crate::comm_slot::FallbackFactory;
@@ -81,7 +84,21 @@ pub(crate) fn build_comm(
                     "packed".to_string(),
                     format!("chunks may exceed its {PACKED_MAX_ROWS}-row budget"),
                 ));
-                "alltoall"
+                let slots = config.eplb.as_ref().map_or(config.num_experts, |e| e.num_slots);
+                let share = expected_peer_share(slots, world, config.top_k());
+                if share >= ALLGATHER_PREFERRED_SHARE {
+                    passed_over.push((
+                        "alltoall".to_string(),
+                        format!(
+                            "each rank would receive {:.1}% of every other rank's tokens (top-{} of {slots} slots over {world} ranks): too few bytes saved for its routing and counts exchange",
+                            share * 100.0,
+                            config.top_k()
+                        ),
+                    ));
+                    "allgather"
+                } else {
+                    "alltoall"
+                }
             }
         }
         "alltoall" if replicated || p.tp_size > 1 => {

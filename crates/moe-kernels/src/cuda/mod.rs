@@ -7,6 +7,7 @@
 //! returns [`moe_core::MoeError::NotCompiledWithCuda`], so callers compile unchanged and fail
 //! with a typed error. `cfg` appears only on the `mod`/`use` lines below.
 
+mod blocks;
 mod route;
 
 #[cfg(not(feature = "cuda"))]
@@ -16,6 +17,7 @@ mod enabled;
 
 #[cfg(not(feature = "cuda"))]
 pub use absent::*;
+pub use blocks::OwnBlock;
 #[cfg(feature = "cuda")]
 pub use enabled::*;
 pub use route::{ALLTOALL_ROUTE_MAX_RANKS, AllToAllRoute, RouteCounts};

@@ -309,6 +309,44 @@ fn auto_selection_is_reported() {
 }
 
 #[test]
+fn auto_prefers_allgather_where_every_rank_would_receive_nearly_every_token() {
+    // Top-3 of 8 experts: over 2 ranks a rank receives 1 - C(4,3)/C(8,3) = 93% of the
+    // other's tokens (all-gather); over 4 ranks 1 - C(6,3)/C(8,3) = 64% (all-to-all).
+    for (ep, want) in [(2, "allgather"), (4, "alltoall")] {
+        let mut c = base_config(None);
+        c.parallel = ParallelConfig {
+            ep_size: ep,
+            ep_rank: 0,
+            tp_size: 1,
+            tp_rank: 0,
+            attention_dp: true,
+        };
+        let g0 = InProcessGroup::world(ep).into_iter().next().unwrap();
+        let parts = LayerParts {
+            group: Some(Arc::new(g0)),
+            ..LayerParts::default()
+        };
+        let layer = create_moe_with(
+            c,
+            CreateOptions {
+                parts,
+                ..CreateOptions::default()
+            },
+        )
+        .unwrap();
+        let sel = layer.report().comm.clone().unwrap();
+        assert_eq!(sel.chosen.as_deref(), Some(want), "ep {ep}");
+        let passed: Vec<&str> = sel.passed_over.iter().map(|(n, _)| n.as_str()).collect();
+        if want == "allgather" {
+            assert_eq!(passed, ["packed", "alltoall"], "ep {ep}");
+            assert!(sel.passed_over[1].1.contains("92.9%"), "{:?}", sel.passed_over);
+        } else {
+            assert_eq!(passed, ["packed"], "ep {ep}");
+        }
+    }
+}
+
+#[test]
 fn a_rank_that_dies_turns_into_an_error_naming_it_within_the_deadline() {
     let mut groups = InProcessGroup::world(2);
     let dead = groups.pop().unwrap();

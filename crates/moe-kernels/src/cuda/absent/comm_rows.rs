@@ -5,7 +5,7 @@
 
 use moe_core::{DType, MoeError, Result, Tensor};
 
-use crate::cuda::AllToAllRoute;
+use crate::cuda::{AllToAllRoute, OwnBlock};
 
 /// Rows `idx[i]` of a device tensor (not available in this build).
 pub fn gather_rows(_t: &Tensor, _idx: &[usize]) -> Result<Tensor> {
@@ -41,6 +41,16 @@ pub fn segment_sum_rows_indexed(
 
 /// Equal blocks summed element-wise in f32 (not available in this build).
 pub fn sum_blocks(_t: &Tensor, _blocks: usize, _shape: Vec<usize>) -> Result<Tensor> {
+    Err(MoeError::NotCompiledWithCuda)
+}
+
+/// Equal blocks summed element-wise in f32, one read in place (not available in this build).
+pub fn sum_blocks_with(
+    _peers: &Tensor,
+    _own: Option<OwnBlock<'_>>,
+    _blocks: usize,
+    _shape: Vec<usize>,
+) -> Result<Tensor> {
     Err(MoeError::NotCompiledWithCuda)
 }
 

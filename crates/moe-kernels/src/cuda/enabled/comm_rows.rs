@@ -8,8 +8,8 @@
 //!   listed order (the all-to-all combine), the listing on the host or already on the device.
 //! - [`alltoall_route`]: the all-to-all strategy's routing (send order, counts, each token's
 //!   returned rows) built from slot ids on the device, so a dispatch never reads them back.
-//! - [`sum_blocks`]: equal blocks of a tensor summed element-wise in f32 in block order (the
-//!   NCCL group's reduce-scatter and all-reduce).
+//! - [`sum_blocks`] / [`sum_blocks_with`]: equal blocks summed element-wise in f32 in block
+//!   order (the NCCL group's reduce-scatter and all-reduce), one block optionally read in place.
 //!
 //! Every sum accumulates in f32 in the order the host code of the same operation uses, so a
 //! device run reproduces the host one bit for bit. Kernels: `cuda/kernels/comm_rows.cu`.
@@ -20,7 +20,7 @@ use moe_core::{DType, MoeError, Result, Storage, Tensor};
 use super::device::CudaDevice;
 use super::ffi;
 use super::storage::{CudaStorage, tensor_bytes};
-use crate::cuda::{ALLTOALL_ROUTE_MAX_RANKS, AllToAllRoute};
+use crate::cuda::{ALLTOALL_ROUTE_MAX_RANKS, AllToAllRoute, OwnBlock};
 
 const MODULE: &str = "comm_rows";
 const SRC: &str = include_str!("../kernels/comm_rows.cu");
@@ -465,37 +465,113 @@ pub fn segment_sum_rows_indexed(
 /// `shape` (of `t`'s dtype): the element-wise sum of the `blocks` equal consecutive blocks of
 /// the float device tensor `t`, in f32 in block order (the host's `sum_tensors` order).
 pub fn sum_blocks(t: &Tensor, blocks: usize, shape: Vec<usize>) -> Result<Tensor> {
-    let s = CudaStorage::of(t, "sum_blocks input")?;
+    sum_blocks_with(t, None, blocks, shape)
+}
+
+/// [`sum_blocks`] where block `own.index` is not in `peers` but already elsewhere: `shape`
+/// elements of `own.tensor` from element `own.first` on, and `peers` holds the other
+/// `blocks - 1` blocks in block order (a reduce-scatter sums its own rows where they are
+/// instead of copying them next to the received ones). Same sums in the same order.
+pub fn sum_blocks_with(peers: &Tensor, own: Option<OwnBlock<'_>>, blocks: usize, shape: Vec<usize>) -> Result<Tensor> {
+    let s = CudaStorage::of(peers, "sum_blocks input")?;
     let dev = s.device().clone();
-    let code = float_code(t.dtype(), "sum_blocks input")?;
+    let dt = peers.dtype();
+    let code = float_code(dt, "sum_blocks input")?;
     let len: usize = shape.iter().product();
-    if blocks == 0 || t.numel() != blocks * len {
+    let in_peers = blocks.saturating_sub(usize::from(own.is_some()));
+    if blocks == 0 || peers.numel() != in_peers * len {
         return Err(MoeError::shape(
             "sum_blocks input",
-            format!("{blocks} blocks of {len} elements"),
-            t.shape(),
+            format!("{in_peers} blocks of {len} elements"),
+            peers.shape(),
         ));
     }
-    let mut out = dev.alloc_storage(tensor_bytes(t.dtype(), &shape))?;
+    let own_storage = match &own {
+        Some(o) => {
+            if o.index >= blocks || o.tensor.dtype() != dt || o.first + len > o.tensor.numel() {
+                return Err(MoeError::shape(
+                    "sum_blocks own block",
+                    format!(
+                        "block {} of {blocks}, {len} {dt} elements from element {}",
+                        o.index, o.first
+                    ),
+                    o.tensor.shape(),
+                ));
+            }
+            let os = CudaStorage::of(o.tensor, "sum_blocks own block")?;
+            if os.device().ordinal() != dev.ordinal() {
+                return Err(MoeError::Backend(
+                    format!(
+                        "sum_blocks: the own block lives on {}, the others on {}",
+                        os.device().location(),
+                        dev.location()
+                    )
+                    .into(),
+                ));
+            }
+            Some(os)
+        }
+        None => None,
+    };
+    let mut out = dev.alloc_storage(tensor_bytes(dt, &shape))?;
     if len == 0 {
-        return Ok(dev.tensor(t.dtype(), shape, out));
+        return Ok(dev.tensor(dt, shape, out));
     }
-    let func = dev.function(MODULE, SRC, "sum_blocks")?;
     let loc = dev.location();
     let stream = dev.stream().clone();
+    let esize = dt.size_in_bytes();
+    let (src, own_src, dst) = {
+        let (a, _ra) = s.bytes().device_ptr(&stream);
+        let own_at = match (&own, &own_storage) {
+            (Some(o), Some(os)) => {
+                let (p, _r) = os.bytes().device_ptr(&stream);
+                p + (o.first * esize) as u64
+            }
+            _ => a,
+        };
+        let (b, _rb) = out.bytes().device_ptr(&stream);
+        (a, own_at, b)
+    };
+    let own_i = own.as_ref().map_or(-1, |o| o.index as i64);
+    let (blocks_i, len_i) = (blocks as i64, len as i64);
+    let vec8 = len % 8 == 0 && [src, own_src, dst].iter().all(|p| p % 16 == 0);
+    let (name, per_thread) = if vec8 {
+        (format!("sum_blocks_v8_{code}"), 8)
+    } else {
+        ("sum_blocks".to_string(), 1)
+    };
+    let func = dev.function(MODULE, SRC, &name)?;
     let cfg = LaunchConfig {
-        grid_dim: (len.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32, 1, 1),
+        grid_dim: (len.div_ceil(per_thread * THREADS as usize).min(MAX_BLOCKS) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
+    // The own block's address travels as a plain u64: its tensor belongs to the caller and,
+    // like every buffer, is freed in stream order behind this launch.
     let out_len = out.len_bytes();
     let mut dst_v = out.view_mut::<u8>(out_len)?;
     let src_v = s.view::<u8>(s.len_bytes())?;
-    let (blocks_i, len_i) = (blocks as i64, len as i64);
-    ffi::launch(&stream, &func, cfg, &loc, |a| {
-        a.arg(&mut dst_v).arg(&src_v).arg(&code).arg(&blocks_i).arg(&len_i);
-    })?;
-    Ok(dev.tensor(t.dtype(), shape, out))
+    if vec8 {
+        ffi::launch(&stream, &func, cfg, &loc, |a| {
+            a.arg(&mut dst_v)
+                .arg(&src_v)
+                .arg(&own_src)
+                .arg(&own_i)
+                .arg(&blocks_i)
+                .arg(&len_i);
+        })?;
+    } else {
+        ffi::launch(&stream, &func, cfg, &loc, |a| {
+            a.arg(&mut dst_v)
+                .arg(&src_v)
+                .arg(&own_src)
+                .arg(&own_i)
+                .arg(&code)
+                .arg(&blocks_i)
+                .arg(&len_i);
+        })?;
+    }
+    Ok(dev.tensor(dt, shape, out))
 }
 
 /// The all-to-all routing of a dispatch on the device (`a2a_route` in the kernel source): where
@@ -578,8 +654,10 @@ pub fn alltoall_route(slots: &Tensor, owner: &Tensor, world: usize) -> Result<Al
 mod tests {
     use moe_core::{Result, Tensor};
 
-    use super::alltoall_route;
-    use crate::cuda::{AllToAllRoute, CudaDevice, download};
+    use moe_core::DType;
+
+    use super::{alltoall_route, sum_blocks, sum_blocks_with};
+    use crate::cuda::{AllToAllRoute, CudaDevice, OwnBlock, download};
 
     /// The routing as the host strategy lists it: send order (rank-major, tokens ascending),
     /// counts per rank, each token's rows (CSR), and the first bad (token, slot).
@@ -677,6 +755,82 @@ mod tests {
         assert!(
             err.contains("rank 1: token 2100 names slot 9, but there are 4 slots"),
             "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn block_sums_match_the_host_order_bit_for_bit() -> Result<()> {
+        let dev = CudaDevice::new(0)?;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 11) as f64 / (1u64 << 53) as f64) as f32 * 8.0 - 4.0
+        };
+        // (blocks, len, own block, its first element in the own tensor): 16-byte loads where
+        // len and every base allow them, the scalar kernel otherwise (odd len, odd offset).
+        let cases: &[(usize, usize, Option<(usize, usize)>)] = &[
+            (1, 64, None),
+            (3, 4096, None),
+            (2, 7168, Some((0, 0))),
+            (2, 7168, Some((1, 7168))),
+            (4, 1000, Some((2, 16))),
+            (4, 1001, Some((3, 5))),
+            (3, 24, Some((1, 3))),
+            (1, 40, Some((0, 8))),
+        ];
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            for &(blocks, len, own) in cases {
+                let vals: Vec<Vec<f32>> = (0..blocks).map(|_| (0..len).map(|_| next()).collect()).collect();
+                // Each block as its dtype rounds it, then the host's f32 sum in block order.
+                let round = |v: &[f32]| Tensor::from_f32_as(dtype, vec![v.len()], v)?.to_f32_vec("block");
+                let rounded = vals.iter().map(|v| round(v)).collect::<Result<Vec<_>>>()?;
+                let sum: Vec<f32> = (0..len)
+                    .map(|e| rounded[1..].iter().fold(rounded[0][e], |acc, b| acc + b[e]))
+                    .collect();
+                let want = round(&sum)?;
+                let case = format!("{dtype} blocks {blocks} len {len} own {own:?}");
+                let got = match own {
+                    None => {
+                        let all: Vec<f32> = vals.concat();
+                        let t = dev.upload(&Tensor::from_f32_as(dtype, vec![blocks * len], &all)?)?;
+                        sum_blocks(&t, blocks, vec![len])?
+                    }
+                    Some((index, first)) => {
+                        let peers: Vec<f32> = (0..blocks)
+                            .filter(|&b| b != index)
+                            .flat_map(|b| vals[b].clone())
+                            .collect();
+                        let mut own_vals = vec![7.0f32; first];
+                        own_vals.extend(&vals[index]);
+                        own_vals.extend([9.0f32; 3]);
+                        let peers = dev.upload(&Tensor::from_f32_as(dtype, vec![peers.len()], &peers)?)?;
+                        let own_t = dev.upload(&Tensor::from_f32_as(dtype, vec![own_vals.len()], &own_vals)?)?;
+                        let own = OwnBlock {
+                            index,
+                            tensor: &own_t,
+                            first,
+                        };
+                        sum_blocks_with(&peers, Some(own), blocks, vec![len])?
+                    }
+                };
+                assert_eq!(got.dtype(), dtype, "{case}");
+                assert_eq!(download(&got)?.to_f32_vec("sum")?, want, "{case}");
+            }
+        }
+        // A block count or an own block that does not fit is a typed error.
+        let t = dev.upload(&Tensor::from_f32_as(DType::F32, vec![10], &[1.0; 10])?)?;
+        assert!(sum_blocks(&t, 3, vec![4]).is_err());
+        let own = OwnBlock {
+            index: 1,
+            tensor: &t,
+            first: 8,
+        };
+        assert!(
+            sum_blocks_with(&t, Some(own), 3, vec![5]).is_err(),
+            "own block past the tensor's end"
         );
         Ok(())
     }

@@ -610,8 +610,12 @@ impl DeviceExperts {
             a.arg(&ids_p).arg(&nk_i).arg(&start_i).arg(&s_i).arg(&counts_p);
         })?;
         let f = self.kernel(COMMON, "moe_scan")?;
-        let (offsets_p, tiles_p, num_tiles_p, bm_i) =
-            (index.at(index.offsets), index.at(index.tiles), index.at(index.num_tiles), bm as i32);
+        let (offsets_p, tiles_p, num_tiles_p, bm_i) = (
+            index.at(index.offsets),
+            index.at(index.tiles),
+            index.at(index.num_tiles),
+            bm as i32,
+        );
         let scan_cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (256, 1, 1),

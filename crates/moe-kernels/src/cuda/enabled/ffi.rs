@@ -28,7 +28,8 @@ pub(crate) fn keep_freed_memory(ctx: &Arc<CudaContext>, location: &str) -> Resul
     use cudarc::driver::sys;
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut threshold: u64 = u64::MAX;
-    ctx.bind_to_thread().map_err(|e| dev_err(location, "binding the context", e))?;
+    ctx.bind_to_thread()
+        .map_err(|e| dev_err(location, "binding the context", e))?;
     // SAFETY: `pool` is a valid out-pointer for the device's current pool handle, and
     // `threshold` a valid u64 the driver reads for CU_MEMPOOL_ATTR_RELEASE_THRESHOLD (a
     // cuuint64_t attribute); both outlive the calls, and the device handle is the context's.

@@ -228,18 +228,60 @@ SEGMENT_SUM_V8(2, 0)
 SEGMENT_SUM_V8(2, 1)
 SEGMENT_SUM_V8(2, 2)
 
-// dst[e] = src[e] + src[len + e] + ... + src[(blocks - 1) * len + e], in f32 in block order
+// dst[e] = block 0 [e] + block 1 [e] + ... + block (blocks - 1) [e], in f32 in block order
 // (starting from the first block's value, as the host sum does), stored in the same dtype.
-extern "C" __global__ void sum_blocks(void* dst, const void* src, int dt, i64 blocks, i64 len) {
+// Block b is src + b * len, except block `own` (when 0 <= own < blocks), which is `own_src`;
+// the blocks after it then sit one block earlier in src (the NCCL reduce-scatter sums its own
+// block where it already is instead of copying it next to the received ones).
+__device__ __forceinline__ i64 block_at(i64 b, i64 own) { return (own >= 0 && b > own) ? b - 1 : b; }
+
+extern "C" __global__ void sum_blocks(void* dst, const void* src, const void* own_src, i64 own, int dt, i64 blocks,
+                                      i64 len) {
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < len; e += stride) {
-        float acc = load_f(src, e, dt);
+        float acc = own == 0 ? load_f(own_src, e, dt) : load_f(src, e, dt);
         for (i64 b = 1; b < blocks; ++b) {
-            acc += load_f(src, b * len + e, dt);
+            acc += b == own ? load_f(own_src, e, dt) : load_f(src, block_at(b, own) * len + e, dt);
         }
         store_f(dst, e, dt, acc);
     }
 }
+
+// sum_blocks with eight elements per thread and 16-byte loads (len a multiple of 8, every
+// base 16-byte aligned, checked by the caller): the same f32 sums in the same order.
+template <int DT>
+__device__ __forceinline__ void sum_blocks_v8_impl(void* dst, const void* src, const void* own_src, i64 own,
+                                                   i64 blocks, i64 len) {
+    const i64 stride = (i64)gridDim.x * blockDim.x * 8;
+    for (i64 e = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * 8; e < len; e += stride) {
+        float acc[8], v[8];
+        if (own == 0) {
+            load8<DT>(own_src, e, acc);
+        } else {
+            load8<DT>(src, e, acc);
+        }
+        for (i64 b = 1; b < blocks; ++b) {
+            if (b == own) {
+                load8<DT>(own_src, e, v);
+            } else {
+                load8<DT>(src, block_at(b, own) * len + e, v);
+            }
+#pragma unroll
+            for (int k = 0; k < 8; ++k) acc[k] += v[k];
+        }
+        store8<DT>(dst, e, acc);
+    }
+}
+
+#define SUM_BLOCKS_V8(DT)                                                                                      \
+    extern "C" __global__ void sum_blocks_v8_##DT(void* dst, const void* src, const void* own_src, i64 own,    \
+                                                  i64 blocks, i64 len) {                                     \
+        sum_blocks_v8_impl<DT>(dst, src, own_src, own, blocks, len);                                         \
+    }
+
+SUM_BLOCKS_V8(0)
+SUM_BLOCKS_V8(1)
+SUM_BLOCKS_V8(2)
 
 // ---- all-to-all routing ---------------------------------------------------------------------
 
