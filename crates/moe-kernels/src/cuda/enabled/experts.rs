@@ -562,7 +562,15 @@ impl DeviceExperts {
             s.expect_dtype("token_final_scales", DType::F32)?;
             s.expect_shape("token_final_scales", &[n, k])?;
         }
-        let fin = format!("finalize_{}_{}", dt_suffix(self.dtype)?, dt_suffix(out_dtype)?);
+        // Eight columns per thread with 16-byte loads where every row is 16-byte aligned.
+        let (fin, fin_cols) = {
+            let (a, b) = (dt_suffix(self.dtype)?, dt_suffix(out_dtype)?);
+            if h % 8 == 0 {
+                (format!("finalize8_{a}_{b}"), 8)
+            } else {
+                (format!("finalize_{a}_{b}"), 1)
+            }
+        };
         if out_dtype != self.dtype && out_dtype != DType::F32 {
             return Err(MoeError::DTypeMismatch {
                 what: "CUDA MoE output".into(),
@@ -745,7 +753,7 @@ impl DeviceExperts {
         let f = self.kernel(COMMON, &fin)?;
         let (y_p, sc_p, out_p) = (y.ptr(dev), sc.map_or(0, |s| s.ptr(dev)), out.ptr(dev));
         let (n_i, h_i) = (n as i32, h as i32);
-        ffi::launch(dev.stream(), &f, grid(n * h, 256), &loc, |a| {
+        ffi::launch(dev.stream(), &f, grid(n * h / fin_cols, 256), &loc, |a| {
             a.arg(&y_p)
                 .arg(&pos_p)
                 .arg(&sc_p)
