@@ -275,18 +275,17 @@ fn alltoall_is_refused_where_it_cannot_work() {
     );
 }
 
-#[test]
-fn auto_selection_is_reported() {
-    let groups = InProcessGroup::world(2);
-    let mut c = base_config(Some(64));
+/// The resolution report of rank 0 of an `ep`-rank attention-DP layer with `comm: auto`.
+fn auto_report(ep: usize, chunk: Option<usize>) -> ResolutionReport {
+    let mut c = base_config(chunk);
     c.parallel = ParallelConfig {
-        ep_size: 2,
+        ep_size: ep,
         ep_rank: 0,
         tp_size: 1,
         tp_rank: 0,
         attention_dp: true,
     };
-    let g0 = groups.into_iter().next().unwrap();
+    let g0 = InProcessGroup::world(ep).into_iter().next().unwrap();
     let parts = LayerParts {
         group: Some(Arc::new(g0)),
         ..LayerParts::default()
@@ -299,13 +298,19 @@ fn auto_selection_is_reported() {
         },
     )
     .unwrap();
-    let sel = layer.report().comm.clone().unwrap();
+    layer.report().clone()
+}
+
+#[test]
+fn auto_selection_is_reported() {
+    let report = auto_report(2, Some(64));
+    let sel = report.comm.clone().unwrap();
     assert_eq!(
         sel.chosen.as_deref(),
         Some("packed"),
         "64-token chunks over 2 ranks fit the packed budget"
     );
-    assert!(layer.report().to_string().contains("comm: packed (requested: auto)"));
+    assert!(report.to_string().contains("comm: packed (requested: auto)"));
 }
 
 #[test]
@@ -313,33 +318,17 @@ fn auto_prefers_allgather_where_every_rank_would_receive_nearly_every_token() {
     // Top-3 of 8 experts: over 2 ranks a rank receives 1 - C(4,3)/C(8,3) = 93% of the
     // other's tokens (all-gather); over 4 ranks 1 - C(6,3)/C(8,3) = 64% (all-to-all).
     for (ep, want) in [(2, "allgather"), (4, "alltoall")] {
-        let mut c = base_config(None);
-        c.parallel = ParallelConfig {
-            ep_size: ep,
-            ep_rank: 0,
-            tp_size: 1,
-            tp_rank: 0,
-            attention_dp: true,
-        };
-        let g0 = InProcessGroup::world(ep).into_iter().next().unwrap();
-        let parts = LayerParts {
-            group: Some(Arc::new(g0)),
-            ..LayerParts::default()
-        };
-        let layer = create_moe_with(
-            c,
-            CreateOptions {
-                parts,
-                ..CreateOptions::default()
-            },
-        )
-        .unwrap();
-        let sel = layer.report().comm.clone().unwrap();
+        let report = auto_report(ep, None);
+        let sel = report.comm.clone().unwrap();
         assert_eq!(sel.chosen.as_deref(), Some(want), "ep {ep}");
         let passed: Vec<&str> = sel.passed_over.iter().map(|(n, _)| n.as_str()).collect();
         if want == "allgather" {
             assert_eq!(passed, ["packed", "alltoall"], "ep {ep}");
             assert!(sel.passed_over[1].1.contains("92.9%"), "{:?}", sel.passed_over);
+            assert!(
+                report.to_string().contains("comm: allgather (requested: auto)"),
+                "{report}"
+            );
         } else {
             assert_eq!(passed, ["packed"], "ep {ep}");
         }

@@ -1410,20 +1410,19 @@ WG_ALL(f16_mxfp4, 2, 3)
 #endif
 
 #ifdef VARIANT_common
-#define FIN(NAME, DT, ODT) \
-    extern "C" __global__ void NAME(const void* y, const int* pos, const float* s, int n, int k, int h, void* out) { \
-        finalize_body<DT, ODT>(y, pos, s, n, k, h, out); }
-FIN(finalize_f32_f32, 0, 0)
-FIN(finalize_bf16_bf16, 1, 1)
-FIN(finalize_bf16_f32, 1, 0)
-FIN(finalize_f16_f16, 2, 2)
-FIN(finalize_f16_f32, 2, 0)
-#define FIN8(NAME, DT, ODT) \
-    extern "C" __global__ void NAME(const void* y, const int* pos, const float* s, int n, int k, int h, void* out) { \
-        finalize8_body<DT, ODT>(y, pos, s, n, k, h, out); }
-FIN8(finalize8_f32_f32, 0, 0)
-FIN8(finalize8_bf16_bf16, 1, 1)
-FIN8(finalize8_bf16_f32, 1, 0)
-FIN8(finalize8_f16_f16, 2, 2)
-FIN8(finalize8_f16_f32, 2, 0)
+// finalize_<in>_<out> (one column per thread) and finalize8_<in>_<out> (eight, h % 8 == 0).
+#define FIN(SUF, DT, ODT)                                                                                     \
+    extern "C" __global__ void finalize_##SUF(const void* y, const int* pos, const float* s, int n, int k, int h, \
+                                              void* out) {                                                    \
+        finalize_body<DT, ODT>(y, pos, s, n, k, h, out);                                                      \
+    }                                                                                                          \
+    extern "C" __global__ void finalize8_##SUF(const void* y, const int* pos, const float* s, int n, int k,     \
+                                               int h, void* out) {                                            \
+        finalize8_body<DT, ODT>(y, pos, s, n, k, h, out);                                                     \
+    }
+FIN(f32_f32, 0, 0)
+FIN(bf16_bf16, 1, 1)
+FIN(bf16_f32, 1, 0)
+FIN(f16_f16, 2, 2)
+FIN(f16_f32, 2, 0)
 #endif  // VARIANT_common
