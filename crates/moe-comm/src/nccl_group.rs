@@ -47,6 +47,8 @@
 //! **Local blocks.** `all_to_all_v` copies the rank's own block with a device-to-device copy on
 //! a second stream of the device, concurrently with the NCCL transfer of the peers' blocks,
 //! instead of sending it to itself through NCCL; the completion event follows both.
+//! `reduce_scatter_v` moves no own block at all: its sum reads it where it lies
+//! (`sum_blocks_with`).
 //!
 //! **Memory.** Joining a group sets the release threshold of the device's default memory pool
 //! (the pool cudarc's stream-ordered allocations come from) to unlimited: freed buffers stay
@@ -1207,8 +1209,9 @@ impl ProcessGroup for NcclGroup {
         let (blocks, recv) = self.buffer((self.size - 1) * n * rb)?;
         let send = self.addr(&full)?;
         let mut ops = Vec::with_capacity(2 * self.size);
-        let own_at = offsets(counts)[me];
-        for (peer, (&c, o)) in counts.iter().zip(offsets(counts)).enumerate().filter(|&(q, _)| q != me) {
+        let starts = offsets(counts);
+        let own_at = starts[me];
+        for (peer, (&c, o)) in counts.iter().zip(starts).enumerate().filter(|&(q, _)| q != me) {
             let slot = peer - usize::from(peer > me);
             ops.push(Op::Send {
                 ptr: send + (o * rb) as u64,

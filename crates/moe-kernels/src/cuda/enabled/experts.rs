@@ -598,12 +598,12 @@ impl DeviceExperts {
         let max_tiles = nk.div_ceil(bm.min(nk)) + s_local;
         let esize = self.dtype.size_in_bytes();
 
-        // 1. permutation. Its index buffers share one allocation, the two counters first and
-        // zeroed by one memset: outside graph replay each allocation and memset is host
+        // 1. permutation. Its index buffers share one allocation, the two counters first (all
+        // before `offsets`) and zeroed by one memset: outside graph replay each allocation and memset is host
         // latency a one-token forward pays.
         let mut index = IndexBuffers::new(s_local, nk, max_tiles);
         let mut scratch = dev.alloc_storage(index.bytes)?;
-        scratch.zero_prefix(index.zeroed)?;
+        scratch.zero_prefix(index.offsets)?;
         index.base = scratch.ptr(dev);
         let ids_p = ids.ptr(dev);
         let (nk_i, k_i, start_i, s_i) = (nk as i32, k as i32, slot_start as i32, s_local as i32);
@@ -868,7 +868,6 @@ struct IndexBuffers {
     base: u64,
     counts: usize,
     cursor: usize,
-    zeroed: usize,
     offsets: usize,
     pos: usize,
     row_sel: usize,
@@ -896,7 +895,6 @@ impl IndexBuffers {
             base: 0,
             counts,
             cursor,
-            zeroed: offsets,
             offsets,
             pos,
             row_sel,
