@@ -21,14 +21,31 @@ fn moe(args: &[&str]) -> Output {
         .expect("run the moe binary")
 }
 
-fn scratch(tag: &str) -> PathBuf {
+/// A test's own directory under the system temp dir, removed when the test ends (also when it
+/// fails), so repeated runs do not fill the disk.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(tag: &str) -> Scratch {
     // Unique per call: tests run in parallel threads of one process and may share a tag.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("moe-cli-it-{}-{n}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 fn read(path: &Path, key: &str) -> Tensor {
@@ -101,7 +118,6 @@ fn check_dir(model: &Path, oracle: &Path, tol: f64, extra: &[&str]) -> f64 {
         );
         worst = worst.max(err);
     }
-    let _ = std::fs::remove_dir_all(out_dir);
     worst
 }
 
@@ -218,7 +234,6 @@ fn wrong_input_shape_and_dense_layer_fail() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("layer 3"), "{err}");
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -360,7 +375,6 @@ fn quantize_then_run_matches_bf16_oracle() {
             };
             let worst = check_dir(&out, &src, quantized_bound(format), extra);
             eprintln!("{name} quantized to {format}: worst relative L2 error {worst:.3e}");
-            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
@@ -389,7 +403,6 @@ fn quantize_json_reports_sizes() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["experts"]["format"], "NVFP4");
     assert_eq!(r["experts"]["disk_bytes"].as_u64(), Some(bytes_out));
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -440,7 +453,6 @@ fn nvfp4_calibration_sets_input_scales() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("calibration"), "{err}");
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -475,7 +487,6 @@ fn quantize_refusals_exit_non_zero_naming_the_problem() {
         "{err}"
     );
     assert!(!d.join("c").join("model.safetensors").exists());
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -626,5 +637,4 @@ fn eplb_plan_and_stats_round_trip_a_recorded_load() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
