@@ -89,7 +89,9 @@ impl MpiGroup {
         bufs[self.rank] = sends[self.rank].clone();
         let me = self.rank;
         let outcome = scope(|sc| {
-            let mut pending: Vec<(usize, bool, Request<'_, [u8], &LocalScope<'_>>)> = Vec::new();
+            // (peer, is a receive, its request)
+            type Pending<'a, 's> = (usize, bool, Request<'a, [u8], &'s LocalScope<'a>>);
+            let mut pending: Vec<Pending<'_, '_>> = Vec::new();
             for (peer, buf) in bufs.iter_mut().enumerate() {
                 if peer != me {
                     let req = world

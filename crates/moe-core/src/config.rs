@@ -290,7 +290,7 @@ impl MoeConfig {
             ));
         }
         self.parallel.validate()?;
-        if self.intermediate_size % self.parallel.tp_size != 0 {
+        if !self.intermediate_size.is_multiple_of(self.parallel.tp_size) {
             return Err(MoeError::config(
                 "parallel.tp_size",
                 format!(
@@ -309,13 +309,13 @@ impl MoeConfig {
                 format!("a static routing table cannot be split into chunks of {limit} tokens; leave chunking off"),
             ));
         }
-        if let Activation::SwigluGptOss { limit, .. } = self.activation {
-            if limit.is_nan() || limit <= 0.0 {
-                return Err(MoeError::config(
-                    "activation.limit",
-                    format!("must be > 0, got {limit}"),
-                ));
-            }
+        if let Activation::SwigluGptOss { limit, .. } = self.activation
+            && (limit.is_nan() || limit <= 0.0)
+        {
+            return Err(MoeError::config(
+                "activation.limit",
+                format!("must be > 0, got {limit}"),
+            ));
         }
         Ok(())
     }

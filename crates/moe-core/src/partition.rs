@@ -41,7 +41,7 @@ impl ExpertPartition {
                         format!("{e} experts cannot be spread over {ep} EP ranks"),
                     ));
                 }
-                if e % ep != 0 && !allow_non_divisible {
+                if !e.is_multiple_of(ep) && !allow_non_divisible {
                     return Err(MoeError::config(
                         "parallel.ep_size",
                         format!("{e} experts do not divide by ep_size {ep} and the backend needs equal partitions"),

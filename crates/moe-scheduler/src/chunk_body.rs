@@ -26,10 +26,11 @@ pub(crate) fn forward_chunk(layer: &mut LayerView<'_>, chunk: Chunk<'_>) -> Resu
     let rows = chunk.x.rows();
     let k = config.top_k();
     let dynamic = layer.balancer.as_deref().is_some_and(|b| b.is_dynamic());
-    if dynamic && chunk.first {
-        if let Some(b) = layer.balancer.as_deref_mut() {
-            b.start_wait_gpu_stage()?;
-        }
+    if dynamic
+        && chunk.first
+        && let Some(b) = layer.balancer.as_deref_mut()
+    {
+        b.start_wait_gpu_stage()?;
     }
 
     let routed = ops::route(&config.routing, chunk.logits)?;
@@ -132,20 +133,22 @@ pub(crate) fn forward_chunk(layer: &mut LayerView<'_>, chunk: Chunk<'_>) -> Resu
         });
     }
 
-    if dynamic && chunk.last {
-        if let Some(b) = layer.balancer.as_deref_mut() {
-            b.start_set_cpu_stage()?;
-        }
+    if dynamic
+        && chunk.last
+        && let Some(b) = layer.balancer.as_deref_mut()
+    {
+        b.start_set_cpu_stage()?;
     }
     let max_tokens = chunk.all_rank_num_tokens.iter().copied().max().unwrap_or(0);
     let out = match layer.comm.strategy() {
         Some(comm) => comm.combine(out, max_tokens)?,
         None => out,
     };
-    if dynamic && chunk.last {
-        if let Some(b) = layer.balancer.as_deref_mut() {
-            b.done_set_cpu_stage()?;
-        }
+    if dynamic
+        && chunk.last
+        && let Some(b) = layer.balancer.as_deref_mut()
+    {
+        b.done_set_cpu_stage()?;
     }
     Ok(out)
 }

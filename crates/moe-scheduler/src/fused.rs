@@ -133,11 +133,12 @@ fn fused_chunk(
         comm_plan: None,
     };
     let out = layer.backend.run_moe(&ctx)?;
-    if dynamic && last {
-        if let Some(b) = layer.balancer.as_deref_mut() {
-            b.start_set_cpu_stage()?;
-            b.done_set_cpu_stage()?;
-        }
+    if dynamic
+        && last
+        && let Some(b) = layer.balancer.as_deref_mut()
+    {
+        b.start_set_cpu_stage()?;
+        b.done_set_cpu_stage()?;
     }
     Ok(out)
 }

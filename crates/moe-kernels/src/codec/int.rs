@@ -158,7 +158,7 @@ pub struct Int4Grouped {
 }
 
 fn check_groups(rows: usize, cols: usize, group_size: usize) -> Result<(usize, usize), CodecError> {
-    if group_size == 0 || cols % group_size != 0 {
+    if group_size == 0 || !cols.is_multiple_of(group_size) {
         return Err(CodecError::Shape(format!(
             "group size {group_size} does not divide cols {cols}"
         )));

@@ -87,7 +87,11 @@ impl RowCopy {
         let sizes = [self.dst_stride, self.dst_off, self.src_stride, self.src_off, self.width];
         [16usize, 4]
             .into_iter()
-            .find(|&w| sizes.iter().all(|s| s % w == 0) && dst_addr % w as u64 == 0 && src_addr % w as u64 == 0)
+            .find(|&w| {
+                sizes.iter().all(|s| s % w == 0)
+                    && dst_addr.is_multiple_of(w as u64)
+                    && src_addr.is_multiple_of(w as u64)
+            })
             .unwrap_or(1)
     }
 }
@@ -338,7 +342,7 @@ fn segment_sum_launch(
         (a, b)
     };
     let align = |code: i32| if code == 0 { 32u64 } else { 16 };
-    let vec8 = h % 8 == 0 && src_addr % align(in_code) == 0 && dst_addr % align(out_code) == 0;
+    let vec8 = h.is_multiple_of(8) && src_addr % align(in_code) == 0 && dst_addr % align(out_code) == 0;
     let loc = dev.location();
     let (groups_i, h_i, src_rows) = (groups as i64, h as i64, t.rows() as i64);
     let out_len = out.len_bytes();
@@ -534,7 +538,7 @@ pub fn sum_blocks_with(peers: &Tensor, own: Option<OwnBlock<'_>>, blocks: usize,
     };
     let own_i = own.as_ref().map_or(-1, |o| o.index as i64);
     let (blocks_i, len_i) = (blocks as i64, len as i64);
-    let vec8 = len % 8 == 0 && [src, own_src, dst].iter().all(|p| p % 16 == 0);
+    let vec8 = len.is_multiple_of(8) && [src, own_src, dst].iter().all(|p| p % 16 == 0);
     let (name, per_thread) = if vec8 {
         (format!("sum_blocks_v8_{code}"), 8)
     } else {
@@ -743,7 +747,7 @@ mod tests {
     fn device_alltoall_routing_names_the_first_bad_slot() -> Result<()> {
         let dev = CudaDevice::new(0)?;
         let owner_d = dev.upload(&Tensor::from_i32(vec![4], vec![0, 0, 1, 1])?)?;
-        let mut slots: Vec<i32> = (0..3000 * 2).map(|i| (i % 4) as i32).collect();
+        let mut slots: Vec<i32> = (0..3000 * 2).map(|i| i % 4).collect();
         slots[2 * 2100 + 1] = 9;
         slots[2 * 2500] = -3;
         let route = alltoall_route(&Tensor::from_i32(vec![3000, 2], slots)?, &owner_d, 2)?;
@@ -769,9 +773,12 @@ mod tests {
             seed ^= seed << 17;
             ((seed >> 11) as f64 / (1u64 << 53) as f64) as f32 * 8.0 - 4.0
         };
-        // (blocks, len, own block, its first element in the own tensor): 16-byte loads where
-        // len and every base allow them, the scalar kernel otherwise (odd len, odd offset).
-        let cases: &[(usize, usize, Option<(usize, usize)>)] = &[
+        // (blocks, len, own block): 16-byte loads where len and every base allow them, the
+        // scalar kernel otherwise (odd len, odd offset).
+        type Case = (usize, usize, Option<OwnAt>);
+        // The own block's position among the blocks, and its first element in the own tensor.
+        type OwnAt = (usize, usize);
+        let cases: &[Case] = &[
             (1, 64, None),
             (3, 4096, None),
             (2, 7168, Some((0, 0))),

@@ -368,7 +368,7 @@ fn act_args(a: Activation) -> ActArgs {
 }
 
 fn check_aligned(what: &str, v: usize, to: usize) -> Result<()> {
-    if v % to != 0 {
+    if !v.is_multiple_of(to) {
         return Err(MoeError::config(
             what,
             format!("{v} must be a multiple of {to} for the CUDA kernels"),

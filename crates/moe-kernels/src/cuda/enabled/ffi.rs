@@ -165,7 +165,8 @@ pub(crate) fn tensor_map_16bit(
 ) -> Result<TensorMap> {
     use cudarc::driver::sys;
     let bad = |why: String| moe_core::MoeError::Backend(format!("{location}: tensor map: {why}").into());
-    if addr % 16 != 0 || (cols * 2) % 16 != 0 || rows == 0 || cols == 0 || rows > u32::MAX as usize {
+    if !addr.is_multiple_of(16) || !(cols * 2).is_multiple_of(16) || rows == 0 || cols == 0 || rows > u32::MAX as usize
+    {
         return Err(bad(format!(
             "{rows} x {cols} at {addr:#x} (needs a 16-byte aligned base and row pitch)"
         )));

@@ -486,7 +486,7 @@ mod tests {
     fn deepseek_groups(e: usize, k: usize) -> (usize, usize) {
         let n_group = (1..=4)
             .rev()
-            .find(|g| e % g == 0 && (*g == 1 || e / g >= 2))
+            .find(|g| e.is_multiple_of(*g) && (*g == 1 || e / g >= 2))
             .unwrap_or(1);
         let per_group = e / n_group;
         let topk_group = (n_group.min(2)..=n_group)
@@ -573,7 +573,7 @@ mod tests {
             R::LoadBalanced { top_k: k },
         ];
         // DeepSeek-V3's published grouping (8 groups, 4 chosen) where it fits.
-        if e % 8 == 0 && e / 8 >= 2 && k <= 4 * (e / 8) {
+        if e.is_multiple_of(8) && e / 8 >= 2 && k <= 4 * (e / 8) {
             out.push(R::DeepSeekV3 {
                 top_k: k,
                 n_group: 8,

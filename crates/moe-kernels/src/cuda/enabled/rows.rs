@@ -377,8 +377,8 @@ mod tests {
             65504.0,
             65520.0, // halfway to the f16 overflow: rounds to inf
             65519.99,
-            1.003_906_25,   // 1 + 2^-8: bf16 halfway, rounds to even (1.0)
-            1.011_718_75,   // 1 + 3 * 2^-8: bf16 halfway, rounds up to even
+            1.003_906_3,    // 1 + 2^-8: bf16 halfway, rounds to even (1.0)
+            1.011_718_8,    // 1 + 3 * 2^-8: bf16 halfway, rounds up to even
             5.960_464_5e-8, // 2^-24, the smallest f16 subnormal
             2.980_232_2e-8, // 2^-25: f16 halfway to 0, rounds to 0
             8.940_697e-8,   // 3 * 2^-25: f16 halfway, rounds to even (2^-23)
