@@ -68,6 +68,15 @@ pub(crate) enum Geometry {
 }
 
 impl Geometry {
+    /// `rows x cols` blocks that divide the weight (`1 x 1`: one code per weight).
+    pub const fn exact(rows: usize, cols: usize) -> Geometry {
+        Geometry::Matrix {
+            rows,
+            cols,
+            exact: true,
+        }
+    }
+
     /// Checkpoint shape for a weight `[out, in]` (`Scalar` also accepts `[1]`).
     pub fn shape(self, out: usize, inp: usize) -> Vec<usize> {
         match self {
@@ -157,6 +166,20 @@ pub(crate) struct LayerTensor {
     pub name: &'static str,
     pub shape: Vec<usize>,
     pub fill: f32,
+}
+
+impl LayerTensor {
+    /// One f32 scalar per name, 0 until the format sets it.
+    pub fn scalars(names: &[&'static str]) -> Vec<LayerTensor> {
+        names
+            .iter()
+            .map(|&name| LayerTensor {
+                name,
+                shape: vec![1],
+                fill: 0.0,
+            })
+            .collect()
+    }
 }
 
 /// Scalars read for one expert, by projection and suffix.

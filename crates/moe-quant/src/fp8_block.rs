@@ -68,11 +68,7 @@ impl Format for Fp8BlockMethod {
 
     fn specs(&self) -> Vec<TensorSpec> {
         let [b0, b1] = self.block;
-        let codes = Geometry::Matrix {
-            rows: 1,
-            cols: 1,
-            exact: true,
-        };
+        let codes = Geometry::exact(1, 1);
         let blocks = Geometry::Matrix {
             rows: b0,
             cols: b1,

@@ -42,7 +42,7 @@ use crate::engine::{
     unify_fc1_halves,
 };
 use crate::format::{Fc, Fc31InputScale, Format, Geometry, LayerTensor, Scalars, SlotDType, Staging, TensorSpec};
-use crate::layout::per_slot_scalar;
+use crate::layout::per_slot_scalars;
 use crate::names::{
     FC2_DEQUANT, FC2_EXPERT_INPUT_SCALES, FC2_INPUT_DEQUANT, FC31_DEQUANT, FC31_EXPERT_INPUT_SCALES,
     FC31_INPUT_DEQUANT, W2_WEIGHT_SCALE, W3_W1_WEIGHT, W3_W1_WEIGHT_SCALE,
@@ -66,11 +66,7 @@ impl Format for Fp8PerTensorMethod {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let codes = Geometry::Matrix {
-            rows: 1,
-            cols: 1,
-            exact: true,
-        };
+        let codes = Geometry::exact(1, 1);
         vec![
             TensorSpec::slotted(
                 "weight",
@@ -84,21 +80,11 @@ impl Format for Fp8PerTensorMethod {
     }
 
     fn derived_slot_tensors(&self, _layout: &LayerLayout) -> Vec<ExpertTensorRegistration> {
-        [W3_W1_WEIGHT_SCALE, W2_WEIGHT_SCALE, FC31_DEQUANT, FC2_DEQUANT]
-            .into_iter()
-            .map(per_slot_scalar)
-            .collect()
+        per_slot_scalars(&[W3_W1_WEIGHT_SCALE, W2_WEIGHT_SCALE, FC31_DEQUANT, FC2_DEQUANT])
     }
 
     fn layer_tensors(&self, _layout: &LayerLayout) -> Vec<LayerTensor> {
-        [FC31_INPUT_DEQUANT, FC2_INPUT_DEQUANT]
-            .into_iter()
-            .map(|name| LayerTensor {
-                name,
-                shape: vec![1],
-                fill: 0.0,
-            })
-            .collect()
+        LayerTensor::scalars(&[FC31_INPUT_DEQUANT, FC2_INPUT_DEQUANT])
     }
 
     fn input_scales(&self) -> Option<Fc31InputScale> {

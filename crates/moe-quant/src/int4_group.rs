@@ -66,16 +66,8 @@ impl Format for Int4GroupMethod {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let packed = Geometry::Matrix {
-            rows: 1,
-            cols: 2,
-            exact: true,
-        };
-        let groups = Geometry::Matrix {
-            rows: 1,
-            cols: self.group,
-            exact: true,
-        };
+        let packed = Geometry::exact(1, 2);
+        let groups = Geometry::exact(1, self.group);
         vec![
             TensorSpec::slotted("weight", &[DType::U8], packed, "weight", SlotDType::Is(DType::U8)),
             TensorSpec::slotted(

@@ -42,11 +42,7 @@ impl Format for Int8ChannelMethod {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let codes = Geometry::Matrix {
-            rows: 1,
-            cols: 1,
-            exact: true,
-        };
+        let codes = Geometry::exact(1, 1);
         vec![
             TensorSpec::slotted("weight", &[DType::I8], codes, "weight", SlotDType::Is(DType::I8)),
             TensorSpec::slotted(

@@ -73,13 +73,16 @@ pub(crate) fn layer_tensors(f: &dyn Format, layout: &LayerLayout) -> Vec<LayerTe
     t
 }
 
-/// A per-slot f32 scalar registration (`[S]`).
-pub(crate) fn per_slot_scalar(name: &str) -> ExpertTensorRegistration {
-    ExpertTensorRegistration {
-        name: name.into(),
-        dtype: DType::F32,
-        per_slot_shape: vec![],
-    }
+/// Per-slot f32 scalar registrations (`[S]` each), one per name.
+pub(crate) fn per_slot_scalars(names: &[&str]) -> Vec<ExpertTensorRegistration> {
+    names
+        .iter()
+        .map(|name| ExpertTensorRegistration {
+            name: (*name).into(),
+            dtype: DType::F32,
+            per_slot_shape: vec![],
+        })
+        .collect()
 }
 
 /// Checks the layout itself: float activations, TP rank, per-rank width, local experts.

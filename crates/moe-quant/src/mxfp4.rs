@@ -43,16 +43,8 @@ impl Format for Mxfp4Method {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let packed = Geometry::Matrix {
-            rows: 1,
-            cols: 2,
-            exact: true,
-        };
-        let blocks = Geometry::Matrix {
-            rows: 1,
-            cols: MXFP4_BLOCK,
-            exact: true,
-        };
+        let packed = Geometry::exact(1, 2);
+        let blocks = Geometry::exact(1, MXFP4_BLOCK);
         vec![
             TensorSpec::slotted("weight", PACKED_FP4, packed, "weight", SlotDType::Is(DType::U8)),
             TensorSpec::slotted(

@@ -51,7 +51,7 @@ use crate::engine::{
 use crate::format::{
     Fc, Fc31InputScale, Format, Geometry, LayerTensor, PACKED_FP4, Scalars, SlotDType, Staging, TensorSpec,
 };
-use crate::layout::per_slot_scalar;
+use crate::layout::per_slot_scalars;
 use crate::names::{
     FC2_ALPHA, FC2_EXPERT_INPUT_SCALES, FC2_INPUT_SCALE, FC31_ALPHA, FC31_EXPERT_INPUT_SCALES, FC31_INPUT_SCALE,
     W2_WEIGHT_SCALE_2, W3_W1_WEIGHT_SCALE, W3_W1_WEIGHT_SCALE_2,
@@ -75,16 +75,8 @@ impl Format for Nvfp4Method {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let packed = Geometry::Matrix {
-            rows: 1,
-            cols: 2,
-            exact: true,
-        };
-        let blocks = Geometry::Matrix {
-            rows: 1,
-            cols: NVFP4_BLOCK,
-            exact: true,
-        };
+        let packed = Geometry::exact(1, 2);
+        let blocks = Geometry::exact(1, NVFP4_BLOCK);
         vec![
             TensorSpec::slotted("weight", PACKED_FP4, packed, "weight", SlotDType::Is(DType::U8)),
             TensorSpec::slotted(
@@ -99,21 +91,11 @@ impl Format for Nvfp4Method {
     }
 
     fn derived_slot_tensors(&self, _layout: &LayerLayout) -> Vec<ExpertTensorRegistration> {
-        [W3_W1_WEIGHT_SCALE_2, W2_WEIGHT_SCALE_2, FC31_ALPHA, FC2_ALPHA]
-            .into_iter()
-            .map(per_slot_scalar)
-            .collect()
+        per_slot_scalars(&[W3_W1_WEIGHT_SCALE_2, W2_WEIGHT_SCALE_2, FC31_ALPHA, FC2_ALPHA])
     }
 
     fn layer_tensors(&self, _layout: &LayerLayout) -> Vec<LayerTensor> {
-        [FC31_INPUT_SCALE, FC2_INPUT_SCALE]
-            .into_iter()
-            .map(|name| LayerTensor {
-                name,
-                shape: vec![1],
-                fill: 0.0,
-            })
-            .collect()
+        LayerTensor::scalars(&[FC31_INPUT_SCALE, FC2_INPUT_SCALE])
     }
 
     fn input_scales(&self) -> Option<Fc31InputScale> {

@@ -46,11 +46,7 @@ impl Format for UnquantizedMethod {
     }
 
     fn specs(&self) -> Vec<TensorSpec> {
-        let weight = Geometry::Matrix {
-            rows: 1,
-            cols: 1,
-            exact: true,
-        };
+        let weight = Geometry::exact(1, 1);
         vec![TensorSpec::slotted(
             "weight",
             FLOATS,
