@@ -144,16 +144,7 @@ fn marginal_replication(load: &[f64], num_slots: usize) -> Vec<usize> {
 /// the least-loaded GPU with a free slot; on equal loads a GPU not yet holding the expert
 /// wins (a second replica on the same GPU balances nothing).
 fn lpt(load: &[f64], cnt: &[usize], num_gpus: usize, spg: usize) -> Vec<usize> {
-    let mut replicas: Vec<(f64, usize)> = cnt
-        .iter()
-        .enumerate()
-        .flat_map(|(x, &c)| std::iter::repeat_n((load[x] / c as f64, x), c))
-        .collect();
-    replicas.sort_by(|a, b| {
-        b.0.partial_cmp(&a.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.1.cmp(&b.1))
-    });
+    let replicas = greedy::replicas_by_share(load, cnt);
     let mut gpu = vec![0f64; num_gpus];
     let mut filled = vec![0usize; num_gpus];
     let mut slots = vec![0usize; num_gpus * spg];

@@ -41,16 +41,7 @@ pub(crate) fn do_replication(load: &[f64], num_slots: usize) -> Vec<usize> {
 /// least-loaded rank that still has one (ties toward the smaller rank, as the C++ min-heap
 /// of (load, rank)).
 pub(crate) fn do_placement(load: &[f64], cnt: &[usize], num_gpus: usize, slots_per_gpu: usize) -> Vec<usize> {
-    let mut replicas: Vec<(f64, usize)> = cnt
-        .iter()
-        .enumerate()
-        .flat_map(|(x, &c)| std::iter::repeat_n((load[x] / c as f64, x), c))
-        .collect();
-    replicas.sort_by(|a, b| {
-        b.0.partial_cmp(&a.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.1.cmp(&b.1))
-    });
+    let replicas = replicas_by_share(load, cnt);
     let mut rank_load = vec![0f64; num_gpus];
     let mut filled = vec![0usize; num_gpus];
     let mut slots = vec![0usize; num_gpus * slots_per_gpu];
@@ -68,6 +59,22 @@ pub(crate) fn do_placement(load: &[f64], cnt: &[usize], num_gpus: usize, slots_p
         rank_load[r] += size;
     }
     slots
+}
+
+/// Every replica as (its share of its expert's load, expert): `cnt[x]` replicas of expert x,
+/// by share descending, then expert id ascending.
+pub(crate) fn replicas_by_share(load: &[f64], cnt: &[usize]) -> Vec<(f64, usize)> {
+    let mut replicas: Vec<(f64, usize)> = cnt
+        .iter()
+        .enumerate()
+        .flat_map(|(x, &c)| std::iter::repeat_n((load[x] / c as f64, x), c))
+        .collect();
+    replicas.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+    });
+    replicas
 }
 
 #[cfg(test)]
