@@ -1,8 +1,10 @@
 //! `cargo xtask test`, `test-matrix` and `codegen`: the commands that run cargo.
 //!
 //! `test` also compile-checks the GPU build (`cuda_check`): every `cuda`/`nccl` feature of the
-//! workspace turned on, tests included. cudarc loads the driver at run time, so this needs no
-//! GPU and no CUDA toolkit; the GPU run itself goes through `cargo xtask gpu-bundle`.
+//! workspace turned on, tests included, through clippy with warnings denied (clippy reads the
+//! workspace's `rust-version`, so an API newer than it fails here too). cudarc loads the
+//! driver at run time, so this needs no GPU and no CUDA toolkit; the GPU run itself goes
+//! through `cargo xtask gpu-bundle`.
 //!
 //! `test` runs its legs in order and all of them even after a failure (one run shows every
 //! broken leg), then fails if any leg failed. The matrix and the capability table come from
@@ -118,22 +120,39 @@ pub fn gpu_features(root: &Path) -> Result<Vec<String>> {
     Ok(features)
 }
 
-/// `cargo check --workspace --tests --examples` with every GPU feature on: the CUDA build,
-/// tests included, must compile on a machine without a GPU.
+fn has_clippy(root: &Path) -> bool {
+    cargo()
+        .current_dir(root)
+        .args(["clippy", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `cargo clippy --workspace --tests --examples -D warnings` with every GPU feature on (plain
+/// `cargo check` where clippy is not installed): the CUDA build, tests included, must compile
+/// on a machine without a GPU, lint-clean and within the workspace's `rust-version`.
 pub fn cuda_check(root: &Path) -> Result<bool> {
     let features = gpu_features(root)?;
     if features.is_empty() {
         println!("xtask test: no workspace crate declares a {GPU_FEATURES:?} feature; nothing to check");
         return Ok(true);
     }
-    status_ok(cargo().current_dir(root).args([
-        "check",
-        "--workspace",
-        "--tests",
-        "--examples",
-        "--features",
-        &features.join(","),
-    ]))
+    let features = features.join(",");
+    let targets = ["--workspace", "--tests", "--examples", "--features", &features];
+    if has_clippy(root) {
+        status_ok(
+            cargo()
+                .current_dir(root)
+                .arg("clippy")
+                .args(targets)
+                .args(["--", "-D", "warnings"]),
+        )
+    } else {
+        println!("xtask test: clippy is not installed; falling back to `cargo check`");
+        status_ok(cargo().current_dir(root).arg("check").args(targets))
+    }
 }
 
 /// One step of `cargo xtask test`.
@@ -150,7 +169,7 @@ const LEGS: &[Leg] = &[
         run: workspace_tests,
     },
     Leg {
-        name: "CUDA build compiles (cargo check, every cuda/nccl feature)",
+        name: "CUDA build compiles, lint-clean (cargo clippy, every cuda/nccl feature)",
         run: cuda_check,
     },
     Leg {

@@ -228,7 +228,7 @@ impl MoeBackend for CudaBackend {
     }
 
     fn quant_method(&self) -> &dyn moe_core::QuantMethod {
-        self.layer.quant.as_quant_method()
+        &*self.layer.quant
     }
 
     fn layout(&self) -> &moe_core::LayerLayout {

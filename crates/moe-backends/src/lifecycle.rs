@@ -233,7 +233,7 @@ macro_rules! delegate_to_expert_layer {
         }
 
         fn quant_method(&self) -> &dyn moe_core::QuantMethod {
-            self.layer.quant.as_quant_method()
+            &*self.layer.quant
         }
 
         fn layout(&self) -> &moe_core::LayerLayout {

@@ -31,7 +31,7 @@ pub(crate) struct Geometry {
 /// == 0`, else the same routine with one group and one node (the global policy).
 pub(crate) fn rebalance_layer(load: &[f64], g: &Geometry) -> Result<LayerPlan> {
     let weight: Vec<f32> = load.iter().map(|&x| x as f32).collect();
-    let (groups, nodes) = if g.num_groups % g.num_nodes == 0 {
+    let (groups, nodes) = if g.num_groups.is_multiple_of(g.num_nodes) {
         (g.num_groups, g.num_nodes)
     } else {
         (1, 1)
@@ -129,19 +129,19 @@ pub(crate) fn hierarchical(
     num_gpus: usize,
 ) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
     let e = weight.len();
-    if num_groups == 0 || e % num_groups != 0 {
+    if num_groups == 0 || !e.is_multiple_of(num_groups) {
         return Err(MoeError::config(
             "num_groups",
             format!("{e} experts do not divide into {num_groups} groups (DeepSeek's hierarchical policy)"),
         ));
     }
-    if num_nodes == 0 || num_groups % num_nodes != 0 || num_gpus % num_nodes != 0 {
+    if num_nodes == 0 || !num_groups.is_multiple_of(num_nodes) || !num_gpus.is_multiple_of(num_nodes) {
         return Err(MoeError::config(
             "num_nodes",
             format!("{num_nodes} nodes must divide both {num_groups} groups and {num_gpus} GPUs"),
         ));
     }
-    if num_gpus == 0 || num_physical % num_gpus != 0 || num_physical < e {
+    if num_gpus == 0 || !num_physical.is_multiple_of(num_gpus) || num_physical < e {
         return Err(MoeError::config(
             "num_slots",
             format!("{num_physical} slots must be >= {e} experts and divide by {num_gpus} GPUs"),

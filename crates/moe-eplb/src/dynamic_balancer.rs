@@ -129,13 +129,13 @@ impl DynamicBalancer {
         if cfg.repeat_count == 0 {
             return Err(MoeError::config("eplb repeat_count", "must be at least 1"));
         }
-        if let Some(g) = &group {
-            if g.size() != cfg.ep_size {
-                return Err(MoeError::config(
-                    "eplb process group",
-                    format!("has {} ranks, but ep_size is {}", g.size(), cfg.ep_size),
-                ));
-            }
+        if let Some(g) = &group
+            && g.size() != cfg.ep_size
+        {
+            return Err(MoeError::config(
+                "eplb process group",
+                format!("has {} ranks, but ep_size is {}", g.size(), cfg.ep_size),
+            ));
         }
         validate_table("eplb initial placement", &initial, cfg.num_experts, cfg.num_slots)?;
         // Plan once on a zero load so a geometry the algorithm refuses fails here, at
@@ -389,7 +389,7 @@ impl LoadBalancer for DynamicBalancer {
         }
         self.stage = Stage::Idle;
         self.iteration += 1;
-        if self.iteration > self.cfg.warm_up_iters && self.iteration % self.cfg.layer_updates_per_iter == 0 {
+        if self.iteration > self.cfg.warm_up_iters && self.iteration.is_multiple_of(self.cfg.layer_updates_per_iter) {
             self.rebalance()?;
         }
         Ok(())

@@ -173,7 +173,7 @@ pub fn validate_geometry(
     if num_gpus == 0 {
         return Err(MoeError::config("num_gpus", "must be at least 1"));
     }
-    if num_slots % num_gpus != 0 {
+    if !num_slots.is_multiple_of(num_gpus) {
         return Err(MoeError::config(
             "num_slots",
             format!("{num_slots} slots do not divide by num_gpus {num_gpus}"),
@@ -182,7 +182,7 @@ pub fn validate_geometry(
     if num_nodes == 0 {
         return Err(MoeError::config("num_nodes", "must be at least 1"));
     }
-    if num_gpus % num_nodes != 0 {
+    if !num_gpus.is_multiple_of(num_nodes) {
         return Err(MoeError::config(
             "num_gpus",
             format!("{num_gpus} GPUs do not divide by num_nodes {num_nodes}"),

@@ -97,19 +97,17 @@ pub enum LayerPlacement {
 }
 
 impl LayerPlacement {
-    // `is_multiple_of` is newer (1.87) than the workspace's rust-version (1.85).
-    #[allow(clippy::manual_is_multiple_of)]
     fn is_moe(&self, layer: usize) -> bool {
         match self {
             LayerPlacement::All => true,
             LayerPlacement::SparseStep {
                 decoder_sparse_step,
                 mlp_only_layers,
-            } => !mlp_only_layers.contains(&layer) && (layer + 1) % decoder_sparse_step == 0,
+            } => !mlp_only_layers.contains(&layer) && (layer + 1).is_multiple_of(*decoder_sparse_step),
             LayerPlacement::FirstKDense {
                 first_k_dense_replace,
                 moe_layer_freq,
-            } => layer >= *first_k_dense_replace && layer % moe_layer_freq == 0,
+            } => layer >= *first_k_dense_replace && layer.is_multiple_of(*moe_layer_freq),
             LayerPlacement::List(layers) => layers.contains(&layer),
         }
     }

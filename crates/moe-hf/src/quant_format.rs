@@ -89,8 +89,6 @@ const E4M3: &[DType] = &[DType::F8E4M3];
 const E8M0_BYTES: &[DType] = &[DType::U8, DType::E8M0];
 const BYTES: &[DType] = &[DType::U8];
 
-// `is_multiple_of` is newer (1.87) than the workspace's rust-version (1.85).
-#[allow(clippy::manual_is_multiple_of)]
 impl CheckpointQuant {
     /// The checkpoint format of a parsed `quantization_config`: `method` is its `quant_method`
     /// (it tells AWQ's packing from GPTQ's, which `QuantConfig` does not).
@@ -181,7 +179,7 @@ impl CheckpointQuant {
 
     /// The canonical tensors of one projection `[out, in]`, or why the shape cannot be held.
     pub fn canonical_tensors(self, out: usize, inp: usize) -> std::result::Result<Vec<CanonicalTensor>, String> {
-        if let Some(m) = self.in_multiple().filter(|&m| m > 0 && inp % m != 0) {
+        if let Some(m) = self.in_multiple().filter(|&m| m > 0 && !inp.is_multiple_of(m)) {
             return Err(format!(
                 "{} needs the input dimension to be a multiple of {m}, got {inp}",
                 self.name()
@@ -229,12 +227,12 @@ impl CheckpointQuant {
 
     /// AWQ's on-disk tensors of one projection `[out, in]` (real suffixes).
     pub fn awq_tensors(group: usize, out: usize, inp: usize) -> std::result::Result<Vec<CanonicalTensor>, String> {
-        if out % 8 != 0 {
+        if !out.is_multiple_of(8) {
             return Err(format!(
                 "AWQ packs 8 output channels per int32, got {out} output channels"
             ));
         }
-        if group == 0 || inp % group != 0 {
+        if group == 0 || !inp.is_multiple_of(group) {
             return Err(format!(
                 "AWQ group size {group} does not divide the input dimension {inp}"
             ));

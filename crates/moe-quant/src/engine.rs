@@ -600,14 +600,6 @@ macro_rules! impl_quant_method {
             ) -> moe_core::Result<moe_kernels::cpu::expert_mlp::ExpertView<'a>> {
                 $crate::engine::expert_view(self, weights, layout, slot)
             }
-
-            fn as_quant_method(&self) -> &dyn moe_core::QuantMethod {
-                self
-            }
-
-            fn into_quant_method(self: Box<Self>) -> Box<dyn moe_core::QuantMethod> {
-                self
-            }
         }
     };
 }

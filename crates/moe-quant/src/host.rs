@@ -11,10 +11,4 @@ pub trait HostQuantMethod: QuantMethod {
     /// (borrowed from `weights`, never dequantized), biases, and the activation quantization
     /// of both GEMM inputs. Call it after `process_weights_after_loading`.
     fn expert_view<'a>(&self, weights: &'a ExpertWeights, layout: &LayerLayout, slot: usize) -> Result<ExpertView<'a>>;
-
-    /// This method as the plain contract (no trait upcasting below Rust 1.86, the MSRV being 1.85).
-    fn as_quant_method(&self) -> &dyn QuantMethod;
-
-    /// Boxed as the plain contract.
-    fn into_quant_method(self: Box<Self>) -> Box<dyn QuantMethod>;
 }

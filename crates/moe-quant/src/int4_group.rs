@@ -38,7 +38,7 @@ impl Int4GroupMethod {
     /// A method for groups of `group` inputs: positive and even (a byte of two codes never
     /// straddles two groups).
     pub fn new(group: usize) -> Result<Self> {
-        if group == 0 || group % 2 != 0 {
+        if group == 0 || !group.is_multiple_of(2) {
             return Err(MoeError::config(
                 "quant.group_size",
                 format!("must be a positive even number, got {group}"),

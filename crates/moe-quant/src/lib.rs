@@ -22,9 +22,6 @@
 //! [`slot_io`]). Weights stay packed in their format; the kernels decode tiles on the fly.
 //! [`quantize`] produces the canonical checkpoint tensors of every format from f32 weights.
 
-// `usize::is_multiple_of` is Rust 1.87; the workspace's MSRV is 1.85.
-#![allow(clippy::manual_is_multiple_of)]
-
 mod engine;
 mod format;
 pub mod fp8_block;

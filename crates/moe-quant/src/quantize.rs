@@ -63,7 +63,7 @@ fn check_matrix(w: &[f32], rows: usize, cols: usize) -> Result<()> {
 }
 
 fn divides(cols: usize, unit: usize, what: &str) -> Result<()> {
-    if unit == 0 || cols % unit != 0 {
+    if unit == 0 || !cols.is_multiple_of(unit) {
         return Err(MoeError::shape(
             "matrix to quantize",
             format!("a column count that is a multiple of {unit} ({what})"),

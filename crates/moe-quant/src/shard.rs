@@ -49,7 +49,7 @@ impl Shard {
             });
         }
         let end = self.start + self.len;
-        if self.start % unit != 0 || (end % unit != 0 && end != dim) {
+        if !self.start.is_multiple_of(unit) || (!end.is_multiple_of(unit) && end != dim) {
             return Err(MoeError::shape(
                 what,
                 format!(

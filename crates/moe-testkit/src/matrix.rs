@@ -260,11 +260,10 @@ impl Cell {
 /// The DeepSeek-V3 grouping for `E` experts: the largest `n_group <= 4` that divides `E`
 /// into groups of at least two (groups are scored by their top-2), and the smallest
 /// `topk_group >= min(2, n_group)` whose groups hold `k` experts.
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the workspace's rust-version (1.85)
 pub fn deepseek_groups(num_experts: usize, top_k: usize) -> (usize, usize) {
     let n_group = (1..=4)
         .rev()
-        .find(|g| num_experts % g == 0 && (*g == 1 || num_experts / g >= 2))
+        .find(|g| num_experts.is_multiple_of(*g) && (*g == 1 || num_experts / g >= 2))
         .unwrap_or(1);
     let per_group = num_experts / n_group;
     let topk_group = (n_group.min(2)..=n_group)

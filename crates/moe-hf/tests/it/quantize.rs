@@ -53,9 +53,8 @@ const FAMILIES: [&str; 5] = [
 /// the bf16 fixtures have I = 32, so their FP8 block checkpoints (valid: partial edge blocks
 /// are part of the format) run through the dequantized path here, and the quantized FP8 block
 /// kernels are covered by the DeepSeek FP8 fixture (I = 128) and [`aligned_layer_runs_quantized`].
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer (1.87) than the MSRV (1.85)
 fn runs_quantized(format: TargetFormat, inter: usize) -> bool {
-    format != TargetFormat::Fp8Block || inter % 128 == 0
+    format != TargetFormat::Fp8Block || inter.is_multiple_of(128)
 }
 
 /// Quantizes bf16 fixture `name` to `format`, loads it on `backend` (quantized where the

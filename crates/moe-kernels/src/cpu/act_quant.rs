@@ -65,7 +65,7 @@ pub fn qdq_rows(q: &ActQuant, data: &mut [f32], cols: usize) -> Result<()> {
     if q.is_none() || data.is_empty() {
         return Ok(());
     }
-    if cols == 0 || data.len() % cols != 0 {
+    if cols == 0 || !data.len().is_multiple_of(cols) {
         return Err(MoeError::shape(
             "activation rows",
             format!("[rows, {cols}]"),

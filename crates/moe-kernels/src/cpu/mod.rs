@@ -14,9 +14,6 @@
 //! - [`scratch`]: per-task scratch pool for parallel workers.
 //! - [`linear`]: dense linear layer for the model-side projections.
 
-// `usize::is_multiple_of` is Rust 1.87; the workspace's MSRV is 1.85.
-#![allow(clippy::manual_is_multiple_of)]
-
 pub mod act_quant;
 pub mod activation;
 pub mod expert_mlp;

@@ -127,7 +127,7 @@ impl Source<'_> {
     fn splits_k(&self) -> bool {
         match self {
             Source::F32(_) | Source::Bf16(_) => true,
-            Source::Fp8Block { block, .. } => KC % block[1] == 0,
+            Source::Fp8Block { block, .. } => KC.is_multiple_of(block[1]),
             Source::Rows(_) => false,
         }
     }

@@ -109,7 +109,7 @@ fn check_part(what: &str, part: &str, want: usize, got: usize) -> Result<()> {
 #[inline]
 fn nibble(packed: &[u8], i: usize) -> u8 {
     let b = packed[i / 2];
-    if i % 2 == 0 { b & 0x0F } else { b >> 4 }
+    if i.is_multiple_of(2) { b & 0x0F } else { b >> 4 }
 }
 
 /// `(q - z) * s` with the difference taken exactly in integers (as the INT4 codec does).
@@ -398,7 +398,7 @@ impl WeightSlice<'_> {
             WeightSlice::Float(f) => f.widen_into(start, out),
             WeightSlice::Quant(q) => {
                 let end = start.checked_add(out.len());
-                let aligned = q.cols > 0 && start % q.cols == 0 && out.len() % q.cols == 0;
+                let aligned = q.cols > 0 && start.is_multiple_of(q.cols) && out.len().is_multiple_of(q.cols);
                 if !matches!(end, Some(e) if e <= q.len()) || !(aligned || out.is_empty()) {
                     return Err(MoeError::shape(
                         "widen_into",
