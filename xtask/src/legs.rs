@@ -64,10 +64,11 @@ pub fn codegen(root: &Path, check: bool) -> Result<bool> {
     status_ok(&mut moe_matrix(root, &["--capability-table", mode]))
 }
 
-fn has_nextest(root: &Path) -> bool {
+/// Whether cargo has the subcommand `sub` installed (`cargo <sub> --version` succeeds).
+fn cargo_has(root: &Path, sub: &str) -> bool {
     cargo()
         .current_dir(root)
-        .args(["nextest", "--version"])
+        .args([sub, "--version"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -76,7 +77,7 @@ fn has_nextest(root: &Path) -> bool {
 
 /// The unit and integration tests of every crate.
 fn workspace_tests(root: &Path) -> Result<bool> {
-    if has_nextest(root) {
+    if cargo_has(root, "nextest") {
         status_ok(
             cargo()
                 .current_dir(root)
@@ -120,16 +121,6 @@ pub fn gpu_features(root: &Path) -> Result<Vec<String>> {
     Ok(features)
 }
 
-fn has_clippy(root: &Path) -> bool {
-    cargo()
-        .current_dir(root)
-        .args(["clippy", "--version"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// `cargo clippy --workspace --tests --examples -D warnings` with every GPU feature on (plain
 /// `cargo check` where clippy is not installed): the CUDA build, tests included, must compile
 /// on a machine without a GPU, lint-clean and within the workspace's `rust-version`.
@@ -141,7 +132,7 @@ pub fn cuda_check(root: &Path) -> Result<bool> {
     }
     let features = features.join(",");
     let targets = ["--workspace", "--tests", "--examples", "--features", &features];
-    if has_clippy(root) {
+    if cargo_has(root, "clippy") {
         status_ok(
             cargo()
                 .current_dir(root)
