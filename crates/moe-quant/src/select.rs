@@ -33,7 +33,7 @@ pub fn select_host_quant_method(q: &QuantConfig) -> Result<Box<dyn HostQuantMeth
 
 /// The quant method of `q` (see [`select_host_quant_method`]).
 pub fn select_quant_method(q: &QuantConfig) -> Result<Box<dyn QuantMethod>> {
-    select_host_quant_method(q).map(|m| -> Box<dyn QuantMethod> { m })
+    Ok(select_host_quant_method(q)?)
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl RowCopy {
         [16usize, 4]
             .into_iter()
             .find(|&w| {
-                sizes.iter().all(|s| s % w == 0)
+                sizes.iter().all(|s| s.is_multiple_of(w))
                     && dst_addr.is_multiple_of(w as u64)
                     && src_addr.is_multiple_of(w as u64)
             })
@@ -342,7 +342,8 @@ fn segment_sum_launch(
         (a, b)
     };
     let align = |code: i32| if code == 0 { 32u64 } else { 16 };
-    let vec8 = h.is_multiple_of(8) && src_addr % align(in_code) == 0 && dst_addr % align(out_code) == 0;
+    let vec8 =
+        h.is_multiple_of(8) && src_addr.is_multiple_of(align(in_code)) && dst_addr.is_multiple_of(align(out_code));
     let loc = dev.location();
     let (groups_i, h_i, src_rows) = (groups as i64, h as i64, t.rows() as i64);
     let out_len = out.len_bytes();
@@ -538,7 +539,7 @@ pub fn sum_blocks_with(peers: &Tensor, own: Option<OwnBlock<'_>>, blocks: usize,
     };
     let own_i = own.as_ref().map_or(-1, |o| o.index as i64);
     let (blocks_i, len_i) = (blocks as i64, len as i64);
-    let vec8 = len.is_multiple_of(8) && [src, own_src, dst].iter().all(|p| p % 16 == 0);
+    let vec8 = len.is_multiple_of(8) && [src, own_src, dst].iter().all(|p| p.is_multiple_of(16));
     let (name, per_thread) = if vec8 {
         (format!("sum_blocks_v8_{code}"), 8)
     } else {
