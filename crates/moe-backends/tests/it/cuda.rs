@@ -5,6 +5,7 @@
 //! that holds only part of the slots, and the packed quantized formats; [`graph`]: the forward
 //! captured into a CUDA graph and replayed; [`paths`]: the TMA GEMM and the 16-bit GEMV on ragged and long shapes.
 
+mod fp8;
 mod graph;
 mod paths;
 

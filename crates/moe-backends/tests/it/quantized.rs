@@ -20,11 +20,25 @@ use moe_quant::quantize::{ExpertMatrices, amax, dequantize, quantize_expert};
 
 use crate::common::{Rng, config, loaded, rel_l2, routing};
 
-const E: usize = 6;
-const H: usize = 256;
-const I: usize = 256;
-const K: usize = 2;
-const N: usize = 40;
+/// The layer and batch a case builds: `experts` experts of `hidden -> inter -> hidden`,
+/// `top_k` experts per token, `tokens` tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub(crate) experts: usize,
+    pub(crate) hidden: usize,
+    pub(crate) inter: usize,
+    pub(crate) top_k: usize,
+    pub(crate) tokens: usize,
+}
+
+/// The shape of the host round trips (and of `case`).
+pub(crate) const SMALL: Shape = Shape {
+    experts: 6,
+    hidden: 256,
+    inter: 256,
+    top_k: 2,
+    tokens: 40,
+};
 
 /// TensorRT-LLM's `check_accuracy` criterion (core spec §7.5): an element mismatches when
 /// `|out - ref| > atol + rtol * |ref|`; the run passes iff the mismatch fraction is below
@@ -94,6 +108,7 @@ pub(crate) fn check_accuracy(out: &[f64], reference: &[f64], tol: Tolerance) -> 
 
 /// The bf16 "model" layer: master weights (bf16 values in f32) and biases.
 struct FloatLayer {
+    shape: Shape,
     gated: bool,
     w1: Vec<Vec<f32>>,
     w3: Vec<Vec<f32>>,
@@ -106,22 +121,29 @@ fn bf16(v: Vec<f32>) -> Vec<f32> {
     v.into_iter().map(|x| half::bf16::from_f32(x).to_f32()).collect()
 }
 
-fn float_layer(seed: u64, gated: bool, bias: bool) -> FloatLayer {
+fn float_layer(seed: u64, gated: bool, bias: bool, shape: Shape) -> FloatLayer {
+    let Shape {
+        experts,
+        hidden: h,
+        inter: i,
+        ..
+    } = shape;
     let mut rng = Rng::new(seed);
-    let (sh, si) = (2.0 / (H as f32).sqrt(), 2.0 / (I as f32).sqrt());
+    let (sh, si) = (2.0 / (h as f32).sqrt(), 2.0 / (i as f32).sqrt());
     let mut l = FloatLayer {
+        shape,
         gated,
         w1: vec![],
         w3: vec![],
         w2: vec![],
         bias: bias.then(Vec::new),
     };
-    for _ in 0..E {
-        l.w1.push(bf16(rng.vec(I * H, sh)));
-        l.w3.push(if gated { bf16(rng.vec(I * H, sh)) } else { vec![] });
-        l.w2.push(bf16(rng.vec(H * I, si)));
+    for _ in 0..experts {
+        l.w1.push(bf16(rng.vec(i * h, sh)));
+        l.w3.push(if gated { bf16(rng.vec(i * h, sh)) } else { vec![] });
+        l.w2.push(bf16(rng.vec(h * i, si)));
         if let Some(b) = &mut l.bias {
-            b.push([bf16(rng.vec(I, 0.2)), bf16(rng.vec(I, 0.2)), bf16(rng.vec(H, 0.2))]);
+            b.push([bf16(rng.vec(i, 0.2)), bf16(rng.vec(i, 0.2)), bf16(rng.vec(h, 0.2))]);
         }
     }
     l
@@ -129,6 +151,7 @@ fn float_layer(seed: u64, gated: bool, bias: bool) -> FloatLayer {
 
 /// Per-expert dense weights of a layer (fc1 rows `[w3 ; w1]` or `[w1]`), as the oracle reads them.
 struct Dense {
+    shape: Shape,
     fc1: Vec<Vec<f32>>,
     fc2: Vec<Vec<f32>>,
     fc1_bias: Option<Vec<Vec<f32>>>,
@@ -138,7 +161,8 @@ struct Dense {
 impl FloatLayer {
     fn dense(&self) -> Dense {
         Dense {
-            fc1: (0..E)
+            shape: self.shape,
+            fc1: (0..self.shape.experts)
                 .map(|e| {
                     if self.gated {
                         [self.w3[e].clone(), self.w1[e].clone()].concat()
@@ -192,27 +216,34 @@ fn oracle(
     q1: ActQuant,
     q2: ActQuant,
 ) -> (Vec<f64>, f32) {
-    let fc1_rows = d.fc1[0].len() / H;
-    let mut out = vec![0.0f64; N * H];
+    let Shape {
+        hidden: h,
+        inter: i,
+        top_k: k,
+        tokens: n,
+        ..
+    } = d.shape;
+    let fc1_rows = d.fc1[0].len() / h;
+    let mut out = vec![0.0f64; n * h];
     let mut act_amax = 0.0f32;
-    for t in 0..N {
-        let mut xq = x[t * H..(t + 1) * H].to_vec();
-        qdq_rows(&q1, &mut xq, H).unwrap();
-        for j in 0..K {
-            let e = ids[t * K + j] as usize;
+    for t in 0..n {
+        let mut xq = x[t * h..(t + 1) * h].to_vec();
+        qdq_rows(&q1, &mut xq, h).unwrap();
+        for j in 0..k {
+            let e = ids[t * k + j] as usize;
             let fc1: Vec<f64> = (0..fc1_rows)
                 .map(|r| {
-                    let dot: f64 = (0..H).map(|c| f64::from(d.fc1[e][r * H + c]) * f64::from(xq[c])).sum();
+                    let dot: f64 = (0..h).map(|c| f64::from(d.fc1[e][r * h + c]) * f64::from(xq[c])).sum();
                     dot + d.fc1_bias.as_ref().map_or(0.0, |b| f64::from(b[e][r]))
                 })
                 .collect();
-            let mut a: Vec<f32> = (0..I).map(|c| activate(act, &fc1, I, c) as f32).collect();
+            let mut a: Vec<f32> = (0..i).map(|c| activate(act, &fc1, i, c) as f32).collect();
             act_amax = act_amax.max(amax(&a));
-            qdq_rows(&q2, &mut a, I).unwrap();
-            for o in 0..H {
-                let dot: f64 = (0..I).map(|c| f64::from(d.fc2[e][o * I + c]) * f64::from(a[c])).sum();
+            qdq_rows(&q2, &mut a, i).unwrap();
+            for o in 0..h {
+                let dot: f64 = (0..i).map(|c| f64::from(d.fc2[e][o * i + c]) * f64::from(a[c])).sum();
                 let y = dot + d.fc2_bias.as_ref().map_or(0.0, |b| f64::from(b[e][o]));
-                out[t * H + o] += f64::from(w[t * K + j]) * y;
+                out[t * h + o] += f64::from(w[t * k + j]) * y;
             }
         }
     }
@@ -222,13 +253,13 @@ fn oracle(
 /// The canonical checkpoint of `layer` in format `q` (biases as bf16 `.bias` tensors).
 fn quantized_checkpoint(q: &QuantConfig, layer: &FloatLayer, input_amax: [f32; 2]) -> MemoryWeights {
     let mut src = MemoryWeights::new();
-    for e in 0..E {
+    for e in 0..layer.shape.experts {
         let m = ExpertMatrices {
             w1: &layer.w1[e],
             w3: layer.gated.then_some(layer.w3[e].as_slice()),
             w2: &layer.w2[e],
-            hidden: H,
-            intermediate: I,
+            hidden: layer.shape.hidden,
+            intermediate: layer.shape.inter,
         };
         for (name, t) in quantize_expert(q, e, &m, input_amax).unwrap() {
             src.insert(name, t);
@@ -254,14 +285,15 @@ fn quantized_checkpoint(q: &QuantConfig, layer: &FloatLayer, input_amax: [f32; 2
 /// The dense weights the checkpoint decodes to (the "dequantized-weight reference").
 fn dequantized(q: &QuantConfig, src: &MemoryWeights, layer: &FloatLayer) -> Dense {
     let deq = |e: usize, p: Proj, out: usize, inp: usize| dequantize(q, src, e, p, out, inp).unwrap();
+    let (h, i) = (layer.shape.hidden, layer.shape.inter);
     let mut d = layer.dense();
-    for e in 0..E {
+    for e in 0..layer.shape.experts {
         d.fc1[e] = if layer.gated {
-            [deq(e, Proj::W3, I, H), deq(e, Proj::W1, I, H)].concat()
+            [deq(e, Proj::W3, i, h), deq(e, Proj::W1, i, h)].concat()
         } else {
-            deq(e, Proj::W1, I, H)
+            deq(e, Proj::W1, i, h)
         };
-        d.fc2[e] = deq(e, Proj::W2, H, I);
+        d.fc2[e] = deq(e, Proj::W2, h, i);
     }
     d
 }
@@ -275,9 +307,9 @@ fn scalar(src: &MemoryWeights, e: usize, p: Proj, suffix: &str) -> f32 {
 
 /// The format's activation quantization, folded from the checkpoint as spec A.3 says (maxima
 /// of the input scales over all experts), independently of the quant methods.
-fn act_quants(q: &QuantConfig, src: &MemoryWeights, gated: bool) -> (ActQuant, ActQuant) {
+fn act_quants(q: &QuantConfig, src: &MemoryWeights, gated: bool, experts: usize) -> (ActQuant, ActQuant) {
     let max_over = |projs: &[Proj]| {
-        (0..E)
+        (0..experts)
             .flat_map(|e| projs.iter().map(move |&p| (e, p)))
             .map(|(e, p)| scalar(src, e, p, "input_scale"))
             .fold(0.0f32, f32::max)
@@ -307,8 +339,10 @@ fn act_quants(q: &QuantConfig, src: &MemoryWeights, gated: bool) -> (ActQuant, A
 fn run_quantized(b: &dyn MoeBackend, x: &Tensor, ids: &[i32], w: &[f32]) -> Vec<f64> {
     let q = b.quantize_input(x).unwrap();
     assert_eq!(q.x.dtype(), x.dtype());
-    let ids = Tensor::from_i32(vec![N, K], ids.to_vec()).unwrap();
-    let w = Tensor::from_f32(vec![N, K], w.to_vec()).unwrap();
+    let n = x.rows();
+    let k = ids.len() / n.max(1);
+    let ids = Tensor::from_i32(vec![n, k], ids.to_vec()).unwrap();
+    let w = Tensor::from_f32(vec![n, k], w.to_vec()).unwrap();
     let ctx = MoeRunContext {
         x: &q.x,
         x_sf: q.x_sf.as_ref(),
@@ -340,8 +374,8 @@ fn quant_config(algo: QuantAlgo) -> QuantConfig {
     q
 }
 
-fn layer_config(q: &QuantConfig, act: Activation, bias: bool) -> MoeConfig {
-    let mut c = config(E, H, I, K, DType::BF16);
+fn layer_config(q: &QuantConfig, act: Activation, bias: bool, shape: Shape) -> MoeConfig {
+    let mut c = config(shape.experts, shape.hidden, shape.inter, shape.top_k, DType::BF16);
     c.quant = q.clone();
     c.activation = act;
     c.bias = bias;
@@ -350,6 +384,7 @@ fn layer_config(q: &QuantConfig, act: Activation, bias: bool) -> MoeConfig {
 
 /// Everything one round trip needs.
 pub(crate) struct Case {
+    pub(crate) shape: Shape,
     pub(crate) c: MoeConfig,
     pub(crate) src: MemoryWeights,
     pub(crate) x: Tensor,
@@ -361,19 +396,34 @@ pub(crate) struct Case {
     pub(crate) float: Vec<f64>,
 }
 
+/// [`case_with`] on the [`SMALL`] shape.
 pub(crate) fn case(algo: QuantAlgo, act: Activation, bias: bool, seed: u64) -> Case {
+    case_with(algo, act, bias, seed, SMALL)
+}
+
+/// A random bf16 layer of `shape` quantized to `algo`, a batch of `shape.tokens` tokens and
+/// its routing, and the f64 oracles over all of them.
+pub(crate) fn case_with(algo: QuantAlgo, act: Activation, bias: bool, seed: u64, shape: Shape) -> Case {
+    let Shape {
+        experts: e,
+        hidden: h,
+        top_k: k,
+        tokens: n,
+        ..
+    } = shape;
     let q = quant_config(algo);
-    let layer = float_layer(seed, act.is_gated(), bias);
-    let xv = bf16(Rng::new(seed ^ 0x5EED).vec(N * H, 2.0));
-    let x = Tensor::from_f32_as(DType::BF16, vec![N, H], &xv).unwrap();
-    let (ids, w) = routing(N, K, E, seed);
+    let layer = float_layer(seed, act.is_gated(), bias, shape);
+    let xv = bf16(Rng::new(seed ^ 0x5EED).vec(n * h, 2.0));
+    let x = Tensor::from_f32_as(DType::BF16, vec![n, h], &xv).unwrap();
+    let (ids, w) = routing(n, k, e, seed);
     // Calibrate the static scales on the float layer: FC1's input is x, FC2's the activations.
     let (float, act_amax) = oracle(&layer.dense(), act, &xv, &ids, &w, ActQuant::None, ActQuant::None);
     let src = quantized_checkpoint(&q, &layer, [amax(&xv), act_amax]);
-    let (q1, q2) = act_quants(&q, &src, act.is_gated());
+    let (q1, q2) = act_quants(&q, &src, act.is_gated(), e);
     let (want, _) = oracle(&dequantized(&q, &src, &layer), act, &xv, &ids, &w, q1, q2);
     Case {
-        c: layer_config(&q, act, bias),
+        shape,
+        c: layer_config(&q, act, bias, shape),
         src,
         x,
         ids,
@@ -465,7 +515,7 @@ fn tp2_shards_sum_to_the_whole_layer_for_fp8_block_and_nvfp4() {
         let whole: CpuBackend = loaded(&k.c, &k.src);
         let want = run_quantized(&whole, &k.x, &k.ids, &k.w);
         for reference in [false, true] {
-            let mut sum = vec![0.0f64; N * H];
+            let mut sum = vec![0.0f64; k.shape.tokens * k.shape.hidden];
             for rank in 0..2 {
                 let mut c = k.c.clone();
                 c.parallel.tp_size = 2;
@@ -499,9 +549,9 @@ fn malformed_quantized_checkpoints_are_typed_errors_naming_the_tensor() {
     ];
     for (algo, scale) in cases {
         let q = quant_config(algo);
-        let layer = float_layer(3, true, false);
+        let layer = float_layer(3, true, false, SMALL);
         let good = quantized_checkpoint(&q, &layer, [1.0, 1.0]);
-        let c = layer_config(&q, Activation::Swiglu, false);
+        let c = layer_config(&q, Activation::Swiglu, false, SMALL);
         let load = |src: &MemoryWeights| {
             let p = moe_core::ExpertPartition::compute(&c, true).unwrap();
             let mut b = CpuBackend::create(&c, p).unwrap();
@@ -529,7 +579,10 @@ fn malformed_quantized_checkpoints_are_typed_errors_naming_the_tensor() {
 
         let weight = expert_tensor_name(1, Proj::W2, "weight");
         let mut src = good.clone();
-        src.insert(weight.clone(), Tensor::zeros(DType::BF16, vec![H, I]));
+        src.insert(
+            weight.clone(),
+            Tensor::zeros(DType::BF16, vec![SMALL.hidden, SMALL.inter]),
+        );
         let err = load(&src);
         assert!(
             matches!(&err, MoeError::DTypeMismatch { what, .. } if *what == weight),
