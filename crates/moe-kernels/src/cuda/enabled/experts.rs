@@ -34,14 +34,18 @@ use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use moe_core::{Activation, DType, MoeError, Result, Tensor};
 
 use super::device::{CudaDevice, WGMMA_DEFINE, dev_err};
-use super::ffi;
+use super::ffi::{self, MapElem};
 use super::storage::{CudaStorage, tensor_bytes};
 use crate::cpu::act_quant::ActQuant;
 use crate::cpu::expert_mlp::{ExpertView, MlpDims};
 use crate::cpu::float_slice::FloatSlice;
 use crate::cpu::weight_slice::{QuantMatrix, WeightSlice};
+use fp8::{Fp8Kernel, Permutation};
 
-const SRC: &str = include_str!("../kernels/experts.cu");
+pub(super) mod fp8;
+
+/// One NVRTC module: the FP8 x FP8 kernels (`fp8.cu`) use the helpers of `experts.cu`.
+pub(super) const SRC: &str = concat!(include_str!("../kernels/experts.cu"), include_str!("../kernels/fp8.cu"));
 const MODULE: &str = "experts";
 /// The variant holding the permutation, quantization and finalize kernels.
 const COMMON: &str = "VARIANT_common";
@@ -390,6 +394,8 @@ enum Path {
     /// Hopper, 16-bit float weights, many rows per slot: the warp-specialized TMA kernel
     /// (128-row tiles).
     Tma,
+    /// Hopper, FP8 weights with FP8 activations: E4M3 on the tensor cores (`fp8_experts`).
+    Fp8(Fp8Kernel),
 }
 
 /// Average rows per slot from which 16-bit float weights take the TMA path on Hopper (below
@@ -504,6 +510,9 @@ impl DeviceExperts {
 
     fn path(&self, selections: usize, tokens: usize) -> Path {
         let avg = selections.div_ceil(self.num_slots.max(1));
+        if let Some(kernel) = self.fp8_kernel(avg) {
+            return Path::Fp8(kernel);
+        }
         // wgmma reads FP8 block scales per 64 columns of K: the blocks must not be finer.
         let wgmma_ok = self.dev.sm() >= 90
             && match self.format {
@@ -591,9 +600,9 @@ impl DeviceExperts {
         let path = self.path(nk, n);
         let bm = match path {
             // One "tile" per non-empty slot: the GEMV grid walks that list.
-            Path::Gemv { .. } => 1 << 20,
+            Path::Gemv { .. } | Path::Fp8(Fp8Kernel::Gemv) => 1 << 20,
             Path::Mma { bm } | Path::Wgmma { bm } => bm,
-            Path::Tma => 128,
+            Path::Tma | Path::Fp8(Fp8Kernel::Tma) => 128,
         };
         let max_tiles = nk.div_ceil(bm.min(nk)) + s_local;
         let esize = self.dtype.size_in_bytes();
@@ -636,7 +645,11 @@ impl DeviceExperts {
             ));
         }
         // Only the TMA kernels raster in groups.
-        let group = if path == Path::Tma { TMA_GROUP_TILES } else { 0 };
+        let group = if matches!(path, Path::Tma | Path::Fp8(Fp8Kernel::Tma)) {
+            TMA_GROUP_TILES
+        } else {
+            0
+        };
         ffi::launch(dev.stream(), &f, scan_cfg, &loc, |a| {
             a.arg(&counts_p)
                 .arg(&s_i)
@@ -659,94 +672,110 @@ impl DeviceExperts {
                 .arg(&row_sel_p);
         })?;
 
-        // 2. FC1 input quantization (into a new buffer: the caller's x is left alone)
-        let xq;
-        let a1 = if self.fc1_input.is_none() {
-            xs.ptr(dev)
-        } else {
-            xq = dev.alloc_storage(n * h * esize)?;
-            qdq(dev, self.fc1_input, (xs, self.dtype), (&xq, self.dtype), n, h, None)?;
-            xq.ptr(dev)
+        let perm = Permutation {
+            offsets: offsets_p,
+            tiles: tiles_p,
+            num_tiles: num_tiles_p,
+            row_sel: row_sel_p,
+            rows: offsets_p + 4 * s_local as u64,
+            max_tiles,
+            tokens: n,
+            top_k: k,
         };
-
-        // The TMA path reads each slot's FC1 input rows as one block: gather them once.
-        let xp;
-        let a1 = if path == Path::Tma {
-            xp = dev.alloc_storage(nk * h * esize)?;
-            let f = self.kernel(COMMON, "moe_expand")?;
-            let (xp_p, count_p, chunks) = (xp.ptr(dev), offsets_p + 4 * s_local as u64, (h * esize / 16) as i32);
-            let cfg = LaunchConfig {
-                grid_dim: (nk as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
+        let y = if let Path::Fp8(kernel) = path {
+            self.forward_fp8(kernel, xs, &perm)?
+        } else {
+            // 2. FC1 input quantization (into a new buffer: the caller's x is left alone)
+            let xq;
+            let a1 = if self.fc1_input.is_none() {
+                xs.ptr(dev)
+            } else {
+                xq = dev.alloc_storage(n * h * esize)?;
+                qdq(dev, self.fc1_input, (xs, self.dtype), (&xq, self.dtype), n, h, None)?;
+                xq.ptr(dev)
             };
-            ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
-                a.arg(&a1)
-                    .arg(&row_sel_p)
-                    .arg(&k_i)
-                    .arg(&count_p)
-                    .arg(&chunks)
-                    .arg(&xp_p);
-            })?;
-            xp.ptr(dev)
-        } else {
-            a1
-        };
 
-        // 3. FC1 + activation. With an FP8 FC2 input the activation is written in f32 and
-        // quantized from there, as the host kernels do: quantizing bf16-rounded values would
-        // move some of them across an E4M3 rounding midpoint.
-        let act = dev.alloc_storage(nk * inter * esize)?;
-        let act32 = if self.fc2_input.is_none() {
-            None
-        } else {
-            Some(dev.alloc_storage(nk * inter * 4)?)
-        };
-        let fc1 = GemmArgs {
-            a: a1,
-            row_sel: row_sel_p,
-            top_k: k as i32,
-            offsets: offsets_p,
-            tiles: tiles_p,
-            num_tiles: num_tiles_p,
-            out: act32.as_ref().unwrap_or(&act).ptr(dev),
-            bias: self.b13.as_ref().map_or(0, |b| b.ptr(dev)),
-            k: h as i32,
-            units: inter as i32,
-            gated: i32::from(self.dims.activation.is_gated()),
-            out_f32: i32::from(act32.is_some()),
-        };
-        self.gemm(path, true, fc1, self.w13.args(dev, self.format), max_tiles, nk)?;
+            // The TMA path reads each slot's FC1 input rows as one block: gather them once.
+            let xp;
+            let a1 = if path == Path::Tma {
+                xp = dev.alloc_storage(nk * h * esize)?;
+                let f = self.kernel(COMMON, "moe_expand")?;
+                let (xp_p, count_p, chunks) = (xp.ptr(dev), offsets_p + 4 * s_local as u64, (h * esize / 16) as i32);
+                let cfg = LaunchConfig {
+                    grid_dim: (nk as u32, 1, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
+                    a.arg(&a1)
+                        .arg(&row_sel_p)
+                        .arg(&k_i)
+                        .arg(&count_p)
+                        .arg(&chunks)
+                        .arg(&xp_p);
+                })?;
+                xp.ptr(dev)
+            } else {
+                a1
+            };
 
-        // 4. FC2 input quantization (permuted rows only: their count is offsets[S]), FC2
-        if let Some(a32) = &act32 {
-            let limit = offsets_p + 4 * s_local as u64;
-            qdq(
-                dev,
-                self.fc2_input,
-                (a32, DType::F32),
-                (&act, self.dtype),
-                nk,
-                inter,
-                Some(limit),
-            )?;
-        }
-        let y = dev.alloc_storage(nk * h * esize)?;
-        let fc2 = GemmArgs {
-            a: act.ptr(dev),
-            row_sel: row_sel_p,
-            top_k: k as i32,
-            offsets: offsets_p,
-            tiles: tiles_p,
-            num_tiles: num_tiles_p,
-            out: y.ptr(dev),
-            bias: self.b2.as_ref().map_or(0, |b| b.ptr(dev)),
-            k: inter as i32,
-            units: h as i32,
-            gated: 0,
-            out_f32: 0,
+            // 3. FC1 + activation. With an FP8 FC2 input the activation is written in f32 and
+            // quantized from there, as the host kernels do: quantizing bf16-rounded values would
+            // move some of them across an E4M3 rounding midpoint.
+            let act = dev.alloc_storage(nk * inter * esize)?;
+            let act32 = if self.fc2_input.is_none() {
+                None
+            } else {
+                Some(dev.alloc_storage(nk * inter * 4)?)
+            };
+            let fc1 = GemmArgs {
+                a: a1,
+                row_sel: row_sel_p,
+                top_k: k as i32,
+                offsets: offsets_p,
+                tiles: tiles_p,
+                num_tiles: num_tiles_p,
+                out: act32.as_ref().unwrap_or(&act).ptr(dev),
+                bias: self.b13.as_ref().map_or(0, |b| b.ptr(dev)),
+                k: h as i32,
+                units: inter as i32,
+                gated: i32::from(self.dims.activation.is_gated()),
+                out_f32: i32::from(act32.is_some()),
+            };
+            self.gemm(path, true, fc1, self.w13.args(dev, self.format), max_tiles, nk)?;
+
+            // 4. FC2 input quantization (permuted rows only: their count is offsets[S]), FC2
+            if let Some(a32) = &act32 {
+                let limit = offsets_p + 4 * s_local as u64;
+                qdq(
+                    dev,
+                    self.fc2_input,
+                    (a32, DType::F32),
+                    (&act, self.dtype),
+                    nk,
+                    inter,
+                    Some(limit),
+                )?;
+            }
+            let y = dev.alloc_storage(nk * h * esize)?;
+            let fc2 = GemmArgs {
+                a: act.ptr(dev),
+                row_sel: row_sel_p,
+                top_k: k as i32,
+                offsets: offsets_p,
+                tiles: tiles_p,
+                num_tiles: num_tiles_p,
+                out: y.ptr(dev),
+                bias: self.b2.as_ref().map_or(0, |b| b.ptr(dev)),
+                k: inter as i32,
+                units: h as i32,
+                gated: 0,
+                out_f32: 0,
+            };
+            self.gemm(path, false, fc2, self.w2.args(dev, self.format), max_tiles, nk)?;
+            drop((act, act32));
+            y
         };
-        self.gemm(path, false, fc2, self.w2.args(dev, self.format), max_tiles, nk)?;
 
         // 5. finalize
         let out = dev.alloc_storage(tensor_bytes(out_dtype, &[n, h]))?;
@@ -763,7 +792,7 @@ impl DeviceExperts {
                 .arg(&out_p);
         })?;
         // Scratch buffers are freed on the stream after the kernels that read them.
-        drop((scratch, act, act32, y));
+        drop((scratch, y));
         Ok(dev.tensor(out_dtype, vec![n, h], out))
     }
 
@@ -825,6 +854,11 @@ impl DeviceExperts {
             ),
             Path::Mma { bm } => (format!("mma_{which}_{suffix}_{bm}"), tiles(0), self.variant()?),
             Path::Tma => return self.gemm_tma(fc1, g, w, max_tiles, selections),
+            Path::Fp8(_) => {
+                return Err(MoeError::lifecycle(
+                    "FP8 tensor-core GEMMs are queued by forward_fp8, not gemm",
+                ));
+            }
             Path::Wgmma { bm } => {
                 // WG_STAGES stages of A (bm x 128 B) and B (128 rows x 128 B of 16-bit values,
                 // or of raw codes), one decoded B tile for codes, 1 KB of alignment slack.
@@ -919,10 +953,14 @@ impl DeviceExperts {
         }
         let dev = &self.dev;
         let loc = dev.location();
-        let bf16 = self.dtype == DType::BF16;
+        let elem = if self.dtype == DType::BF16 {
+            MapElem::Bf16
+        } else {
+            MapElem::F16
+        };
         // A in 64-row boxes: a tile copies only the boxes its slot's rows reach.
-        let ta = ffi::tensor_map_16bit(g.a, bf16, selections, g.k as usize, 64, &loc)?;
-        let tb = ffi::tensor_map_16bit(w.w, bf16, self.num_slots * w.rows as usize, w.cols as usize, 128, &loc)?;
+        let ta = ffi::tensor_map(g.a, elem, selections, g.k as usize, 64, &loc)?;
+        let tb = ffi::tensor_map(w.w, elem, self.num_slots * w.rows as usize, w.cols as usize, 128, &loc)?;
         let units = g.units as usize;
         // A gated FC1 tile covers 128 channels (their up and gate rows), any other 256 or 128
         // columns.

@@ -140,6 +140,9 @@ unsafe impl DeviceRepr for super::experts::GemmArgs {}
 unsafe impl DeviceRepr for super::experts::WeightArgs {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for super::experts::ActArgs {}
+// SAFETY: as above (`QuantIo` in `kernels/fp8.cu`: two addresses, each followed by an f32 and
+// the 4 padding bytes both compilers insert before the next 8-byte field).
+unsafe impl DeviceRepr for super::experts::fp8::QuantIo {}
 
 /// A bulk-tensor-copy (TMA) descriptor, passed by value to the kernels that copy with it
 /// (`TensorMap` in `kernels/experts.cu`).
@@ -152,12 +155,28 @@ pub(crate) struct TensorMap(cudarc::driver::sys::CUtensorMap);
 // unchanged, exactly as the driver API documents for `__grid_constant__` tensor maps.
 unsafe impl DeviceRepr for TensorMap {}
 
-/// The descriptor of a row-major `rows x cols` matrix of 16-bit values at device address
-/// `addr`, copied in boxes of `box_rows x 64` columns (128 bytes: one swizzle span) into the
-/// 128-byte swizzle that `wgmma` reads; out-of-range elements arrive as zeros.
-pub(crate) fn tensor_map_16bit(
+/// The element type of a matrix a tensor map copies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum MapElem {
+    Bf16,
+    F16,
+    /// Raw bytes: E4M3 codes.
+    U8,
+}
+
+impl MapElem {
+    fn bytes(self) -> usize {
+        if self == MapElem::U8 { 1 } else { 2 }
+    }
+}
+
+/// The descriptor of a row-major `rows x cols` matrix of `elem` values at device address
+/// `addr`, copied in boxes of `box_rows` rows x 128 bytes (one swizzle span: 64 16-bit values
+/// or 128 codes) into the 128-byte swizzle that `wgmma` reads; out-of-range elements arrive as
+/// zeros.
+pub(crate) fn tensor_map(
     addr: u64,
-    bf16: bool,
+    elem: MapElem,
     rows: usize,
     cols: usize,
     box_rows: u32,
@@ -165,21 +184,22 @@ pub(crate) fn tensor_map_16bit(
 ) -> Result<TensorMap> {
     use cudarc::driver::sys;
     let bad = |why: String| moe_core::MoeError::Backend(format!("{location}: tensor map: {why}").into());
-    if !addr.is_multiple_of(16) || !(cols * 2).is_multiple_of(16) || rows == 0 || cols == 0 || rows > u32::MAX as usize
-    {
+    let pitch = cols * elem.bytes();
+    if !addr.is_multiple_of(16) || !pitch.is_multiple_of(16) || rows == 0 || cols == 0 || rows > u32::MAX as usize {
         return Err(bad(format!(
             "{rows} x {cols} at {addr:#x} (needs a 16-byte aligned base and row pitch)"
         )));
     }
+    let box_cols = (128 / elem.bytes()) as u32;
     let dims: [u64; 2] = [cols as u64, rows as u64];
-    let strides: [u64; 1] = [(cols * 2) as u64];
-    let boxes: [u32; 2] = [64, box_rows];
+    let strides: [u64; 1] = [pitch as u64];
+    let boxes: [u32; 2] = [box_cols, box_rows];
     let unit: [u32; 2] = [1, 1];
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    let dtype = if bf16 {
-        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-    } else {
-        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+    let dtype = match elem {
+        MapElem::Bf16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        MapElem::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        MapElem::U8 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
     };
     // SAFETY: every pointer refers to a live local array of the length the driver reads for a
     // rank-2 map (2 dims, 1 stride, 2 box sizes, 2 element strides); the call only encodes the
@@ -203,7 +223,7 @@ pub(crate) fn tensor_map_16bit(
     };
     if rc != sys::CUresult::CUDA_SUCCESS {
         return Err(bad(format!(
-            "cuTensorMapEncodeTiled({rows} x {cols}, box {box_rows} x 64): {rc:?}"
+            "cuTensorMapEncodeTiled({rows} x {cols} {elem:?}, box {box_rows} x {box_cols}): {rc:?}"
         )));
     }
     Ok(TensorMap(map))

@@ -1,0 +1,394 @@
+//! FP8 x FP8 experts on Hopper's tensor cores (kernels in `kernels/fp8.cu`).
+//!
+//! Layers whose weights are E4M3 and whose format quantizes activations to E4M3 (DeepSeek's
+//! 128 x 128 weight blocks with dynamic 1 x 128 activation groups; ModelOpt's per-tensor FP8
+//! with static input scales) run on this path: activations are quantized once, to codes and
+//! f32 scales, and the GEMMs read those codes as they are (no decode to 16-bit, no
+//! quantize-dequantize). After the permutation of `DeviceExperts::forward`:
+//! 1. `f8quant_*`: the FC1 input to codes and group scales (on the TMA path gathered into
+//!    each slot's block of rows at the same time);
+//! 2. FC1 with the activation fused: the TMA kernel quantizes its output to FC2's codes and
+//!    group scales in its epilogue; the GEMV writes f32 and `f8quant_f32` quantizes it;
+//! 3. FC2 into `y` in the layer's dtype (the caller's finalize sums each token's rows).
+//!
+//! Which GEMM runs is data: [`FP8_KERNELS`], by average rows per slot.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use moe_core::{DType, MoeError, Result};
+
+use super::super::device::{WGMMA_DEFINE, dev_err};
+use super::super::ffi::{self, MapElem};
+use super::super::storage::CudaStorage;
+use super::{COMMON, DeviceExperts, Format, GemmArgs, WeightArgs, act_args, dt_suffix};
+use crate::cpu::act_quant::ActQuant;
+
+/// Scales of the FP8 inputs and outputs of one GEMM (`QuantIo` in `fp8.cu`; same field order
+/// and types).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuantIo {
+    /// `[rows, K / 128]` f32 group scales of the input codes, or 0: `in_scale` for all.
+    pub in_scales: u64,
+    pub in_scale: f32,
+    /// `[rows, units / 128]` group scales FC1's TMA epilogue writes, or 0: `out_scale`.
+    pub out_scales: u64,
+    pub out_scale: f32,
+}
+
+/// The FP8 GEMM kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fp8Kernel {
+    /// `mma.sync` m16n8k32 E4M3: 16 weight rows against up to 8 input rows per pass, each weight
+    /// byte read once per pass (decode and small batches).
+    Gemv,
+    /// Warp-specialized TMA + `wgmma` m64n128k32 E4M3, 128-row tiles (prefill).
+    Tma,
+}
+
+/// The kernel by average rows per slot: the first entry whose bound the average does not
+/// exceed. The GEMV reads each slot's weights once per 8 rows, so it runs up to one pass; from
+/// there the TMA kernel's 128-row tiles read them once per 128 rows.
+pub(crate) const FP8_KERNELS: [(usize, Fp8Kernel); 2] = [(8, Fp8Kernel::Gemv), (usize::MAX, Fp8Kernel::Tma)];
+
+/// FP8 block side of the tensor-core path: weight blocks are 128 x 128 and activation groups
+/// 1 x 128 (one `wgmma` K block).
+const BLOCK: usize = 128;
+
+/// Pipeline depth of the FP8 TMA kernel (`F8_STAGES` in `fp8.cu`); a stage holds A (128 rows)
+/// and B (256 weight rows) of 128 codes.
+const STAGES: usize = 4;
+
+/// How this layer's FP8 scales are laid out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scheme {
+    /// 128 x 128 weight blocks, dynamic 1 x 128 activation groups.
+    Block,
+    /// One weight scale per slot; static activation scales of FC1's and FC2's inputs.
+    PerTensor { fc1: f32, fc2: f32 },
+}
+
+impl Scheme {
+    /// The static scale of a GEMM input (0 for dynamic groups: the kernels' marker).
+    fn input_scale(self, fc1: bool) -> f32 {
+        match self {
+            Scheme::Block => 0.0,
+            Scheme::PerTensor { fc1: a, fc2: b } => {
+                if fc1 {
+                    a
+                } else {
+                    b
+                }
+            }
+        }
+    }
+}
+
+/// Addresses and sizes of a forward's permutation (`DeviceExperts::forward`, step 1).
+pub(super) struct Permutation {
+    pub offsets: u64,
+    pub tiles: u64,
+    pub num_tiles: u64,
+    pub row_sel: u64,
+    /// The number of permuted rows (`offsets[S]`), on the device.
+    pub rows: u64,
+    pub max_tiles: usize,
+    pub tokens: usize,
+    pub top_k: usize,
+}
+
+fn positive(s: f32) -> bool {
+    s > 0.0 && s.is_finite()
+}
+
+impl DeviceExperts {
+    fn fp8_scheme(&self) -> Option<Scheme> {
+        let aligned = self.dims.hidden.is_multiple_of(BLOCK) && self.dims.inter.is_multiple_of(BLOCK);
+        if self.dev.sm() < 90 || self.dtype == DType::F32 || !aligned {
+            return None;
+        }
+        match (self.format, self.fc1_input, self.fc2_input) {
+            (
+                Format::Fp8Block { b0: BLOCK, b1: BLOCK },
+                ActQuant::Fp8Group { group: BLOCK },
+                ActQuant::Fp8Group { group: BLOCK },
+            ) => Some(Scheme::Block),
+            (Format::Fp8PerTensor, ActQuant::Fp8PerTensor { scale: fc1 }, ActQuant::Fp8PerTensor { scale: fc2 })
+                if positive(fc1) && positive(fc2) =>
+            {
+                Some(Scheme::PerTensor { fc1, fc2 })
+            }
+            _ => None,
+        }
+    }
+
+    /// The FP8 kernel for `avg_rows` rows per slot, or `None` where the layer has no FP8 x FP8
+    /// path (other formats, f32, sizes off the 128 grid, GPUs before Hopper).
+    pub(super) fn fp8_kernel(&self, avg_rows: usize) -> Option<Fp8Kernel> {
+        self.fp8_scheme()?;
+        FP8_KERNELS
+            .iter()
+            .find(|(bound, _)| avg_rows <= *bound)
+            .map(|&(_, k)| k)
+    }
+
+    /// Steps 2-4 of the forward on the FP8 path: `y [rows, H]` in the layer's dtype, one row
+    /// per permuted selection.
+    pub(super) fn forward_fp8(&self, kernel: Fp8Kernel, xs: &CudaStorage, p: &Permutation) -> Result<CudaStorage> {
+        let scheme = self
+            .fp8_scheme()
+            .ok_or_else(|| MoeError::lifecycle("FP8 tensor-core path chosen for a layer without one"))?;
+        let dev = &self.dev;
+        let (h, inter) = (self.dims.hidden, self.dims.inter);
+        let nk = p.tokens * p.top_k;
+        let grouped = scheme == Scheme::Block;
+        let tma = kernel == Fp8Kernel::Tma;
+
+        // 1. FC1 input codes: per token for the GEMV (it gathers rows itself), per permuted row
+        // for the TMA kernel (each slot's rows one block for its copies).
+        let x_rows = if tma { nk } else { p.tokens };
+        let x_codes = dev.alloc_storage(x_rows * h)?;
+        let x_scales = if grouped {
+            Some(dev.alloc_storage(x_rows * (h / BLOCK) * 4)?)
+        } else {
+            None
+        };
+        let (sel, limit) = if tma { (p.row_sel, p.rows) } else { (0, 0) };
+        self.quantize(
+            (xs.ptr(dev), self.dtype),
+            (sel, limit, p.top_k),
+            (x_rows, h),
+            scheme.input_scale(true),
+            &x_codes,
+            x_scales.as_ref(),
+        )?;
+
+        // 2. FC1 with the activation, then its output as FC2's codes.
+        let act_codes = dev.alloc_storage(nk * inter)?;
+        let act_scales = if grouped {
+            Some(dev.alloc_storage(nk * (inter / BLOCK) * 4)?)
+        } else {
+            None
+        };
+        let io1 = QuantIo {
+            in_scales: x_scales.as_ref().map_or(0, |s| s.ptr(dev)),
+            in_scale: scheme.input_scale(true),
+            out_scales: act_scales.as_ref().map_or(0, |s| s.ptr(dev)),
+            out_scale: scheme.input_scale(false),
+        };
+        let gated = self.dims.activation.is_gated();
+        let fc1 = |a: u64, out: u64| GemmArgs {
+            a,
+            row_sel: p.row_sel,
+            top_k: p.top_k as i32,
+            offsets: p.offsets,
+            tiles: p.tiles,
+            num_tiles: p.num_tiles,
+            out,
+            bias: self.b13.as_ref().map_or(0, |b| b.ptr(dev)),
+            k: h as i32,
+            units: inter as i32,
+            gated: i32::from(gated),
+            out_f32: 0,
+        };
+        let w13 = self.w13.args(dev, self.format);
+        if tma {
+            self.fp8_tma(true, fc1(x_codes.ptr(dev), act_codes.ptr(dev)), w13, io1, p, nk)?;
+        } else {
+            let act32 = dev.alloc_storage(nk * inter * 4)?;
+            let mut g = fc1(x_codes.ptr(dev), act32.ptr(dev));
+            g.out_f32 = 1;
+            self.fp8_gemv(true, g, w13, io1, nk)?;
+            // Only the permuted rows (their count is on the device): an EP rank's other rows
+            // were never written.
+            self.quantize(
+                (act32.ptr(dev), DType::F32),
+                (0, p.rows, p.top_k),
+                (nk, inter),
+                scheme.input_scale(false),
+                &act_codes,
+                act_scales.as_ref(),
+            )?;
+            drop(act32);
+        }
+
+        // 3. FC2.
+        let y = dev.alloc_storage(nk * h * self.dtype.size_in_bytes())?;
+        let fc2 = GemmArgs {
+            a: act_codes.ptr(dev),
+            row_sel: p.row_sel,
+            top_k: p.top_k as i32,
+            offsets: p.offsets,
+            tiles: p.tiles,
+            num_tiles: p.num_tiles,
+            out: y.ptr(dev),
+            bias: self.b2.as_ref().map_or(0, |b| b.ptr(dev)),
+            k: inter as i32,
+            units: h as i32,
+            gated: 0,
+            out_f32: 0,
+        };
+        let io2 = QuantIo {
+            in_scales: act_scales.as_ref().map_or(0, |s| s.ptr(dev)),
+            in_scale: scheme.input_scale(false),
+            out_scales: 0,
+            out_scale: 0.0,
+        };
+        let w2 = self.w2.args(dev, self.format);
+        if tma {
+            self.fp8_tma(false, fc2, w2, io2, p, nk)?;
+        } else {
+            self.fp8_gemv(false, fc2, w2, io2, nk)?;
+        }
+        // Scratch is freed on the stream after the kernels that read it.
+        drop((x_codes, x_scales, act_codes, act_scales));
+        Ok(y)
+    }
+
+    /// Queues `f8quant_<src dtype>`: `rows x cols` values at `src` to E4M3 `codes` and, for
+    /// dynamic groups (`scale` 0), f32 group `scales`. `sel` (0: none): the row_sel list, to
+    /// gather row r from token `row_sel[r] / top_k`; `limit` (0: none): the device address of a
+    /// row count that caps `rows`.
+    fn quantize(
+        &self,
+        (src, src_dt): (u64, DType),
+        (sel, limit, top_k): (u64, u64, usize),
+        (rows, cols): (usize, usize),
+        scale: f32,
+        codes: &CudaStorage,
+        scales: Option<&CudaStorage>,
+    ) -> Result<()> {
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let dev = &self.dev;
+        let name = format!("f8quant_{}", dt_suffix(src_dt)?);
+        let f = self.kernel(COMMON, &name)?;
+        let warps = rows * (cols / BLOCK);
+        let cfg = LaunchConfig {
+            grid_dim: ((warps * 32).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (top_k, rows_i, cols_i) = (top_k as i32, rows as i32, cols as i32);
+        let (codes_p, scales_p) = (codes.ptr(dev), scales.map_or(0, |s| s.ptr(dev)));
+        ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
+            a.arg(&src)
+                .arg(&sel)
+                .arg(&top_k)
+                .arg(&limit)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&scale)
+                .arg(&codes_p)
+                .arg(&scales_p);
+        })
+        .map_err(|e| dev_err(&dev.location(), &name, e))
+    }
+
+    fn fp8_gemv(&self, fc1: bool, g: GemmArgs, w: WeightArgs, q: QuantIo, selections: usize) -> Result<()> {
+        if self.num_slots == 0 {
+            return Ok(());
+        }
+        let dev = &self.dev;
+        let name = format!(
+            "f8gemv_{}_{}_{}",
+            if fc1 { "fc1" } else { "fc2" },
+            dt_suffix(self.dtype)?,
+            self.format.suffix()
+        );
+        let f = self.kernel(&self.variant()?, &name)?;
+        let cfg = LaunchConfig {
+            // At most one block row per non-empty slot (the scan's one tile per slot).
+            grid_dim: (
+                (g.units as usize).div_ceil(16) as u32,
+                selections.min(self.num_slots).max(1) as u32,
+                1,
+            ),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let act = act_args(self.dims.activation);
+        ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
+            a.arg(&g).arg(&w).arg(&act).arg(&q);
+        })
+        .map_err(|e| dev_err(&dev.location(), &name, e))
+    }
+
+    fn fp8_tma(&self, fc1: bool, g: GemmArgs, w: WeightArgs, q: QuantIo, p: &Permutation, rows: usize) -> Result<()> {
+        if self.num_slots == 0 {
+            return Ok(());
+        }
+        let dev = &self.dev;
+        let loc = dev.location();
+        // A in 64-row boxes (a tile copies only the boxes its slot's rows reach), B in two
+        // 128-row boxes per stage.
+        let ta = ffi::tensor_map(g.a, MapElem::U8, rows, g.k as usize, 64, &loc)?;
+        let tb = ffi::tensor_map(
+            w.w,
+            MapElem::U8,
+            self.num_slots * w.rows as usize,
+            w.cols as usize,
+            128,
+            &loc,
+        )?;
+        let units = g.units as usize;
+        // A gated FC1 tile covers 128 channels (their up and gate rows), any other 256 columns.
+        let n_tiles = if fc1 && g.gated != 0 {
+            units.div_ceil(128)
+        } else {
+            units.div_ceil(256)
+        };
+        let blocks = p.max_tiles * n_tiles;
+        if blocks > i32::MAX as usize {
+            return Err(MoeError::config(
+                "tokens per forward",
+                format!("{rows} selections need {blocks} GEMM blocks (more than one launch holds)"),
+            ));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (384, 1, 1),
+            // The stages, a full and an empty mbarrier per stage, 1 KB of alignment slack.
+            shared_mem_bytes: (STAGES * (128 * 128 + 256 * 128) + 16 * STAGES + 1024) as u32,
+        };
+        let name = format!(
+            "f8tma_{}_{}_{}",
+            if fc1 { "fc1" } else { "fc2" },
+            dt_suffix(self.dtype)?,
+            self.format.suffix()
+        );
+        let f = self.kernel(&format!("{} {WGMMA_DEFINE}", self.variant()?), &name)?;
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            cfg.shared_mem_bytes as i32,
+        )
+        .map_err(|e| dev_err(&loc, &format!("{name}: shared memory limit"), e))?;
+        let act = act_args(self.dims.activation);
+        let n_tiles_i = n_tiles as i32;
+        ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
+            a.arg(&g).arg(&w).arg(&act).arg(&q).arg(&ta).arg(&tb).arg(&n_tiles_i);
+        })
+        .map_err(|e| dev_err(&loc, &name, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_average_has_a_kernel_and_the_bounds_ascend() {
+        for avg in [0, 1, 8, 9, 128, 100_000] {
+            assert!(FP8_KERNELS.iter().any(|(b, _)| avg <= *b), "{avg}");
+        }
+        assert!(FP8_KERNELS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(FP8_KERNELS.last().map(|k| k.0), Some(usize::MAX));
+    }
+
+    #[test]
+    fn quant_io_has_the_c_layout() {
+        // Two (address, f32) pairs, each f32 padded to the next 8-byte field.
+        assert_eq!(std::mem::size_of::<QuantIo>(), 32);
+        assert_eq!(std::mem::offset_of!(QuantIo, out_scales), 16);
+    }
+}

@@ -1,0 +1,483 @@
+// FP8 x FP8 experts on the tensor cores (see cuda/enabled/fp8_experts.rs for the pipeline).
+// Appended to experts.cu by the host (one NVRTC module): it uses that file's number formats,
+// argument structs, activation, cp.async/wgmma/mbarrier/TMA helpers.
+//
+// Activations are E4M3 codes with f32 scales: one per row and 128-column group (DeepSeek's
+// dynamic 1 x 128 recipe, `s = amax / 448`, `code = e4m3_sat(x / s)`) or one static scale for
+// the whole tensor (ModelOpt per-tensor FP8). Weights are E4M3 codes with one f32 scale per
+// 128 x 128 block, or one per slot. A product `sum_k a_k w_k` is accumulated on the tensor
+// cores from the raw codes (exact E4M3 products) one 128-wide K block at a time, and each
+// block's partial sum is promoted into the f32 total times (weight block scale x activation
+// group scale); per-tensor scales multiply the finished total once.
+
+// ---- activation quantization ----------------------------------------------------------------
+
+// Scales of the FP8 inputs and outputs of one GEMM (`QuantIo` in fp8_experts.rs).
+struct QuantIo {
+    const float* in_scales;  // [rows, K / 128] group scales of the input codes, or null: in_scale
+    float in_scale;
+    float* out_scales;  // [rows, units / 128] group scales of quantized outputs, or null: out_scale
+    float out_scale;
+};
+
+// Two f32 -> two E4M3 codes (nearest even, saturating, NaN kept), `a` in the low byte.
+__device__ __forceinline__ u16 e4m3x2(float a, float b) {
+    u16 pair;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(b), "f"(a));
+    return pair;
+}
+
+// Four consecutive activations starting at element i (i % 4 == 0).
+template <int DT> __device__ __forceinline__ void load4(const void* p, long long i, float v[4]) {
+    if (DT == 0) {
+        const float4 a = *(const float4*)((const float*)p + i);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    } else {
+        const uint2 q = *(const uint2*)((const u16*)p + i);
+        const u32 w[2] = {q.x, q.y};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            v[2 * j] = DT == 1 ? __uint_as_float(w[j] << 16) : f16_to_f32((u16)(w[j] & 0xffffu));
+            v[2 * j + 1] = DT == 1 ? __uint_as_float(w[j] & 0xffff0000u) : f16_to_f32((u16)(w[j] >> 16));
+        }
+    }
+}
+
+// Row r of `codes`/`scales` quantizes input row sel ? sel[r] / top_k : r (the TMA path gathers
+// each slot's rows into one block while it quantizes); rows at or past *row_limit (when
+// given) are skipped. scale > 0: that static scale, no scales written; otherwise dynamic
+// groups of 128 (a group whose amax is 0 keeps scale 0 and the codes of its values, 0 or NaN,
+// as the CPU's qdq leaves such a group as it is). One warp per (row, group), 4 values a lane.
+template <int DTI>
+__device__ void f8quant_body(const void* in, const int* sel, int top_k, const int* row_limit, int rows, int cols,
+                             float scale, unsigned char* codes, float* scales) {
+    if (row_limit) rows = min(rows, row_limit[0]);
+    const int groups = cols >> 7;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (warp >= (long long)rows * groups) return;
+    const int r = (int)(warp / groups), gi = (int)(warp % groups);
+    const long long src = sel ? (long long)(sel[r] / top_k) : (long long)r;
+    float v[4];
+    load4<DTI>(in, src * cols + gi * 128 + lane * 4, v);
+    float s = scale;
+    if (!(scale > 0.0f)) {
+        float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        s = amax / 448.0f;
+        if (lane == 0) scales[(long long)r * groups + gi] = s;
+    }
+    float x[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x[j] = s == 0.0f ? v[j] : v[j] / s;
+    *(u32*)(codes + (long long)r * cols + gi * 128 + lane * 4) = (u32)e4m3x2(x[0], x[1]) | ((u32)e4m3x2(x[2], x[3]) << 16);
+}
+
+#ifdef VARIANT_common
+#define F8QUANT(NAME, DTI)                                                                                    \
+    extern "C" __global__ void NAME(const void* in, const int* sel, int top_k, const int* row_limit, int rows, \
+                                    int cols, float scale, unsigned char* codes, float* scales) {            \
+        f8quant_body<DTI>(in, sel, top_k, row_limit, rows, cols, scale, codes, scales);                       \
+    }
+F8QUANT(f8quant_f32, 0)
+F8QUANT(f8quant_bf16, 1)
+F8QUANT(f8quant_f16, 2)
+#endif  // VARIANT_common
+
+// ---- tensor-core GEMV (few rows per slot) -----------------------------------------------------
+//
+// mma.sync m16n8k32 with E4M3 operands: A = 16 weight rows (output units), B = the codes of up to
+// 8 input rows of the slot, so the weights are never decoded and each weight byte is read once
+// per 8 rows. A block of 4 warps computes 16 units of one slot; warp w takes the 128-column K
+// blocks w, w + 4, ... and the partial sums meet in shared memory (a slot's 16 units then stream
+// from four warps, which keeps enough loads in flight when a forward touches few slots).
+// K order inside an MMA is free as long as A and B agree: each lane reads 16 consecutive bytes
+// of its A rows and of its B row, whose words are the k = 4t..4t+3 / 16+4t.. fragments of two
+// consecutive MMAs.
+
+#define F8_UNITS 16
+#define F8_WARPS 4
+
+__device__ __forceinline__ void mma_e4m3(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One 64-column step: rows (r0, r1) of A against B, two MMAs into c.
+__device__ __forceinline__ void mma_step(float c[4], uint4 r0, uint4 r1, uint4 b) {
+    mma_e4m3(c, r0.x, r1.x, r0.y, r1.y, b.x, b.y);
+    mma_e4m3(c, r0.z, r1.z, r0.w, r1.w, b.z, b.w);
+}
+
+__device__ __forceinline__ float slot_scale(const WeightArgs& w, int e) { return w.per_slot ? w.per_slot[e] : w.tensor_scale; }
+
+// Grid: (ceil(units / 16), non-empty slots bound), 128 threads. FC1 writes the activation in
+// f32 (its quantization follows), FC2 y in DT. BLOCK: block scales; else per-tensor scales.
+template <int DT, bool BLOCK, bool FC1>
+__device__ void f8gemv_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& act, const QuantIo& q) {
+    __shared__ float red[F8_WARPS][8][32];
+    if ((int)blockIdx.y >= g.num_tiles[0]) return;
+    const int e = g.tiles[blockIdx.y].x;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, t = lane & 3;
+    const bool two = FC1 && g.gated;
+    const int K = g.k, kblocks = K >> 7;
+    const int u0 = blockIdx.x * F8_UNITS;
+    const int r_begin = g.offsets[e], r_end = g.offsets[e + 1];
+    // This lane's A rows: units u0 + gq and u0 + gq + 8, clamped into the matrix (rows past the
+    // end are computed and never stored).
+    const int ua = min(u0 + gq, g.units - 1), ub = min(u0 + gq + 8, g.units - 1);
+    const long long slot = (long long)e * w.rows;
+    const unsigned char* W = (const unsigned char*)w.w;
+    const unsigned char* pu0 = W + (slot + ua) * K + t * 16;
+    const unsigned char* pu1 = W + (slot + ub) * K + t * 16;
+    const unsigned char* pg0 = two ? W + (slot + g.units + ua) * K + t * 16 : pu0;
+    const unsigned char* pg1 = two ? W + (slot + g.units + ub) * K + t * 16 : pu1;
+    // The 16 units (and their 16 gate rows: units % 128 == 0) lie in one 128-row scale block.
+    const int sr = (w.rows + 127) >> 7;
+    const float* su = w.scales + ((long long)e * sr + (min(u0, g.units - 1) >> 7)) * kblocks;
+    const float* sg = w.scales + ((long long)e * sr + ((g.units + min(u0, g.units - 1)) >> 7)) * kblocks;
+    const unsigned char* A = (const unsigned char*)g.a;
+
+    for (int r0 = r_begin; r0 < r_end; r0 += 8) {
+        // B column gq = row r0 + gq; accumulator columns 2t, 2t + 1 = rows r0 + 2t (+1).
+        const int rb = r0 + gq;
+        const long long arow = rb < r_end ? (FC1 ? (long long)(g.row_sel[rb] / g.top_k) : (long long)rb) : -1;
+        const unsigned char* pa = A + (arow < 0 ? 0 : arow * K) + t * 16;
+        long long srow[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            const int rr = min(r0 + 2 * t + c, r_end - 1);
+            srow[c] = FC1 ? (long long)(g.row_sel[rr] / g.top_k) : (long long)rr;
+        }
+        float au[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ag[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        // Two K blocks (four steps) per iteration: every load is issued before the first MMA.
+        for (int kb = warp; kb < kblocks; kb += 2 * F8_WARPS) {
+            uint4 wu[2][2][2], wg[2][2][2], b[2][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int kbi = kb + i * F8_WARPS;
+#pragma unroll
+                for (int s = 0; s < 2; ++s) {
+                    const int col = kbi * 128 + s * 64;
+                    const bool ok = kbi < kblocks;
+                    const uint4 z = make_uint4(0, 0, 0, 0);
+                    wu[i][s][0] = ok ? *(const uint4*)(pu0 + col) : z;
+                    wu[i][s][1] = ok ? *(const uint4*)(pu1 + col) : z;
+                    if (two) {
+                        wg[i][s][0] = ok ? *(const uint4*)(pg0 + col) : z;
+                        wg[i][s][1] = ok ? *(const uint4*)(pg1 + col) : z;
+                    }
+                    b[i][s] = ok && arow >= 0 ? *(const uint4*)(pa + col) : z;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int kbi = kb + i * F8_WARPS;
+                if (kbi >= kblocks) break;
+                float pu[4] = {0.0f, 0.0f, 0.0f, 0.0f}, pg[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int s = 0; s < 2; ++s) {
+                    mma_step(pu, wu[i][s][0], wu[i][s][1], b[i][s]);
+                    if (two) mma_step(pg, wg[i][s][0], wg[i][s][1], b[i][s]);
+                }
+                float f[2] = {1.0f, 1.0f}, fg[2] = {1.0f, 1.0f};
+                if (BLOCK) {
+                    const float a0 = q.in_scales[srow[0] * kblocks + kbi], a1 = q.in_scales[srow[1] * kblocks + kbi];
+                    const float wsu = su[kbi], wsg = two ? sg[kbi] : wsu;
+                    f[0] = wsu * a0; f[1] = wsu * a1; fg[0] = wsg * a0; fg[1] = wsg * a1;
+                }
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    au[j] = fmaf(pu[j], f[j & 1], au[j]);
+                    if (two) ag[j] = fmaf(pg[j], fg[j & 1], ag[j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            red[warp][j][lane] = au[j];
+            red[warp][4 + j][lane] = ag[j];
+        }
+        __syncthreads();
+        if (warp == 0) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                float su_ = 0.0f, sg_ = 0.0f;
+#pragma unroll
+                for (int v = 0; v < F8_WARPS; ++v) {
+                    su_ += red[v][j][lane];
+                    sg_ += red[v][4 + j][lane];
+                }
+                au[j] = su_;
+                ag[j] = sg_;
+            }
+            const float os = BLOCK ? 1.0f : slot_scale(w, e) * q.in_scale;
+            const int rows_w = two ? 2 * g.units : g.units;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int unit = u0 + gq + ((j & 2) ? 8 : 0), row = r0 + 2 * t + (j & 1);
+                if (unit >= g.units || row >= r_end) continue;
+                float up = au[j] * os, gate = ag[j] * os;
+                if (g.bias) {
+                    up += g.bias[(long long)e * rows_w + unit];
+                    if (two) gate += g.bias[(long long)e * rows_w + g.units + unit];
+                }
+                const long long o = (long long)row * g.units + unit;
+                if (FC1) ((float*)g.out)[o] = two ? activate(act, gate, up) : activate(act, 0.0f, up);
+                else store_elem<DT>(g.out, o, up);
+            }
+        }
+        __syncthreads();
+    }
+}
+
+#define F8GEMV(NAME, DT, BLOCK, FC1)                                                                       \
+    extern "C" __global__ void __launch_bounds__(128) NAME(GemmArgs g, WeightArgs w, ActArgs a, QuantIo q) { \
+        f8gemv_body<DT, BLOCK, FC1>(g, w, a, q);                                                           \
+    }
+#define F8GEMV_ALL(SUF, DT, BLOCK) \
+    F8GEMV(f8gemv_fc1_##SUF, DT, BLOCK, true) F8GEMV(f8gemv_fc2_##SUF, DT, BLOCK, false)
+
+// ---- warp-specialized TMA + wgmma GEMM (many rows per slot) -----------------------------------
+//
+// The FP8 twin of `tma_body`: one producer warpgroup issues bulk tensor copies of A (the slot's
+// quantized rows, in 64-row boxes) and B (256 weight rows) of one 128-column K block per stage;
+// two consumer warpgroups each compute 64 rows x 256 columns with `wgmma` m64n128k32 E4M3, as
+// two 128-column halves: a half's four MMAs write a fresh partial (scale-d 0 on the first), and
+// once they retire the partial is promoted into the f32 total times its weight block scale
+// and the row's activation group scale (DeepSeek's recipe: the tensor cores' FP8 accumulation
+// never runs longer than one K block). Halves keep the registers at 128 totals + 64 partials.
+// A gated FC1 tile is 128 channels: B = their 128 up rows, then their 128 gate rows, so a
+// thread holds each channel's up and gate sums and a row's 128 channels (one quantization
+// group) lie in the four lanes of a quad: FC1's epilogue quantizes its output to E4M3 codes and
+// group scales (FC2's input) without leaving registers.
+
+#ifdef WGMMA
+
+#define F8_STAGES 4
+#define F8_A_BOX (64 * 128)
+#define F8_A_BYTES (2 * F8_A_BOX)
+#define F8_B_BYTES (256 * 128)
+#define F8_STAGE (F8_A_BYTES + F8_B_BYTES)
+
+__device__ __forceinline__ void wgmma_e4m3_n128(float* d, unsigned long long da, unsigned long long db, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n"
+                 "}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "r"(scale_d));
+}
+
+// Grid: (tiles bound x n_tiles), 384 threads. FC1 (gated: 128 channels a tile; plain: 256)
+// writes E4M3 codes to g.out and, with group scales, q.out_scales; FC2 writes y in DT.
+template <int DT, bool BLOCK, bool FC1>
+__device__ void f8tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& act, const QuantIo& q,
+                           const TensorMap* ta, const TensorMap* tb, int n_tiles) {
+    extern __shared__ unsigned char dsm_raw[];
+    // 1 KB alignment of every tile (the swizzle atoms); the launch adds 1 KB of slack.
+    unsigned char* dsm = dsm_raw + ((1024u - (smem_addr(dsm_raw) & 1023u)) & 1023u);
+    const u32 full0 = smem_addr(dsm + F8_STAGES * F8_STAGE), empty0 = full0 + 8 * F8_STAGES;
+
+    // Grouped raster, as in tma_body.
+    const int qt = (int)blockIdx.x / n_tiles;
+    if (qt >= g.num_tiles[0]) return;
+    const int first_m = g.tiles[qt].z, gm = g.tiles[qt].w;
+    const int in_group = (int)blockIdx.x - first_m * n_tiles;
+    const int tile = first_m + in_group % gm;
+    const int nt = in_group / gm;
+
+    const int4 te = g.tiles[tile];
+    const int e = te.x;
+    const int r_begin = g.offsets[e] + te.y;
+    const int m_rows = min(128, g.offsets[e + 1] - r_begin);
+    const int a_boxes = (m_rows + 63) / 64;
+    const bool two = FC1 && g.gated;
+    const int c0 = two ? nt * 128 : nt * 256;  // first channel (gated) or column of the tile
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int ktiles = g.k >> 7;
+    // Weight rows of the two halves within the slot.
+    const int h0 = c0, h1 = two ? g.units + c0 : c0 + 128;
+
+    if (tid == 0) {
+        for (int s = 0; s < F8_STAGES; ++s) {
+            mbar_init(full0 + 8 * s, 1);
+            mbar_init(empty0 + 8 * s, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (tid == 0) {
+            const int b0 = e * w.rows + h0, b1 = e * w.rows + h1;
+            for (int kt = 0; kt < ktiles; ++kt) {
+                const int s = kt % F8_STAGES;
+                if (kt >= F8_STAGES) mbar_wait(empty0 + 8 * s, ((kt / F8_STAGES) & 1) ^ 1);
+                const u32 st = smem_addr(dsm + s * F8_STAGE), full = full0 + 8 * s;
+                const int k0 = kt * 128;
+                mbar_expect_tx(full, a_boxes * F8_A_BOX + F8_B_BYTES);
+                for (int i = 0; i < a_boxes; ++i) tma_load(st + i * F8_A_BOX, ta, k0, r_begin + 64 * i, full);
+                tma_load(st + F8_A_BYTES, tb, k0, b0, full);
+                tma_load(st + F8_A_BYTES + 128 * 128, tb, k0, b1, full);
+            }
+        }
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int c = wg - 1, wl = (tid >> 5) & 3, lane = tid & 31;
+    const bool active = c * 64 < m_rows;
+    // This thread's two rows of the tile (h = 0, 1), clamped into the slot for the scale reads.
+    const int ra = c * 64 + wl * 16 + (lane >> 2);
+    const long long sa0 = (long long)(r_begin + min(ra, m_rows - 1)) * ktiles;
+    const long long sa1 = (long long)(r_begin + min(ra + 8, m_rows - 1)) * ktiles;
+    const int sr = (w.rows + 127) >> 7;
+    const long long sw0 = ((long long)e * sr + min(h0 >> 7, sr - 1)) * ktiles;
+    const long long sw1 = ((long long)e * sr + min(h1 >> 7, sr - 1)) * ktiles;
+
+    float d[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) d[i] = 0.0f;
+    float part[64];
+    for (int kt = 0; kt < ktiles; ++kt) {
+        const int s = kt % F8_STAGES;
+        float f[2][2] = {{1.0f, 1.0f}, {1.0f, 1.0f}};  // [half][row h]
+        if (BLOCK && active) {
+            const float x0 = q.in_scales[sa0 + kt], x1 = q.in_scales[sa1 + kt];
+            const float w0 = w.scales[sw0 + kt], w1 = w.scales[sw1 + kt];
+            f[0][0] = w0 * x0; f[0][1] = w0 * x1; f[1][0] = w1 * x0; f[1][1] = w1 * x1;
+        }
+        mbar_wait(full0 + 8 * s, (kt / F8_STAGES) & 1);
+        if (active) {
+            const unsigned char* st = dsm + s * F8_STAGE;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                wg_fence();
+#pragma unroll
+                for (int ks = 0; ks < 4; ++ks) {
+                    const unsigned long long da = wg_desc(st + c * 64 * 128) + 2 * ks;
+                    const unsigned long long db = wg_desc(st + F8_A_BYTES + half * 128 * 128) + 2 * ks;
+                    wgmma_e4m3_n128(part, da, db, ks);
+                }
+                wg_commit();
+                wg_wait0();
+#pragma unroll
+                for (int i = 0; i < 64; ++i) d[half * 64 + i] = fmaf(part[i], f[half][(i >> 1) & 1], d[half * 64 + i]);
+            }
+        }
+        // Both halves retired: the stage can be refilled.
+        if (lane == 0) mbar_arrive(empty0 + 8 * s);
+    }
+    if (!active) return;
+
+    const float os = BLOCK ? 1.0f : slot_scale(w, e) * q.in_scale;
+    const int out_cols = two ? 2 * g.units : g.units;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = ra + h * 8;
+        const bool row_ok = r < m_rows;
+        const long long orow = (long long)(r_begin + r) * g.units;
+        if (!FC1) {
+            if (!row_ok) continue;
+#pragma unroll
+            for (int j = 0; j < 32; ++j) {
+                const int n = c0 + j * 8 + (lane & 3) * 2;  // and n + 1 (units is a multiple of 128)
+                if (n >= g.units) continue;
+                float v[2];
+#pragma unroll
+                for (int qq = 0; qq < 2; ++qq) {
+                    v[qq] = d[j * 4 + h * 2 + qq] * os;
+                    if (g.bias) v[qq] += g.bias[(long long)e * out_cols + n + qq];
+                }
+                store_pair<DT>(g, orow + n, v[0], v[1]);
+            }
+        } else {
+            // One quantization group of this row's channels at a time: gated, the tile's 128
+            // channels from the n8-blocks of up (j) and gate (j + 16); plain, the channels of
+            // half `grp` (blocks 16 grp + j). The activation is computed twice (for the group's
+            // amax, then for the codes) rather than held: 32 more live values next to the 128
+            // totals spill.
+            auto value = [&](int grp, int j, int qq) {
+                const int ch = min(c0 + grp * 128 + j * 8 + (lane & 3) * 2 + qq, g.units - 1);
+                const float x = d[(grp * 16 + j) * 4 + h * 2 + qq] * os;
+                if (two) {
+                    float up = x, gate = d[(j + 16) * 4 + h * 2 + qq] * os;
+                    if (g.bias) {
+                        up += g.bias[(long long)e * out_cols + ch];
+                        gate += g.bias[(long long)e * out_cols + g.units + ch];
+                    }
+                    return activate(act, gate, up);
+                }
+                return activate(act, 0.0f, g.bias ? x + g.bias[(long long)e * out_cols + ch] : x);
+            };
+#pragma unroll
+            for (int grp = 0; grp < 2; ++grp) {
+                if (two && grp == 1) continue;
+                const int gc0 = c0 + grp * 128;  // first channel of the group
+                float s = q.out_scale;
+                if (q.out_scales) {
+                    // Every lane takes part in the shuffles (rows past the slot compute values
+                    // that are never stored).
+                    float amax = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 16; ++j) {
+                        amax = fmaxf(amax, fabsf(value(grp, j, 0)));
+                        amax = fmaxf(amax, fabsf(value(grp, j, 1)));
+                    }
+                    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+                    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+                    s = amax / 448.0f;
+                    if (row_ok && gc0 < g.units && (lane & 3) == 0)
+                        q.out_scales[(long long)(r_begin + r) * (g.units >> 7) + (gc0 >> 7)] = s;
+                }
+                if (!row_ok || gc0 >= g.units) continue;
+                unsigned char* out = (unsigned char*)g.out + orow + gc0 + (lane & 3) * 2;
+#pragma unroll
+                for (int j = 0; j < 16; ++j) {
+                    const float a = value(grp, j, 0), b = value(grp, j, 1);
+                    *(u16*)(out + j * 8) = s == 0.0f ? e4m3x2(a, b) : e4m3x2(a / s, b / s);
+                }
+            }
+        }
+    }
+}
+
+#define F8TMA(NAME, DT, BLOCK, FC1)                                                                         \
+    extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)                                           \
+        NAME(GemmArgs g, WeightArgs w, ActArgs a, QuantIo q, const __grid_constant__ TensorMap ta,        \
+             const __grid_constant__ TensorMap tb, int n_tiles) {                                          \
+        f8tma_body<DT, BLOCK, FC1>(g, w, a, q, &ta, &tb, n_tiles);                                         \
+    }
+#define F8TMA_ALL(SUF, DT, BLOCK) \
+    F8TMA(f8tma_fc1_##SUF, DT, BLOCK, true) F8TMA(f8tma_fc2_##SUF, DT, BLOCK, false)
+
+#endif  // WGMMA
+
+#ifdef VARIANT_bf16_fp8b
+F8GEMV_ALL(bf16_fp8b, 1, true)
+#ifdef WGMMA
+F8TMA_ALL(bf16_fp8b, 1, true)
+#endif
+#endif
+#ifdef VARIANT_f16_fp8b
+F8GEMV_ALL(f16_fp8b, 2, true)
+#ifdef WGMMA
+F8TMA_ALL(f16_fp8b, 2, true)
+#endif
+#endif
+#ifdef VARIANT_bf16_fp8t
+F8GEMV_ALL(bf16_fp8t, 1, false)
+#ifdef WGMMA
+F8TMA_ALL(bf16_fp8t, 1, false)
+#endif
+#endif
+#ifdef VARIANT_f16_fp8t
+F8GEMV_ALL(f16_fp8t, 2, false)
+#ifdef WGMMA
+F8TMA_ALL(f16_fp8t, 2, false)
+#endif
+#endif
