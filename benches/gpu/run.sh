@@ -19,7 +19,9 @@
 #   MOE_MATRIX_BACKEND   backend(s) of the matrix stage (default cuda; comma-separated)
 #   MOE_MATRIX_ARGS      more moe-matrix arguments (--filter bf16 ...)
 #   MOE_BENCH_PRESETS    space-separated PRESET[:WEIGHTS] runs, e.g. "mixtral-8x7b deepseek-v3:bf16"
-#                        (default: one run of everything: qwen3-30b-a3b, mixtral-8x7b, deepseek-v3 bf16 and fp8-block)
+#                        (default: one run of everything: qwen3-30b-a3b bf16 and fp8-block, mixtral-8x7b,
+#                        deepseek-v3 bf16 and fp8-block); MOE_BENCH_ARGS=--sweep with MOE_BENCH_TOKENS unset
+#                        runs T = 1,2,4,8,16,32,128,256,1024,2048,8192
 #   MOE_BENCH_TOKENS     comma-separated token counts (default 1,8,64,512,4096)
 #   MOE_BENCH_ARGS       more `moe bench` arguments (--repeats 50 --warmup 10 --device 1 ...)
 #   BASELINE_PRESETS     comma-separated presets of the torch baseline (default qwen3-30b-a3b,mixtral-8x7b,deepseek-v3)

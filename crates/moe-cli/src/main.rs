@@ -58,8 +58,9 @@ enum Command {
     #[command(subcommand)]
     Eplb(EplbCommand),
 
-    /// Benchmark the layer on named presets (qwen3-30b-a3b, mixtral-8x7b, deepseek-v3) at
-    /// 1..4096 tokens against the machine's measured GEMM and memory-bandwidth ceilings.
+    /// Benchmark the layer on named presets (qwen3-30b-a3b, qwen3-30b-a3b-fp8, mixtral-8x7b,
+    /// deepseek-v3) at 1..4096 tokens (--sweep: 1..8192) against the machine's measured GEMM
+    /// and memory-bandwidth ceilings (on cuda also an e4m3 GEMM for FP8 weights).
     ///
     /// Random weights are generated once and cached under --cache-dir. Prints a table (or
     /// one JSON object per row with --json): median time after warm-up, GFLOP/s, weight

@@ -42,6 +42,7 @@ pub mod process_group {
 pub mod cuda {
     pub use moe_kernels::cuda::{
         CudaDevice, CudaStorage, CudaTimer, DeviceGraph, bf16_matmul_tflops, copy_bandwidth_gbps, download,
+        fp8_matmul_tflops,
     };
 }
 

@@ -7,10 +7,12 @@
 //! (the first compiles the kernels), then each timed forward between two device events
 //! (`CudaDevice::timer`), and the row reports the median.
 //!
-//! Each row is held to a floor computed from two ceilings measured on the same device in the
-//! same run: `floor = max(bytes of the experts the routing selected / copy bandwidth, routed
-//! FLOPs / bf16 matmul rate)`. The selected experts are counted on the host from the same
-//! logits with the same routing. The layer is the routed experts only: `moe::ConfigurableMoe`
+//! Each row is held to a floor computed from ceilings measured on the same device in the same
+//! run: `floor = max(bytes of the experts the routing selected / copy bandwidth, routed FLOPs /
+//! matmul rate)`, where the matmul rate is cuBLAS's bf16 GEMM for 16- and 32-bit weights and
+//! cuBLASLt's e4m3 GEMM for FP8 weights (whose bytes are the codes plus the block scales); a
+//! device without an FP8 GEMM (below sm_89) holds FP8 rows to the bf16 rate and says so. The
+//! selected experts are counted on the host from the same logits with the same routing. The layer is the routed experts only: `moe::ConfigurableMoe`
 //! has no shared expert (DeepSeek-V3's one shared expert, `I = 2048`, belongs to the model), so
 //! FLOPs, bytes and the floor count what runs.
 //!
@@ -30,6 +32,7 @@ use serde_json::Value;
 
 use super::ceilings::Ceilings;
 use super::generated::GeneratedWeights;
+use super::preset::WeightFormat;
 use super::runner::{self, Row};
 use super::{BenchArgs, Plan, bar, cache, report};
 
@@ -39,7 +42,7 @@ pub const DEFAULT_WARMUP: usize = 5;
 pub const DEFAULT_REPEATS: usize = 25;
 /// Size of the copy-bandwidth buffer (far above the 50 MB L2 of an H100).
 pub const DEFAULT_COPY_MIB: u64 = 1024;
-/// Side of the bf16 matmul ceiling's square problem.
+/// Side of the bf16 and e4m3 matmul ceilings' square problems.
 pub const DEFAULT_MATMUL_N: u64 = 8192;
 /// Timed runs of each ceiling.
 const CEILING_ITERS: usize = 20;
@@ -62,7 +65,20 @@ pub struct DeviceCeilings {
     /// Bytes read plus bytes written per second, in GB/s.
     pub copy_gbps: f64,
     pub matmul_n: usize,
+    /// cuBLAS bf16 GEMM, TFLOP/s.
     pub matmul_tflops: f64,
+    /// cuBLASLt e4m3 GEMM (bf16 out, f32 accumulate), TFLOP/s, or why it could not be
+    /// measured (no FP8 tensor cores below sm_89, no libcublasLt): FP8 rows then use the bf16
+    /// rate.
+    pub fp8_matmul_tflops: Result<f64, String>,
+}
+
+/// The matmul rate that holds a row's FLOPs (see [`DeviceCeilings::floor_rate`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FloorRate {
+    /// `"fp8"` or `"bf16"`.
+    pub kind: &'static str,
+    pub tflops: f64,
 }
 
 impl DeviceCeilings {
@@ -71,6 +87,7 @@ impl DeviceCeilings {
             .with_context(|| format!("measuring the copy bandwidth of {}", dev.location()))?;
         let matmul_tflops = moe::cuda::bf16_matmul_tflops(dev, matmul_n, CEILING_ITERS)
             .with_context(|| format!("measuring the bf16 matmul rate of {}", dev.location()))?;
+        let fp8_matmul_tflops = moe::cuda::fp8_matmul_tflops(dev, matmul_n, CEILING_ITERS).map_err(|e| e.to_string());
         Ok(DeviceCeilings {
             card: dev.name().to_string(),
             location: dev.location(),
@@ -78,15 +95,31 @@ impl DeviceCeilings {
             copy_gbps,
             matmul_n,
             matmul_tflops,
+            fp8_matmul_tflops,
         })
     }
 
-    /// The same numbers as the CPU harness's [`Ceilings`], so rows compute their ratios the
-    /// same way (GEMM = the bf16 matmul rate, read bandwidth = the copy bandwidth).
-    pub fn as_ceilings(&self) -> Ceilings {
+    /// The matmul rate a row's FLOPs are held to: the e4m3 rate for FP8-block weights (when it
+    /// was measured), the bf16 rate otherwise.
+    pub fn floor_rate(&self, row: &Row) -> FloorRate {
+        match (&self.fp8_matmul_tflops, row.weights == WeightFormat::Fp8Block.name()) {
+            (Ok(tflops), true) => FloorRate {
+                kind: "fp8",
+                tflops: *tflops,
+            },
+            _ => FloorRate {
+                kind: "bf16",
+                tflops: self.matmul_tflops,
+            },
+        }
+    }
+
+    /// The same numbers as the CPU harness's [`Ceilings`] for `row`, so rows compute their
+    /// ratios the same way (GEMM = the row's matmul rate, read bandwidth = the copy bandwidth).
+    pub fn as_ceilings(&self, row: &Row) -> Ceilings {
         Ceilings {
             gemm_n: self.matmul_n,
-            gemm_gflops: self.matmul_tflops * 1e3,
+            gemm_gflops: self.floor_rate(row).tflops * 1e3,
             gemv_bytes: self.copy_bytes,
             read_gbps: self.copy_gbps,
             threads: 0,
@@ -94,23 +127,35 @@ impl DeviceCeilings {
     }
 
     pub fn line(&self) -> String {
+        let fp8 = match &self.fp8_matmul_tflops {
+            Ok(t) => format!(
+                "{t:.1} TFLOP/s; balance {:.0} FLOP/byte (bf16), {:.0} (fp8)",
+                self.matmul_tflops * 1e3 / self.copy_gbps,
+                t * 1e3 / self.copy_gbps
+            ),
+            Err(e) => format!(
+                "unavailable ({e}): FP8 rows use the bf16 rate; balance {:.0} FLOP/byte",
+                self.matmul_tflops * 1e3 / self.copy_gbps
+            ),
+        };
         format!(
-            "ceilings ({} {}): device copy of {} MiB {:.0} GB/s (read + written); bf16 matmul {n}x{n}x{n} (cuBLAS, f32 accumulate) {:.1} TFLOP/s; balance {:.0} FLOP/byte",
+            "ceilings ({} {}): device copy of {} MiB {:.0} GB/s (read + written); bf16 matmul {n}x{n}x{n} (cuBLAS, f32 accumulate) {:.1} TFLOP/s; FP8 matmul {n}x{n}x{n} (cuBLASLt e4m3 x e4m3 -> bf16, f32 accumulate) {fp8}",
             self.location,
             self.card,
             self.copy_bytes >> 20,
             self.copy_gbps,
             self.matmul_tflops,
-            self.matmul_tflops * 1e3 / self.copy_gbps,
             n = self.matmul_n,
         )
     }
 }
 
-/// The row's floor in ms: `max(weight bytes / copy bandwidth, FLOPs / matmul rate)`.
+/// The row's floor in ms: `max(weight bytes / copy bandwidth, FLOPs / matmul rate)`, with the
+/// matmul rate of [`DeviceCeilings::floor_rate`] (FP8 rows: the e4m3 rate; their weight bytes
+/// are codes plus scales).
 pub fn floor_ms(row: &Row, c: &DeviceCeilings) -> f64 {
     let read_s = row.weight_bytes as f64 / (c.copy_gbps * 1e9);
-    let compute_s = row.gflop * 1e9 / (c.matmul_tflops * 1e12);
+    let compute_s = row.gflop * 1e9 / (c.floor_rate(row).tflops * 1e12);
     read_s.max(compute_s) * 1e3
 }
 
@@ -123,12 +168,26 @@ pub enum GraphTiming {
 }
 
 /// The CPU row's JSON object plus `card`, `floor_ms` and `ratio_to_floor` (median / floor:
-/// 1.0 is at the floor, 2.0 twice as slow as it), and the graph replay's `graph_ms` and
-/// `graph_ratio_to_floor`, or `graph_error` when the forward could not be captured.
+/// 1.0 is at the floor, 2.0 twice as slow as it), the matmul rate the floor used
+/// (`floor_matmul`: `"fp8"` or `"bf16"`, and `floor_matmul_tflops`) next to both measured
+/// rates (`fp8_matmul_tflops` is null, with `fp8_matmul_error`, when it could not be measured),
+/// and the graph replay's `graph_ms` and `graph_ratio_to_floor`, or `graph_error` when the
+/// forward could not be captured.
 pub fn row_json(row: &Row, c: &DeviceCeilings, graph: &GraphTiming) -> Value {
-    let mut v = report::row_json(row, &c.as_ceilings(), None);
+    let mut v = report::row_json(row, &c.as_ceilings(row), None);
     let floor = floor_ms(row, c);
+    let rate = c.floor_rate(row);
     v["card"] = Value::from(c.card.clone());
+    v["floor_matmul"] = Value::from(rate.kind);
+    v["floor_matmul_tflops"] = Value::from(rate.tflops);
+    v["bf16_matmul_tflops"] = Value::from(c.matmul_tflops);
+    match &c.fp8_matmul_tflops {
+        Ok(t) => v["fp8_matmul_tflops"] = Value::from(*t),
+        Err(e) => {
+            v["fp8_matmul_tflops"] = Value::Null;
+            v["fp8_matmul_error"] = Value::from(e.clone());
+        }
+    }
     v["floor_ms"] = Value::from(floor);
     v["ratio_to_floor"] = Value::from(row.median_ms / floor);
     match graph {
@@ -141,15 +200,15 @@ pub fn row_json(row: &Row, c: &DeviceCeilings, graph: &GraphTiming) -> Value {
     v
 }
 
-/// The text table of device rows, the graph replay's median and its ratio to the floor last
-/// (`-` where the forward could not be captured).
+/// The text table of device rows, one line per row (every preset and token count run), the
+/// matmul rate of the floor (`mm`: fp8 or bf16), the graph replay's median and its ratio to the
+/// floor last (`-` where the forward could not be captured).
 pub fn table(rows: &[(Row, GraphTiming)], c: &DeviceCeilings) -> String {
     use std::fmt::Write as _;
-    let ceil = c.as_ceilings();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:<4} {:>9} {:>9}",
         "preset",
         "weights",
         "T",
@@ -161,6 +220,7 @@ pub fn table(rows: &[(Row, GraphTiming)], c: &DeviceCeilings) -> String {
         "TFLOP/s",
         "GB/s",
         "bound",
+        "mm",
         "graph ms",
         "g x floor"
     );
@@ -172,7 +232,7 @@ pub fn table(rows: &[(Row, GraphTiming)], c: &DeviceCeilings) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10.3} {:>9.3} {:>8.2} {:>8.1} {:>8.0} {:>7} {:>9} {:>9}",
+            "{:<14} {:<9} {:>5} {:<7} {:>7} {:>10.3} {:>9.3} {:>8.2} {:>8.1} {:>8.0} {:>7} {:<4} {:>9} {:>9}",
             r.preset,
             r.weights,
             r.tokens,
@@ -183,7 +243,8 @@ pub fn table(rows: &[(Row, GraphTiming)], c: &DeviceCeilings) -> String {
             r.median_ms / floor,
             r.gflops / 1e3,
             r.weight_gbps,
-            report::bound(r, &ceil),
+            report::bound(r, &c.as_ceilings(r)),
+            c.floor_rate(r).kind,
             graph_ms,
             graph_x
         );
@@ -384,6 +445,7 @@ mod tests {
             copy_gbps: 1000.0,
             matmul_n: 8192,
             matmul_tflops: 100.0,
+            fp8_matmul_tflops: Ok(200.0),
         }
     }
 
@@ -401,11 +463,16 @@ mod tests {
         let r = Row::new(&p, 100_000, "cuda", &mut t, 8);
         assert!((floor_ms(&r, &c) - 100_000.0 * 24576.0 / 1e14 * 1e3).abs() < 1e-9);
         let j = row_json(&r, &c, &GraphTiming::MedianMs(0.002));
-        let cpu = report::row_json(&r, &c.as_ceilings(), None);
+        let cpu = report::row_json(&r, &c.as_ceilings(&r), None);
         for key in cpu.as_object().unwrap().keys() {
             assert!(j.get(key).is_some(), "{key}");
         }
         assert_eq!(j["card"], "test card");
+        // bf16 weights: the bf16 rate holds the FLOPs, whatever the FP8 rate.
+        assert_eq!(j["floor_matmul"], "bf16");
+        assert_eq!(j["floor_matmul_tflops"].as_f64(), Some(100.0));
+        assert_eq!(j["gemm_ceiling_gflops"].as_f64(), Some(100e3));
+        assert_eq!(j["fp8_matmul_tflops"].as_f64(), Some(200.0));
         let ratio = j["ratio_to_floor"].as_f64().unwrap();
         assert!((ratio - 1.0 / (100_000.0 * 24576.0 / 1e14 * 1e3)).abs() < 1e-9);
         assert!((j["graph_ms"].as_f64().unwrap() - 0.002).abs() < 1e-12);
@@ -422,5 +489,64 @@ mod tests {
         );
         assert!(t.contains("tiny") && t.contains("graph ms") && t.contains("0.002"));
         assert!(is_device_backend("cuda") && !is_device_backend("cpu"));
+    }
+
+    #[test]
+    fn fp8_rows_use_the_fp8_rate_and_count_scales() {
+        let p = Preset::find("tiny").unwrap().with_weights(WeightFormat::Fp8Block);
+        let c = ceilings();
+        // T = 1: two experts of 3 x (2048 codes + one 4-byte block scale) = 12312 bytes (12.3 ns
+        // at 1000 GB/s) against 24576 FLOP (0.12 ns at 200 TFLOP/s): the read bounds it.
+        let mut t = [0.0001];
+        let r = Row::new(&p, 1, "cuda", &mut t, 2);
+        assert_eq!(r.weight_bytes, 2 * 3 * (2048 + 4));
+        assert!((floor_ms(&r, &c) - 12312.0 / 1e12 * 1e3).abs() < 1e-12);
+        // T = 100000: 2.46 GFLOP at the FP8 rate (12.3 us) against 49 KB (49 ns): compute, at
+        // half the time the bf16 rate would give.
+        let mut t = [0.001];
+        let r = Row::new(&p, 100_000, "cuda", &mut t, 8);
+        let fp8_floor = 100_000.0 * 24576.0 / 2e14 * 1e3;
+        assert!((floor_ms(&r, &c) - fp8_floor).abs() < 1e-9);
+        assert_eq!(
+            c.floor_rate(&r),
+            FloorRate {
+                kind: "fp8",
+                tflops: 200.0
+            }
+        );
+        let j = row_json(&r, &c, &GraphTiming::MedianMs(0.02));
+        assert_eq!(j["floor_matmul"], "fp8");
+        assert_eq!(j["floor_matmul_tflops"].as_f64(), Some(200.0));
+        assert_eq!(j["bf16_matmul_tflops"].as_f64(), Some(100.0));
+        assert_eq!(j["gemm_ceiling_gflops"].as_f64(), Some(200e3));
+        assert_eq!(j["bound"], "compute");
+        assert!((j["floor_ms"].as_f64().unwrap() - fp8_floor).abs() < 1e-9);
+        let table = table(&[(r.clone(), GraphTiming::MedianMs(0.02))], &c);
+        let line = table.lines().nth(1).unwrap();
+        assert!(
+            line.contains("fp8-block") && line.split_whitespace().any(|w| w == "fp8"),
+            "{line}"
+        );
+        assert!(
+            c.line().contains("cuBLASLt e4m3") && c.line().contains("200.0 TFLOP/s"),
+            "{}",
+            c.line()
+        );
+        // Without an FP8 GEMM (below sm_89), FP8 rows fall back to the bf16 rate and say so.
+        let old = DeviceCeilings {
+            fp8_matmul_tflops: Err("no FP8 tensor cores".into()),
+            ..ceilings()
+        };
+        assert_eq!(old.floor_rate(&r).kind, "bf16");
+        assert!((floor_ms(&r, &old) - 2.0 * fp8_floor).abs() < 1e-9);
+        let j = row_json(&r, &old, &GraphTiming::MedianMs(0.02));
+        assert_eq!(j["floor_matmul"], "bf16");
+        assert!(j["fp8_matmul_tflops"].is_null());
+        assert_eq!(j["fp8_matmul_error"], "no FP8 tensor cores");
+        assert!(
+            old.line().contains("unavailable (no FP8 tensor cores)"),
+            "{}",
+            old.line()
+        );
     }
 }

@@ -27,26 +27,34 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use ceilings::Ceilings;
-use preset::{DEFAULT_RUN_MAX_FLOP, Preset, TOKENS, WeightFormat};
+use preset::{DEFAULT_RUN_MAX_FLOP, Preset, SWEEP_TOKENS, TOKENS, WeightFormat};
 use report::{Machine, Page};
 use runner::Row;
 
 /// Flags of `moe bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Preset to run: qwen3-30b-a3b, mixtral-8x7b, deepseek-v3, tiny (default: the first
-    /// three).
-    #[arg(long, value_name = "NAME")]
-    preset: Option<String>,
+    /// Presets to run, comma-separated, in order: qwen3-30b-a3b, qwen3-30b-a3b-fp8 (the same
+    /// shape in FP8 128x128 blocks, as Qwen3-30B-A3B-FP8 ships), mixtral-8x7b, deepseek-v3
+    /// (FP8 blocks, as released), tiny (default: qwen3-30b-a3b, mixtral-8x7b, deepseek-v3;
+    /// on cuda also Qwen3 in FP8 and DeepSeek-V3 in bf16).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    preset: Vec<String>,
 
     /// Token counts to run, comma-separated (default: 1,8,64,512,4096 less the rows that
     /// would take minutes here, which are listed; naming a count runs it regardless).
     #[arg(long, value_name = "N", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     tokens: Vec<u64>,
 
+    /// Run the token sweep 1,2,4,8,16,32,128,256,1024,2048,8192 (every count, as with
+    /// --tokens).
+    #[arg(long, conflicts_with = "tokens")]
+    sweep: bool,
+
     /// Backend to time (cpu, reference, cuda, ...). `cuda` runs the GPU harness: weights
-    /// generated in memory, device ceilings, device-event timing, every token count and a
-    /// DeepSeek-V3 bf16 preset next to the FP8 one by default.
+    /// generated in memory, device ceilings (copy, bf16 and e4m3 matmul), device-event
+    /// timing, every token count, and by default Qwen3-30B-A3B and DeepSeek-V3 each in bf16
+    /// and in FP8 blocks.
     #[arg(long, value_name = "NAME", default_value = "cpu")]
     backend: String,
 
@@ -83,8 +91,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     ceiling_mib: Option<u64>,
 
-    /// Side of the GEMM ceiling's square problem (default: 2048 f32 on the CPU, 8192 bf16 on
-    /// cuda).
+    /// Side of the GEMM ceiling's square problem (default: 2048 f32 on the CPU, 8192 bf16 and
+    /// e4m3 on cuda; the e4m3 one needs a multiple of 16).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     ceiling_gemm: Option<u64>,
 
@@ -115,8 +123,10 @@ const CPU_CEILING_MIB: u64 = 512;
 const CPU_CEILING_GEMM: u64 = 2048;
 
 /// The presets and rows the flags select, and notes on the default rows left out. A device
-/// backend runs every token count and, unless `--preset` or `--weights` narrows it, DeepSeek-V3
-/// in bf16 next to its FP8 rows (22.5 GB of bf16 weights fit a GPU, not this host's RAM).
+/// backend runs every token count and, unless `--preset` or `--weights` narrows it, each
+/// preset in each of its `device_formats` (DeepSeek-V3 in bf16 next to its FP8 rows: 22.5 GB
+/// of bf16 weights fit a GPU, not this host's RAM; Qwen3-30B-A3B in FP8 next to bf16).
+/// `--sweep` runs [`SWEEP_TOKENS`] for every selected preset, every count regardless of time.
 fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
     let on_device = device::is_device_backend(&args.backend);
     let override_weights = match &args.weights {
@@ -125,30 +135,38 @@ fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
         ),
         None => None,
     };
-    let presets: Vec<Preset> = match &args.preset {
-        Some(name) => vec![
-            Preset::find(name)
-                .with_context(|| format!("unknown preset `{name}` (known: {})", Preset::names().join(", ")))?,
-        ],
-        None if on_device && override_weights.is_none() => preset::PRESETS
+    let presets: Vec<Preset> = if !args.preset.is_empty() {
+        args.preset
+            .iter()
+            .map(|name| {
+                Preset::find(name)
+                    .with_context(|| format!("unknown preset `{name}` (known: {})", Preset::names().join(", ")))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else if on_device && override_weights.is_none() {
+        preset::PRESETS
             .iter()
             .copied()
             .filter(|p| p.in_default_run)
-            .flat_map(|p| {
-                // The bf16 variant of a preset released in FP8 runs first.
-                let bf16 = (p.weights != WeightFormat::Bf16).then(|| p.with_weights(WeightFormat::Bf16));
-                bf16.into_iter().chain([p])
-            })
-            .collect(),
-        None => preset::PRESETS.iter().copied().filter(|p| p.in_default_run).collect(),
+            .flat_map(|p| p.device_formats.iter().map(move |&w| p.with_weights(w)))
+            .collect()
+    } else {
+        preset::PRESETS.iter().copied().filter(|p| p.in_default_run).collect()
+    };
+    let requested: Vec<usize> = if args.sweep {
+        SWEEP_TOKENS.to_vec()
+    } else {
+        args.tokens.iter().map(|&t| t as usize).collect()
     };
     let mut plans = Vec::new();
     let mut not_run = Vec::new();
     for p in presets {
         let p = override_weights.map_or(p, |w| p.with_weights(w));
-        let tokens: Vec<usize> = if args.tokens.is_empty() && on_device {
+        let tokens: Vec<usize> = if !requested.is_empty() {
+            requested.clone()
+        } else if on_device {
             TOKENS.to_vec()
-        } else if args.tokens.is_empty() {
+        } else {
             TOKENS.iter().copied().filter(|&t| {
                 let keep = p.flops(t) <= DEFAULT_RUN_MAX_FLOP;
                 if !keep {
@@ -162,8 +180,6 @@ fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
                 keep
             })
             .collect()
-        } else {
-            args.tokens.iter().map(|&t| t as usize).collect()
         };
         let rows = tokens
             .into_iter()
@@ -220,7 +236,8 @@ fn cache_of(args: &BenchArgs, plan: &Plan) -> anyhow::Result<cache::Cache> {
 }
 
 /// Reads a peer's JSON lines into rows, with our arithmetic (the same routing reads the same
-/// experts, so the touched count comes from our row of the same preset and token count).
+/// experts, so the touched count comes from our row of the same preset, weights, when the
+/// line names them, and token count).
 fn read_peer(path: &Path, ours: &[Row]) -> anyhow::Result<Vec<Row>> {
     #[derive(serde::Deserialize)]
     struct Line {
@@ -228,6 +245,8 @@ fn read_peer(path: &Path, ours: &[Row]) -> anyhow::Result<Vec<Row>> {
         tokens: usize,
         backend: String,
         median_ms: f64,
+        #[serde(default)]
+        weights: Option<String>,
         #[serde(default)]
         min_ms: Option<f64>,
         #[serde(default)]
@@ -238,7 +257,11 @@ fn read_peer(path: &Path, ours: &[Row]) -> anyhow::Result<Vec<Row>> {
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let l: Line = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a peer timing line", path.display(), i + 1))?;
-        let Some(ours) = ours.iter().find(|r| r.preset == l.preset && r.tokens == l.tokens) else {
+        let same_weights = |r: &Row| l.weights.as_ref().is_none_or(|w| *w == r.weights);
+        let Some(ours) = ours
+            .iter()
+            .find(|r| r.preset == l.preset && r.tokens == l.tokens && same_weights(r))
+        else {
             continue;
         };
         let Some(p) = Preset::find(&l.preset) else { continue };
@@ -375,4 +398,95 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(path, page).with_context(|| format!("writing `{}`", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    /// (preset, weights, tokens) of each planned preset for `moe bench ARGV`.
+    fn planned(argv: &[&str]) -> Vec<(&'static str, &'static str, Vec<usize>)> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).unwrap();
+        plan(&cli.args)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|p| {
+                (
+                    p.preset.name,
+                    p.preset.weights.name(),
+                    p.rows.iter().map(|r| r.0).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn device_default_runs_qwen3_and_deepseek_in_bf16_and_fp8() {
+        let runs: Vec<_> = planned(&["--backend", "cuda"])
+            .into_iter()
+            .map(|(p, w, t)| {
+                assert_eq!(t, TOKENS.to_vec(), "{p} {w}");
+                (p, w)
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("qwen3-30b-a3b", "bf16"),
+                ("qwen3-30b-a3b", "fp8-block"),
+                ("mixtral-8x7b", "bf16"),
+                ("deepseek-v3", "bf16"),
+                ("deepseek-v3", "fp8-block"),
+            ]
+        );
+        // The CPU default run is unchanged: each preset once, in its own format.
+        let cpu: Vec<_> = planned(&[]).into_iter().map(|(p, w, _)| (p, w)).collect();
+        assert_eq!(
+            cpu,
+            [
+                ("qwen3-30b-a3b", "bf16"),
+                ("mixtral-8x7b", "bf16"),
+                ("deepseek-v3", "fp8-block")
+            ]
+        );
+    }
+
+    #[test]
+    fn sweep_runs_every_count_for_every_listed_preset() {
+        let sweep = SWEEP_TOKENS.to_vec();
+        let runs = planned(&[
+            "--backend",
+            "cuda",
+            "--preset",
+            "qwen3-30b-a3b,qwen3-30b-a3b-fp8,deepseek-v3",
+            "--sweep",
+        ]);
+        assert_eq!(
+            runs,
+            [
+                ("qwen3-30b-a3b", "bf16", sweep.clone()),
+                ("qwen3-30b-a3b", "fp8-block", sweep.clone()),
+                ("deepseek-v3", "fp8-block", sweep.clone()),
+            ]
+        );
+        // On the CPU too, every count runs (none is left out for time, as with --tokens).
+        assert_eq!(
+            planned(&["--preset", "deepseek-v3", "--sweep"]),
+            [("deepseek-v3", "fp8-block", sweep)]
+        );
+        assert_eq!(
+            planned(&["--preset", "qwen3-30b-a3b-fp8", "--tokens", "3,5"]),
+            [("qwen3-30b-a3b", "fp8-block", vec![3, 5])]
+        );
+        assert!(Cli::try_parse_from(["bench", "--sweep", "--tokens", "1"]).is_err());
+    }
 }

@@ -63,10 +63,34 @@ pub struct Preset {
     pub weights: WeightFormat,
     /// Whether the default run (no `--preset`) includes it.
     pub in_default_run: bool,
+    /// The weight formats a device backend's default run (no `--preset`, no `--weights`)
+    /// times it in, in order: bf16, then the format of an FP8 release.
+    pub device_formats: &'static [WeightFormat],
 }
 
 /// Token counts of the default table.
 pub const TOKENS: [usize; 5] = [1, 8, 64, 512, 4096];
+
+/// Token counts of `--sweep` (issue 15): decode sizes in powers of two, then prefill.
+pub const SWEEP_TOKENS: [usize; 11] = [1, 2, 4, 8, 16, 32, 128, 256, 1024, 2048, 8192];
+
+/// Named weight variants of a preset: `--preset NAME` runs the shape of preset `of` with
+/// weights `weights`, and its rows carry the preset's name and the format. Qwen3-30B-A3B's FP8
+/// release (`Qwen/Qwen3-30B-A3B-FP8`) stores its experts in DeepSeek-V3's layout: e4m3 codes
+/// with one scale per 128x128 block.
+pub struct Variant {
+    pub name: &'static str,
+    pub of: &'static str,
+    pub weights: WeightFormat,
+}
+
+pub const VARIANTS: [Variant; 1] = [Variant {
+    name: "qwen3-30b-a3b-fp8",
+    of: "qwen3-30b-a3b",
+    weights: WeightFormat::Fp8Block,
+}];
+
+const BF16_FP8: &[WeightFormat] = &[WeightFormat::Bf16, WeightFormat::Fp8Block];
 
 /// Routed FLOPs above which a row is left out of the default run. Every preset's T = 4096 row
 /// (2.9 TFLOP for mixtral-8x7b and deepseek-v3: ~20 s per forward on two cores, 4 forwards,
@@ -82,6 +106,7 @@ pub const PRESETS: [Preset; 4] = [
         top_k: 8,
         weights: WeightFormat::Bf16,
         in_default_run: true,
+        device_formats: BF16_FP8,
     },
     Preset {
         name: "mixtral-8x7b",
@@ -91,6 +116,7 @@ pub const PRESETS: [Preset; 4] = [
         top_k: 2,
         weights: WeightFormat::Bf16,
         in_default_run: true,
+        device_formats: &[WeightFormat::Bf16],
     },
     // 22.5 GB in bf16 would not fit next to the OS in 24 GB; FP8 128-block is its released format.
     Preset {
@@ -101,6 +127,7 @@ pub const PRESETS: [Preset; 4] = [
         top_k: 8,
         weights: WeightFormat::Fp8Block,
         in_default_run: true,
+        device_formats: BF16_FP8,
     },
     // For tests and smoke runs: generated in milliseconds.
     Preset {
@@ -111,16 +138,26 @@ pub const PRESETS: [Preset; 4] = [
         top_k: 2,
         weights: WeightFormat::Bf16,
         in_default_run: false,
+        device_formats: &[],
     },
 ];
 
 impl Preset {
+    /// The preset or named variant ([`VARIANTS`]) called `name`.
     pub fn find(name: &str) -> Option<Preset> {
-        PRESETS.iter().copied().find(|p| p.name == name)
+        PRESETS.iter().copied().find(|p| p.name == name).or_else(|| {
+            let v = VARIANTS.iter().find(|v| v.name == name)?;
+            Some(Preset::find(v.of)?.with_weights(v.weights))
+        })
     }
 
+    /// Every name [`Preset::find`] knows, presets first.
     pub fn names() -> Vec<&'static str> {
-        PRESETS.iter().map(|p| p.name).collect()
+        PRESETS
+            .iter()
+            .map(|p| p.name)
+            .chain(VARIANTS.iter().map(|v| v.name))
+            .collect()
     }
 
     /// The same shape with weights stored as `w`.
@@ -211,6 +248,29 @@ mod tests {
         let m = Preset::find("mixtral-8x7b").unwrap();
         assert_eq!(m.total_bytes(), 2_818_572_288);
         assert_eq!(m.flops(1), 2.0 * 2.0 * 3.0 * 4096.0 * 14336.0);
+    }
+
+    #[test]
+    fn qwen3_fp8_variant_is_the_qwen3_shape_in_fp8_blocks() {
+        let q = Preset::find("qwen3-30b-a3b").unwrap();
+        let f = Preset::find("qwen3-30b-a3b-fp8").unwrap();
+        assert_eq!(f, q.with_weights(WeightFormat::Fp8Block));
+        assert_eq!(f.name, "qwen3-30b-a3b");
+        // I = 768 and H = 2048 hold whole 128x128 blocks: 6 x 16 scales per gate/up, 16 x 6 per down.
+        assert_eq!(f.expert_bytes(), 3 * (768 * 2048 + 4 * 6 * 16));
+        assert!(Preset::names().contains(&"qwen3-30b-a3b-fp8"));
+        assert_eq!(SWEEP_TOKENS, [1, 2, 4, 8, 16, 32, 128, 256, 1024, 2048, 8192]);
+        // Every preset a device run times in FP8 is one whose FP8 kernels take it (I % 128 == 0).
+        for p in PRESETS
+            .iter()
+            .filter(|p| p.device_formats.contains(&WeightFormat::Fp8Block))
+        {
+            assert!(
+                p.inter.is_multiple_of(FP8_BLOCK) && p.hidden.is_multiple_of(FP8_BLOCK),
+                "{}",
+                p.name
+            );
+        }
     }
 
     #[test]

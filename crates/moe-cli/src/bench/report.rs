@@ -126,9 +126,11 @@ fn ratio_cell(row: &Row, c: &Ceilings) -> String {
     }
 }
 
-/// The peer's row matching `row` (same preset and token count).
+/// The peer's row matching `row` (same preset, weights and token count).
 pub fn peer_of<'a>(row: &Row, peers: &'a [Row]) -> Option<&'a Row> {
-    peers.iter().find(|p| p.preset == row.preset && p.tokens == row.tokens)
+    peers
+        .iter()
+        .find(|p| p.preset == row.preset && p.weights == row.weights && p.tokens == row.tokens)
 }
 
 pub fn ceilings_line(c: &Ceilings) -> String {

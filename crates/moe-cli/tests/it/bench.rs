@@ -137,3 +137,29 @@ fn bench_unknown_preset_or_backend_fails_naming_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+#[test]
+fn bench_sweep_reports_every_token_count() {
+    let cache = scratch("bench-sweep");
+    let want = [1u64, 2, 4, 8, 16, 32, 128, 256, 1024, 2048, 8192];
+    let out = bench(&cache, &["--sweep", "--json", "--repeats", "1", "--warmup", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let tokens: Vec<u64> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tokens, want, "{stdout}");
+    // The table has one line per count too.
+    let out = bench(&cache, &["--sweep", "--repeats", "1", "--warmup", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("tiny"))
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(rows, want, "{text}");
+    // `--sweep` and `--tokens` are one choice.
+    assert!(!bench(&cache, &["--sweep", "--tokens", "1"]).status.success());
+}

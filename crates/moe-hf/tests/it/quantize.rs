@@ -109,6 +109,144 @@ fn mxfp4_roundtrip_matches_bf16_oracle() {
     check_format(TargetFormat::Mxfp4);
 }
 
+/// Qwen3-30B-A3B-FP8's layout (`Qwen/Qwen3-30B-A3B-FP8` on the Hub): per expert
+/// `mlp.experts.{e}.{gate,up,down}_proj.weight` e4m3 with `.weight_scale_inv` per 128x128 block,
+/// the router in bf16, and `quantization_config` `{quant_method: fp8, fmt: e4m3,
+/// activation_scheme: dynamic, weight_block_size: [128, 128]}`: what `quantize_checkpoint`
+/// writes for the qwen3_moe fixture. It loads, and computes the transformers block's outputs
+/// within the FP8 block bound, with the f32 scales as written and with the scales stored in
+/// bf16 (as some of Qwen's FP8 releases store them).
+#[test]
+fn qwen3_moe_fp8_block_loads_in_the_qwen3_fp8_layout() {
+    let name = "qwen3_moe-bfloat16";
+    let s = Scratch::new("qwen3-fp8");
+    let out = s.path().join("q");
+    quantize(&fixture(name), &out, &QuantizeOptions::new(TargetFormat::Fp8Block));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "qwen3_moe");
+    // The Hub's four keys (our writer adds `modules_to_not_convert`, which the release lacks).
+    let hub_quant = serde_json::json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]});
+    for (k, v) in hub_quant.as_object().unwrap() {
+        assert_eq!(&cfg["quantization_config"][k], v, "quantization_config.{k}");
+    }
+    let ck = Checkpoint::open(&out).unwrap();
+    for e in [0, 15] {
+        let p = format!("model.layers.0.mlp.experts.{e}.");
+        for (proj, shape) in [("gate_proj", [32, 64]), ("up_proj", [32, 64]), ("down_proj", [64, 32])] {
+            assert_eq!(
+                ck.info(&format!("{p}{proj}.weight")),
+                Some((DType::F8E4M3, &shape[..])),
+                "{p}{proj}"
+            );
+            // H = 64, I = 32: one partial 128x128 block per projection.
+            assert_eq!(
+                ck.info(&format!("{p}{proj}.weight_scale_inv")),
+                Some((DType::F32, &[1, 1][..]))
+            );
+        }
+    }
+    assert_eq!(
+        ck.info("model.layers.0.mlp.gate.weight"),
+        Some((DType::BF16, &[16, 64][..])),
+        "the router stays in bf16"
+    );
+    drop(ck);
+    let bound = quantized_bound(TargetFormat::Fp8Block);
+    for backend in ["reference", "cpu"] {
+        let err = roundtrip(name, TargetFormat::Fp8Block, backend);
+        assert!(err <= bound, "{name} as fp8-block [{backend}]: {err:.3e} > {bound:.0e}");
+    }
+
+    // The same checkpoint with every `weight_scale_inv` rounded to bf16 and the Hub's
+    // `quantization_config` verbatim.
+    let bf16_scales = s.path().join("q-bf16-scales");
+    std::fs::create_dir_all(&bf16_scales).unwrap();
+    let mut hub_cfg = cfg.clone();
+    hub_cfg["quantization_config"] = hub_quant;
+    std::fs::write(
+        bf16_scales.join("config.json"),
+        serde_json::to_string_pretty(&hub_cfg).unwrap(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(out.join("model.safetensors")).expect("one model.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut converted = 0;
+    for (n, v) in st.tensors() {
+        if n.ends_with(".weight_scale_inv") {
+            assert_eq!(v.dtype(), safetensors::Dtype::F32, "{n}");
+            let f: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let t = Tensor::from_f32_as(DType::BF16, v.shape().to_vec(), &f).unwrap();
+            tensors.push((
+                n,
+                safetensors::Dtype::BF16,
+                v.shape().to_vec(),
+                t.view().unwrap().data.into_owned(),
+            ));
+            converted += 1;
+        } else {
+            tensors.push((n, v.dtype(), v.shape().to_vec(), v.data().to_vec()));
+        }
+    }
+    assert_eq!(converted, 16 * 3);
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, shape, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, shape.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        bf16_scales.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let ck = Checkpoint::open(&bf16_scales).unwrap();
+    assert_eq!(
+        ck.info("model.layers.0.mlp.experts.3.down_proj.weight_scale_inv"),
+        Some((DType::BF16, &[1, 1][..]))
+    );
+    drop(ck);
+    for backend in ["reference", "cpu"] {
+        let opts = |dir: &Path| {
+            MoeBlock::load(
+                dir,
+                0,
+                BlockOptions {
+                    backend: Some(backend.into()),
+                    dequantize: !runs_quantized(TargetFormat::Fp8Block, 32),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        };
+        let (mut f32_scales, mut rounded) = (opts(&out), opts(&bf16_scales));
+        for t in TOKENS {
+            let x = io_tensor(&fixture(name), &format!("x_{t}"));
+            let y = rounded.forward(&x).unwrap();
+            let err = rel_l2(&y, &io_tensor(&fixture(name), &format!("y_{t}")));
+            // bf16 scales move each block by at most 2^-9 relative: the f32-scale run's output
+            // within a few 1e-3.
+            let shift = rel_l2(&y, &f32_scales.forward(&x).unwrap());
+            eprintln!(
+                "{name} fp8-block, bf16 scales [{backend}] T={t}: vs oracle {err:.3e}, vs f32 scales {shift:.3e}"
+            );
+            assert!(err <= bound, "bf16 scales [{backend}] T={t}: {err:.3e} > {bound:.0e}");
+            assert!(
+                shift <= 1e-2,
+                "bf16 scales [{backend}] T={t}: {shift:.3e} from the f32-scale run"
+            );
+        }
+    }
+}
+
 /// The written tensors decode (through the loader's canonical names) to the float weights
 /// within the format's rounding, for every family layout: a row of the wrong expert, gate/up
 /// swapped or de-interleaved, or a misplaced scale shows as an error near 1.4, not 0.1.

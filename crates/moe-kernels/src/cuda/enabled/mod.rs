@@ -4,7 +4,8 @@
 //!   device is queued on, the module cache.
 //! - [`storage`]: [`CudaStorage`], the device memory behind a [`moe_core::Tensor`], and the
 //!   host <-> device copies.
-//! - [`ffi`]: the only module with `unsafe` (kernel launches, typed views of byte buffers).
+//! - [`ffi`]: the `unsafe` of the layer (kernel launches, typed views of byte buffers), and
+//!   [`ffi_cublaslt`] the one cuBLASLt call (the e4m3 GEMM of [`ceilings`]).
 //! - [`compile`]: NVRTC compilation for the device's architecture, cached per module.
 //! - [`graph`]: CUDA-graph capture of a device's stream and its replay ([`DeviceGraph`]).
 //! - [`routing`], [`rows`], [`comm_rows`], [`experts`], [`ceilings`]: the device operations, each
@@ -16,6 +17,7 @@ mod compile;
 mod device;
 mod experts;
 mod ffi;
+mod ffi_cublaslt;
 mod graph;
 mod routing;
 mod rows;
