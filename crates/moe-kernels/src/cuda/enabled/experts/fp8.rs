@@ -55,7 +55,8 @@ pub(crate) const FP8_KERNELS: [(usize, Fp8Kernel); 2] = [(8, Fp8Kernel::Gemv), (
 const BLOCK: usize = 128;
 
 /// Pipeline depth of the FP8 TMA kernel (`F8_STAGES` in `fp8.cu`); a stage holds A (128 rows)
-/// and B (256 weight rows) of 128 codes.
+/// and B (256 weight rows) of 128 codes. With the n-split exchange the kernel's shared memory
+/// is 226 KB of the 227 KB a block may have: no room for a fifth stage.
 const STAGES: usize = 4;
 
 /// How this layer's FP8 scales are laid out.
@@ -338,25 +339,29 @@ impl DeviceExperts {
         } else {
             units.div_ceil(256)
         };
-        let blocks = p.max_tiles * n_tiles;
-        if blocks > i32::MAX as usize {
-            return Err(MoeError::config(
+        // Work items: (row tile, column tile) pairs; a persistent grid of one block per
+        // multiprocessor walks them.
+        let work = p.max_tiles * n_tiles;
+        let work_i = i32::try_from(work).map_err(|_| {
+            MoeError::config(
                 "tokens per forward",
-                format!("{rows} selections need {blocks} GEMM blocks (more than one launch holds)"),
-            ));
-        }
+                format!("{rows} selections need {work} GEMM tiles (more than one launch holds)"),
+            )
+        })?;
         let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
+            grid_dim: (work.min(dev.multiprocessors() as usize).max(1) as u32, 1, 1),
             block_dim: (384, 1, 1),
-            // The stages, a full and an empty mbarrier per stage, 1 KB of alignment slack.
-            shared_mem_bytes: (STAGES * (128 * 128 + 256 * 128) + 16 * STAGES + 1024) as u32,
+            // The stages, a 1 KB block of mbarriers, the n-split exchange (64 x 128 f32), 1 KB
+            // of alignment slack.
+            shared_mem_bytes: (STAGES * (128 * 128 + 256 * 128) + 1024 + 64 * 128 * 4 + 1024) as u32,
         };
-        let name = format!(
-            "f8tma_{}_{}_{}",
-            if fc1 { "fc1" } else { "fc2" },
-            dt_suffix(self.dtype)?,
-            self.format.suffix()
-        );
+        // Gated and plain FC1 are separate entry points (each one's epilogue is its own code).
+        let which = match (fc1, g.gated != 0) {
+            (true, true) => "fc1g",
+            (true, false) => "fc1",
+            (false, _) => "fc2",
+        };
+        let name = format!("f8tma_{which}_{}_{}", dt_suffix(self.dtype)?, self.format.suffix());
         let f = self.kernel(&format!("{} {WGMMA_DEFINE}", self.variant()?), &name)?;
         f.set_attribute(
             cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -366,7 +371,14 @@ impl DeviceExperts {
         let act = act_args(self.dims.activation);
         let n_tiles_i = n_tiles as i32;
         ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
-            a.arg(&g).arg(&w).arg(&act).arg(&q).arg(&ta).arg(&tb).arg(&n_tiles_i);
+            a.arg(&g)
+                .arg(&w)
+                .arg(&act)
+                .arg(&q)
+                .arg(&ta)
+                .arg(&tb)
+                .arg(&n_tiles_i)
+                .arg(&work_i);
         })
         .map_err(|e| dev_err(&loc, &name, e))
     }
