@@ -40,7 +40,7 @@ use crate::cpu::act_quant::ActQuant;
 use crate::cpu::expert_mlp::{ExpertView, MlpDims};
 use crate::cpu::float_slice::FloatSlice;
 use crate::cpu::weight_slice::{QuantMatrix, WeightSlice};
-use fp8::{Fp8Kernel, Permutation};
+use fp8::Fp8Kernel;
 
 pub(super) mod fp8;
 
@@ -728,20 +728,13 @@ impl DeviceExperts {
             } else {
                 Some(dev.alloc_storage(nk * inter * 4)?)
             };
-            let fc1 = GemmArgs {
-                a: a1,
-                row_sel: row_sel_p,
-                top_k: k as i32,
-                offsets: offsets_p,
-                tiles: tiles_p,
-                num_tiles: num_tiles_p,
-                out: act32.as_ref().unwrap_or(&act).ptr(dev),
-                bias: self.b13.as_ref().map_or(0, |b| b.ptr(dev)),
-                k: h as i32,
-                units: inter as i32,
-                gated: i32::from(self.dims.activation.is_gated()),
-                out_f32: i32::from(act32.is_some()),
-            };
+            let mut fc1 = perm.gemm_args(
+                (a1, act32.as_ref().unwrap_or(&act).ptr(dev)),
+                self.b13.as_ref().map_or(0, |b| b.ptr(dev)),
+                (h, inter),
+                self.dims.activation.is_gated(),
+            );
+            fc1.out_f32 = i32::from(act32.is_some());
             self.gemm(path, true, fc1, self.w13.args(dev, self.format), max_tiles, nk)?;
 
             // 4. FC2 input quantization (permuted rows only: their count is offsets[S]), FC2
@@ -758,20 +751,12 @@ impl DeviceExperts {
                 )?;
             }
             let y = dev.alloc_storage(nk * h * esize)?;
-            let fc2 = GemmArgs {
-                a: act.ptr(dev),
-                row_sel: row_sel_p,
-                top_k: k as i32,
-                offsets: offsets_p,
-                tiles: tiles_p,
-                num_tiles: num_tiles_p,
-                out: y.ptr(dev),
-                bias: self.b2.as_ref().map_or(0, |b| b.ptr(dev)),
-                k: inter as i32,
-                units: h as i32,
-                gated: 0,
-                out_f32: 0,
-            };
+            let fc2 = perm.gemm_args(
+                (act.ptr(dev), y.ptr(dev)),
+                self.b2.as_ref().map_or(0, |b| b.ptr(dev)),
+                (inter, h),
+                false,
+            );
             self.gemm(path, false, fc2, self.w2.args(dev, self.format), max_tiles, nk)?;
             drop((act, act32));
             y
@@ -803,6 +788,25 @@ impl DeviceExperts {
 
     fn kernel(&self, variant: &str, func: &str) -> Result<cudarc::driver::CudaFunction> {
         self.dev.function_variant(MODULE, SRC, Some(variant), func)
+    }
+
+    /// Kernel `func` of `variant`, allowed `shared_mem_bytes` of dynamic shared memory (a
+    /// kernel gets more than 48 KB only once its limit is raised).
+    fn kernel_with_smem(
+        &self,
+        variant: &str,
+        func: &str,
+        shared_mem_bytes: u32,
+    ) -> Result<cudarc::driver::CudaFunction> {
+        let f = self.kernel(variant, func)?;
+        if shared_mem_bytes > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared_mem_bytes as i32,
+            )
+            .map_err(|e| dev_err(&self.dev.location(), &format!("{func}: shared memory limit"), e))?;
+        }
+        Ok(f)
     }
 
     fn on_device<'t>(&self, t: &'t Tensor, what: &str) -> Result<&'t CudaStorage> {
@@ -879,18 +883,52 @@ impl DeviceExperts {
         if self.num_slots == 0 {
             return Ok(());
         }
-        let f = self.kernel(&variant, &name)?;
-        if cfg.shared_mem_bytes > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_mem_bytes as i32,
-            )
-            .map_err(|e| dev_err(&dev.location(), &format!("{name}: shared memory limit"), e))?;
-        }
+        let f = self.kernel_with_smem(&variant, &name, cfg.shared_mem_bytes)?;
         ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
             a.arg(&g).arg(&w).arg(&act);
         })
         .map_err(|e| dev_err(&dev.location(), &name, e))
+    }
+}
+
+/// Addresses and sizes of a forward's permutation (`DeviceExperts::forward`, step 1).
+pub(super) struct Permutation {
+    pub offsets: u64,
+    pub tiles: u64,
+    pub num_tiles: u64,
+    pub row_sel: u64,
+    /// The number of permuted rows (`offsets[S]`), on the device.
+    pub rows: u64,
+    pub max_tiles: usize,
+    pub tokens: usize,
+    pub top_k: usize,
+}
+
+impl Permutation {
+    /// The arguments of one GEMM over the permuted rows: input `a` and output `out`
+    /// addresses, f32 `bias` (0: none), `(k, units)` (FC1: H and I; FC2: I and H), `gated`
+    /// (FC1 of a gated activation). `out_f32` is 0.
+    pub(super) fn gemm_args(
+        &self,
+        (a, out): (u64, u64),
+        bias: u64,
+        (k, units): (usize, usize),
+        gated: bool,
+    ) -> GemmArgs {
+        GemmArgs {
+            a,
+            row_sel: self.row_sel,
+            top_k: self.top_k as i32,
+            offsets: self.offsets,
+            tiles: self.tiles,
+            num_tiles: self.num_tiles,
+            out,
+            bias,
+            k: k as i32,
+            units: units as i32,
+            gated: i32::from(gated),
+            out_f32: 0,
+        }
     }
 }
 
@@ -991,12 +1029,11 @@ impl DeviceExperts {
             dt_suffix(self.dtype)?,
             self.format.suffix()
         );
-        let f = self.kernel(&format!("{} {WGMMA_DEFINE}", self.variant()?), &name)?;
-        f.set_attribute(
-            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            cfg.shared_mem_bytes as i32,
-        )
-        .map_err(|e| dev_err(&loc, &format!("{name}: shared memory limit"), e))?;
+        let f = self.kernel_with_smem(
+            &format!("{} {WGMMA_DEFINE}", self.variant()?),
+            &name,
+            cfg.shared_mem_bytes,
+        )?;
         let act = act_args(self.dims.activation);
         let n_tiles_i = n_tiles as i32;
         ffi::launch(dev.stream(), &f, cfg, &loc, |a| {

@@ -1090,6 +1090,20 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
             : "memory");
     }
 }
+// The pipeline's barriers, before any thread uses them: per stage a `full` barrier (one
+// producer arrival plus the copies' bytes) and an `empty` one (one arrival per consumer warp:
+// two warpgroups). Every thread of the block calls it.
+__device__ __forceinline__ void mbar_init_stages(u32 full0, u32 empty0, int stages) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < stages; ++s) {
+            mbar_init(full0 + 8 * s, 1);
+            mbar_init(empty0 + 8 * s, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+}
+
 // One box of `map` at (column c0, row c1) into shared memory, counted on `bar`.
 __device__ __forceinline__ void tma_load(u32 dst, const TensorMap* map, int c0, int c1, u32 bar) {
     asm volatile(
@@ -1155,14 +1169,7 @@ __device__ void tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& 
     const int tid = threadIdx.x, wg = tid >> 7;
     const int ktiles = (g.k + TMA_BK - 1) / TMA_BK;
 
-    if (tid == 0) {
-        for (int s = 0; s < TMA_STAGES; ++s) {
-            mbar_init(full0 + 8 * s, 1);
-            mbar_init(empty0 + 8 * s, 8);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
+    mbar_init_stages(full0, empty0, TMA_STAGES);
 
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");

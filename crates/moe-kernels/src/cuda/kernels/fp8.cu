@@ -328,14 +328,7 @@ __device__ void f8tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs
     const int tid = threadIdx.x, wg = tid >> 7;
     const int ktiles = g.k >> 7;
 
-    if (tid == 0) {
-        for (int s = 0; s < F8_STAGES; ++s) {
-            mbar_init(full0 + 8 * s, 1);
-            mbar_init(empty0 + 8 * s, 8);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
+    mbar_init_stages(full0, empty0, F8_STAGES);
 
     // Stage uses are counted across work items (`it`): stage it % F8_STAGES, phase
     // (it / F8_STAGES) & 1, the same sequence on both sides.
@@ -555,27 +548,19 @@ __device__ void f8tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs
 
 #endif  // WGMMA
 
-#ifdef VARIANT_bf16_fp8b
-F8GEMV_ALL(bf16_fp8b, 1, true)
-#ifdef WGMMA
-F8TMA_ALL(bf16_fp8b, 1, true)
+#ifndef WGMMA
+#define F8TMA_ALL(SUF, DT, BLOCK)  // the TMA kernels exist in the WGMMA (sm_90a) variants only
 #endif
+#define F8_ALL(SUF, DT, BLOCK) F8GEMV_ALL(SUF, DT, BLOCK) F8TMA_ALL(SUF, DT, BLOCK)
+#ifdef VARIANT_bf16_fp8b
+F8_ALL(bf16_fp8b, 1, true)
 #endif
 #ifdef VARIANT_f16_fp8b
-F8GEMV_ALL(f16_fp8b, 2, true)
-#ifdef WGMMA
-F8TMA_ALL(f16_fp8b, 2, true)
-#endif
+F8_ALL(f16_fp8b, 2, true)
 #endif
 #ifdef VARIANT_bf16_fp8t
-F8GEMV_ALL(bf16_fp8t, 1, false)
-#ifdef WGMMA
-F8TMA_ALL(bf16_fp8t, 1, false)
-#endif
+F8_ALL(bf16_fp8t, 1, false)
 #endif
 #ifdef VARIANT_f16_fp8t
-F8GEMV_ALL(f16_fp8t, 2, false)
-#ifdef WGMMA
-F8TMA_ALL(f16_fp8t, 2, false)
-#endif
+F8_ALL(f16_fp8t, 2, false)
 #endif

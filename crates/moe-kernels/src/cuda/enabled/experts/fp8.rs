@@ -19,7 +19,7 @@ use moe_core::{DType, MoeError, Result};
 use super::super::device::{WGMMA_DEFINE, dev_err};
 use super::super::ffi::{self, MapElem};
 use super::super::storage::CudaStorage;
-use super::{COMMON, DeviceExperts, Format, GemmArgs, WeightArgs, act_args, dt_suffix};
+use super::{COMMON, DeviceExperts, Format, GemmArgs, Permutation, WeightArgs, act_args, dt_suffix};
 use crate::cpu::act_quant::ActQuant;
 
 /// Scales of the FP8 inputs and outputs of one GEMM (`QuantIo` in `fp8.cu`; same field order
@@ -82,19 +82,6 @@ impl Scheme {
             }
         }
     }
-}
-
-/// Addresses and sizes of a forward's permutation (`DeviceExperts::forward`, step 1).
-pub(super) struct Permutation {
-    pub offsets: u64,
-    pub tiles: u64,
-    pub num_tiles: u64,
-    pub row_sel: u64,
-    /// The number of permuted rows (`offsets[S]`), on the device.
-    pub rows: u64,
-    pub max_tiles: usize,
-    pub tokens: usize,
-    pub top_k: usize,
 }
 
 fn positive(s: f32) -> bool {
@@ -177,20 +164,8 @@ impl DeviceExperts {
             out_scale: scheme.input_scale(false),
         };
         let gated = self.dims.activation.is_gated();
-        let fc1 = |a: u64, out: u64| GemmArgs {
-            a,
-            row_sel: p.row_sel,
-            top_k: p.top_k as i32,
-            offsets: p.offsets,
-            tiles: p.tiles,
-            num_tiles: p.num_tiles,
-            out,
-            bias: self.b13.as_ref().map_or(0, |b| b.ptr(dev)),
-            k: h as i32,
-            units: inter as i32,
-            gated: i32::from(gated),
-            out_f32: 0,
-        };
+        let fc1 =
+            |a: u64, out: u64| p.gemm_args((a, out), self.b13.as_ref().map_or(0, |b| b.ptr(dev)), (h, inter), gated);
         let w13 = self.w13.args(dev, self.format);
         if tma {
             self.fp8_tma(true, fc1(x_codes.ptr(dev), act_codes.ptr(dev)), w13, io1, p, nk)?;
@@ -214,20 +189,12 @@ impl DeviceExperts {
 
         // 3. FC2.
         let y = dev.alloc_storage(nk * h * self.dtype.size_in_bytes())?;
-        let fc2 = GemmArgs {
-            a: act_codes.ptr(dev),
-            row_sel: p.row_sel,
-            top_k: p.top_k as i32,
-            offsets: p.offsets,
-            tiles: p.tiles,
-            num_tiles: p.num_tiles,
-            out: y.ptr(dev),
-            bias: self.b2.as_ref().map_or(0, |b| b.ptr(dev)),
-            k: inter as i32,
-            units: h as i32,
-            gated: 0,
-            out_f32: 0,
-        };
+        let fc2 = p.gemm_args(
+            (act_codes.ptr(dev), y.ptr(dev)),
+            self.b2.as_ref().map_or(0, |b| b.ptr(dev)),
+            (inter, h),
+            false,
+        );
         let io2 = QuantIo {
             in_scales: act_scales.as_ref().map_or(0, |s| s.ptr(dev)),
             in_scale: scheme.input_scale(false),
@@ -362,12 +329,11 @@ impl DeviceExperts {
             (false, _) => "fc2",
         };
         let name = format!("f8tma_{which}_{}_{}", dt_suffix(self.dtype)?, self.format.suffix());
-        let f = self.kernel(&format!("{} {WGMMA_DEFINE}", self.variant()?), &name)?;
-        f.set_attribute(
-            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            cfg.shared_mem_bytes as i32,
-        )
-        .map_err(|e| dev_err(&loc, &format!("{name}: shared memory limit"), e))?;
+        let f = self.kernel_with_smem(
+            &format!("{} {WGMMA_DEFINE}", self.variant()?),
+            &name,
+            cfg.shared_mem_bytes,
+        )?;
         let act = act_args(self.dims.activation);
         let n_tiles_i = n_tiles as i32;
         ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
