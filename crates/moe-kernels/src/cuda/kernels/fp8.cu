@@ -68,11 +68,12 @@ __device__ void f8quant_body(const void* in, const int* sel, int top_k, const in
         s = amax / 448.0f;
         if (lane == 0) scales[(long long)r * groups + gi] = s;
     }
-    // value * (1 / s), as FC1's epilogue quantizes (see there).
-    const float inv = s == 0.0f ? 1.0f : 1.0f / s;
+    // x / s with IEEE division, as the host quantizes: a reciprocal multiply differs by an ulp,
+    // which moves a code where x / s lies that close to an E4M3 rounding midpoint (measured on
+    // an H100: one output of 268800 then missed the FP8-block criterion against the oracle).
     float x[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) x[j] = v[j] * inv;
+    for (int j = 0; j < 4; ++j) x[j] = s == 0.0f ? v[j] : v[j] / s;
     *(u32*)(codes + (long long)r * cols + gi * 128 + lane * 4) = (u32)e4m3x2(x[0], x[1]) | ((u32)e4m3x2(x[2], x[3]) << 16);
 }
 
@@ -522,14 +523,14 @@ __device__ void f8tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs
                         q.out_scales[(long long)(r_begin + r) * (g.units >> 7) + (gc0 >> 7)] = s;
                 }
                 if (!row_ok || gc0 >= g.units) continue;
-                // Codes of value * (1 / s) (the host divides: the two differ by an ulp at most,
-                // which moves an E4M3 rounding only at an exact midpoint); s = 0: the values
+                // Codes of value / s (IEEE division, as f8quant and the host); s = 0: the values
                 // themselves (zeros, or NaN).
-                const float inv = s == 0.0f ? 1.0f : 1.0f / s;
                 unsigned char* out = (unsigned char*)g.out + orow + gc0 + (lane & 3) * 2;
 #pragma unroll
-                for (int j = 0; j < 16; ++j)
-                    *(u16*)(out + j * 8) = e4m3x2(d[(grp * 16 + j) * 4] * inv, d[(grp * 16 + j) * 4 + 1] * inv);
+                for (int j = 0; j < 16; ++j) {
+                    const float a = d[(grp * 16 + j) * 4], b = d[(grp * 16 + j) * 4 + 1];
+                    *(u16*)(out + j * 8) = s == 0.0f ? e4m3x2(a, b) : e4m3x2(a / s, b / s);
+                }
             }
         }
     }  // work items
