@@ -21,23 +21,24 @@ pub(crate) struct RunInputs<'a> {
 }
 
 impl<'a> RunInputs<'a> {
-    pub fn parse(ctx: &MoeRunContext<'a>, layer: &ExpertLayer) -> Result<Self> {
+    /// `decoded` holds the activations' values when `ctx.x` is an FP8 payload (E4M3 codes,
+    /// with `x_sf` for dynamic groups): the parsed `x` then borrows it, as f32.
+    pub fn parse(ctx: &MoeRunContext<'a>, layer: &ExpertLayer, decoded: &'a mut Option<Tensor>) -> Result<Self> {
         let (h, k, dtype) = (layer.layout.hidden_size, layer.config.top_k(), layer.config.dtype);
         let x = ctx.x;
         if x.shape().len() != 2 || x.shape()[1] != h {
             return Err(MoeError::shape("x", format!("[N, {h}]"), x.shape()));
         }
-        x.expect_dtype("x", dtype)?;
+        *decoded = layer.decode_payload(x, ctx.x_sf)?;
+        let decoded: &'a Option<Tensor> = decoded;
+        let x: &'a Tensor = match decoded {
+            Some(values) => values,
+            None => {
+                x.expect_dtype("x", dtype)?;
+                x
+            }
+        };
         let n = x.rows();
-        if let Some(sf) = ctx.x_sf {
-            return Err(MoeError::DTypeMismatch {
-                what: "x_sf".into(),
-                expected:
-                    "no activation scales (the host backends carry quantized activations as their decoded values)"
-                        .into(),
-                actual: format!("{} {:?}", sf.dtype(), sf.shape()),
-            });
-        }
         let slots = ctx.token_selected_slots;
         slots.expect_shape("token_selected_slots", &[n, k])?;
         let slots = slots.as_i32("token_selected_slots")?;

@@ -87,7 +87,8 @@ impl MoeBackend for ReferenceBackend {
 
     fn run_moe(&self, ctx: &MoeRunContext<'_>) -> Result<Tensor> {
         self.layer.ensure_ready()?;
-        let inp = RunInputs::parse(ctx, &self.layer)?;
+        let mut decoded = None;
+        let inp = RunInputs::parse(ctx, &self.layer, &mut decoded)?;
         let views = LayerViews::new(&self.layer);
         let (n, k) = (inp.num_tokens, inp.top_k);
         let h = views.dims.hidden;

@@ -2,9 +2,9 @@
 //! Host tensors run the CPU kernels; device tensors run device kernels, or fail with a typed
 //! error in builds without them.
 
-use moe_core::{DType, MoeError, Result, RoutingMethod, Storage, Tensor};
+use moe_core::{DType, HostStorage, MoeError, Result, RoutingMethod, Storage, Tensor};
 
-use crate::cpu::act_quant::{ActQuant, qdq_rows};
+use crate::cpu::act_quant::{ActQuant, Fp8Rows, dequantize_fp8_rows, qdq_rows, quantize_fp8_rows};
 use crate::cpu::float_slice::FloatSlice;
 
 /// Routing ids `[N, k]` (i32) and weights `[N, k]` (f32, `None` for a scale-less static table).
@@ -114,6 +114,90 @@ pub fn qdq_activations(q: &ActQuant, x: &Tensor) -> Result<Tensor> {
         }
         Storage::Device(_) => crate::cuda::qdq_device(q, x),
     }
+}
+
+/// The activation payload of `q` for `x [N, H]` as it should travel between ranks: host FP8
+/// activations as E4M3 codes (`[N, H]`, one byte an element) with, for dynamic groups, their f32
+/// scales (`[N, ceil(H / group)]`); every other case (no or NVFP4 quantization, device tensors)
+/// the quantize-dequantized values of [`qdq_activations`] and no scales. [`decode_activations`]
+/// turns a payload back into values.
+pub fn quantize_activations(q: &ActQuant, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    if x.shape().len() != 2 {
+        return Err(MoeError::shape("x", "[N, H]", x.shape()));
+    }
+    let fp8 = matches!(q, ActQuant::Fp8PerTensor { .. } | ActQuant::Fp8Group { .. });
+    if !fp8 || !x.is_host() {
+        return Ok((qdq_activations(q, x)?, None));
+    }
+    let (n, h) = (x.shape()[0], x.shape()[1]);
+    let v = x.to_f32_vec("x")?;
+    let empty = Fp8Rows {
+        codes: Vec::new(),
+        scales: None,
+    };
+    let Some(Fp8Rows { codes, scales }) = (if n == 0 {
+        Some(empty)
+    } else {
+        quantize_fp8_rows(q, &v, h)?
+    }) else {
+        return Ok((qdq_activations(q, x)?, None));
+    };
+    let codes = Tensor::from_host(DType::F8E4M3, vec![n, h], HostStorage::Bytes(codes))?;
+    let scales = match (q, scales) {
+        (ActQuant::Fp8Group { group }, s) => {
+            Some(Tensor::from_f32(vec![n, h.div_ceil(*group)], s.unwrap_or_default())?)
+        }
+        _ => None,
+    };
+    Ok((codes, scales))
+}
+
+/// The values of activations `x` as [`quantize_activations`] sent them: an E4M3 payload (with
+/// `x_sf` for dynamic groups) decoded to f32 (`code * scale`, the values `qdq_activations`
+/// gives before rounding to a 16-bit dtype); `None` when `x` is not a payload (and `x_sf` is
+/// absent). Errors name the tensor that does not fit `q`.
+pub fn decode_activations(q: &ActQuant, x: &Tensor, x_sf: Option<&Tensor>) -> Result<Option<Tensor>> {
+    if x.dtype() != DType::F8E4M3 {
+        return match x_sf {
+            None => Ok(None),
+            Some(sf) => Err(MoeError::DTypeMismatch {
+                what: "x_sf".into(),
+                expected: "activation scales only beside E4M3 activation codes".into(),
+                actual: format!("{} {:?} beside {} x", sf.dtype(), sf.shape(), x.dtype()),
+            }),
+        };
+    }
+    if x.shape().len() != 2 {
+        return Err(MoeError::shape("x", "[N, H]", x.shape()));
+    }
+    let (n, h) = (x.shape()[0], x.shape()[1]);
+    let scales = match (q, x_sf) {
+        (ActQuant::Fp8Group { group }, Some(sf)) => {
+            sf.expect_shape("x_sf", &[n, h.div_ceil(*group)])?;
+            Some(sf.as_f32("x_sf")?)
+        }
+        (ActQuant::Fp8PerTensor { .. }, None) => None,
+        (q, sf) => {
+            return Err(MoeError::DTypeMismatch {
+                what: "x".into(),
+                expected: format!("activations of the layer's quantization ({q:?})"),
+                actual: format!(
+                    "E4M3 codes {}",
+                    if sf.is_some() {
+                        "with group scales"
+                    } else {
+                        "without scales"
+                    }
+                ),
+            });
+        }
+    };
+    let values = if n == 0 {
+        Vec::new()
+    } else {
+        dequantize_fp8_rows(q, x.as_bytes("x")?, scales, h)?
+    };
+    Ok(Some(Tensor::from_f32(vec![n, h], values)?))
 }
 
 /// Dense `x @ weight^T (+ bias)` for the model-side linears around the layer (router gate,

@@ -600,6 +600,13 @@ macro_rules! impl_quant_method {
             ) -> moe_core::Result<moe_kernels::cpu::expert_mlp::ExpertView<'a>> {
                 $crate::engine::expert_view(self, weights, layout, slot)
             }
+
+            fn input_quant(
+                &self,
+                weights: &moe_core::ExpertWeights,
+            ) -> moe_core::Result<moe_kernels::cpu::act_quant::ActQuant> {
+                $crate::format::Format::act_quant(self, weights, $crate::format::Fc::Fc1)
+            }
         }
     };
 }

@@ -3,6 +3,7 @@
 //! types; this trait adds the `moe-kernels` view on top of it.)
 
 use moe_core::{ExpertWeights, LayerLayout, QuantMethod, Result};
+use moe_kernels::cpu::act_quant::ActQuant;
 use moe_kernels::cpu::expert_mlp::ExpertView;
 
 /// A quant method the host backends can run: every method of this crate.
@@ -11,4 +12,8 @@ pub trait HostQuantMethod: QuantMethod {
     /// (borrowed from `weights`, never dequantized), biases, and the activation quantization
     /// of both GEMM inputs. Call it after `process_weights_after_loading`.
     fn expert_view<'a>(&self, weights: &'a ExpertWeights, layout: &LayerLayout, slot: usize) -> Result<ExpertView<'a>>;
+
+    /// How the FC1 input (the dispatched activations) is quantized: a layer-level fact, known
+    /// on a rank that hosts no slot too. Call it after `process_weights_after_loading`.
+    fn input_quant(&self, weights: &ExpertWeights) -> Result<ActQuant>;
 }

@@ -140,7 +140,8 @@ impl MoeBackend for CpuBackend {
 
     fn run_moe(&self, ctx: &MoeRunContext<'_>) -> Result<Tensor> {
         self.layer.ensure_ready()?;
-        let inp = RunInputs::parse(ctx, &self.layer)?;
+        let mut decoded = None;
+        let inp = RunInputs::parse(ctx, &self.layer, &mut decoded)?;
         let views = LayerViews::new(&self.layer);
         let (n, k, h) = (inp.num_tokens, inp.top_k, views.dims.hidden);
         let p = &self.layer.partition;

@@ -99,13 +99,26 @@ pub fn activations(n: usize, h: usize, dtype: DType, seed: u64) -> Tensor {
 
 /// Runs `b` with slot ids `ids` and weights `w` (`None` = all ones), returning f64 values.
 pub fn run(b: &dyn MoeBackend, x: &Tensor, ids: &[i32], w: Option<&[f32]>, out: DType) -> Vec<f64> {
+    run_payload(b, x, None, ids, w, out)
+}
+
+/// [`run`] of a `quantize_input` result: activations `x` (values or E4M3 codes) and their
+/// scales `x_sf`.
+pub fn run_payload(
+    b: &dyn MoeBackend,
+    x: &Tensor,
+    x_sf: Option<&Tensor>,
+    ids: &[i32],
+    w: Option<&[f32]>,
+    out: DType,
+) -> Vec<f64> {
     let n = x.rows();
     let k = ids.len() / n.max(1);
     let ids = Tensor::from_i32(vec![n, k], ids.to_vec()).unwrap();
     let w = w.map(|w| Tensor::from_f32(vec![n, k], w.to_vec()).unwrap());
     let ctx = MoeRunContext {
         x,
-        x_sf: None,
+        x_sf,
         token_selected_slots: &ids,
         token_final_scales: w.as_ref(),
         output_dtype: out,

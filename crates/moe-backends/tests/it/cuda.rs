@@ -15,7 +15,7 @@ use moe_backends::{CudaBackend, ReferenceBackend};
 use moe_core::{Activation, DType, ExpertPartition, MoeBackend, MoeRunContext, QuantAlgo, Tensor};
 use moe_kernels::cuda::download;
 
-use crate::common::{activations, checkpoint, config, loaded, rel_l2, routing, run};
+use crate::common::{activations, checkpoint, config, loaded, rel_l2, routing, run, run_payload};
 use crate::quantized::{case, check_accuracy, tolerance as quant_tolerance};
 
 const ACTIVATIONS: [Activation; 3] = [Activation::Swiglu, Activation::GPT_OSS, Activation::Relu2];
@@ -176,10 +176,10 @@ fn packed_quantized_formats_match_the_dequantized_oracle_and_the_reference() {
         for rows in [n, 2] {
             let x = k.x.narrow_rows(0, rows).unwrap();
             let (ids, w) = (&k.ids[..rows * kk], &k.w[..rows * kk]);
-            let q_cuda = cuda.quantize_input(&x).unwrap().x;
-            let q_ref = reference.quantize_input(&x).unwrap().x;
-            let got = run(&cuda, &q_cuda, ids, Some(w), DType::F32);
-            let want_ref = run(&reference, &q_ref, ids, Some(w), DType::F32);
+            let q_cuda = cuda.quantize_input(&x).unwrap();
+            let q_ref = reference.quantize_input(&x).unwrap();
+            let got = run_payload(&cuda, &q_cuda.x, q_cuda.x_sf.as_ref(), ids, Some(w), DType::F32);
+            let want_ref = run_payload(&reference, &q_ref.x, q_ref.x_sf.as_ref(), ids, Some(w), DType::F32);
             if rows == n {
                 let acc = check_accuracy(&got, &k.want, quant_tolerance(algo, &k.want))
                     .unwrap_or_else(|e| panic!("{algo:?}: cuda vs dequantized oracle: {e}"));

@@ -338,7 +338,10 @@ fn act_quants(q: &QuantConfig, src: &MemoryWeights, gated: bool, experts: usize)
 /// Runs `b` as the scheduler does: `quantize_input`, then `run_moe`; f32 output.
 fn run_quantized(b: &dyn MoeBackend, x: &Tensor, ids: &[i32], w: &[f32]) -> Vec<f64> {
     let q = b.quantize_input(x).unwrap();
-    assert_eq!(q.x.dtype(), x.dtype());
+    // FP8 formats travel as E4M3 codes (and group scales); the others as the layer's values.
+    if q.x.dtype() != DType::F8E4M3 {
+        assert_eq!(q.x.dtype(), x.dtype());
+    }
     let n = x.rows();
     let k = ids.len() / n.max(1);
     let ids = Tensor::from_i32(vec![n, k], ids.to_vec()).unwrap();
@@ -473,6 +476,70 @@ fn round_trip(algo: QuantAlgo, act: Activation, bias: bool, max_quant_err: f64, 
 // activation (f32 here, f64 there) straddle a grid midpoint; a flip moves one activation by one
 // grid step and so one token's whole output row (measured: one flipped FP8 activation out of
 // 20480 gives 1e-3), hence 1e-2 for them.
+
+/// The host backends' `quantize_input` of FP8 formats is the payload that crosses ranks: one
+/// byte an element, plus one f32 scale per 128 columns for FP8 block (DeepSeek's 1 x 128
+/// groups), instead of the two bytes of bf16; other formats keep the layer's dtype.
+#[test]
+fn fp8_payload_is_one_byte_an_element_plus_group_scales() {
+    for (algo, scale_bytes) in [
+        (QuantAlgo::Fp8Block, 4 * SMALL.hidden.div_ceil(128)),
+        (QuantAlgo::Fp8PerTensor, 0),
+    ] {
+        let k = case(algo, Activation::Swiglu, false, 5);
+        for b in [
+            &loaded::<CpuBackend>(&k.c, &k.src) as &dyn MoeBackend,
+            &loaded::<ReferenceBackend>(&k.c, &k.src),
+        ] {
+            let q = b.quantize_input(&k.x).unwrap();
+            assert_eq!(q.x.dtype(), DType::F8E4M3, "{algo:?} {}", b.name());
+            assert_eq!(q.x.shape(), k.x.shape());
+            let sf_bytes = q.x_sf.as_ref().map_or(0, |sf| sf.numel() * sf.dtype().size_in_bytes());
+            let per_token = (q.x.numel() * q.x.dtype().size_in_bytes() + sf_bytes) / SMALL.tokens;
+            println!(
+                "{algo:?} {}: {per_token} bytes per token (bf16: {})",
+                b.name(),
+                2 * SMALL.hidden
+            );
+            assert_eq!(per_token, SMALL.hidden + scale_bytes, "{algo:?} {}", b.name());
+        }
+    }
+    // NVFP4 and weight-only formats still hand over values in the layer's dtype.
+    let k = case(QuantAlgo::W4A16Mxfp4, Activation::GPT_OSS, true, 5);
+    let b: CpuBackend = loaded(&k.c, &k.src);
+    let q = b.quantize_input(&k.x).unwrap();
+    assert_eq!((q.x.dtype(), q.x_sf.is_none()), (DType::BF16, true));
+}
+
+/// A payload that does not fit the layer is a typed error naming it, never a panic.
+#[test]
+fn malformed_fp8_payloads_are_typed_errors() {
+    let k = case(QuantAlgo::Fp8Block, Activation::Swiglu, false, 6);
+    let b: CpuBackend = loaded(&k.c, &k.src);
+    let q = b.quantize_input(&k.x).unwrap();
+    let sf = q.x_sf.clone().unwrap();
+    let n = k.x.rows();
+    let ids = Tensor::from_i32(vec![n, SMALL.top_k], k.ids.clone()).unwrap();
+    let run = |x: &Tensor, x_sf: Option<&Tensor>| {
+        b.run_moe(&MoeRunContext {
+            x,
+            x_sf,
+            token_selected_slots: &ids,
+            token_final_scales: None,
+            output_dtype: DType::F32,
+            all_rank_num_tokens: None,
+            comm_plan: None,
+        })
+    };
+    assert!(run(&q.x, Some(&sf)).is_ok());
+    let missing = run(&q.x, None).unwrap_err().to_string();
+    assert!(missing.contains("x"), "{missing}");
+    let short = sf.narrow_rows(0, n - 1).unwrap();
+    let wrong_rows = run(&q.x, Some(&short)).unwrap_err().to_string();
+    assert!(wrong_rows.contains("x_sf"), "{wrong_rows}");
+    let stray = run(&k.x, Some(&sf)).unwrap_err().to_string();
+    assert!(stray.contains("x_sf"), "{stray}");
+}
 
 #[test]
 fn fp8_per_tensor_round_trip() {

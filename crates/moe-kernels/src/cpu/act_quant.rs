@@ -98,6 +98,99 @@ pub fn qdq_rows(q: &ActQuant, data: &mut [f32], cols: usize) -> Result<()> {
     Ok(())
 }
 
+/// FP8 activations as codes (see [`quantize_fp8_rows`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fp8Rows {
+    pub codes: Vec<u8>,
+    pub scales: Option<Vec<f32>>,
+}
+
+/// FP8 activations as they travel between ranks: E4M3 codes `[rows, cols]` and, for dynamic
+/// groups, one f32 scale per row and group (`[rows, ceil(cols / group)]`, the group's `s`; 0
+/// where the group's amax is 0). `None` for other quantizations, which travel as values.
+/// [`dequantize_fp8_rows`] of the result equals [`qdq_rows`] bit for bit.
+pub fn quantize_fp8_rows(q: &ActQuant, data: &[f32], cols: usize) -> Result<Option<Fp8Rows>> {
+    check_rows(data.len(), cols)?;
+    match *q {
+        ActQuant::Fp8PerTensor { scale } => {
+            let scale = positive_finite("fp8 activation scale", scale)?;
+            Ok(Some(Fp8Rows {
+                codes: data.iter().map(|v| f32_to_e4m3_sat(v / scale)).collect(),
+                scales: None,
+            }))
+        }
+        ActQuant::Fp8Group { group } => {
+            if group == 0 {
+                return Err(MoeError::config("fp8 activation group", "must be at least 1"));
+            }
+            let mut codes = Vec::with_capacity(data.len());
+            let mut scales = Vec::with_capacity(data.len().div_ceil(cols.max(1)) * cols.div_ceil(group));
+            for row in data.chunks_exact(cols) {
+                for g in row.chunks(group) {
+                    let s = amax(g) / E4M3_MAX;
+                    // s = 0: the codes of the values themselves (zeros, or NaN), which decode
+                    // to what qdq leaves in place.
+                    codes.extend(g.iter().map(|&v| f32_to_e4m3_sat(if s == 0.0 { v } else { v / s })));
+                    scales.push(s);
+                }
+            }
+            Ok(Some(Fp8Rows {
+                codes,
+                scales: Some(scales),
+            }))
+        }
+        ActQuant::None | ActQuant::Nvfp4 { .. } => Ok(None),
+    }
+}
+
+/// The values of FP8 activations from [`quantize_fp8_rows`]: `code * scale` in f32 (`s = 0`:
+/// the code's own value). Errors on a buffer or scale table of the wrong size.
+pub fn dequantize_fp8_rows(q: &ActQuant, codes: &[u8], scales: Option<&[f32]>, cols: usize) -> Result<Vec<f32>> {
+    check_rows(codes.len(), cols)?;
+    match (*q, scales) {
+        (ActQuant::Fp8PerTensor { scale }, None) => {
+            let scale = positive_finite("fp8 activation scale", scale)?;
+            Ok(codes.iter().map(|&c| e4m3_to_f32_lut(c) * scale).collect())
+        }
+        (ActQuant::Fp8Group { group }, Some(scales)) if group > 0 => {
+            let per_row = cols.div_ceil(group);
+            let rows = codes.len() / cols.max(1);
+            if scales.len() != rows * per_row {
+                return Err(MoeError::shape(
+                    "fp8 activation scales",
+                    format!("[{rows}, {per_row}]"),
+                    &[scales.len()],
+                ));
+            }
+            let mut out = Vec::with_capacity(codes.len());
+            for (r, row) in codes.chunks_exact(cols).enumerate() {
+                for (g, part) in row.chunks(group).enumerate() {
+                    let s = scales[r * per_row + g];
+                    out.extend(part.iter().map(|&c| {
+                        let v = e4m3_to_f32_lut(c);
+                        if s == 0.0 { v } else { v * s }
+                    }));
+                }
+            }
+            Ok(out)
+        }
+        (q, scales) => Err(MoeError::config(
+            "fp8 activation payload",
+            format!(
+                "{q:?} with {} scales cannot be decoded",
+                if scales.is_some() { "group" } else { "no" }
+            ),
+        )),
+    }
+}
+
+fn check_rows(len: usize, cols: usize) -> Result<()> {
+    if cols == 0 || !len.is_multiple_of(cols) {
+        return Err(MoeError::shape("activation rows", format!("[rows, {cols}]"), &[len]));
+    }
+    Ok(())
+}
+
 /// Largest |x| of a group; NaN elements are skipped (`f32::max` ignores NaN).
 fn amax(xs: &[f32]) -> f32 {
     xs.iter().fold(0.0f32, |m, v| m.max(v.abs()))
@@ -183,6 +276,57 @@ mod tests {
         qdq_rows(&ActQuant::Nvfp4 { global_scale: 6.0 }, &mut z, 20).unwrap();
         assert_eq!(z[17], 1.0);
         assert!(z[..16].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn fp8_payload_decodes_to_the_qdq_values_bit_for_bit() {
+        // Random values over many magnitudes, zero groups, NaN and infinities, a short last group.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let cols = 300;
+        let mut data: Vec<f32> = (0..4 * cols)
+            .map(|_| {
+                let r = next();
+                let mag = 2f32.powi((r % 40) as i32 - 20);
+                let unit = (r >> 32) as f32 / u32::MAX as f32 - 0.5;
+                unit * mag
+            })
+            .collect();
+        data[cols..cols + 128].fill(0.0);
+        data[2 * cols + 5] = f32::NAN;
+        data[3 * cols + 7] = f32::INFINITY;
+        for q in [
+            ActQuant::Fp8Group { group: 128 },
+            ActQuant::Fp8PerTensor { scale: 0.01 },
+        ] {
+            let mut want = data.clone();
+            qdq_rows(&q, &mut want, cols).unwrap();
+            let Fp8Rows { codes, scales } = quantize_fp8_rows(&q, &data, cols).unwrap().unwrap();
+            assert_eq!(codes.len(), data.len(), "{q:?}: one byte per element");
+            if let Some(s) = &scales {
+                assert_eq!(s.len(), 4 * cols.div_ceil(128), "{q:?}: one scale per row and group");
+            }
+            let got = dequantize_fp8_rows(&q, &codes, scales.as_deref(), cols).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{q:?} element {i}: {g} vs {w}"
+                );
+            }
+        }
+        assert!(quantize_fp8_rows(&ActQuant::None, &data, cols).unwrap().is_none());
+        // Wrong sizes and mismatched schemes are errors.
+        let q = ActQuant::Fp8Group { group: 128 };
+        let Fp8Rows { codes, scales } = quantize_fp8_rows(&q, &data, cols).unwrap().unwrap();
+        let scales = scales.unwrap();
+        assert!(dequantize_fp8_rows(&q, &codes, Some(&scales[1..]), cols).is_err());
+        assert!(dequantize_fp8_rows(&q, &codes, None, cols).is_err());
+        assert!(dequantize_fp8_rows(&q, &codes[1..], Some(&scales), cols).is_err());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The assembled layer through its public API: selection, lifecycle, repeat bookkeeping,
 //! static EPLB placements, refusals of impossible configurations, and multi-rank layers over
-//! in-process ranks (every strategy, EP and TP sizes, attention-DP padding, chunking, dead ranks).
+//! in-process ranks (every strategy, EP and TP sizes, attention-DP padding, chunking, dead ranks),
+//! and FP8 activations crossing ranks as codes and scales.
 
 mod assembly;
 mod dynamic_eplb;
 mod multi_rank;
+mod quantized_payload;
 mod random;

@@ -23,7 +23,7 @@ use moe_backends::{CudaBackend, ReferenceBackend};
 use moe_core::{Activation, DType, MoeBackend, QuantAlgo};
 
 use super::gpu_lock;
-use crate::common::{loaded, rel_l2, run};
+use crate::common::{loaded, rel_l2, run_payload};
 use crate::quantized::{Shape, case_with, check_accuracy, tolerance};
 
 /// The layer of these cases (see the module docs for what each size reaches).
@@ -59,10 +59,10 @@ fn fp8_tensor_core_path_matches_the_reference_and_the_dequantized_oracle() {
         for rows in ROWS {
             let x = k.x.narrow_rows(0, rows).unwrap();
             let (ids, w) = (&k.ids[..rows * top_k], &k.w[..rows * top_k]);
-            let q_cuda = cuda.quantize_input(&x).unwrap().x;
-            let q_ref = reference.quantize_input(&x).unwrap().x;
-            let got = run(&cuda, &q_cuda, ids, Some(w), DType::F32);
-            let want_ref = run(&reference, &q_ref, ids, Some(w), DType::F32);
+            let q_cuda = cuda.quantize_input(&x).unwrap();
+            let q_ref = reference.quantize_input(&x).unwrap();
+            let got = run_payload(&cuda, &q_cuda.x, q_cuda.x_sf.as_ref(), ids, Some(w), DType::F32);
+            let want_ref = run_payload(&reference, &q_ref.x, q_ref.x_sf.as_ref(), ids, Some(w), DType::F32);
             if let Some(i) = got.iter().position(|v| !v.is_finite()) {
                 panic!("{what} rows={rows}: output {i} is {}", got[i]);
             }
