@@ -1,4 +1,5 @@
-//! The expert computation of one MoE layer on the device (kernels in `kernels/experts.cu`).
+//! The expert computation of one MoE layer on the device (kernels in `kernels/experts/`, one
+//! file per stage or GEMM path, compiled as one NVRTC source: [`SRC`]).
 //!
 //! [`DeviceExperts::upload`] copies a rank's slots once, in the layout the kernels read:
 //! slot-major weight matrices in their stored format (float weights in the activation dtype;
@@ -44,20 +45,32 @@ use fp8::Fp8Kernel;
 
 pub(super) mod fp8;
 
-/// One NVRTC module: the FP8 x FP8 kernels (`fp8.cu`) use the helpers of `experts.cu`.
-pub(super) const SRC: &str = concat!(include_str!("../kernels/experts.cu"), include_str!("../kernels/fp8.cu"));
+/// The module's source: its files in dependency order (each may use what the earlier ones
+/// define), one NVRTC compilation per variant.
+pub(super) const SRC: &str = concat!(
+    include_str!("../kernels/experts/formats.cu"),
+    include_str!("../kernels/experts/permute.cu"),
+    include_str!("../kernels/experts/qdq.cu"),
+    include_str!("../kernels/experts/gemv.cu"),
+    include_str!("../kernels/experts/mma.cu"),
+    include_str!("../kernels/experts/wgmma.cu"),
+    include_str!("../kernels/experts/tma.cu"),
+    include_str!("../kernels/experts/finalize.cu"),
+    include_str!("../kernels/experts/entry.cu"),
+    include_str!("../kernels/experts/fp8.cu"),
+);
 const MODULE: &str = "experts";
 /// The variant holding the permutation, quantization and finalize kernels.
 const COMMON: &str = "VARIANT_common";
 
-/// Pipeline depth of the wgmma kernels (`WG_STAGES` in `experts.cu`).
+/// Pipeline depth of the wgmma kernels (`WG_STAGES` in `experts/wgmma.cu`).
 const WG_STAGES: usize = 4;
 
 /// Average rows per slot up to which the GEMV path runs where there is no wgmma (before Hopper;
 /// on Hopper the wgmma kernel takes over from two rows per slot, see `DeviceExperts::path`).
 const GEMV_MAX_AVG_ROWS: usize = 8;
 
-/// Arguments shared by both GEMMs (`GemmArgs` in `experts.cu`; same field order and types).
+/// Arguments shared by both GEMMs (`GemmArgs` in `experts/gemv.cu`; same field order and types).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GemmArgs {
@@ -75,7 +88,7 @@ pub(crate) struct GemmArgs {
     pub out_f32: i32,
 }
 
-/// One weight matrix of every slot (`WeightArgs` in `experts.cu`).
+/// One weight matrix of every slot (`WeightArgs` in `experts/formats.cu`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct WeightArgs {
@@ -92,7 +105,7 @@ pub(crate) struct WeightArgs {
     pub b1_log2: i32,
 }
 
-/// The activation (`ActArgs` in `experts.cu`).
+/// The activation (`ActArgs` in `experts/formats.cu`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ActArgs {
@@ -403,7 +416,7 @@ enum Path {
 /// tiles already meet the T = 64 targets).
 const TMA_MIN_AVG_ROWS: usize = 32;
 
-/// Pipeline depth of the TMA kernels (`TMA_STAGES` in `experts.cu`); a stage holds A (128
+/// Pipeline depth of the TMA kernels (`TMA_STAGES` in `experts/tma.cu`); a stage holds A (128
 /// rows) and B (`bn` weight rows) of 64 16-bit columns.
 const TMA_STAGES: usize = 4;
 

@@ -134,18 +134,18 @@ pub(crate) fn gemm_bf16(
 
 // SAFETY: `GemmArgs`, `WeightArgs` and `ActArgs` are `#[repr(C)]` structs of u64 addresses,
 // i32 and f32 fields whose order, types and padding match the C structs of the same names in
-// `kernels/experts.cu`, so the kernel reads exactly the bytes pushed.
+// `kernels/experts/` (formats.cu, gemv.cu), so the kernel reads exactly the bytes pushed.
 unsafe impl DeviceRepr for super::experts::GemmArgs {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for super::experts::WeightArgs {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for super::experts::ActArgs {}
-// SAFETY: as above (`QuantIo` in `kernels/fp8.cu`: two addresses, each followed by an f32 and
+// SAFETY: as above (`QuantIo` in `kernels/experts/fp8.cu`: two addresses, each followed by an f32 and
 // the 4 padding bytes both compilers insert before the next 8-byte field).
 unsafe impl DeviceRepr for super::experts::fp8::QuantIo {}
 
 /// A bulk-tensor-copy (TMA) descriptor, passed by value to the kernels that copy with it
-/// (`TensorMap` in `kernels/experts.cu`).
+/// (`TensorMap` in `kernels/experts/tma.cu`).
 #[derive(Clone, Copy, Debug)]
 #[allow(dead_code)] // the bytes are read by the kernels, never by Rust
 pub(crate) struct TensorMap(cudarc::driver::sys::CUtensorMap);

@@ -1,4 +1,4 @@
-//! FP8 x FP8 experts on Hopper's tensor cores (kernels in `kernels/fp8.cu`).
+//! FP8 x FP8 experts on Hopper's tensor cores (kernels in `kernels/experts/fp8.cu`).
 //!
 //! Layers whose weights are E4M3 and whose format quantizes activations to E4M3 (DeepSeek's
 //! 128 x 128 weight blocks with dynamic 1 x 128 activation groups; ModelOpt's per-tensor FP8
@@ -22,7 +22,7 @@ use super::super::storage::CudaStorage;
 use super::{COMMON, DeviceExperts, Format, GemmArgs, Permutation, WeightArgs, act_args, dt_suffix};
 use crate::cpu::act_quant::ActQuant;
 
-/// Scales of the FP8 inputs and outputs of one GEMM (`QuantIo` in `fp8.cu`; same field order
+/// Scales of the FP8 inputs and outputs of one GEMM (`QuantIo` in `experts/fp8.cu`; same field order
 /// and types).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -54,7 +54,7 @@ pub(crate) const FP8_KERNELS: [(usize, Fp8Kernel); 2] = [(8, Fp8Kernel::Gemv), (
 /// 1 x 128 (one `wgmma` K block).
 const BLOCK: usize = 128;
 
-/// Pipeline depth of the FP8 TMA kernel (`F8_STAGES` in `fp8.cu`); a stage holds A (128 rows)
+/// Pipeline depth of the FP8 TMA kernel (`F8_STAGES` in `experts/fp8.cu`); a stage holds A (128 rows)
 /// and B (256 weight rows) of 128 codes. With the n-split exchange the kernel's shared memory
 /// is 226 KB of the 227 KB a block may have: no room for a fifth stage.
 const STAGES: usize = 4;

@@ -1,6 +1,7 @@
-// FP8 x FP8 experts on the tensor cores (see cuda/enabled/fp8_experts.rs for the pipeline).
-// Appended to experts.cu by the host (one NVRTC module): it uses that file's number formats,
-// argument structs, activation, cp.async/wgmma/mbarrier/TMA helpers.
+// FP8 x FP8 experts on the tensor cores (see cuda/enabled/experts/fp8.rs for the pipeline).
+// The last part of the experts module (one NVRTC source, `SRC` in enabled/experts.rs): it uses
+// the number formats, argument structs and activation of formats.cu, gemv.cu's GemmArgs and the
+// cp.async / wgmma / mbarrier / TMA helpers of mma.cu, wgmma.cu and tma.cu.
 //
 // Activations are E4M3 codes with f32 scales: one per row and 128-column group (DeepSeek's
 // dynamic 1 x 128 recipe, `s = amax / 448`, `code = e4m3_sat(x / s)`) or one static scale for
