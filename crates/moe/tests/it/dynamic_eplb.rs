@@ -8,9 +8,8 @@ use std::time::Duration;
 use moe::{CreateOptions, ForwardOptions, LayerParts, create_moe, create_moe_with};
 use moe_comm::InProcessGroup;
 use moe_core::*;
-use moe_quant::quantize::{ExpertMatrices, quantize_expert};
 
-use crate::random::{Rng, expert_weights};
+use crate::random::{Rng, expert_weights, quantized_weights};
 
 const E: usize = 8;
 const H: usize = 16;
@@ -196,22 +195,7 @@ fn every_migratable_quant_format_moves_all_its_per_expert_tensors() {
         },
     ];
     for q in formats {
-        let mut rng = Rng::new(21);
-        let mut w = MemoryWeights::new();
-        for e in 0..E {
-            let mut m = |n: usize| (0..n).map(|_| rng.uniform() * 0.5).collect::<Vec<f32>>();
-            let (w1, w3, w2) = (m(i * h), m(i * h), m(h * i));
-            let mats = ExpertMatrices {
-                w1: &w1,
-                w3: Some(&w3),
-                w2: &w2,
-                hidden: h,
-                intermediate: i,
-            };
-            for (name, t) in quantize_expert(&q, e, &mats, [4.0, 4.0]).unwrap() {
-                w.insert(name, t);
-            }
-        }
+        let w = quantized_weights(&mut Rng::new(21), &q, (E, h, i), 0.5, [4.0, 4.0]);
         let list = vec![40, 24];
         let (x, l) = skewed_inputs_h(64, h);
         let mut plain = create_moe(config_with(q.clone(), h, i)).unwrap();

@@ -6,12 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::random::{Rng, quantized_weights};
 use moe::{CreateOptions, ForwardOptions, LayerParts, create_moe, create_moe_with};
 use moe_comm::InProcessGroup;
 use moe_core::*;
-use moe_quant::quantize::{ExpertMatrices, quantize_expert};
-
-use crate::random::Rng;
 
 const E: usize = 8;
 // Three 128-column groups: the scales tensor ([rows, 3] f32) is not mistaken for the routing
@@ -74,26 +72,10 @@ fn config(quant: &QuantConfig) -> MoeConfig {
     c
 }
 
+/// Uniform inputs in [-2, 2) and weights in [-0.2, 0.2) keep x and the activations under the
+/// static scales' calibration amax of 4 (FP8 per-tensor).
 fn checkpoint(quant: &QuantConfig) -> MemoryWeights {
-    let mut rng = Rng::new(31);
-    let mut w = MemoryWeights::new();
-    for e in 0..E {
-        let mut m = |n: usize| (0..n).map(|_| rng.uniform() * 0.2).collect::<Vec<f32>>();
-        let (w1, w3, w2) = (m(I * H), m(I * H), m(H * I));
-        let mats = ExpertMatrices {
-            w1: &w1,
-            w3: Some(&w3),
-            w2: &w2,
-            hidden: H,
-            intermediate: I,
-        };
-        // Static input scales for the per-tensor format: the calibration amax of x and of the
-        // activations (uniform inputs in [-1, 1) and small weights keep both under 4).
-        for (name, t) in quantize_expert(quant, e, &mats, [4.0, 4.0]).unwrap() {
-            w.insert(name, t);
-        }
-    }
-    w
+    quantized_weights(&mut Rng::new(31), quant, (E, H, I), 0.2, [4.0, 4.0])
 }
 
 fn inputs(t: usize) -> (Tensor, Tensor) {

@@ -1,7 +1,8 @@
 //! Deterministic random layers for the assembler tests.
 
 use moe_core::weights::{Proj, expert_tensor_name};
-use moe_core::{DType, MemoryWeights, Tensor};
+use moe_core::{DType, MemoryWeights, QuantConfig, Tensor};
+use moe_quant::quantize::{ExpertMatrices, quantize_expert};
 
 /// splitmix64: tiny, seedable, and identical on every platform.
 pub struct Rng(u64);
@@ -47,6 +48,34 @@ pub fn expert_weights(rng: &mut Rng, e: usize, h: usize, i: usize, dtype: DType)
             expert_tensor_name(x, Proj::W2, "weight"),
             rng.tensor(dtype, vec![h, i], 0.5),
         );
+    }
+    w
+}
+
+/// The canonical checkpoint of `e` gated experts of size `h` x `i` quantized as `q`: weights
+/// uniform in [-scale, scale), static input scales from the calibration amaxes `input_amax`
+/// (FC1's input, FC2's input).
+pub fn quantized_weights(
+    rng: &mut Rng,
+    q: &QuantConfig,
+    (e, h, i): (usize, usize, usize),
+    scale: f32,
+    input_amax: [f32; 2],
+) -> MemoryWeights {
+    let mut w = MemoryWeights::new();
+    for x in 0..e {
+        let mut m = |n: usize| (0..n).map(|_| rng.uniform() * scale).collect::<Vec<f32>>();
+        let (w1, w3, w2) = (m(i * h), m(i * h), m(h * i));
+        let mats = ExpertMatrices {
+            w1: &w1,
+            w3: Some(&w3),
+            w2: &w2,
+            hidden: h,
+            intermediate: i,
+        };
+        for (name, t) in quantize_expert(q, x, &mats, input_amax).unwrap() {
+            w.insert(name, t);
+        }
     }
     w
 }

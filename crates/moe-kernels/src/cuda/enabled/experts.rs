@@ -803,6 +803,12 @@ impl DeviceExperts {
         self.dev.function_variant(MODULE, SRC, Some(variant), func)
     }
 
+    /// Kernel `func` of this layer's architecture-specific (`WGMMA`, sm_90a) variant, allowed
+    /// `shared_mem_bytes` of dynamic shared memory.
+    fn hopper_kernel(&self, func: &str, shared_mem_bytes: u32) -> Result<cudarc::driver::CudaFunction> {
+        self.kernel_with_smem(&format!("{} {WGMMA_DEFINE}", self.variant()?), func, shared_mem_bytes)
+    }
+
     /// Kernel `func` of `variant`, allowed `shared_mem_bytes` of dynamic shared memory (a
     /// kernel gets more than 48 KB only once its limit is raised).
     fn kernel_with_smem(
@@ -1042,11 +1048,7 @@ impl DeviceExperts {
             dt_suffix(self.dtype)?,
             self.format.suffix()
         );
-        let f = self.kernel_with_smem(
-            &format!("{} {WGMMA_DEFINE}", self.variant()?),
-            &name,
-            cfg.shared_mem_bytes,
-        )?;
+        let f = self.hopper_kernel(&name, cfg.shared_mem_bytes)?;
         let act = act_args(self.dims.activation);
         let n_tiles_i = n_tiles as i32;
         ffi::launch(dev.stream(), &f, cfg, &loc, |a| {

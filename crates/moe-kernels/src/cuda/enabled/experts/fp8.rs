@@ -16,7 +16,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use moe_core::{DType, MoeError, Result};
 
-use super::super::device::{WGMMA_DEFINE, dev_err};
+use super::super::device::dev_err;
 use super::super::ffi::{self, MapElem};
 use super::super::storage::CudaStorage;
 use super::{COMMON, DeviceExperts, Format, GemmArgs, Permutation, WeightArgs, act_args, dt_suffix};
@@ -329,11 +329,7 @@ impl DeviceExperts {
             (false, _) => "fc2",
         };
         let name = format!("f8tma_{which}_{}_{}", dt_suffix(self.dtype)?, self.format.suffix());
-        let f = self.kernel_with_smem(
-            &format!("{} {WGMMA_DEFINE}", self.variant()?),
-            &name,
-            cfg.shared_mem_bytes,
-        )?;
+        let f = self.hopper_kernel(&name, cfg.shared_mem_bytes)?;
         let act = act_args(self.dims.activation);
         let n_tiles_i = n_tiles as i32;
         ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
