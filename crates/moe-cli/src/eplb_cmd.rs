@@ -53,7 +53,7 @@ pub fn plan_cmd(r: &PlanRun<'_>) -> anyhow::Result<Summary> {
     } else {
         serde_json::to_string_pretty(&out)?
     };
-    std::fs::write(r.output, body).with_context(|| format!("writing placement `{}`", r.output.display()))?;
+    crate::output::write_atomic(r.output, "placement", body.as_bytes())?;
     let mut text = format!(
         "eplb plan: {} layer(s), {} slots on {} GPU(s) in {} node(s), algorithm {}\n",
         input.load.len(),
@@ -126,6 +126,5 @@ pub fn record_stats(path: &Path, per_expert: &[usize]) -> anyhow::Result<()> {
     let input = PlanInput {
         load: vec![per_expert.iter().map(|&c| c as f64).collect()],
     };
-    std::fs::write(path, serde_json::to_string(&input)?)
-        .with_context(|| format!("writing statistics `{}`", path.display()))
+    crate::output::write_atomic(path, "statistics", serde_json::to_string(&input)?.as_bytes())
 }

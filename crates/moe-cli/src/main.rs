@@ -9,6 +9,7 @@
 mod bench;
 mod eplb_cmd;
 mod model_run;
+mod output;
 mod prng;
 mod quantize;
 mod ranks;
@@ -347,6 +348,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // The synthetic layer is single-rank; multi-rank runs read a checkpoint and an input.
         anyhow::bail!("a multi-rank run needs --model and --input");
     }
+    // Output locations are checked before anything loads: a bad one must not cost a forward,
+    // and no output may overwrite what the run reads.
+    let mut inputs: Vec<PathBuf> = args.model.as_deref().map(output::files_in).unwrap_or_default();
+    inputs.extend(args.input.iter().cloned());
+    inputs.extend(args.placement.iter().cloned());
+    let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+    for (path, what) in [(&args.output, "--output"), (&args.record_stats, "--record-stats")] {
+        if let Some(p) = path {
+            output::check_output(p, what, &inputs)?;
+        }
+    }
+    if let (Some(o), Some(s)) = (&args.output, &args.record_stats)
+        && output::same_file(o, s)
+    {
+        anyhow::bail!("--output and --record-stats name the same file `{}`", o.display());
+    }
     let summary = match &args.model {
         Some(dir) => {
             let run = model_run::ModelRun {
@@ -424,6 +441,9 @@ fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
 fn eplb(cmd: EplbCommand) -> anyhow::Result<()> {
     let (summary, json) = match cmd {
         EplbCommand::Plan(a) => {
+            let inputs: Vec<&std::path::Path> =
+                std::iter::once(a.load.as_path()).chain(a.previous.as_deref()).collect();
+            output::check_output(&a.output, "--output", &inputs)?;
             let algorithm = match a.algorithm {
                 AlgorithmArg::Deepseek => moe_eplb::Algorithm::DeepSeek,
                 AlgorithmArg::Greedy => moe_eplb::Algorithm::Greedy,

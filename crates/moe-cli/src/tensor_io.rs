@@ -34,6 +34,5 @@ pub fn write_tensor(path: &Path, name: &str, t: &Tensor) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("building output tensor `{name}`: {e}"))?;
     let bytes = safetensors::serialize([(name, st)], None)
         .map_err(|e| anyhow::anyhow!("serializing output tensor `{name}`: {e}"))?;
-    std::fs::write(path, bytes).with_context(|| format!("writing output file `{}`", path.display()))?;
-    Ok(())
+    crate::output::write_atomic(path, "output file", &bytes)
 }

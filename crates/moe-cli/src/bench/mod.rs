@@ -277,6 +277,10 @@ fn read_peer(path: &Path, ours: &[Row]) -> anyhow::Result<Vec<Row>> {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (plans, not_run) = plan(&args)?;
+    // The page's location is checked before minutes of timing, not after.
+    if let Some(path) = &args.markdown {
+        crate::output::check_output(path, "--markdown", &[])?;
+    }
     if device::is_device_backend(&args.backend) {
         return device::run(&args, &plans, args.device);
     }
@@ -395,7 +399,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         } else {
             format!("{page}\n{kept}")
         };
-        std::fs::write(path, page).with_context(|| format!("writing `{}`", path.display()))?;
+        crate::output::write_atomic(path, "bench page", page.as_bytes())?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! error exits.
 
 mod bench;
+mod outputs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
