@@ -88,6 +88,8 @@ pub fn plan_cmd(r: &PlanRun<'_>) -> anyhow::Result<Summary> {
 /// `moe eplb stats FILE [--num-slots R --num-gpus P]`.
 pub fn stats_cmd(path: &Path, geometry: Option<(usize, usize)>) -> anyhow::Result<Summary> {
     let input: PlanInput = read_json(path, "load file")?;
+    // The same checks as `plan`: negative, non-finite or ragged loads are refused, not summed.
+    moe_eplb::validate_load(&input.load).with_context(|| format!("load file `{}`", path.display()))?;
     let mut text = format!("eplb stats: {} ({} layer(s))\n", path.display(), input.load.len());
     let mut layers = Vec::new();
     for (l, load) in input.load.iter().enumerate() {

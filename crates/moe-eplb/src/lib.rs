@@ -26,6 +26,7 @@ pub use placement::Placement;
 pub use placement_file::{PlacementFile, load_placement_yaml, placement_yaml};
 pub use plan::{
     Algorithm, PlanInput, PlanOutput, balancedness, default_assignment, gpu_loads, plan, validate_geometry,
+    validate_load,
 };
 pub use static_balancer::StaticBalancer;
 pub use statistics::{DEFAULT_DECAY, ExpertStatistics};

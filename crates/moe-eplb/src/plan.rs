@@ -195,7 +195,10 @@ pub fn validate_geometry(
 }
 
 /// Checks that every row of `load` has `num_experts` finite, non-negative entries.
-fn validate_load(load: &[Vec<f64>]) -> Result<usize> {
+/// Checks a load table (`load[layer][expert]`): at least one layer, rows of equal length,
+/// every load finite and non-negative, each layer's total within f64 range (a balancedness of
+/// `inf` helps nobody). Returns the number of experts; errors name the offending entry.
+pub fn validate_load(load: &[Vec<f64>]) -> Result<usize> {
     let first = load.first().ok_or_else(|| MoeError::config("load", "has no layers"))?;
     let e = first.len();
     for (l, row) in load.iter().enumerate() {
@@ -212,6 +215,12 @@ fn validate_load(load: &[Vec<f64>]) -> Result<usize> {
             return Err(MoeError::config(
                 format!("load[{l}][{x}]"),
                 format!("expert load must be finite and non-negative, got {v}"),
+            ));
+        }
+        if !row.iter().sum::<f64>().is_finite() {
+            return Err(MoeError::config(
+                format!("load[{l}]"),
+                "the layer's loads sum past the f64 range",
             ));
         }
     }

@@ -3,7 +3,7 @@
 //! error exits.
 
 mod bench;
-mod outputs;
+mod hardening;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

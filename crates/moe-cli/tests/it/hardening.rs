@@ -1,6 +1,7 @@
-//! Output files through the CLI: an output that is an input is refused and the input kept, a
-//! missing output directory fails before the run, and a write killed midway (a file-size limit
-//! hit while writing) leaves the previous output whole.
+//! Hostile files through the CLI. Outputs: an output that is an input is refused and the input
+//! kept, a missing output directory fails before the run, and a write killed midway (a
+//! file-size limit hit while writing) leaves the previous output whole. Load files: `eplb
+//! stats` refuses what `eplb plan` refuses (negative, non-finite, ragged, overflowing loads).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -120,4 +121,38 @@ fn a_write_killed_midway_leaves_the_previous_output_whole() {
         previous,
         "the previous output survives a write that was killed midway"
     );
+}
+
+#[test]
+fn eplb_stats_refuses_the_loads_plan_refuses_naming_the_entry() {
+    let dir = scratch("stats-bad");
+    for (body, names) in [
+        (r#"{"load": [[1, -2, 3, 4]]}"#, "load[0][1]"),
+        (r#"{"load": [[1, 2, 3, 4], [1, 2]]}"#, "load[1]"),
+        (r#"{"load": [[1e308, 1e308, 1e308, 1e308]]}"#, "load[0]"),
+        (r#"{"load": []}"#, "load"),
+    ] {
+        let f = dir.join("load.json");
+        std::fs::write(&f, body).unwrap();
+        for cmd in [
+            vec!["eplb", "stats", f.to_str().unwrap()],
+            vec![
+                "eplb",
+                "plan",
+                "--load",
+                f.to_str().unwrap(),
+                "--num-slots",
+                "4",
+                "--num-gpus",
+                "2",
+                "--output",
+                "/dev/null",
+            ],
+        ] {
+            let o = moe(&cmd);
+            assert!(!o.status.success(), "{cmd:?} on {body}: exit 0");
+            assert!(stderr(&o).contains(names), "{cmd:?} on {body}: {}", stderr(&o));
+            assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        }
+    }
 }
