@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod patterns;
 pub mod source;
 pub mod tidy;
+pub mod unused;
 
 #[cfg(test)]
 mod tests;
@@ -94,6 +95,10 @@ pub fn rules() -> Vec<RuleInfo> {
         what: features::WHAT,
     });
     v.push(RuleInfo {
+        id: unused::RULE,
+        what: unused::WHAT,
+    });
+    v.push(RuleInfo {
         id: "architecture-doc",
         what: "every Architecture Invariant of docs/ARCHITECTURE.md ends with `Enforced by:` naming existing rules and tests",
     });
@@ -133,6 +138,9 @@ pub fn check(root: &Path) -> Result<Vec<Violation>> {
         graph::check_manifest(rel, m, &names, &mut out);
     }
     let files = source::collect(root).with_context(|| format!("reading sources under {}", root.display()))?;
+    for (rel, m) in &members {
+        unused::check(rel, m, &files, &mut out);
+    }
     for file in &files {
         patterns::check(file, &mut out);
         features::check(file, &mut out);

@@ -262,6 +262,20 @@ fn plants() -> Vec<Plant> {
             silent: None,
         },
         Plant {
+            what: "moe-eplb declares rayon and no file of it names rayon",
+            file: "crates/moe-eplb/Cargo.toml",
+            edit: Edit::InsertAfter("[dependencies]", "rayon.workspace = true".into()),
+            expect: Some("unused-dep"),
+            silent: None,
+        },
+        Plant {
+            what: "moe-scheduler declares moe-eplb again (an edge no file of it uses)",
+            file: "crates/moe-scheduler/Cargo.toml",
+            edit: Edit::InsertAfter("[dependencies]", "moe-eplb.workspace = true".into()),
+            expect: Some("unused-dep"),
+            silent: None,
+        },
+        Plant {
             what: "moe-kernels takes mpi",
             file: "crates/moe-kernels/Cargo.toml",
             edit: Edit::InsertAfter("[dependencies]", "mpi = \"0.8\"".into()),
