@@ -3,13 +3,12 @@
 //! the no-EPLB output before, during and after every migration.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use moe::{CreateOptions, ForwardOptions, LayerParts, create_moe, create_moe_with};
+use moe::{ForwardOptions, create_moe};
 use moe_comm::InProcessGroup;
 use moe_core::*;
 
-use crate::random::{Rng, expert_weights, quantized_weights};
+use crate::random::{Rng, expert_weights, quantized_weights, rank_layer};
 
 const E: usize = 8;
 const H: usize = 16;
@@ -79,20 +78,7 @@ fn run_world_with(base: MoeConfig, w: MemoryWeights, ep: usize, slots: usize, li
                     layer_updates_per_iter: 1,
                     initial_global_assignments: None,
                 });
-                let parts = LayerParts {
-                    group: Some(Arc::new(g)),
-                    comm_choice: "alltoall".into(),
-                    comm_timeout: Duration::from_secs(20),
-                    ..LayerParts::default()
-                };
-                let mut layer = create_moe_with(
-                    c,
-                    CreateOptions {
-                        parts,
-                        ..CreateOptions::default()
-                    },
-                )?;
-                layer.load_weights(w.as_ref())?;
+                let mut layer = rank_layer(c, Arc::new(g), "alltoall", w.as_ref())?;
                 let start: usize = list[..rank].iter().sum();
                 let (xs, ls) = (x.narrow_rows(start, list[rank])?, l.narrow_rows(start, list[rank])?);
                 let opts = ForwardOptions {

@@ -9,7 +9,7 @@ use moe::{CreateOptions, ForwardOptions, LayerParts, create_moe, create_moe_with
 use moe_comm::InProcessGroup;
 use moe_core::*;
 
-use crate::random::{Rng, expert_weights};
+use crate::random::{Rng, expert_weights, rank_layer};
 
 const E: usize = 8;
 const H: usize = 16;
@@ -77,20 +77,7 @@ impl World {
                         tp_rank: rank % tp,
                         attention_dp: dp,
                     };
-                    let parts = LayerParts {
-                        group: Some(Arc::new(g)),
-                        comm_choice: comm.into(),
-                        comm_timeout: Duration::from_secs(20),
-                        ..LayerParts::default()
-                    };
-                    let mut layer = create_moe_with(
-                        c,
-                        CreateOptions {
-                            parts,
-                            ..CreateOptions::default()
-                        },
-                    )?;
-                    layer.load_weights(w.as_ref())?;
+                    let mut layer = rank_layer(c, Arc::new(g), comm, w.as_ref())?;
                     let (start, rows) = if dp {
                         (list[..rank].iter().sum(), list[rank])
                     } else {

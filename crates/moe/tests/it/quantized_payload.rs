@@ -4,10 +4,9 @@
 //! A counting wrapper around the in-process group records what each collective sends.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use crate::random::{Rng, quantized_weights};
-use moe::{CreateOptions, ForwardOptions, LayerParts, create_moe, create_moe_with};
+use crate::random::{Rng, quantized_weights, rank_layer};
+use moe::{ForwardOptions, create_moe};
 use moe_comm::InProcessGroup;
 use moe_core::*;
 
@@ -110,20 +109,7 @@ fn two_ranks(quant: &QuantConfig, comm: &'static str, list: [usize; 2]) -> (Tens
                     tp_rank: 0,
                     attention_dp: true,
                 };
-                let parts = LayerParts {
-                    group: Some(Arc::new(group)),
-                    comm_choice: comm.into(),
-                    comm_timeout: Duration::from_secs(20),
-                    ..LayerParts::default()
-                };
-                let mut layer = create_moe_with(
-                    c,
-                    CreateOptions {
-                        parts,
-                        ..CreateOptions::default()
-                    },
-                )?;
-                layer.load_weights(w.as_ref())?;
+                let mut layer = rank_layer(c, Arc::new(group), comm, w.as_ref())?;
                 let start = if rank == 0 { 0 } else { list[0] };
                 let opts = ForwardOptions {
                     all_rank_num_tokens: Some(list.to_vec()),

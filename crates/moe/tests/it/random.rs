@@ -1,7 +1,11 @@
 //! Deterministic random layers for the assembler tests.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use moe::{ConfigurableMoe, CreateOptions, LayerParts, create_moe_with};
 use moe_core::weights::{Proj, expert_tensor_name};
-use moe_core::{DType, MemoryWeights, QuantConfig, Tensor};
+use moe_core::{DType, MemoryWeights, MoeConfig, ProcessGroup, QuantConfig, Result, Tensor, WeightSource};
 use moe_quant::quantize::{ExpertMatrices, quantize_expert};
 
 /// splitmix64: tiny, seedable, and identical on every platform.
@@ -78,4 +82,29 @@ pub fn quantized_weights(
         }
     }
     w
+}
+
+/// One rank's layer of a multi-rank test: `config` (with its parallel ranks set) over `group`
+/// with strategy `comm` (a 20 s deadline), weights loaded from `weights`.
+pub fn rank_layer(
+    config: MoeConfig,
+    group: Arc<dyn ProcessGroup>,
+    comm: &str,
+    weights: &dyn WeightSource,
+) -> Result<ConfigurableMoe> {
+    let parts = LayerParts {
+        group: Some(group),
+        comm_choice: comm.into(),
+        comm_timeout: Duration::from_secs(20),
+        ..LayerParts::default()
+    };
+    let mut layer = create_moe_with(
+        config,
+        CreateOptions {
+            parts,
+            ..CreateOptions::default()
+        },
+    )?;
+    layer.load_weights(weights)?;
+    Ok(layer)
 }
