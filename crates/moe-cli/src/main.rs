@@ -251,7 +251,8 @@ struct RunArgs {
     /// Spread the routed experts over N expert-parallel ranks in this process (threads); each
     /// rank runs a contiguous slice of the input rows and rank 0 writes the gathered `y`.
     /// Under `mpirun -n N` (binary built with `--features mpi`) the MPI processes are the ranks.
-    #[arg(long, value_name = "N", requires = "input", value_parser = clap::value_parser!(u64).range(1..))]
+    /// At most 1024 (one thread each).
+    #[arg(long, value_name = "N", requires = "input", value_parser = clap::value_parser!(u64).range(1..=1024))]
     world: Option<u64>,
 
     /// Expert-parallel load balancing over the ranks: this many physical expert slots (>= experts;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use moe::process_group::InProcessGroup;
-use moe_core::{Deadline, EplbConfig, ProcessGroup, Tensor};
+use moe_core::{Deadline, EplbConfig, MoeError, ProcessGroup, Tensor};
 use moe_hf::{BlockOptions, Distributed, MoeBlock};
 use serde_json::json;
 
@@ -96,6 +96,18 @@ fn rank_forward(
     Ok((y, block))
 }
 
+/// The error to report of a failed multi-rank run: the first rank (in rank order) whose error
+/// is not a communication error, since ranks that only saw a peer leave report that, not why it
+/// left; the first error when every one is about communication.
+fn first_cause(mut errors: Vec<anyhow::Error>) -> Option<anyhow::Error> {
+    let is_comm = |e: &anyhow::Error| {
+        e.chain()
+            .any(|c| matches!(c.downcast_ref::<MoeError>(), Some(MoeError::Comm { .. })))
+    };
+    let at = errors.iter().position(|e| !is_comm(e)).unwrap_or(0);
+    (!errors.is_empty()).then(|| errors.swap_remove(at))
+}
+
 /// Runs the block over `ranks`; prints (on rank 0 only) a summary of the gathered run.
 pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) -> anyhow::Result<Option<Summary>> {
     let dist = |group: Arc<dyn ProcessGroup>| Distributed {
@@ -112,28 +124,43 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
         Ranks::InProcess(n) => {
             let counts = split_rows(x.rows(), n);
             let results: Vec<anyhow::Result<(Tensor, MoeBlock)>> = std::thread::scope(|s| {
+                // A rank whose thread cannot start is an error of its own; the ranks that did
+                // start then fail at their exchange deadline instead of waiting for it forever.
                 let handles: Vec<_> = InProcessGroup::world(n)
                     .into_iter()
-                    .map(|g| {
+                    .enumerate()
+                    .map(|(rank, g)| {
                         let d = dist(Arc::new(g));
                         let (x, counts) = (&x, &counts);
-                        s.spawn(move || rank_forward(r, layer, x, counts, d, o.iterations))
+                        std::thread::Builder::new()
+                            .name(format!("moe-rank-{rank}"))
+                            .spawn_scoped(s, move || rank_forward(r, layer, x, counts, d, o.iterations))
+                            .with_context(|| format!("starting the thread of rank {rank}"))
                     })
                     .collect();
                 handles
                     .into_iter()
                     .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a rank thread panicked")))
+                        h?.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("the rank's thread panicked")))
                     })
                     .collect()
             });
             let mut parts = Vec::new();
             let mut first = None;
+            let mut errors = Vec::new();
             for res in results {
-                let (y, block) = res?;
-                parts.push(y);
-                first.get_or_insert(block);
+                match res {
+                    Ok((y, block)) => {
+                        parts.push(y);
+                        first.get_or_insert(block);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            // Each rank's error already names its rank.
+            if let Some(e) = first_cause(errors) {
+                return Err(e);
             }
             let block = first.context("no ranks")?;
             (n, Some(block), Tensor::concat_rows(&parts)?)

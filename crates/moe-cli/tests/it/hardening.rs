@@ -2,6 +2,8 @@
 //! kept, a missing output directory fails before the run, and a write killed midway (a
 //! file-size limit hit while writing) leaves the previous output whole. Load files: `eplb
 //! stats` refuses what `eplb plan` refuses (negative, non-finite, ragged, overflowing loads).
+//! Ranks: the error of a multi-rank run is the failing rank's cause, not another rank's report
+//! that it left; a world past the thread bound is refused.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -155,4 +157,58 @@ fn eplb_stats_refuses_the_loads_plan_refuses_naming_the_entry() {
             assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
         }
     }
+}
+
+#[test]
+fn a_failing_rank_reports_its_own_cause_not_its_peers_departure() {
+    let dir = scratch("rank-cause");
+    // Fixture rows with one NaN in the second half: rank 1 of 2 refuses it.
+    let io = Path::new(FIXTURES).join("mixtral-float32/io.safetensors");
+    let bytes = std::fs::read(&io).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let x = st.tensor("x_130").unwrap();
+    let (shape, mut data) = (x.shape().to_vec(), x.data().to_vec());
+    let at = 4 * (100 * shape[1] + 3);
+    data[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &data).unwrap();
+    let input = dir.join("x.safetensors");
+    std::fs::write(&input, safetensors::serialize([("x", view)], None).unwrap()).unwrap();
+    let model = Path::new(FIXTURES).join("mixtral-float32");
+    let (m, i) = (model.to_str().unwrap(), input.to_str().unwrap());
+    let o = moe(&[
+        "run",
+        "--model",
+        m,
+        "--layer",
+        "0",
+        "--input",
+        i,
+        "--input-key",
+        "x",
+        "--world",
+        "2",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("rank 1") && e.contains("non-finite"), "{e}");
+    assert!(
+        !e.contains("left the group"),
+        "the peer's departure is not the cause: {e}"
+    );
+    // One thread per rank, bounded.
+    let o = moe(&[
+        "run",
+        "--model",
+        m,
+        "--layer",
+        "0",
+        "--input",
+        i,
+        "--input-key",
+        "x",
+        "--world",
+        "5000",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--world"), "{}", stderr(&o));
 }
