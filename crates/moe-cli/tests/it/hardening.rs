@@ -175,19 +175,22 @@ fn a_failing_rank_reports_its_own_cause_not_its_peers_departure() {
     std::fs::write(&input, safetensors::serialize([("x", view)], None).unwrap()).unwrap();
     let model = Path::new(FIXTURES).join("mixtral-float32");
     let (m, i) = (model.to_str().unwrap(), input.to_str().unwrap());
-    let o = moe(&[
-        "run",
-        "--model",
-        m,
-        "--layer",
-        "0",
-        "--input",
-        i,
-        "--input-key",
-        "x",
-        "--world",
-        "2",
-    ]);
+    let world = |n: &str| {
+        moe(&[
+            "run",
+            "--model",
+            m,
+            "--layer",
+            "0",
+            "--input",
+            i,
+            "--input-key",
+            "x",
+            "--world",
+            n,
+        ])
+    };
+    let o = world("2");
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("rank 1") && e.contains("non-finite"), "{e}");
@@ -196,19 +199,7 @@ fn a_failing_rank_reports_its_own_cause_not_its_peers_departure() {
         "the peer's departure is not the cause: {e}"
     );
     // One thread per rank, bounded.
-    let o = moe(&[
-        "run",
-        "--model",
-        m,
-        "--layer",
-        "0",
-        "--input",
-        i,
-        "--input-key",
-        "x",
-        "--world",
-        "5000",
-    ]);
+    let o = world("5000");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--world"), "{}", stderr(&o));
 }
