@@ -13,10 +13,9 @@
 //! method, so both backends enforce the same order with one implementation.
 
 use moe_core::{
-    Capabilities, DType, Eligibility, ExpertPartition, ExpertWeights, LayerLayout, MoeConfig, MoeDeployment,
-    MoeEnvironment, MoeError, MoeProblem, QuantizedInput, Result, Tensor, WeightSource,
+    Capabilities, Eligibility, ExpertPartition, ExpertWeights, LayerLayout, MoeConfig, MoeDeployment, MoeEnvironment,
+    MoeError, MoeProblem, QuantizedInput, Result, Tensor, WeightSource,
 };
-use moe_kernels::cpu::act_quant::ActQuant;
 use moe_kernels::ops;
 use moe_quant::HostQuantMethod;
 
@@ -203,21 +202,16 @@ impl ExpertLayer {
     /// ranks (E4M3 codes, one byte an element, and f32 group scales as `x_sf`; see
     /// `ops::quantize_activations`), every other format what its quant method gives.
     pub fn quantize_payload(&self, x: &Tensor) -> Result<QuantizedInput> {
-        let q = self.quant.input_quant(&self.weights)?;
-        if !matches!(q, ActQuant::Fp8PerTensor { .. } | ActQuant::Fp8Group { .. }) || !x.is_host() {
-            return self.quantize_input(x);
+        match ops::quantize_activations(&self.quant.input_quant(&self.weights)?, x)? {
+            Some((x, x_sf)) => Ok(QuantizedInput { x, x_sf }),
+            None => self.quantize_input(x),
         }
-        let (x, x_sf) = ops::quantize_activations(&q, x)?;
-        Ok(QuantizedInput { x, x_sf })
     }
 
     /// The activations of a `run_moe` call as values: an FP8 payload of
     /// [`ExpertLayer::quantize_payload`] decoded to f32, `None` for activations that are values
     /// already. Errors on scales that do not fit the layer's quantization.
     pub fn decode_payload(&self, x: &Tensor, x_sf: Option<&Tensor>) -> Result<Option<Tensor>> {
-        if x.dtype() != DType::F8E4M3 && x_sf.is_none() {
-            return Ok(None);
-        }
         ops::decode_activations(&self.quant.input_quant(&self.weights)?, x, x_sf)
     }
 }

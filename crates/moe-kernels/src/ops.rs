@@ -116,40 +116,28 @@ pub fn qdq_activations(q: &ActQuant, x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The activation payload of `q` for `x [N, H]` as it should travel between ranks: host FP8
-/// activations as E4M3 codes (`[N, H]`, one byte an element) with, for dynamic groups, their f32
-/// scales (`[N, ceil(H / group)]`); every other case (no or NVFP4 quantization, device tensors)
-/// the quantize-dequantized values of [`qdq_activations`] and no scales. [`decode_activations`]
-/// turns a payload back into values.
-pub fn quantize_activations(q: &ActQuant, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+/// The activation payload of `q` for host activations `x [N, H]` as it travels between
+/// ranks: E4M3 codes (`[N, H]`, one byte an element) with, for dynamic groups, their f32 scales
+/// (`[N, ceil(H / group)]`). `None` where activations travel as values: no or NVFP4
+/// quantization, or device tensors (whose kernels quantize on the device).
+/// [`decode_activations`] turns a payload back into values.
+pub fn quantize_activations(q: &ActQuant, x: &Tensor) -> Result<Option<(Tensor, Option<Tensor>)>> {
     if x.shape().len() != 2 {
         return Err(MoeError::shape("x", "[N, H]", x.shape()));
     }
-    let fp8 = matches!(q, ActQuant::Fp8PerTensor { .. } | ActQuant::Fp8Group { .. });
-    if !fp8 || !x.is_host() {
-        return Ok((qdq_activations(q, x)?, None));
+    if !x.is_host() {
+        return Ok(None);
     }
     let (n, h) = (x.shape()[0], x.shape()[1]);
-    let v = x.to_f32_vec("x")?;
-    let empty = Fp8Rows {
-        codes: Vec::new(),
-        scales: None,
-    };
-    let Some(Fp8Rows { codes, scales }) = (if n == 0 {
-        Some(empty)
-    } else {
-        quantize_fp8_rows(q, &v, h)?
-    }) else {
-        return Ok((qdq_activations(q, x)?, None));
+    let Some(Fp8Rows { codes, scales }) = quantize_fp8_rows(q, &x.to_f32_vec("x")?, h)? else {
+        return Ok(None);
     };
     let codes = Tensor::from_host(DType::F8E4M3, vec![n, h], HostStorage::Bytes(codes))?;
     let scales = match (q, scales) {
-        (ActQuant::Fp8Group { group }, s) => {
-            Some(Tensor::from_f32(vec![n, h.div_ceil(*group)], s.unwrap_or_default())?)
-        }
+        (ActQuant::Fp8Group { group }, Some(s)) => Some(Tensor::from_f32(vec![n, h.div_ceil(*group)], s)?),
         _ => None,
     };
-    Ok((codes, scales))
+    Ok(Some((codes, scales)))
 }
 
 /// The values of activations `x` as [`quantize_activations`] sent them: an E4M3 payload (with

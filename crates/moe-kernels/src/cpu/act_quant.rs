@@ -77,7 +77,7 @@ pub fn qdq_rows(q: &ActQuant, data: &mut [f32], cols: usize) -> Result<()> {
         ActQuant::Fp8PerTensor { scale } => {
             let scale = positive_finite("fp8 activation scale", scale)?;
             for v in data.iter_mut() {
-                *v = e4m3_to_f32_lut(f32_to_e4m3_sat(*v / scale)) * scale;
+                *v = fp8_value(fp8_code(*v, scale), scale);
             }
         }
         ActQuant::Fp8Group { group } => {
@@ -115,7 +115,7 @@ pub fn quantize_fp8_rows(q: &ActQuant, data: &[f32], cols: usize) -> Result<Opti
         ActQuant::Fp8PerTensor { scale } => {
             let scale = positive_finite("fp8 activation scale", scale)?;
             Ok(Some(Fp8Rows {
-                codes: data.iter().map(|v| f32_to_e4m3_sat(v / scale)).collect(),
+                codes: data.iter().map(|&v| fp8_code(v, scale)).collect(),
                 scales: None,
             }))
         }
@@ -127,10 +127,10 @@ pub fn quantize_fp8_rows(q: &ActQuant, data: &[f32], cols: usize) -> Result<Opti
             let mut scales = Vec::with_capacity(data.len().div_ceil(cols.max(1)) * cols.div_ceil(group));
             for row in data.chunks_exact(cols) {
                 for g in row.chunks(group) {
-                    let s = amax(g) / E4M3_MAX;
                     // s = 0: the codes of the values themselves (zeros, or NaN), which decode
                     // to what qdq leaves in place.
-                    codes.extend(g.iter().map(|&v| f32_to_e4m3_sat(if s == 0.0 { v } else { v / s })));
+                    let s = fp8_group_scale(g);
+                    codes.extend(g.iter().map(|&v| fp8_code(v, s)));
                     scales.push(s);
                 }
             }
@@ -150,7 +150,7 @@ pub fn dequantize_fp8_rows(q: &ActQuant, codes: &[u8], scales: Option<&[f32]>, c
     match (*q, scales) {
         (ActQuant::Fp8PerTensor { scale }, None) => {
             let scale = positive_finite("fp8 activation scale", scale)?;
-            Ok(codes.iter().map(|&c| e4m3_to_f32_lut(c) * scale).collect())
+            Ok(codes.iter().map(|&c| fp8_value(c, scale)).collect())
         }
         (ActQuant::Fp8Group { group }, Some(scales)) if group > 0 => {
             let per_row = cols.div_ceil(group);
@@ -166,10 +166,7 @@ pub fn dequantize_fp8_rows(q: &ActQuant, codes: &[u8], scales: Option<&[f32]>, c
             for (r, row) in codes.chunks_exact(cols).enumerate() {
                 for (g, part) in row.chunks(group).enumerate() {
                     let s = scales[r * per_row + g];
-                    out.extend(part.iter().map(|&c| {
-                        let v = e4m3_to_f32_lut(c);
-                        if s == 0.0 { v } else { v * s }
-                    }));
+                    out.extend(part.iter().map(|&c| fp8_value(c, s)));
                 }
             }
             Ok(out)
@@ -198,13 +195,29 @@ fn amax(xs: &[f32]) -> f32 {
 
 /// One dynamic FP8 group: `s = amax / 448`, `x' = e4m3_sat(x / s) * s`.
 fn qdq_fp8_group(g: &mut [f32]) {
-    let s = amax(g) / E4M3_MAX;
+    let s = fp8_group_scale(g);
     if s == 0.0 {
         return;
     }
     for v in g.iter_mut() {
-        *v = e4m3_to_f32_lut(f32_to_e4m3_sat(*v / s)) * s;
+        *v = fp8_value(fp8_code(*v, s), s);
     }
+}
+
+/// The scale of a dynamic FP8 group: its amax / 448 (0 for a group of zeros).
+fn fp8_group_scale(g: &[f32]) -> f32 {
+    amax(g) / E4M3_MAX
+}
+
+/// The E4M3 code of `v` under scale `s` (`s = 0`: the code of `v` itself, 0 or NaN).
+fn fp8_code(v: f32, s: f32) -> u8 {
+    f32_to_e4m3_sat(if s == 0.0 { v } else { v / s })
+}
+
+/// The value of `code` under scale `s` (`s = 0`: the code's own value).
+fn fp8_value(code: u8, s: f32) -> f32 {
+    let v = e4m3_to_f32_lut(code);
+    if s == 0.0 { v } else { v * s }
 }
 
 /// One NVFP4 block with global quantization scale `g` (see the module docs).

@@ -41,7 +41,7 @@ use crate::cpu::act_quant::ActQuant;
 use crate::cpu::expert_mlp::{ExpertView, MlpDims};
 use crate::cpu::float_slice::FloatSlice;
 use crate::cpu::weight_slice::{QuantMatrix, WeightSlice};
-use fp8::Fp8Kernel;
+use fp8::Fp8Path;
 
 pub(super) mod fp8;
 
@@ -408,7 +408,7 @@ enum Path {
     /// (128-row tiles).
     Tma,
     /// Hopper, FP8 weights with FP8 activations: E4M3 on the tensor cores (`fp8_experts`).
-    Fp8(Fp8Kernel),
+    Fp8(Fp8Path),
 }
 
 /// Average rows per slot from which 16-bit float weights take the TMA path on Hopper (below
@@ -523,8 +523,8 @@ impl DeviceExperts {
 
     fn path(&self, selections: usize, tokens: usize) -> Path {
         let avg = selections.div_ceil(self.num_slots.max(1));
-        if let Some(kernel) = self.fp8_kernel(avg) {
-            return Path::Fp8(kernel);
+        if let Some(fp8) = self.fp8_path(avg) {
+            return Path::Fp8(fp8);
         }
         // wgmma reads FP8 block scales per 64 columns of K: the blocks must not be finer.
         let wgmma_ok = self.dev.sm() >= 90
@@ -613,9 +613,10 @@ impl DeviceExperts {
         let path = self.path(nk, n);
         let bm = match path {
             // One "tile" per non-empty slot: the GEMV grid walks that list.
-            Path::Gemv { .. } | Path::Fp8(Fp8Kernel::Gemv) => 1 << 20,
+            Path::Gemv { .. } => 1 << 20,
+            Path::Fp8(f) if !f.tma() => 1 << 20,
             Path::Mma { bm } | Path::Wgmma { bm } => bm,
-            Path::Tma | Path::Fp8(Fp8Kernel::Tma) => 128,
+            Path::Tma | Path::Fp8(_) => 128,
         };
         let max_tiles = nk.div_ceil(bm.min(nk)) + s_local;
         let esize = self.dtype.size_in_bytes();
@@ -658,7 +659,7 @@ impl DeviceExperts {
             ));
         }
         // Only the TMA kernels raster in groups.
-        let group = if matches!(path, Path::Tma | Path::Fp8(Fp8Kernel::Tma)) {
+        let group = if path == Path::Tma || matches!(path, Path::Fp8(f) if f.tma()) {
             TMA_GROUP_TILES
         } else {
             0
@@ -695,8 +696,8 @@ impl DeviceExperts {
             tokens: n,
             top_k: k,
         };
-        let y = if let Path::Fp8(kernel) = path {
-            self.forward_fp8(kernel, xs, &perm)?
+        let y = if let Path::Fp8(fp8) = path {
+            self.forward_fp8(fp8, xs, &perm)?
         } else {
             // 2. FC1 input quantization (into a new buffer: the caller's x is left alone)
             let xq;

@@ -61,7 +61,7 @@ const STAGES: usize = 4;
 
 /// How this layer's FP8 scales are laid out.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Scheme {
+pub(crate) enum Scheme {
     /// 128 x 128 weight blocks, dynamic 1 x 128 activation groups.
     Block,
     /// One weight scale per slot; static activation scales of FC1's and FC2's inputs.
@@ -81,6 +81,20 @@ impl Scheme {
                 }
             }
         }
+    }
+}
+
+/// A forward's FP8 path: the GEMM kernel for its shape and the layer's scale layout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Fp8Path {
+    kernel: Fp8Kernel,
+    scheme: Scheme,
+}
+
+impl Fp8Path {
+    /// Whether the TMA kernel runs (128-row tiles rastered in groups; else the GEMV).
+    pub(super) fn tma(self) -> bool {
+        self.kernel == Fp8Kernel::Tma
     }
 }
 
@@ -109,22 +123,20 @@ impl DeviceExperts {
         }
     }
 
-    /// The FP8 kernel for `avg_rows` rows per slot, or `None` where the layer has no FP8 x FP8
+    /// The FP8 path for `avg_rows` rows per slot, or `None` where the layer has no FP8 x FP8
     /// path (other formats, f32, sizes off the 128 grid, GPUs before Hopper).
-    pub(super) fn fp8_kernel(&self, avg_rows: usize) -> Option<Fp8Kernel> {
-        self.fp8_scheme()?;
+    pub(super) fn fp8_path(&self, avg_rows: usize) -> Option<Fp8Path> {
+        let scheme = self.fp8_scheme()?;
         FP8_KERNELS
             .iter()
             .find(|(bound, _)| avg_rows <= *bound)
-            .map(|&(_, k)| k)
+            .map(|&(_, kernel)| Fp8Path { kernel, scheme })
     }
 
     /// Steps 2-4 of the forward on the FP8 path: `y [rows, H]` in the layer's dtype, one row
     /// per permuted selection.
-    pub(super) fn forward_fp8(&self, kernel: Fp8Kernel, xs: &CudaStorage, p: &Permutation) -> Result<CudaStorage> {
-        let scheme = self
-            .fp8_scheme()
-            .ok_or_else(|| MoeError::lifecycle("FP8 tensor-core path chosen for a layer without one"))?;
+    pub(super) fn forward_fp8(&self, path: Fp8Path, xs: &CudaStorage, p: &Permutation) -> Result<CudaStorage> {
+        let Fp8Path { kernel, scheme } = path;
         let dev = &self.dev;
         let (h, inter) = (self.dims.hidden, self.dims.inter);
         let nk = p.tokens * p.top_k;
