@@ -12,9 +12,10 @@
 //! matmul rate)`, where the matmul rate is cuBLAS's bf16 GEMM for 16- and 32-bit weights and
 //! cuBLASLt's e4m3 GEMM for FP8 weights (whose bytes are the codes plus the block scales); a
 //! device without an FP8 GEMM (below sm_89) holds FP8 rows to the bf16 rate and says so. The
-//! selected experts are counted on the host from the same logits with the same routing. The layer is the routed experts only: `moe::ConfigurableMoe`
-//! has no shared expert (DeepSeek-V3's one shared expert, `I = 2048`, belongs to the model), so
-//! FLOPs, bytes and the floor count what runs.
+//! selected experts are counted on the host from the same logits with the same routing. The
+//! layer is the routed experts only: `moe::ConfigurableMoe` has no shared expert (DeepSeek-V3's
+//! one shared expert, `I = 2048`, belongs to the model), so FLOPs, bytes and the floor count
+//! what runs.
 //!
 //! Each row is timed twice ([`GraphTiming`]): eagerly, every forward issued from the host, and
 //! as a CUDA graph, one forward captured (`CudaDevice::capture`) and replayed. The eager time
