@@ -38,9 +38,8 @@ pub fn resolve_layer(dir: &Path, layer: Option<usize>) -> anyhow::Result<usize> 
         Some(l) => Ok(l),
         None => {
             let hf = HfConfig::from_dir(dir).with_context(|| format!("reading the config of `{}`", dir.display()))?;
-            Ok(*hf
-                .moe_layers()
-                .first()
+            Ok(hf
+                .first_moe_layer()
                 .with_context(|| format!("model `{}` has no MoE layer", dir.display()))?)
         }
     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dtype::DType;
 use crate::error::{MoeError, Result};
+use crate::limits;
 use crate::routing::RoutingMethod;
 
 /// Expert activation. Gated activations read the fused FC1 output as `[up ; gate]`
@@ -187,6 +188,35 @@ pub struct EplbConfig {
     pub initial_global_assignments: Option<Vec<usize>>,
 }
 
+impl EplbConfig {
+    /// Checks the slot count (`num_experts..=MAX_SLOTS`) and, when given, the table's length
+    /// and expert ids, before anything is sized from them; errors name the field.
+    pub fn validate(&self, num_experts: usize) -> Result<()> {
+        limits::check_max("eplb.num_slots", self.num_slots, limits::MAX_SLOTS)?;
+        if self.num_slots < num_experts {
+            return Err(MoeError::config(
+                "eplb.num_slots",
+                format!("{} slots cannot hold {num_experts} experts", self.num_slots),
+            ));
+        }
+        if let Some(table) = &self.initial_global_assignments {
+            if table.len() != self.num_slots {
+                return Err(MoeError::config(
+                    "eplb.initial_global_assignments",
+                    format!("has {} entries, expected num_slots = {}", table.len(), self.num_slots),
+                ));
+            }
+            if let Some((s, x)) = table.iter().enumerate().find(|(_, x)| **x >= num_experts) {
+                return Err(MoeError::config(
+                    format!("eplb.initial_global_assignments[{s}]"),
+                    format!("names expert {x}, but the layer has {num_experts} experts"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything one MoE layer needs to be built.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MoeConfig {
@@ -269,6 +299,37 @@ impl MoeConfig {
         if self.num_experts == 0 {
             return Err(MoeError::config("num_experts", "must be at least 1"));
         }
+        // Bounds first: every size product below and in the layer is then far from overflow.
+        limits::check_max("num_experts", self.num_experts, limits::MAX_EXPERTS)?;
+        limits::check_max("hidden_size", self.hidden_size, limits::MAX_DIM)?;
+        limits::check_max("intermediate_size", self.intermediate_size, limits::MAX_DIM)?;
+        limits::check_max("parallel.ep_size", self.parallel.ep_size, limits::MAX_WORLD)?;
+        limits::check_max("parallel.tp_size", self.parallel.tp_size, limits::MAX_WORLD)?;
+        limits::check_max(
+            "parallel.ep_size * tp_size",
+            self.parallel.parallel_size(),
+            limits::MAX_WORLD,
+        )?;
+        if let Some(m) = self.moe_max_num_tokens {
+            limits::check_max("moe_max_num_tokens", m, limits::MAX_TOKENS)?;
+        }
+        let per_expert = limits::checked_product(
+            "expert weights",
+            &[
+                self.activation.expand_ratio() + 1,
+                self.hidden_size,
+                self.intermediate_size,
+            ],
+        )?;
+        let total = limits::checked_product("expert weights", &[per_expert, self.num_experts])?;
+        limits::check_max(
+            "expert weights (elements of the layer)",
+            total,
+            limits::MAX_LAYER_ELEMENTS,
+        )?;
+        if let Some(eplb) = &self.eplb {
+            eplb.validate(self.num_experts)?;
+        }
         if self.hidden_size == 0 {
             return Err(MoeError::config("hidden_size", "must be at least 1"));
         }
@@ -348,5 +409,40 @@ mod tests {
         c.parallel.tp_size = 4;
         let err = c.validate().unwrap_err();
         assert!(err.to_string().contains("not divisible by tp_size 4"), "{err}");
+    }
+
+    #[test]
+    fn sizes_slots_and_chunks_past_the_limits_are_refused_naming_the_field() {
+        let base = MoeConfig::new(4, 8, 8, DType::BF16, RoutingMethod::Renormalize { top_k: 2 });
+        let field_of = |c: &MoeConfig| match c.validate() {
+            Err(MoeError::InvalidConfig { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        let mut c = base.clone();
+        c.moe_max_num_tokens = Some(1 << 63);
+        assert_eq!(field_of(&c), "moe_max_num_tokens");
+        let mut c = base.clone();
+        c.hidden_size = 1 << 40;
+        assert_eq!(field_of(&c), "hidden_size");
+        let mut c = base.clone();
+        (c.num_experts, c.hidden_size, c.intermediate_size) = (1 << 16, 1 << 20, 1 << 20);
+        c.routing = RoutingMethod::Renormalize { top_k: 2 };
+        assert!(field_of(&c).starts_with("expert weights"));
+        let mut c = base.clone();
+        c.eplb = Some(EplbConfig {
+            num_slots: 1_000_000_000_000,
+            layer_updates_per_iter: 0,
+            initial_global_assignments: None,
+        });
+        assert_eq!(field_of(&c), "eplb.num_slots");
+        c.eplb = Some(EplbConfig {
+            num_slots: 4,
+            layer_updates_per_iter: 0,
+            initial_global_assignments: Some(vec![0, 1, 2, 1 << 40]),
+        });
+        assert_eq!(field_of(&c), "eplb.initial_global_assignments[3]");
+        c.eplb = None;
+        c.parallel.ep_size = 5000;
+        assert_eq!(field_of(&c), "parallel.ep_size");
     }
 }

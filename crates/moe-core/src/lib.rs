@@ -16,6 +16,7 @@ pub mod config;
 pub mod dtype;
 pub mod eplb;
 pub mod error;
+pub mod limits;
 pub mod partition;
 pub mod problem;
 pub mod quant;

@@ -17,6 +17,7 @@ mod placement_file;
 mod plan;
 mod static_balancer;
 mod statistics;
+mod yaml_tree;
 
 pub use dynamic_balancer::{DynamicBalancer, DynamicBalancerConfig};
 /// The migration vocabulary lives in `moe-core` (the assembler applies plans); re-exported

@@ -15,8 +15,8 @@
 
 use std::collections::BTreeMap;
 
-use moe_core::{EplbConfig, MoeError, Result};
-use yaml_rust2::{Yaml, YamlLoader};
+use moe_core::{EplbConfig, MoeError, Result, limits};
+use yaml_rust2::Yaml;
 
 use crate::plan::{PlanOutput, counts_of};
 
@@ -87,8 +87,8 @@ fn describe(y: &Yaml) -> String {
 
 /// Parses a TensorRT-LLM placement file.
 pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
-    let docs =
-        YamlLoader::load_from_str(text).map_err(|e| MoeError::config(FIELD, format!("is not valid YAML: {e}")))?;
+    // Size and nesting are bounded there, before and while parsing.
+    let docs = crate::yaml_tree::load(text, FIELD)?;
     let [doc] = docs.as_slice() else {
         return Err(MoeError::config(
             FIELD,
@@ -124,6 +124,7 @@ pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
     if num_slots == 0 {
         return Err(MoeError::config(field("num_slots"), "must be at least 1"));
     }
+    limits::check_max(&field("num_slots"), num_slots, limits::MAX_SLOTS)?;
     let mut file = PlacementFile {
         num_slots,
         layer_updates_per_iter,
@@ -152,6 +153,7 @@ pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
                 format!("key {} is not a layer index", describe(k)),
             )
         })?;
+        limits::check_max(&field("initial_global_assignments"), layer, limits::MAX_LAYERS)?;
         let path = format!("initial_global_assignments[{layer}]");
         let Yaml::Array(items) = v else {
             return Err(MoeError::config(
@@ -168,6 +170,14 @@ pub fn load_placement_yaml(text: &str) -> Result<PlacementFile> {
             return Err(MoeError::config(
                 field(&path),
                 format!("has {} entries, expected num_slots = {num_slots}", list.len()),
+            ));
+        }
+        // An id at or past num_slots leaves some expert below it without a slot; refusing it
+        // here also keeps the count below sized by the slots, not by the id.
+        if let Some((s, x)) = list.iter().enumerate().find(|(_, x)| **x >= num_slots) {
+            return Err(MoeError::config(
+                field(&format!("{path}[{s}]")),
+                format!("expert {x} is not below num_slots = {num_slots}, so experts 0..{x} cannot all have a slot"),
             ));
         }
         // set(list) == range(E): E is one past the largest id, and no id below it is absent.
@@ -240,6 +250,35 @@ mod tests {
         );
         assert_eq!(f.layer(5).unwrap().num_slots, 6);
         assert!(f.layer(4).unwrap_err().to_string().contains("no entry for layer 4"));
+    }
+
+    #[test]
+    fn huge_slot_counts_and_expert_ids_are_refused_naming_the_entry() {
+        let e = load_placement_yaml(
+            "num_slots: 1000000000000
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("num_slots") && e.contains("limit"), "{e}");
+        let e = load_placement_yaml(
+            "num_slots: 4
+initial_global_assignments:
+  0: [0, 1, 2, 1000000000000]
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("initial_global_assignments[0][3]"), "{e}");
+        let e = load_placement_yaml(
+            "num_slots: 2
+initial_global_assignments:
+  99999999999: [0, 1]
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("initial_global_assignments") && e.contains("limit"), "{e}");
     }
 
     #[test]

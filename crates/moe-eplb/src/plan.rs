@@ -8,7 +8,7 @@
 //! expert's tokens). The mean does not depend on the placement, so maximizing balancedness
 //! is minimizing the most loaded GPU.
 
-use moe_core::{MoeError, Result};
+use moe_core::{MoeError, Result, limits};
 use serde::{Deserialize, Serialize};
 
 use crate::{deepseek, default, greedy};
@@ -164,6 +164,8 @@ pub fn validate_geometry(
     if num_experts == 0 {
         return Err(MoeError::config("load", "layers have no experts"));
     }
+    // Bounds first: every table below is sized by these numbers.
+    limits::check_max("num_slots", num_slots, limits::MAX_SLOTS)?;
     if num_slots < num_experts {
         return Err(MoeError::config(
             "num_slots",
@@ -201,6 +203,8 @@ pub fn validate_geometry(
 pub fn validate_load(load: &[Vec<f64>]) -> Result<usize> {
     let first = load.first().ok_or_else(|| MoeError::config("load", "has no layers"))?;
     let e = first.len();
+    limits::check_max("load (layers)", load.len(), limits::MAX_LAYERS)?;
+    limits::check_max("load[0] (experts)", e, limits::MAX_EXPERTS)?;
     for (l, row) in load.iter().enumerate() {
         if row.len() != e {
             return Err(MoeError::config(
@@ -386,6 +390,8 @@ mod tests {
         assert!(err(&[vec![1.0, -1.0]], 2, 1, 1).contains("load[0][1]"));
         assert!(err(&[vec![1.0, 1.0], vec![1.0]], 2, 1, 1).contains("load[1]"));
         assert!(err(&[], 2, 1, 1).contains("no layers"));
+        let e = err(&load, 1_000_000_000_000, 8, 1);
+        assert!(e.contains("num_slots") && e.contains("limit"), "{e}");
         let prev = vec![vec![0, 1, 1, 2]];
         let e = plan(&load, 4, 2, 1, 1, Algorithm::default(), Some(&prev))
             .unwrap_err()

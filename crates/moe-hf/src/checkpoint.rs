@@ -10,7 +10,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use moe_core::{DType, MoeError, Result, TensorView};
+use moe_core::{DType, MoeError, Result, TensorView, limits};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 
@@ -50,6 +50,7 @@ impl MappedFile {
         // (a concurrent truncation would fault on access, a concurrent write would change the
         // weights under us). This is the crate's only `unsafe`.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        check_header_bounds(&map).map_err(|detail| bad(path, detail))?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| bad(path, format!("invalid safetensors data: {e}")))?;
         Ok(MappedFile {
@@ -109,6 +110,68 @@ impl MappedFile {
                 )
             })
     }
+}
+
+/// Refuses a safetensors file whose JSON header is longer than
+/// [`limits::MAX_SAFETENSORS_HEADER_BYTES`] or names more than
+/// [`limits::MAX_SAFETENSORS_TENSORS`] tensors, before the header is parsed: parsing costs
+/// about a kilobyte per entry, so a small file of empty tensors could otherwise ask for
+/// gigabytes.
+fn check_header_bounds(file: &[u8]) -> std::result::Result<(), String> {
+    let Some(len) = file.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+        return Ok(()); // too short: the parser names that
+    };
+    let n = u64::from_le_bytes(len);
+    if n > limits::MAX_SAFETENSORS_HEADER_BYTES as u64 {
+        return Err(format!(
+            "header of {n} bytes is larger than the limit of {} bytes (docs/LIMITS.md)",
+            limits::MAX_SAFETENSORS_HEADER_BYTES
+        ));
+    }
+    let header = file.get(8..8 + n as usize).unwrap_or(&file[8..]);
+    let entries = top_level_members(header, limits::MAX_SAFETENSORS_TENSORS + 1);
+    if entries > limits::MAX_SAFETENSORS_TENSORS {
+        return Err(format!(
+            "header names more than {} tensors, the limit (docs/LIMITS.md)",
+            limits::MAX_SAFETENSORS_TENSORS
+        ));
+    }
+    Ok(())
+}
+
+/// Members of the top-level JSON object in `json` (commas at depth 1, plus one), counting no
+/// further than `stop`. A lexical scan that only tracks strings and brackets: malformed JSON
+/// gets some count, and the parser that runs next reports what is wrong with it.
+fn top_level_members(json: &[u8], stop: usize) -> usize {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut members, mut any) = (0usize, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                any |= depth == 1;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => {
+                members += 1;
+                if members >= stop {
+                    return members;
+                }
+            }
+            _ => {}
+        }
+    }
+    members + usize::from(any)
 }
 
 fn bad(path: &Path, detail: impl Into<String>) -> MoeError {
@@ -207,10 +270,7 @@ impl Checkpoint {
     }
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
-        let text = std::fs::read_to_string(index_path).map_err(|source| MoeError::Io {
-            path: index_path.display().to_string(),
-            source,
-        })?;
+        let text = crate::config::read_small_json(index_path, limits::MAX_SHARD_INDEX_BYTES)?;
         let idx: ShardIndex =
             serde_json::from_str(&text).map_err(|e| bad(index_path, format!("invalid shard index: {e}")))?;
         // Deterministic shard order (by file name) so error messages and `names` are stable.
@@ -302,5 +362,38 @@ impl Checkpoint {
     /// Path of the file holding `name` (for error messages).
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.index.get(name).map(|&i| self.files[i].path.as_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_members_are_counted_outside_strings_and_nested_values() {
+        let h = br#"{"a,{":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]},"b\",":{},"__metadata__":{"x":"y"}}"#;
+        assert_eq!(top_level_members(h, 100), 3);
+        assert_eq!(top_level_members(b"{}", 100), 0);
+        assert_eq!(top_level_members(b"{,,,,,,}", 3), 3, "stops counting at the bound");
+    }
+
+    #[test]
+    fn oversized_headers_are_refused_before_parsing() {
+        let mut file = (u64::MAX).to_le_bytes().to_vec();
+        file.extend_from_slice(b"{}");
+        assert!(
+            check_header_bounds(&file)
+                .unwrap_err()
+                .contains("larger than the limit")
+        );
+        let n = limits::MAX_SAFETENSORS_TENSORS + 1;
+        let mut header = String::from("{");
+        for i in 0..n {
+            header.push_str(&format!("\"{i}\":{{}},"));
+        }
+        header.push('}');
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        assert!(check_header_bounds(&file).unwrap_err().contains("tensors"));
     }
 }

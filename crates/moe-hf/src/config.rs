@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use moe_core::{Activation, DType, MoeConfig, MoeError, QuantAlgo, QuantConfig, Result, RoutingMethod};
+use moe_core::{Activation, DType, MoeConfig, MoeError, QuantAlgo, QuantConfig, Result, RoutingMethod, limits};
 use serde_json::{Map, Value};
 
 use crate::quant_format::CheckpointQuant;
@@ -92,8 +92,12 @@ pub enum LayerPlacement {
         first_k_dense_replace: usize,
         moe_layer_freq: usize,
     },
-    /// Llama 4: an explicit list (`moe_layers`, or derived from `interleave_moe_layer_step`).
+    /// Llama 4: an explicit list (`moe_layers`).
     List(Vec<usize>),
+    /// Llama 4 without `moe_layers`: every `step`-th layer from `step - 1` (transformers'
+    /// `range(step - 1, num_hidden_layers, step)`), kept as a rule so nothing is sized by
+    /// `num_hidden_layers` at parse time.
+    Interleave { step: usize },
 }
 
 impl LayerPlacement {
@@ -109,6 +113,7 @@ impl LayerPlacement {
                 moe_layer_freq,
             } => layer >= *first_k_dense_replace && layer.is_multiple_of(*moe_layer_freq),
             LayerPlacement::List(layers) => layers.contains(&layer),
+            LayerPlacement::Interleave { step } => (layer + 1).is_multiple_of(*step),
         }
     }
 
@@ -130,6 +135,9 @@ impl LayerPlacement {
                  MoE layers are multiples of moe_layer_freq {moe_layer_freq}"
             ),
             LayerPlacement::List(l) => format!("MoE layers are {l:?} (moe_layers)"),
+            LayerPlacement::Interleave { step } => {
+                format!("MoE layers satisfy (layer + 1) % interleave_moe_layer_step ({step}) == 0")
+            }
         }
     }
 }
@@ -262,17 +270,11 @@ impl HfConfig {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<HfConfig> {
         let dir = dir.as_ref();
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| MoeError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = read_small_json(&path, limits::MAX_CONFIG_BYTES)?;
         let mut cfg = HfConfig::from_json_str(&text, &path.display().to_string())?;
         let modelopt = dir.join("hf_quant_config.json");
         if cfg.quant.algo == QuantAlgo::None && modelopt.is_file() {
-            let text = std::fs::read_to_string(&modelopt).map_err(|source| MoeError::Io {
-                path: modelopt.display().to_string(),
-                source,
-            })?;
+            let text = read_small_json(&modelopt, limits::MAX_CONFIG_BYTES)?;
             let v: Value = serde_json::from_str(&text).map_err(|e| MoeError::BadCheckpoint {
                 path: modelopt.display().to_string(),
                 detail: format!("invalid JSON: {e}"),
@@ -325,6 +327,11 @@ impl HfConfig {
         let num_hidden_layers = k.usize_req(&["num_hidden_layers"])?;
         let num_experts = k.usize_req(&["num_experts", "num_local_experts", "n_routed_experts"])?;
         let top_k = k.usize_req(&["num_experts_per_tok", "experts_per_token"])?;
+        // Bounds before anything is sized by them (the layer list, weights, shared experts).
+        limits::check_max("num_hidden_layers", num_hidden_layers, limits::MAX_LAYERS)?;
+        limits::check_max("hidden_size", hidden_size, limits::MAX_DIM)?;
+        limits::check_max("num_experts", num_experts, limits::MAX_EXPERTS)?;
+        limits::check_max("num_experts_per_tok", top_k, limits::MAX_EXPERTS)?;
         let norm_topk_prob = k.bool_or("norm_topk_prob", false)?;
 
         let dtype = match k.either("dtype").or_else(|| k.either("torch_dtype")) {
@@ -347,7 +354,10 @@ impl HfConfig {
             Family::DeepseekV3 => {
                 let i = k.usize_req(&["moe_intermediate_size"])?;
                 let n_shared = k.usize_opt(&["n_shared_experts"])?.unwrap_or(0);
-                (i, (n_shared > 0).then_some(i * n_shared))
+                limits::check_max("n_shared_experts", n_shared, limits::MAX_EXPERTS)?;
+                let shared = limits::checked_product("moe_intermediate_size * n_shared_experts", &[i, n_shared])?;
+                limits::check_max("moe_intermediate_size * n_shared_experts", shared, limits::MAX_DIM)?;
+                (i, (n_shared > 0).then_some(shared))
             }
             Family::Mixtral | Family::GptOss => (k.usize_req(&["intermediate_size"])?, None),
             // Llama 4: experts and the shared expert use `intermediate_size`
@@ -358,6 +368,11 @@ impl HfConfig {
                 (i, Some(i))
             }
         };
+
+        limits::check_max("intermediate_size", expert_intermediate_size, limits::MAX_DIM)?;
+        if let Some(s) = shared_intermediate_size {
+            limits::check_max("shared_expert_intermediate_size", s, limits::MAX_DIM)?;
+        }
 
         let group_routing = match family {
             Family::DeepseekV3 => Some(GroupRouting {
@@ -431,7 +446,7 @@ impl HfConfig {
                     if step == 0 {
                         return Err(MoeError::config("interleave_moe_layer_step", "must be at least 1"));
                     }
-                    LayerPlacement::List((step - 1..num_hidden_layers).step_by(step).collect())
+                    LayerPlacement::Interleave { step }
                 }
             },
         };
@@ -467,9 +482,14 @@ impl HfConfig {
         layer < self.num_hidden_layers && self.placement.is_moe(layer)
     }
 
-    /// MoE layer indices of the model.
-    pub fn moe_layers(&self) -> Vec<usize> {
-        (0..self.num_hidden_layers).filter(|&l| self.is_moe_layer(l)).collect()
+    /// MoE layer indices of the model, in order (lazily: `num_hidden_layers` is the file's).
+    pub fn moe_layers(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.num_hidden_layers).filter(|&l| self.is_moe_layer(l))
+    }
+
+    /// The first MoE layer, if any.
+    pub fn first_moe_layer(&self) -> Option<usize> {
+        self.moe_layers().next()
     }
 
     /// Refuses a layer that does not exist or is dense, naming it.
@@ -546,6 +566,30 @@ impl HfConfig {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// The text of a checkpoint's small JSON file (config, shard index), refused past `limit`
+/// bytes before it is read whole.
+pub(crate) fn read_small_json(path: &Path, limit: u64) -> Result<String> {
+    use std::io::Read;
+    let io = |source| MoeError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut text = String::new();
+    // One byte past the limit tells a file at the limit from a longer one, whatever its
+    // metadata claims (pipes and /proc files report no length).
+    file.take(limit.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > limit {
+        return Err(MoeError::BadCheckpoint {
+            path: path.display().to_string(),
+            detail: format!("is larger than the limit of {limit} bytes (docs/LIMITS.md)"),
+        });
+    }
+    Ok(text)
 }
 
 /// Maps a `quantization_config` (or ModelOpt `quantization`) object onto a [`QuantConfig`].
@@ -639,13 +683,13 @@ mod tests {
                 "num_experts_per_tok":2,"moe_intermediate_size":4,"decoder_sparse_step":2,"mlp_only_layers":[3]}"#,
         )
         .unwrap();
-        assert_eq!(c.moe_layers(), vec![1]);
+        assert_eq!(c.moe_layers().collect::<Vec<_>>(), vec![1]);
         let d = parse(
             r#"{"model_type":"deepseek_v3","hidden_size":8,"num_hidden_layers":4,"n_routed_experts":4,
                 "num_experts_per_tok":2,"moe_intermediate_size":4,"first_k_dense_replace":3,"n_shared_experts":2}"#,
         )
         .unwrap();
-        assert_eq!(d.moe_layers(), vec![3]);
+        assert_eq!(d.moe_layers().collect::<Vec<_>>(), vec![3]);
         assert_eq!(d.shared_intermediate_size, Some(8));
         let l = parse(
             r#"{"model_type":"llama4","text_config":{"hidden_size":8,"num_hidden_layers":4,"num_local_experts":4,
@@ -654,8 +698,41 @@ mod tests {
         )
         .unwrap();
         assert!(l.multimodal);
-        assert_eq!(l.moe_layers(), vec![1, 3]);
+        assert_eq!(l.moe_layers().collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(l.dtype, Some(DType::BF16));
+    }
+
+    #[test]
+    fn huge_counts_are_refused_before_anything_is_sized_by_them() {
+        let field = |s: &str| match parse(s) {
+            Err(MoeError::InvalidConfig { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        let ds = |extra: &str| {
+            format!(
+                r#"{{"model_type":"deepseek_v3","hidden_size":8,"num_hidden_layers":4,"n_routed_experts":4,
+                "num_experts_per_tok":2,"moe_intermediate_size":4{extra}}}"#
+            )
+        };
+        assert_eq!(field(&ds(r#","num_hidden_layers":1000000000000"#)), "num_hidden_layers");
+        // 2^59 + 1 shared experts: the shared intermediate size would wrap (4 * (2^59 + 1)).
+        assert_eq!(
+            field(&ds(r#","n_shared_experts":576460752303423489"#)),
+            "n_shared_experts"
+        );
+        assert_eq!(
+            field(&ds(r#","moe_intermediate_size":65536,"n_shared_experts":64"#)),
+            "moe_intermediate_size * n_shared_experts"
+        );
+        // Llama 4's interleaved layers are a rule, not a list of num_hidden_layers entries.
+        let l = parse(
+            r#"{"model_type":"llama4_text","hidden_size":8,"num_hidden_layers":65536,"num_local_experts":4,
+                "num_experts_per_tok":1,"intermediate_size":4,"interleave_moe_layer_step":3}"#,
+        )
+        .unwrap();
+        assert_eq!(l.placement, LayerPlacement::Interleave { step: 3 });
+        assert_eq!(l.first_moe_layer(), Some(2));
+        assert!(l.is_moe_layer(65534) && !l.is_moe_layer(65535));
     }
 
     #[test]
