@@ -8,9 +8,9 @@
 //! [`DeviceExperts::forward`] queues, on the device's one stream and with no host
 //! synchronisation and no host allocation (so a forward can be captured into a CUDA graph:
 //! `CudaDevice::capture`, tested in moe-backends' `cuda::graph`):
-//! 1. `moe_count` / `moe_scan` / `moe_scatter`: a histogram of the local slots, its prefix sum
-//!    (row offset of each slot, plus the tile list of the tensor-core paths) and the permuted
-//!    row of every selection;
+//! 1. the permutation ([`permute`]): a histogram of the local slots, its prefix sum (row
+//!    offset of each slot, plus the tile list of the tensor-core paths) and the permuted row of
+//!    every selection, in one launch where one block holds them;
 //! 2. the format's FP8 activation quantize-dequantize of the FC1 input, when it has one (on the
 //!    TMA path, `moe_expand` then gathers each slot's input rows into one block);
 //! 3. FC1 with bias and activation fused into its epilogue (`act = act(x W13^T + b13)`);
@@ -42,8 +42,10 @@ use crate::cpu::expert_mlp::{ExpertView, MlpDims};
 use crate::cpu::float_slice::FloatSlice;
 use crate::cpu::weight_slice::{QuantMatrix, WeightSlice};
 use fp8::Fp8Path;
+use permute::PermuteShape;
 
 pub(super) mod fp8;
+mod permute;
 
 /// The module's source: its files in dependency order (each may use what the earlier ones
 /// define), one NVRTC compilation per variant.
@@ -609,7 +611,6 @@ impl DeviceExperts {
             return dev.zeros(out_dtype, vec![n, h]);
         }
         let nk = n * k;
-        let s_local = self.num_slots;
         let path = self.path(nk, n);
         let bm = match path {
             // One "tile" per non-empty slot: the GEMV grid walks that list.
@@ -618,86 +619,36 @@ impl DeviceExperts {
             Path::Mma { bm } | Path::Wgmma { bm } => bm,
             Path::Tma | Path::Fp8(_) => 128,
         };
-        let max_tiles = nk.div_ceil(bm.min(nk)) + s_local;
         let esize = self.dtype.size_in_bytes();
-
-        // 1. permutation. Its index buffers share one allocation, the two counters first (all
-        // before `offsets`) and zeroed by one memset: outside graph replay each allocation and memset is host
-        // latency a one-token forward pays.
-        let mut index = IndexBuffers::new(s_local, nk, max_tiles);
-        let mut scratch = dev.alloc_storage(index.bytes)?;
-        scratch.zero_prefix(index.offsets)?;
-        index.base = scratch.ptr(dev);
-        let ids_p = ids.ptr(dev);
-        let (nk_i, k_i, start_i, s_i) = (nk as i32, k as i32, slot_start as i32, s_local as i32);
-        let grid = |total: usize, block: usize| LaunchConfig {
-            grid_dim: (total.div_ceil(block).max(1) as u32, 1, 1),
-            block_dim: (block as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let f = self.kernel(COMMON, "moe_count")?;
-        let counts_p = index.at(index.counts);
-        ffi::launch(dev.stream(), &f, grid(nk, 256), &loc, |a| {
-            a.arg(&ids_p).arg(&nk_i).arg(&start_i).arg(&s_i).arg(&counts_p);
-        })?;
-        let f = self.kernel(COMMON, "moe_scan")?;
-        let (offsets_p, tiles_p, num_tiles_p, bm_i) = (
-            index.at(index.offsets),
-            index.at(index.tiles),
-            index.at(index.num_tiles),
-            bm as i32,
-        );
-        let scan_cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: (2 * s_local.max(1) * 4) as u32,
-        };
-        if scan_cfg.shared_mem_bytes > 48 * 1024 {
-            return Err(MoeError::config(
-                "local slots",
-                format!("{s_local} exceed the CUDA scan's 6144"),
-            ));
-        }
         // Only the TMA kernels raster in groups.
         let group = if path == Path::Tma || matches!(path, Path::Fp8(f) if f.tma()) {
             TMA_GROUP_TILES
         } else {
             0
         };
-        ffi::launch(dev.stream(), &f, scan_cfg, &loc, |a| {
-            a.arg(&counts_p)
-                .arg(&s_i)
-                .arg(&bm_i)
-                .arg(&group)
-                .arg(&offsets_p)
-                .arg(&tiles_p)
-                .arg(&num_tiles_p);
-        })?;
-        let f = self.kernel(COMMON, "moe_scatter")?;
-        let (cursor_p, pos_p, row_sel_p) = (index.at(index.cursor), index.at(index.pos), index.at(index.row_sel));
-        ffi::launch(dev.stream(), &f, grid(nk, 256), &loc, |a| {
-            a.arg(&ids_p)
-                .arg(&nk_i)
-                .arg(&start_i)
-                .arg(&s_i)
-                .arg(&offsets_p)
-                .arg(&cursor_p)
-                .arg(&pos_p)
-                .arg(&row_sel_p);
-        })?;
+        let mut fp8_in = match path {
+            Path::Fp8(f) => Some(self.fp8_input(f, xs, n, nk)?),
+            _ => None,
+        };
 
-        let perm = Permutation {
-            offsets: offsets_p,
-            tiles: tiles_p,
-            num_tiles: num_tiles_p,
-            row_sel: row_sel_p,
-            rows: offsets_p + 4 * s_local as u64,
-            max_tiles,
+        // 1. permutation (with the FP8 GEMV's input quantization, where one launch holds both)
+        let shape = PermuteShape {
             tokens: n,
             top_k: k,
+            slot_start,
+            bm,
+            group,
         };
-        let y = if let Path::Fp8(fp8) = path {
-            self.forward_fp8(fp8, xs, &perm)?
+        let perm = self.permute(ids.ptr(dev), shape, fp8_in.as_mut().and_then(|i| i.prologue.take()))?;
+        let (row_sel_p, pos_p) = (perm.row_sel, perm.pos);
+        let k_i = k as i32;
+        let grid = |total: usize, block: usize| LaunchConfig {
+            grid_dim: (total.div_ceil(block).max(1) as u32, 1, 1),
+            block_dim: (block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let y = if let Some(input) = fp8_in {
+            self.forward_fp8(input, xs, &perm)?
         } else {
             // 2. FC1 input quantization (into a new buffer: the caller's x is left alone)
             let xq;
@@ -714,7 +665,7 @@ impl DeviceExperts {
             let a1 = if path == Path::Tma {
                 xp = dev.alloc_storage(nk * h * esize)?;
                 let f = self.kernel(COMMON, "moe_expand")?;
-                let (xp_p, count_p, chunks) = (xp.ptr(dev), offsets_p + 4 * s_local as u64, (h * esize / 16) as i32);
+                let (xp_p, count_p, chunks) = (xp.ptr(dev), perm.rows, (h * esize / 16) as i32);
                 let cfg = LaunchConfig {
                     grid_dim: (nk as u32, 1, 1),
                     block_dim: (128, 1, 1),
@@ -749,11 +700,11 @@ impl DeviceExperts {
                 self.dims.activation.is_gated(),
             );
             fc1.out_f32 = i32::from(act32.is_some());
-            self.gemm(path, true, fc1, self.w13.args(dev, self.format), max_tiles, nk)?;
+            self.gemm(path, true, fc1, self.w13.args(dev, self.format), perm.max_tiles, nk)?;
 
             // 4. FC2 input quantization (permuted rows only: their count is offsets[S]), FC2
             if let Some(a32) = &act32 {
-                let limit = offsets_p + 4 * s_local as u64;
+                let limit = perm.rows;
                 qdq(
                     dev,
                     self.fc2_input,
@@ -771,7 +722,7 @@ impl DeviceExperts {
                 (inter, h),
                 false,
             );
-            self.gemm(path, false, fc2, self.w2.args(dev, self.format), max_tiles, nk)?;
+            self.gemm(path, false, fc2, self.w2.args(dev, self.format), perm.max_tiles, nk)?;
             drop((act, act32));
             y
         };
@@ -791,7 +742,7 @@ impl DeviceExperts {
                 .arg(&out_p);
         })?;
         // Scratch buffers are freed on the stream after the kernels that read them.
-        drop((scratch, y));
+        drop((perm, y));
         Ok(dev.tensor(out_dtype, vec![n, h], out))
     }
 
@@ -908,97 +859,6 @@ impl DeviceExperts {
             a.arg(&g).arg(&w).arg(&act);
         })
         .map_err(|e| dev_err(&dev.location(), &name, e))
-    }
-}
-
-/// Addresses and sizes of a forward's permutation (`DeviceExperts::forward`, step 1).
-pub(super) struct Permutation {
-    pub offsets: u64,
-    pub tiles: u64,
-    pub num_tiles: u64,
-    pub row_sel: u64,
-    /// The number of permuted rows (`offsets[S]`), on the device.
-    pub rows: u64,
-    pub max_tiles: usize,
-    pub tokens: usize,
-    pub top_k: usize,
-}
-
-impl Permutation {
-    /// The arguments of one GEMM over the permuted rows: input `a` and output `out`
-    /// addresses, f32 `bias` (0: none), `(k, units)` (FC1: H and I; FC2: I and H), `gated`
-    /// (FC1 of a gated activation). `out_f32` is 0.
-    pub(super) fn gemm_args(
-        &self,
-        (a, out): (u64, u64),
-        bias: u64,
-        (k, units): (usize, usize),
-        gated: bool,
-    ) -> GemmArgs {
-        GemmArgs {
-            a,
-            row_sel: self.row_sel,
-            top_k: self.top_k as i32,
-            offsets: self.offsets,
-            tiles: self.tiles,
-            num_tiles: self.num_tiles,
-            out,
-            bias,
-            k: k as i32,
-            units: units as i32,
-            gated: i32::from(gated),
-            out_f32: 0,
-        }
-    }
-}
-
-/// Byte offsets of a forward's index buffers in one allocation (16-byte aligned: the tile
-/// list is read as `int4`): the per-slot counters `counts` and `cursor` (zeroed), the slots'
-/// row `offsets`, each selection's permuted row `pos`, each permuted row's selection
-/// `row_sel`, the `tiles` list and its length `num_tiles` (see `moe_scan`).
-struct IndexBuffers {
-    base: u64,
-    counts: usize,
-    cursor: usize,
-    offsets: usize,
-    pos: usize,
-    row_sel: usize,
-    tiles: usize,
-    num_tiles: usize,
-    bytes: usize,
-}
-
-impl IndexBuffers {
-    fn new(slots: usize, selections: usize, max_tiles: usize) -> IndexBuffers {
-        let mut end = 0;
-        let mut take = |bytes: usize| {
-            let at = end;
-            end += bytes.div_ceil(16) * 16;
-            at
-        };
-        let counts = take(slots.max(1) * 4);
-        let cursor = take(slots.max(1) * 4);
-        let offsets = take((slots + 1) * 4);
-        let pos = take(selections * 4);
-        let row_sel = take(selections * 4);
-        let tiles = take(max_tiles * 16);
-        let num_tiles = take(4);
-        IndexBuffers {
-            base: 0,
-            counts,
-            cursor,
-            offsets,
-            pos,
-            row_sel,
-            tiles,
-            num_tiles,
-            bytes: end,
-        }
-    }
-
-    /// The device address of the buffer at byte offset `at`.
-    fn at(&self, at: usize) -> u64 {
-        self.base + at as u64
     }
 }
 

@@ -6,7 +6,8 @@
 //! f32 scales, and the GEMMs read those codes as they are (no decode to 16-bit, no
 //! quantize-dequantize). After the permutation of `DeviceExperts::forward`:
 //! 1. `f8quant_*`: the FC1 input to codes and group scales (on the TMA path gathered into
-//!    each slot's block of rows at the same time);
+//!    each slot's block of rows at the same time; a decode step's few tokens in the
+//!    permutation's launch, `f8permute_*`);
 //! 2. FC1 with the activation fused: the TMA kernel quantizes its output to FC2's codes and
 //!    group scales in its epilogue; the GEMV writes f32 and `f8quant_f32` quantizes it;
 //! 3. FC2 into `y` in the layer's dtype (the caller's finalize sums each token's rows).
@@ -19,7 +20,8 @@ use moe_core::{DType, MoeError, Result};
 use super::super::device::dev_err;
 use super::super::ffi::{self, MapElem};
 use super::super::storage::CudaStorage;
-use super::{COMMON, DeviceExperts, Format, GemmArgs, Permutation, WeightArgs, act_args, dt_suffix};
+use super::permute::{Permutation, PrologueQuant};
+use super::{COMMON, DeviceExperts, Format, GemmArgs, WeightArgs, act_args, dt_suffix};
 use crate::cpu::act_quant::ActQuant;
 
 /// Scales of the FP8 inputs and outputs of one GEMM (`QuantIo` in `experts/fp8.cu`; same field order
@@ -84,6 +86,17 @@ impl Scheme {
     }
 }
 
+/// FC1's input of a forward on the FP8 path ([`DeviceExperts::fp8_input`]).
+pub(crate) struct Fp8Input {
+    path: Fp8Path,
+    codes: CudaStorage,
+    scales: Option<CudaStorage>,
+    /// The quantization the permutation's launch does, until the forward hands it there.
+    pub prologue: Option<PrologueQuant>,
+    /// Whether the permutation's launch quantizes the codes (else `forward_fp8` does).
+    in_prologue: bool,
+}
+
 /// A forward's FP8 path: the GEMM kernel for its shape and the layer's scale layout.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Fp8Path {
@@ -133,34 +146,73 @@ impl DeviceExperts {
             .map(|&(_, kernel)| Fp8Path { kernel, scheme })
     }
 
+    /// FC1's input codes of a forward of `tokens` tokens and `selections` selections on
+    /// `path`: per token for the GEMV (it gathers rows itself), per permuted row for the TMA
+    /// kernel (each slot's rows one block for its copies). The GEMV's are quantized by the
+    /// permutation's launch where it can (`prologue`), else by [`Self::forward_fp8`].
+    pub(super) fn fp8_input(
+        &self,
+        path: Fp8Path,
+        xs: &CudaStorage,
+        tokens: usize,
+        selections: usize,
+    ) -> Result<Fp8Input> {
+        let dev = &self.dev;
+        let h = self.dims.hidden;
+        let rows = if path.tma() { selections } else { tokens };
+        let codes = dev.alloc_storage(rows * h)?;
+        let scales = if path.scheme == Scheme::Block {
+            Some(dev.alloc_storage(rows * (h / BLOCK) * 4)?)
+        } else {
+            None
+        };
+        let prologue = (!path.tma() && self.prologue_quantizes(selections, tokens, h)).then(|| PrologueQuant {
+            src: xs.ptr(dev),
+            dtype: self.dtype,
+            rows,
+            cols: h,
+            scale: path.scheme.input_scale(true),
+            codes: codes.ptr(dev),
+            scales: scales.as_ref().map_or(0, |s| s.ptr(dev)),
+        });
+        Ok(Fp8Input {
+            path,
+            codes,
+            scales,
+            in_prologue: prologue.is_some(),
+            prologue,
+        })
+    }
+
     /// Steps 2-4 of the forward on the FP8 path: `y [rows, H]` in the layer's dtype, one row
     /// per permuted selection.
-    pub(super) fn forward_fp8(&self, path: Fp8Path, xs: &CudaStorage, p: &Permutation) -> Result<CudaStorage> {
-        let Fp8Path { kernel, scheme } = path;
+    pub(super) fn forward_fp8(&self, input: Fp8Input, xs: &CudaStorage, p: &Permutation) -> Result<CudaStorage> {
+        let Fp8Input {
+            path: Fp8Path { kernel, scheme },
+            codes: x_codes,
+            scales: x_scales,
+            in_prologue,
+            ..
+        } = input;
         let dev = &self.dev;
         let (h, inter) = (self.dims.hidden, self.dims.inter);
         let nk = p.tokens * p.top_k;
         let grouped = scheme == Scheme::Block;
         let tma = kernel == Fp8Kernel::Tma;
 
-        // 1. FC1 input codes: per token for the GEMV (it gathers rows itself), per permuted row
-        // for the TMA kernel (each slot's rows one block for its copies).
-        let x_rows = if tma { nk } else { p.tokens };
-        let x_codes = dev.alloc_storage(x_rows * h)?;
-        let x_scales = if grouped {
-            Some(dev.alloc_storage(x_rows * (h / BLOCK) * 4)?)
-        } else {
-            None
-        };
-        let (sel, limit) = if tma { (p.row_sel, p.rows) } else { (0, 0) };
-        self.quantize(
-            (xs.ptr(dev), self.dtype),
-            (sel, limit, p.top_k),
-            (x_rows, h),
-            scheme.input_scale(true),
-            &x_codes,
-            x_scales.as_ref(),
-        )?;
+        // 1. FC1 input codes, unless the permutation's launch quantized them.
+        if !in_prologue {
+            let x_rows = if tma { nk } else { p.tokens };
+            let (sel, limit) = if tma { (p.row_sel, p.rows) } else { (0, 0) };
+            self.quantize(
+                (xs.ptr(dev), self.dtype),
+                (sel, limit, p.top_k),
+                (x_rows, h),
+                scheme.input_scale(true),
+                &x_codes,
+                x_scales.as_ref(),
+            )?;
+        }
 
         // 2. FC1 with the activation, then its output as FC2's codes.
         let act_codes = dev.alloc_storage(nk * inter)?;

@@ -44,21 +44,14 @@ template <int DT> __device__ __forceinline__ void load4(const void* p, long long
     }
 }
 
-// Row r of `codes`/`scales` quantizes input row sel ? sel[r] / top_k : r (the TMA path gathers
-// each slot's rows into one block while it quantizes); rows at or past *row_limit (when
-// given) are skipped. scale > 0: that static scale, no scales written; otherwise dynamic
-// groups of 128 (a group whose amax is 0 keeps scale 0 and the codes of its values, 0 or NaN,
-// as the CPU's qdq leaves such a group as it is). One warp per (row, group), 4 values a lane.
+// Group gi (128 columns) of input row `src` into row r of `codes` / `scales`, by one warp (4
+// values a lane). scale > 0: that static scale, no scales written; otherwise the group's
+// dynamic scale (a group whose amax is 0 keeps scale 0 and the codes of its values, 0 or
+// NaN, as the CPU's qdq leaves such a group as it is).
 template <int DTI>
-__device__ void f8quant_body(const void* in, const int* sel, int top_k, const int* row_limit, int rows, int cols,
-                             float scale, unsigned char* codes, float* scales) {
-    if (row_limit) rows = min(rows, row_limit[0]);
-    const int groups = cols >> 7;
-    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const int lane = threadIdx.x & 31;
-    if (warp >= (long long)rows * groups) return;
-    const int r = (int)(warp / groups), gi = (int)(warp % groups);
-    const long long src = sel ? (long long)(sel[r] / top_k) : (long long)r;
+__device__ __forceinline__ void f8quant_group(const void* in, long long src, int r, int gi, int cols, float scale,
+                                              unsigned char* codes, float* scales) {
+    const int lane = threadIdx.x & 31, groups = cols >> 7;
     float v[4];
     load4<DTI>(in, src * cols + gi * 128 + lane * 4, v);
     float s = scale;
@@ -79,14 +72,40 @@ __device__ void f8quant_body(const void* in, const int* sel, int top_k, const in
 }
 
 #ifdef VARIANT_common
+// Row r of `codes`/`scales` quantizes input row sel ? sel[r] / top_k : r (the TMA path gathers
+// each slot's rows into one block while it quantizes); rows at or past *row_limit (when
+// given) are skipped. One warp per (row, group).
 #define F8QUANT(NAME, DTI)                                                                                    \
     extern "C" __global__ void NAME(const void* in, const int* sel, int top_k, const int* row_limit, int rows, \
                                     int cols, float scale, unsigned char* codes, float* scales) {            \
-        f8quant_body<DTI>(in, sel, top_k, row_limit, rows, cols, scale, codes, scales);                       \
+        if (row_limit) rows = min(rows, row_limit[0]);                                                        \
+        const int groups = cols >> 7;                                                                         \
+        const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;                      \
+        if (warp >= (long long)rows * groups) return;                                                         \
+        const int r = (int)(warp / groups), gi = (int)(warp % groups);                                        \
+        const long long src = sel ? (long long)(sel[r] / top_k) : (long long)r;                              \
+        f8quant_group<DTI>(in, src, r, gi, cols, scale, codes, scales);                                       \
     }
 F8QUANT(f8quant_f32, 0)
 F8QUANT(f8quant_bf16, 1)
 F8QUANT(f8quant_f16, 2)
+
+// A decode step's prologue in one block: the permutation (`permute_block`) and the FC1 input's
+// `rows` token rows quantized as f8quant does (the GEMV reads the tokens' codes, not permuted
+// rows, so neither waits for the other).
+#define F8PERMUTE(NAME, DTI)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(1024)                                                        \
+        NAME(const int* slots, int nk, int slot_start, int num_local, int bm, int group, int* offsets,         \
+             int4* tiles, int* num_tiles, int* pos, int* row_sel, const void* in, int rows, int cols,          \
+             float scale, unsigned char* codes, float* scales) {                                               \
+        permute_block(slots, nk, slot_start, num_local, bm, group, offsets, tiles, num_tiles, pos, row_sel);   \
+        const int groups = cols >> 7;                                                                          \
+        for (int w = threadIdx.x >> 5; w < rows * groups; w += blockDim.x >> 5)                              \
+            f8quant_group<DTI>(in, w / groups, w / groups, w % groups, cols, scale, codes, scales);            \
+    }
+F8PERMUTE(f8permute_f32, 0)
+F8PERMUTE(f8permute_bf16, 1)
+F8PERMUTE(f8permute_f16, 2)
 #endif  // VARIANT_common
 
 // ---- tensor-core GEMV (few rows per slot) -----------------------------------------------------
