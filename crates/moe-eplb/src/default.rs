@@ -30,13 +30,12 @@
 
 use moe_core::Result;
 
+mod search;
+
+use self::search::{Layout, changed};
 use crate::deepseek::{self, Geometry};
 use crate::greedy;
 use crate::plan::counts_of;
-
-/// Upper bound on local-search steps; each step strictly improves, so this only guards
-/// against pathological floating-point plateaus.
-const MAX_STEPS: usize = 20_000;
 
 /// Relative tolerance under which two max loads are the same balance.
 const TIE: f64 = 1e-9;
@@ -89,10 +88,6 @@ pub(crate) fn plan_layer(
 
 fn max_of(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
-}
-
-fn changed(a: &[usize], b: &[usize]) -> usize {
-    a.iter().zip(b).filter(|(x, y)| x != y).count()
 }
 
 /// The most balanced of the fresh constructions after local search.
@@ -320,161 +315,6 @@ fn hungarian(cost: &[Vec<i64>]) -> Vec<usize> {
         }
     }
     row_to_col
-}
-
-/// A slot table with its replica counts and GPU loads, for local search.
-struct Layout<'a> {
-    load: &'a [f64],
-    spg: usize,
-    slots: Vec<usize>,
-    cnt: Vec<usize>,
-    gpu: Vec<f64>,
-}
-
-/// A local-search move.
-#[derive(Clone, Copy)]
-enum Move {
-    /// Exchange the experts of two slots on different GPUs.
-    Swap(usize, usize),
-    /// Point a slot (whose expert keeps at least one other replica) at another expert.
-    Reassign { slot: usize, expert: usize },
-}
-
-impl<'a> Layout<'a> {
-    fn new(load: &'a [f64], slots: Vec<usize>, num_gpus: usize, spg: usize) -> Self {
-        let mut lay = Layout {
-            load,
-            spg,
-            cnt: Vec::new(),
-            gpu: vec![0.0; num_gpus],
-            slots,
-        };
-        lay.refresh();
-        lay
-    }
-
-    /// Recomputes counts and loads from scratch (after every move, so no rounding drifts).
-    fn refresh(&mut self) {
-        self.cnt = counts_of(&self.slots, self.load.len());
-        self.gpu.iter_mut().for_each(|g| *g = 0.0);
-        for (s, &x) in self.slots.iter().enumerate() {
-            self.gpu[s / self.spg] += self.load[x] / self.cnt[x] as f64;
-        }
-    }
-
-    fn share(&self, x: usize) -> f64 {
-        self.load[x] / self.cnt[x] as f64
-    }
-
-    /// Local search; with `budget = (previous, limit)` no move may take the number of slots
-    /// differing from `previous` past `limit`, and moves are ranked by load drop per slot
-    /// they newly change (moves that change nothing new come first).
-    fn improve(&mut self, budget: Option<(&[usize], usize)>) {
-        let n = self.slots.len();
-        let spg = self.spg;
-        for _ in 0..MAX_STEPS {
-            let Some(top) = (0..self.gpu.len()).max_by(|&a, &b| {
-                self.gpu[a]
-                    .partial_cmp(&self.gpu[b])
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(b.cmp(&a))
-            }) else {
-                return;
-            };
-            let lmax = self.gpu[top];
-            if lmax <= 0.0 {
-                return;
-            }
-            let eps = lmax * 1e-12;
-            let now_changed = budget.map_or(0, |(p, _)| changed(&self.slots, p));
-            // Change in "slots differing from previous" if slot `s` held `x`.
-            let diff = |s: usize, x: usize| budget.map_or(0i64, |(p, _)| i64::from(p[s] != x));
-            let mut best: Option<(Move, (bool, f64))> = None;
-            let mut consider = |m: Move, val: f64, dchg: i64| {
-                if val >= lmax - eps {
-                    return;
-                }
-                if let Some((_, limit)) = budget {
-                    // The count after the move is never negative; compare as usize so an
-                    // unlimited budget (`usize::MAX`) stays unlimited.
-                    let after = usize::try_from(now_changed as i64 + dchg).unwrap_or(0);
-                    if after > limit {
-                        return;
-                    }
-                }
-                let gain = lmax - val;
-                let key = if budget.is_some() {
-                    (dchg <= 0, if dchg <= 0 { gain } else { gain / dchg as f64 })
-                } else {
-                    (true, gain)
-                };
-                if best
-                    .as_ref()
-                    .is_none_or(|(_, k)| (key.0 && !k.0) || (key.0 == k.0 && key.1 > k.1))
-                {
-                    best = Some((m, key));
-                }
-            };
-
-            let top_slots = top * spg..(top + 1) * spg;
-            for s in top_slots.clone() {
-                let xs = self.slots[s];
-                let ws = self.share(xs);
-                for t in (0..n).filter(|t| !top_slots.contains(t)) {
-                    let xt = self.slots[t];
-                    let wt = self.share(xt);
-                    if xt == xs || wt >= ws {
-                        continue;
-                    }
-                    let h = t / spg;
-                    let val = (lmax - ws + wt).max(self.gpu[h] - wt + ws);
-                    let dchg = diff(s, xt) + diff(t, xs) - diff(s, xs) - diff(t, xt);
-                    consider(Move::Swap(s, t), val, dchg);
-                }
-            }
-
-            let mut on_top: Vec<usize> = self.slots[top_slots].to_vec();
-            on_top.sort_unstable();
-            on_top.dedup();
-            let mut reps: Vec<Vec<usize>> = vec![Vec::new(); self.load.len()];
-            for (s, &x) in self.slots.iter().enumerate() {
-                reps[x].push(s);
-            }
-            let mut new_gpu = self.gpu.clone();
-            for &b in &on_top {
-                let (sb_old, sb_new) = (self.share(b), self.load[b] / (self.cnt[b] + 1) as f64);
-                for t in 0..n {
-                    let a = self.slots[t];
-                    if a == b || self.cnt[a] < 2 {
-                        continue;
-                    }
-                    let (sa_old, sa_new) = (self.share(a), self.load[a] / (self.cnt[a] - 1) as f64);
-                    new_gpu.copy_from_slice(&self.gpu);
-                    for &r in &reps[a] {
-                        new_gpu[r / spg] += if r == t { -sa_old } else { sa_new - sa_old };
-                    }
-                    for &r in &reps[b] {
-                        new_gpu[r / spg] += sb_new - sb_old;
-                    }
-                    new_gpu[t / spg] += sb_new;
-                    // Only GPUs holding a or b (or t) changed; the others stay below lmax.
-                    let val = reps[a]
-                        .iter()
-                        .chain(&reps[b])
-                        .map(|&r| new_gpu[r / spg])
-                        .fold(new_gpu[t / spg], f64::max);
-                    consider(Move::Reassign { slot: t, expert: b }, val, diff(t, b) - diff(t, a));
-                }
-            }
-
-            match best {
-                None => return,
-                Some((Move::Swap(s, t), _)) => self.slots.swap(s, t),
-                Some((Move::Reassign { slot, expert }, _)) => self.slots[slot] = expert,
-            }
-            self.refresh();
-        }
-    }
 }
 
 #[cfg(test)]

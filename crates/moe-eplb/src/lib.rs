@@ -26,8 +26,8 @@ pub use moe_core::eplb::{MigrationPlan, RebalanceReport, SlotMove};
 pub use placement::Placement;
 pub use placement_file::{PlacementFile, load_placement_yaml, placement_yaml};
 pub use plan::{
-    Algorithm, PlanInput, PlanOutput, balancedness, default_assignment, gpu_loads, plan, validate_geometry,
-    validate_load,
+    Algorithm, PlanInput, PlanOutput, balancedness, default_assignment, gpu_loads, plan, plan_observed,
+    validate_geometry, validate_load,
 };
 pub use static_balancer::StaticBalancer;
 pub use statistics::{DEFAULT_DECAY, ExpertStatistics};

@@ -292,6 +292,30 @@ pub fn plan(
     algorithm: Algorithm,
     previous: Option<&[Vec<usize>]>,
 ) -> Result<PlanOutput> {
+    plan_observed(
+        load,
+        num_slots,
+        num_gpus,
+        num_nodes,
+        num_groups,
+        algorithm,
+        previous,
+        &mut |_| {},
+    )
+}
+
+/// [`plan`], calling `on_layer(l)` after layer `l` is planned (a caller's progress display:
+/// the default algorithm takes seconds per layer at tens of thousands of slots).
+pub fn plan_observed(
+    load: &[Vec<f64>],
+    num_slots: usize,
+    num_gpus: usize,
+    num_nodes: usize,
+    num_groups: usize,
+    algorithm: Algorithm,
+    previous: Option<&[Vec<usize>]>,
+    on_layer: &mut dyn FnMut(usize),
+) -> Result<PlanOutput> {
     let e = validate_load(load)?;
     validate_geometry(e, num_slots, num_gpus, num_nodes, num_groups)?;
     if let Some(prev) = previous {
@@ -328,6 +352,7 @@ pub fn plan(
             }
         };
         layers.push((layer, before));
+        on_layer(l);
     }
 
     let mut out = PlanOutput {
