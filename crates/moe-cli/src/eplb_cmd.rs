@@ -9,10 +9,11 @@
 use std::path::Path;
 
 use anyhow::Context;
-use moe_eplb::{Algorithm, PlanInput, PlanOutput, balancedness, default_assignment, placement_yaml, plan};
+use moe_core::limits;
+use moe_eplb::{Algorithm, PlanInput, PlanOutput, balancedness, default_assignment, placement_yaml, plan_observed};
 use serde_json::json;
 
-use crate::Summary;
+use crate::{Summary, progress};
 
 /// Parameters of `moe eplb plan`.
 pub struct PlanRun<'a> {
@@ -31,24 +32,41 @@ pub struct PlanRun<'a> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {what} `{}`", path.display()))?;
+    let text = crate::input_files::read_bounded(path, what, limits::MAX_LOAD_FILE_BYTES)?;
     serde_json::from_str(&text).with_context(|| format!("parsing {what} `{}`", path.display()))
 }
 
 pub fn plan_cmd(r: &PlanRun<'_>) -> anyhow::Result<Summary> {
     let input: PlanInput = read_json(r.load, "load file")?;
     let previous: Option<PlanOutput> = r.previous.map(|p| read_json(p, "previous placement")).transpose()?;
-    let out = plan(
-        &input.load,
-        r.num_slots,
-        r.num_gpus,
-        r.num_nodes,
-        r.num_groups,
-        r.algorithm,
-        previous.as_ref().map(|p| p.phy2log.as_slice()),
-    )?;
+    // The YAML names layers first_layer.. : the last one must exist too, checked before planning.
+    let last_layer = r
+        .first_layer
+        .checked_add(input.load.len())
+        .filter(|&end| end <= limits::MAX_LAYERS)
+        .with_context(|| {
+            format!(
+                "--first-layer {} plus the load file's {} layer(s) passes the layer limit of {} (docs/LIMITS.md)",
+                r.first_layer,
+                input.load.len(),
+                limits::MAX_LAYERS
+            )
+        })?;
+    let out = progress::while_running("planning", input.load.len(), |done| {
+        plan_observed(
+            &input.load,
+            r.num_slots,
+            r.num_gpus,
+            r.num_nodes,
+            r.num_groups,
+            r.algorithm,
+            previous.as_ref().map(|p| p.phy2log.as_slice()),
+            &mut |l| done(l + 1),
+        )
+    })
+    .with_context(|| format!("planning from `{}`", r.load.display()))?;
     let body = if r.yaml {
-        let layers: Vec<usize> = (r.first_layer..r.first_layer + input.load.len()).collect();
+        let layers: Vec<usize> = (r.first_layer..last_layer).collect();
         placement_yaml(&out, &layers, 0)?
     } else {
         serde_json::to_string_pretty(&out)?

@@ -8,9 +8,11 @@
 
 mod bench;
 mod eplb_cmd;
+mod input_files;
 mod model_run;
 mod output;
 mod prng;
+mod progress;
 mod quantize;
 mod ranks;
 mod stats;
@@ -22,7 +24,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use moe_core::limits::{MAX_LAYERS, MAX_SLOTS, MAX_TOKENS, MAX_WORLD};
 use moe_hf::TargetFormat;
+
+// Flag bounds as clap ranges (inclusive, u64): a value past one is refused naming the flag
+// before anything runs (docs/LIMITS.md).
+const SLOTS: u64 = MAX_SLOTS as u64;
+const TOKENS: u64 = MAX_TOKENS as u64;
+const WORLD: u64 = MAX_WORLD as u64;
+const LAYERS: u64 = MAX_LAYERS as u64;
 
 /// Run Mixture-of-Experts layers: a synthetic benchmark layer or the MoE block of a
 /// Hugging Face checkpoint (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, gpt_oss, llama4).
@@ -101,18 +111,18 @@ struct EplbPlanArgs {
     /// JSON file `{"load": [[...]]}` of expert loads per layer.
     #[arg(long, value_name = "FILE")]
     load: PathBuf,
-    /// Physical expert slots over all GPUs (>= experts; extra slots hold replicas).
-    #[arg(long, value_name = "R")]
-    num_slots: usize,
+    /// Physical expert slots over all GPUs (>= experts; extra slots hold replicas; at most 65536).
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u64).range(1..=SLOTS))]
+    num_slots: u64,
     /// GPUs (EP ranks) the slots are spread over.
-    #[arg(long, value_name = "P")]
-    num_gpus: usize,
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..=SLOTS))]
+    num_gpus: u64,
     /// Nodes the GPUs are in (DeepSeek's hierarchical policy packs groups per node).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    num_nodes: usize,
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=SLOTS))]
+    num_nodes: u64,
     /// Expert groups (DeepSeek-V3 routing groups).
-    #[arg(long, value_name = "G", default_value_t = 1)]
-    num_groups: usize,
+    #[arg(long, value_name = "G", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=SLOTS))]
+    num_groups: u64,
     #[arg(long, value_enum, default_value = "default")]
     algorithm: AlgorithmArg,
     /// Most slots the default algorithm may change relative to --previous, per layer.
@@ -129,8 +139,8 @@ struct EplbPlanArgs {
     yaml: bool,
     /// Model layer index of the first row of the load file (the YAML names layers by it, as
     /// `moe run --placement` looks them up).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    first_layer: usize,
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..LAYERS))]
+    first_layer: u64,
     /// Print one machine-readable JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -140,10 +150,10 @@ struct EplbPlanArgs {
 struct EplbStatsArgs {
     /// Load file written by `moe run --record-stats`.
     file: PathBuf,
-    #[arg(long, value_name = "R", requires = "num_gpus")]
-    num_slots: Option<usize>,
-    #[arg(long, value_name = "P", requires = "num_slots")]
-    num_gpus: Option<usize>,
+    #[arg(long, value_name = "R", requires = "num_gpus", value_parser = clap::value_parser!(u64).range(1..=SLOTS))]
+    num_slots: Option<u64>,
+    #[arg(long, value_name = "P", requires = "num_slots", value_parser = clap::value_parser!(u64).range(1..=SLOTS))]
+    num_gpus: Option<u64>,
     /// Print one machine-readable JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -181,7 +191,9 @@ struct QuantizeArgs {
     #[arg(long, value_enum)]
     format: FormatArg,
 
-    /// Directory to write the quantized checkpoint to (created; must be empty if it exists).
+    /// Directory to write the quantized checkpoint to: created, or replaced whole when it holds
+    /// a previous `moe quantize` output (any other non-empty directory is refused). Written
+    /// beside it and renamed into place, so a failed run leaves the previous one intact.
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
 
@@ -228,7 +240,7 @@ struct RunArgs {
 
     /// Largest number of tokens the routed layer processes per chunk (default: 512 for the
     /// synthetic layer, unchunked for checkpoints).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=TOKENS))]
     max_tokens_per_chunk: Option<u64>,
 
     /// Backend to run the routed experts on (cuda, cpu, cpu-fused, reference); default: automatic selection.
@@ -240,8 +252,8 @@ struct RunArgs {
     #[arg(long, requires = "model")]
     dequantize: bool,
 
-    /// Tokens to generate when no --input is given.
-    #[arg(long, value_name = "T", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Tokens to generate when no --input is given (at most 2^24).
+    #[arg(long, value_name = "T", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=TOKENS))]
     tokens: u64,
 
     /// Seed of the synthetic weights and inputs.
@@ -252,14 +264,14 @@ struct RunArgs {
     /// rank runs a contiguous slice of the input rows and rank 0 writes the gathered `y`.
     /// Under `mpirun -n N` (binary built with `--features mpi`) the MPI processes are the ranks.
     /// At most 1024 (one thread each).
-    #[arg(long, value_name = "N", requires = "input", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, value_name = "N", requires = "input", value_parser = clap::value_parser!(u64).range(1..=WORLD))]
     world: Option<u64>,
 
     /// Expert-parallel load balancing over the ranks: this many physical expert slots (>= experts;
     /// extra slots hold replicas of hot experts), rebalanced online every --eplb-updates
     /// iterations. Per-layer balancedness before/after each rebalance is printed.
-    #[arg(long, value_name = "R", conflicts_with = "placement")]
-    eplb_slots: Option<usize>,
+    #[arg(long, value_name = "R", conflicts_with = "placement", value_parser = clap::value_parser!(u64).range(1..=SLOTS))]
+    eplb_slots: Option<u64>,
 
     /// Iterations between online rebalances (0 = keep the initial placement).
     #[arg(long, value_name = "N", default_value_t = 1, requires = "eplb_slots")]
@@ -282,6 +294,17 @@ struct RunArgs {
     /// per dispatch, for small batches).
     #[arg(long, value_name = "NAME", default_value = "auto")]
     comm: String,
+
+    /// Skip the check that the layer's weights are finite (NaN or infinity in any float
+    /// tensor of the block is refused by default, naming the tensor and element). For
+    /// checkpoints you trust; the check costs a read of the block's bytes at load.
+    #[arg(long, requires = "model")]
+    trust_weights: bool,
+
+    /// Debug check: fail when the output holds a NaN or infinity, naming its row and column
+    /// (reads the output once after the forward).
+    #[arg(long)]
+    check_finite: bool,
 
     /// Print one machine-readable JSON object instead of text.
     #[arg(long)]
@@ -379,6 +402,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 tokens,
                 seed: args.seed,
                 record_stats: args.record_stats.as_deref(),
+                trust_weights: args.trust_weights,
+                check_finite: args.check_finite,
             };
             if multi_rank {
                 if mpi.is_some() && args.world.is_some() {
@@ -391,12 +416,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 };
                 let eplb = match (&args.placement, args.eplb_slots) {
                     (Some(path), _) => {
-                        let text = std::fs::read_to_string(path)
-                            .with_context(|| format!("reading placement `{}`", path.display()))?;
-                        Some(moe_eplb::load_placement_yaml(&text)?.layer(layer)?)
+                        let text = input_files::read_bounded(path, "placement", moe_core::limits::MAX_PLACEMENT_BYTES)?;
+                        let file = moe_eplb::load_placement_yaml(&text)
+                            .with_context(|| format!("placement `{}`", path.display()))?;
+                        Some(file.layer(layer)?)
                     }
                     (None, Some(num_slots)) => Some(moe_core::EplbConfig {
-                        num_slots,
+                        num_slots: num_slots as usize,
                         layer_updates_per_iter: args.eplb_updates,
                         initial_global_assignments: None,
                     }),
@@ -423,6 +449,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             backend: args.backend.clone(),
             output: args.output.as_deref(),
             record_stats: args.record_stats.as_deref(),
+            check_finite: args.check_finite,
         })?,
     };
     summary.print(args.json)
@@ -454,19 +481,22 @@ fn eplb(cmd: EplbCommand) -> anyhow::Result<()> {
             };
             let run = eplb_cmd::PlanRun {
                 load: &a.load,
-                num_slots: a.num_slots,
-                num_gpus: a.num_gpus,
-                num_nodes: a.num_nodes,
-                num_groups: a.num_groups,
+                num_slots: a.num_slots as usize,
+                num_gpus: a.num_gpus as usize,
+                num_nodes: a.num_nodes as usize,
+                num_groups: a.num_groups as usize,
                 algorithm,
                 previous: a.previous.as_deref(),
                 output: &a.output,
                 yaml: a.yaml,
-                first_layer: a.first_layer,
+                first_layer: a.first_layer as usize,
             };
             (eplb_cmd::plan_cmd(&run)?, a.json)
         }
-        EplbCommand::Stats(a) => (eplb_cmd::stats_cmd(&a.file, a.num_slots.zip(a.num_gpus))?, a.json),
+        EplbCommand::Stats(a) => {
+            let geometry = a.num_slots.zip(a.num_gpus).map(|(s, g)| (s as usize, g as usize));
+            (eplb_cmd::stats_cmd(&a.file, geometry)?, a.json)
+        }
     };
     summary.print(json)
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::Summary;
 use crate::prng::SplitMix64;
 use crate::stats::{Balance, routed_flops};
-use crate::tensor_io::{read_tensor, write_tensor};
+use crate::tensor_io::{check_finite_output, read_tensor, write_tensor};
 
 /// Parameters of a checkpoint run.
 pub struct ModelRun<'a> {
@@ -30,6 +30,29 @@ pub struct ModelRun<'a> {
     pub seed: u64,
     /// Write tokens per expert here (`--record-stats`).
     pub record_stats: Option<&'a Path>,
+    /// Skip the finite-weight check (`--trust-weights`).
+    pub trust_weights: bool,
+    /// Refuse a non-finite output (`--check-finite`).
+    pub check_finite: bool,
+}
+
+/// The finite-weight check of layer `layer` unless `--trust-weights`; returns the line the
+/// summary prints (what was checked and how long it took) and the JSON of it.
+pub fn check_weights(r: &ModelRun<'_>, layer: usize) -> anyhow::Result<(String, serde_json::Value)> {
+    if r.trust_weights {
+        return Ok(("weights: finite check skipped (--trust-weights)\n".into(), json!(null)));
+    }
+    let start = Instant::now();
+    let rep = moe_hf::check_layer_finite(r.dir, layer)
+        .with_context(|| format!("checking the weights of layer {layer} of `{}`", r.dir.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    Ok((
+        format!(
+            "weights: {} tensors, {} elements ({} bytes) finite, checked in {secs:.4} s\n",
+            rep.tensors, rep.elements, rep.bytes
+        ),
+        json!({ "tensors": rep.tensors, "elements": rep.elements, "bytes": rep.bytes, "seconds": secs }),
+    ))
 }
 
 /// `--layer`, or the model's first MoE layer.
@@ -54,6 +77,7 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
         dtype: None,
         dequantize: r.dequantize,
     };
+    let (finite_line, finite_json) = check_weights(r, layer)?;
     let load_start = Instant::now();
     let mut block = MoeBlock::load(dir, layer, opts)
         .with_context(|| format!("loading the MoE block of layer {layer} of `{}`", dir.display()))?;
@@ -76,6 +100,9 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
         .forward(&x)
         .with_context(|| format!("running the block on {what}"))?;
     let wall = start.elapsed().as_secs_f64();
+    if r.check_finite {
+        check_finite_output("the output y", &y)?;
+    }
     if let Some(path) = r.output {
         write_tensor(path, "y", &y)?;
     }
@@ -110,6 +137,7 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
             ""
         },
     ));
+    text.push_str(&finite_line);
     text.push_str(&block.report().to_string());
     text.push_str(&balance.line());
     if let Some(path) = r.record_stats {
@@ -146,6 +174,7 @@ pub fn run(r: &ModelRun<'_>) -> anyhow::Result<Summary> {
         },
         "tokens": t,
         "balance": balance,
+        "finite_check": finite_json,
         "load_s": load_s,
         "wall_s": wall,
         "gflop": flops / 1e9,

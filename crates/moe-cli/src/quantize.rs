@@ -1,9 +1,15 @@
 //! `moe quantize --model DIR --format fp8-block|nvfp4|mxfp4 --output DIR`: writes a float
 //! checkpoint's routed experts in a quantized format's real layout (the work is
 //! [`moe_hf::quantize_checkpoint`]'s), with a progress bar on stderr when it is a terminal.
+//!
+//! The output directory appears whole or not at all: the checkpoint is written into a new
+//! directory beside `--output` and renamed into place once complete, so a run that fails or
+//! is killed midway leaves a previous output as it was (and at worst a `.NAME.tmp-PID`
+//! directory beside it). `--output` may be missing, empty, or a previous `moe quantize`
+//! output, which is replaced; any other directory is refused before the work starts.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -24,7 +30,95 @@ pub struct QuantizeRun<'a> {
     pub calibration: Option<(&'a Path, &'a str)>,
 }
 
+/// Refuses `output` unless it is missing, empty, or a checkpoint `moe quantize` wrote (only
+/// `.json` and `.safetensors` files, a config with a `quantization_config`): replacing it must
+/// never destroy anything else. It may not be the model it reads.
+fn check_replaceable(output: &Path, model: &Path) -> anyhow::Result<()> {
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        anyhow::bail!("the directory of --output `{}` does not exist", output.display());
+    }
+    if !output.exists() {
+        return Ok(());
+    }
+    if !output.is_dir() {
+        anyhow::bail!("--output `{}` exists and is not a directory", output.display());
+    }
+    if std::fs::canonicalize(output)? == std::fs::canonicalize(model)? {
+        anyhow::bail!(
+            "--output `{}` is the input model: writing it would destroy the input",
+            output.display()
+        );
+    }
+    let entries = std::fs::read_dir(output)?.collect::<Result<Vec<_>, _>>()?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let ours = entries.iter().all(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        e.file_type().is_ok_and(|t| t.is_file()) && (name.ends_with(".json") || name.ends_with(".safetensors"))
+    }) && std::fs::read_to_string(output.join("config.json"))
+        .is_ok_and(|c| c.contains("\"quantization_config\""));
+    if !ours {
+        anyhow::bail!(
+            "--output `{}` is a non-empty directory that is not a quantized checkpoint; refusing to replace it",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+/// A fresh path beside `output` for building the new checkpoint (same file system, so the
+/// final rename is atomic).
+fn staging_path(output: &Path, tag: &str) -> PathBuf {
+    let name = output
+        .file_name()
+        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+    output.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+}
+
+/// Moves the complete checkpoint `staging` to `output`, replacing a previous one: the old
+/// directory is moved aside first and removed only after the new one is in place (and put
+/// back if that fails).
+fn swap_in(staging: &Path, output: &Path) -> anyhow::Result<()> {
+    let empty_or_missing = std::fs::read_dir(output).map_or(true, |mut d| d.next().is_none());
+    if empty_or_missing {
+        let _ = std::fs::remove_dir(output);
+        return std::fs::rename(staging, output)
+            .with_context(|| format!("moving the new checkpoint into `{}`", output.display()));
+    }
+    let old = staging_path(output, "old");
+    std::fs::rename(output, &old).with_context(|| format!("moving the previous `{}` aside", output.display()))?;
+    if let Err(e) = std::fs::rename(staging, output) {
+        let _ = std::fs::rename(&old, output);
+        return Err(e).with_context(|| format!("moving the new checkpoint into `{}`", output.display()));
+    }
+    std::fs::remove_dir_all(&old).with_context(|| format!("removing the previous checkpoint `{}`", old.display()))
+}
+
 pub fn run(r: &QuantizeRun<'_>) -> anyhow::Result<Summary> {
+    check_replaceable(r.output, r.model)?;
+    let staging = staging_path(r.output, "tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    let summary = quantize_into(r, &staging);
+    match summary {
+        Ok(s) => {
+            swap_in(&staging, r.output)?;
+            Ok(s)
+        }
+        Err(e) => {
+            // Only this run's own directory is removed; the previous output was never touched.
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+/// Quantizes into `dir` (a new directory) and builds the summary that names `--output`.
+fn quantize_into(r: &QuantizeRun<'_>, dir: &Path) -> anyhow::Result<Summary> {
     let mut opts = QuantizeOptions::new(r.format);
     if let Some(b) = r.max_shard_bytes {
         opts.max_shard_bytes = b;
@@ -44,7 +138,7 @@ pub fn run(r: &QuantizeRun<'_>) -> anyhow::Result<Summary> {
         ProgressBar::hidden()
     };
     let start = Instant::now();
-    let summary = quantize_checkpoint(r.model, r.output, &opts, &mut |p| {
+    let summary = quantize_checkpoint(r.model, dir, &opts, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
         bar.set_message(p.tensor.to_string());

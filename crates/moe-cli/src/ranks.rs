@@ -119,6 +119,8 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
         .input
         .context("a multi-rank run needs --input (every rank reads its rows from it)")?;
     let x = read_tensor(input, r.input_key)?;
+    // Once for all ranks (they read the same files), before any thread starts.
+    let (finite_line, finite_json) = crate::model_run::check_weights(r, layer)?;
     let start = Instant::now();
     let (world, rank0_block, y) = match ranks {
         Ranks::InProcess(n) => {
@@ -177,6 +179,9 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
     };
     let wall = start.elapsed().as_secs_f64();
     let Some(block) = rank0_block else { return Ok(None) };
+    if r.check_finite {
+        crate::tensor_io::check_finite_output("the output y", &y)?;
+    }
     if let Some(path) = r.output {
         write_tensor(path, "y", &y)?;
     }
@@ -196,6 +201,7 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
         block.family(),
         r.dir.display()
     );
+    text.push_str(&finite_line);
     text.push_str(&block.report().to_string());
     text.push_str(&format!(
         "forward (load included): {} tokens x {} iteration(s) in {wall:.3} s\n",
@@ -233,6 +239,7 @@ pub fn run(r: &ModelRun<'_>, layer: usize, ranks: Ranks, o: &RankOptions<'_>) ->
         "report": block.report(),
         "wall_s": wall,
         "iterations": o.iterations,
+        "finite_check": finite_json,
         "eplb": reports,
         "output": r.output.map(|p| p.display().to_string()),
     });

@@ -33,6 +33,8 @@ pub struct SyntheticRun<'a> {
     pub output: Option<&'a Path>,
     /// Write tokens per expert here (`--record-stats`).
     pub record_stats: Option<&'a Path>,
+    /// Refuse a non-finite output (`--check-finite`).
+    pub check_finite: bool,
 }
 
 pub fn run(r: &SyntheticRun<'_>) -> anyhow::Result<Summary> {
@@ -94,6 +96,9 @@ pub fn run(r: &SyntheticRun<'_>) -> anyhow::Result<Summary> {
     let wall = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let y = Tensor::concat_rows(&outs)?;
+    if r.check_finite {
+        crate::tensor_io::check_finite_output("the output y", &y)?;
+    }
     if let Some(path) = r.output {
         write_tensor(path, "y", &y)?;
     }

@@ -21,6 +21,22 @@ pub fn read_tensor(path: &Path, key: &str) -> anyhow::Result<Tensor> {
     Ok(view.to_tensor(key)?)
 }
 
+/// The debug check of `--check-finite`: refuses an output `what` holding NaN or infinity,
+/// naming the first such element's row and column.
+pub fn check_finite_output(what: &str, t: &Tensor) -> anyhow::Result<()> {
+    let v = t.to_f32_vec(what)?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        let cols = t.row_len().max(1);
+        anyhow::bail!(
+            "{what} holds {} at row {}, column {} (--check-finite)",
+            v[i],
+            i / cols,
+            i % cols
+        );
+    }
+    Ok(())
+}
+
 /// Writes `t` as tensor `name` of a new safetensors file at `path`.
 pub fn write_tensor(path: &Path, name: &str, t: &Tensor) -> anyhow::Result<()> {
     let dtype = match t.dtype() {

@@ -10,6 +10,8 @@
 //! - [`CheckpointQuant`]: quantized expert formats (DeepSeek FP8 block, ModelOpt FP8/NVFP4,
 //!   MXFP4 incl. GPT-OSS `_blocks`/`_scales`, AutoAWQ INT4, INT8) and the canonical tensors
 //!   each serves; [`dequant`] decodes them for model-side weights.
+//! - [`check_layer_finite`]: NaN/infinity in a layer's block weights, refused naming the
+//!   tensor and element.
 //! - [`quantize_checkpoint`]: writes a float checkpoint's experts as FP8 block, NVFP4 or MXFP4
 //!   in the formats' real layouts (`moe quantize`).
 //!
@@ -21,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dequant;
 pub mod expert_source;
+pub mod finite;
 pub mod names;
 pub mod numerics;
 pub mod quant_format;
@@ -32,6 +35,7 @@ pub use block::{BlockOptions, Distributed, MoeBlock};
 pub use checkpoint::Checkpoint;
 pub use config::{Family, HfConfig, LayerPlacement};
 pub use expert_source::ExpertSource;
+pub use finite::{FiniteReport, check_finite, check_layer_finite};
 pub use names::{BlockNames, ExpertLayout};
 pub use quant_format::CheckpointQuant;
 pub use quantize::{QuantizeOptions, QuantizeProgress, QuantizeSummary, TargetFormat, quantize_checkpoint};
