@@ -16,6 +16,8 @@ commands:
   check-boundaries [--root DIR] [--list]
                              check the crate graph, external-crate owners and source rules
   codegen [--check]          regenerate the generated sections of docs/ (--check: fail if stale)
+  fuzz [--target NAME|all] [--seconds S] [--seed N] [--max-input-ms M]
+                             fuzz the input parsers (crates/moe-fuzz; default all targets, 60 s each)
   bench                      run the CPU benchmark table and the candle peer; rewrite docs/BENCHMARKS.md
   gpu-bundle                 build the CUDA binaries, test binaries, fixtures, torch baseline and run.sh
                              into target/gpu-bundle/ for a GPU machine (run.sh tests|matrix|bench|baseline|all)

@@ -6,12 +6,14 @@
 //! - `check-boundaries`: the architecture rules of `docs/ARCHITECTURE.md`;
 //! - `codegen`: generated sections of `docs/`.
 //! - `bench`: the benchmark table of `docs/BENCHMARKS.md`, ours next to candle's (`bench.rs`);
+//! - `fuzz`: the long run of the stable-Rust fuzzer, `crates/moe-fuzz` (`fuzz.rs`);
 //! - `gpu-bundle`: the CUDA build, test binaries, fixtures and scripts a GPU machine runs
 //!   (`gpu_bundle.rs`).
 
 mod bench;
 mod boundaries;
 mod flags;
+mod fuzz;
 mod gpu_bundle;
 mod legs;
 mod mpi;
@@ -46,6 +48,10 @@ fn run(args: &[String]) -> Result<bool> {
     // `bench` parses its own flags (most go through to `moe bench`): see bench.rs.
     if let Some(("bench", rest)) = args.split_first().map(|(c, r)| (c.as_str(), r)) {
         return bench::run(&project_root(), rest);
+    }
+    // `fuzz` passes its flags to the moe-fuzz binary: see fuzz.rs.
+    if let Some(("fuzz", rest)) = args.split_first().map(|(c, r)| (c.as_str(), r)) {
+        return fuzz::run(&project_root(), rest);
     }
     match flags::parse(args)? {
         Command::Help => {

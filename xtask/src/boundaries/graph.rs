@@ -28,6 +28,7 @@ const HF: &str = "moe-hf";
 pub const TESTKIT: &str = "moe-testkit";
 const CLI: &str = "moe-cli";
 const XTASK: &str = "xtask";
+const FUZZ: &str = "moe-fuzz";
 
 /// The one-way graph of `ARCHITECTURE-BRIEF.md`, per crate, for normal dependencies.
 pub const ALLOWED: &[(&str, Allowed)] = &[
@@ -53,6 +54,9 @@ pub const ALLOWED: &[(&str, Allowed)] = &[
     // reads the bench cache files itself and shares no code with the runtime.
     ("candle-peer", Allowed::Only(&[])),
     (XTASK, Allowed::Only(&[TESTKIT])),
+    // The stable-Rust fuzzer (`cargo xtask fuzz`): it calls the parsers of the crates whose
+    // inputs it mutates, and nothing depends on it.
+    (FUZZ, Allowed::Only(&[HF, EPLB])),
 ];
 
 /// Workspace crates a crate's `[dev-dependencies]` may name beyond its normal set and
