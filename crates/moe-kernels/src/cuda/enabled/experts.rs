@@ -638,6 +638,7 @@ impl DeviceExperts {
             slot_start,
             bm,
             group,
+            counters: fp8_in.as_ref().map_or(0, |i| i.counters),
         };
         let perm = self.permute(ids.ptr(dev), shape, fp8_in.as_mut().and_then(|i| i.prologue.take()))?;
         let (row_sel_p, pos_p) = (perm.row_sel, perm.pos);

@@ -5,11 +5,12 @@
 //! with static input scales) run on this path: activations are quantized once, to codes and
 //! f32 scales, and the GEMMs read those codes as they are (no decode to 16-bit, no
 //! quantize-dequantize). After the permutation of `DeviceExperts::forward`:
-//! 1. `f8quant_*`: the FC1 input to codes and group scales (on the TMA path gathered into
-//!    each slot's block of rows at the same time; a decode step's few tokens in the
-//!    permutation's launch, `f8permute_*`);
+//! 1. `f8quant_*`: the FC1 input to codes and group scales, once per token (a decode step's
+//!    few tokens in the permutation's launch, `f8permute_*`); on the TMA path `f8expand` then
+//!    copies each token's codes to its selections' rows, one block of rows per slot;
 //! 2. FC1 with the activation fused: the TMA kernel quantizes its output to FC2's codes and
-//!    group scales in its epilogue; the GEMV writes f32 and `f8quant_f32` quantizes it;
+//!    group scales in its epilogue; the GEMV writes f32, and the last of its blocks to finish a
+//!    slot's 128-channel group quantizes that group;
 //! 3. FC2 into `y` in the layer's dtype (the caller's finalize sums each token's rows).
 //!
 //! Which GEMM runs is data: [`FP8_KERNELS`], by average rows per slot.
@@ -35,6 +36,10 @@ pub(crate) struct QuantIo {
     /// `[rows, units / 128]` group scales FC1's TMA epilogue writes, or 0: `out_scale`.
     pub out_scales: u64,
     pub out_scale: f32,
+    /// The GEMV's FC1 (else 0): FC2's input codes, quantized by the last block of each
+    /// 128-channel group, and the zeroed counters of blocks done per [slot tile, group].
+    pub out_codes: u64,
+    pub group_done: u64,
 }
 
 /// The FP8 GEMM kernels.
@@ -95,6 +100,8 @@ pub(crate) struct Fp8Input {
     pub prologue: Option<PrologueQuant>,
     /// Whether the permutation's launch quantizes the codes (else `forward_fp8` does).
     in_prologue: bool,
+    /// Zeroed i32 the GEMMs need from the permutation (the GEMV's per-group counts).
+    pub counters: usize,
 }
 
 /// A forward's FP8 path: the GEMM kernel for its shape and the layer's scale layout.
@@ -181,6 +188,13 @@ impl DeviceExperts {
             scales,
             in_prologue: prologue.is_some(),
             prologue,
+            // One per (GEMV block row, FC1 output group); the grid has a block row per slot
+            // that has rows, at most.
+            counters: if path.tma() {
+                0
+            } else {
+                selections.min(self.num_slots) * (self.dims.inter / BLOCK)
+            },
         })
     }
 
@@ -202,16 +216,26 @@ impl DeviceExperts {
 
         // 1. FC1 input codes, unless the permutation's launch quantized them.
         if !in_prologue {
-            let x_rows = if tma { nk } else { p.tokens };
-            let (sel, limit) = if tma { (p.row_sel, p.rows) } else { (0, 0) };
-            self.quantize(
-                (xs.ptr(dev), self.dtype),
-                (sel, limit, p.top_k),
-                (x_rows, h),
-                scheme.input_scale(true),
-                &x_codes,
-                x_scales.as_ref(),
-            )?;
+            if tma {
+                // Each token once, then its codes copied to each of its selections' rows.
+                let tok_codes = dev.alloc_storage(p.tokens * h)?;
+                let tok_scales = x_scales
+                    .as_ref()
+                    .map(|_| dev.alloc_storage(p.tokens * (h / BLOCK) * 4))
+                    .transpose()?;
+                let tq = (&tok_codes, tok_scales.as_ref());
+                self.quantize(
+                    (xs.ptr(dev), self.dtype),
+                    0,
+                    (p.tokens, h),
+                    scheme.input_scale(true),
+                    tq,
+                )?;
+                self.expand(p, h, tq, (&x_codes, x_scales.as_ref()))?;
+            } else {
+                let q = (&x_codes, x_scales.as_ref());
+                self.quantize((xs.ptr(dev), self.dtype), 0, (p.tokens, h), scheme.input_scale(true), q)?;
+            }
         }
 
         // 2. FC1 with the activation, then its output as FC2's codes.
@@ -226,6 +250,8 @@ impl DeviceExperts {
             in_scale: scheme.input_scale(true),
             out_scales: act_scales.as_ref().map_or(0, |s| s.ptr(dev)),
             out_scale: scheme.input_scale(false),
+            out_codes: 0,
+            group_done: 0,
         };
         let gated = self.dims.activation.is_gated();
         let fc1 =
@@ -234,20 +260,17 @@ impl DeviceExperts {
         if tma {
             self.fp8_tma(true, fc1(x_codes.ptr(dev), act_codes.ptr(dev)), w13, io1, p, nk)?;
         } else {
+            // f32 activations, which the GEMV's last block of each group quantizes to FC2's
+            // codes (from f32, as the host does: bf16-rounded values would move some codes).
             let act32 = dev.alloc_storage(nk * inter * 4)?;
             let mut g = fc1(x_codes.ptr(dev), act32.ptr(dev));
             g.out_f32 = 1;
-            self.fp8_gemv(true, g, w13, io1, nk)?;
-            // Only the permuted rows (their count is on the device): an EP rank's other rows
-            // were never written.
-            self.quantize(
-                (act32.ptr(dev), DType::F32),
-                (0, p.rows, p.top_k),
-                (nk, inter),
-                scheme.input_scale(false),
-                &act_codes,
-                act_scales.as_ref(),
-            )?;
+            let io = QuantIo {
+                out_codes: act_codes.ptr(dev),
+                group_done: p.counters,
+                ..io1
+            };
+            self.fp8_gemv(true, g, w13, io, nk)?;
             drop(act32);
         }
 
@@ -264,6 +287,8 @@ impl DeviceExperts {
             in_scale: scheme.input_scale(false),
             out_scales: 0,
             out_scale: 0.0,
+            out_codes: 0,
+            group_done: 0,
         };
         let w2 = self.w2.args(dev, self.format);
         if tma {
@@ -276,18 +301,16 @@ impl DeviceExperts {
         Ok(y)
     }
 
-    /// Queues `f8quant_<src dtype>`: `rows x cols` values at `src` to E4M3 `codes` and, for
-    /// dynamic groups (`scale` 0), f32 group `scales`. `sel` (0: none): the row_sel list, to
-    /// gather row r from token `row_sel[r] / top_k`; `limit` (0: none): the device address of a
-    /// row count that caps `rows`.
+    /// Queues `f8quant_<src dtype>`: `rows x cols` values at `src` to E4M3 codes and, for
+    /// dynamic groups (`scale` 0), f32 group scales. `limit` (0: none): the device address of
+    /// a row count that caps `rows`.
     fn quantize(
         &self,
         (src, src_dt): (u64, DType),
-        (sel, limit, top_k): (u64, u64, usize),
+        limit: u64,
         (rows, cols): (usize, usize),
         scale: f32,
-        codes: &CudaStorage,
-        scales: Option<&CudaStorage>,
+        (codes, scales): (&CudaStorage, Option<&CudaStorage>),
     ) -> Result<()> {
         if rows * cols == 0 {
             return Ok(());
@@ -295,18 +318,16 @@ impl DeviceExperts {
         let dev = &self.dev;
         let name = format!("f8quant_{}", dt_suffix(src_dt)?);
         let f = self.kernel(COMMON, &name)?;
-        let warps = rows * (cols / BLOCK);
+        // Eight groups a block; rows beyond the grid's 65535 are strided.
         let cfg = LaunchConfig {
-            grid_dim: ((warps * 32).div_ceil(256) as u32, 1, 1),
+            grid_dim: ((cols / BLOCK).div_ceil(8) as u32, rows.min(65_535) as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (top_k, rows_i, cols_i) = (top_k as i32, rows as i32, cols as i32);
+        let (rows_i, cols_i) = (rows as i32, cols as i32);
         let (codes_p, scales_p) = (codes.ptr(dev), scales.map_or(0, |s| s.ptr(dev)));
         ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
             a.arg(&src)
-                .arg(&sel)
-                .arg(&top_k)
                 .arg(&limit)
                 .arg(&rows_i)
                 .arg(&cols_i)
@@ -315,6 +336,39 @@ impl DeviceExperts {
                 .arg(&scales_p);
         })
         .map_err(|e| dev_err(&dev.location(), &name, e))
+    }
+
+    /// Queues `f8expand`: each permuted row of `p` gets its token's `cols` codes and group
+    /// scales from `tokens` into `rows`.
+    fn expand(
+        &self,
+        p: &Permutation,
+        cols: usize,
+        tokens: (&CudaStorage, Option<&CudaStorage>),
+        rows: (&CudaStorage, Option<&CudaStorage>),
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let nk = p.tokens * p.top_k;
+        let f = self.kernel(COMMON, "f8expand")?;
+        let cfg = LaunchConfig {
+            grid_dim: (nk.max(1) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ptr = |s: Option<&CudaStorage>| s.map_or(0, |s| s.ptr(dev));
+        let (tc, ts, rc, rs) = (tokens.0.ptr(dev), ptr(tokens.1), rows.0.ptr(dev), ptr(rows.1));
+        let (top_k, cols_i) = (p.top_k as i32, cols as i32);
+        ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
+            a.arg(&tc)
+                .arg(&ts)
+                .arg(&p.row_sel)
+                .arg(&top_k)
+                .arg(&p.rows)
+                .arg(&cols_i)
+                .arg(&rc)
+                .arg(&rs);
+        })
+        .map_err(|e| dev_err(&dev.location(), "f8expand", e))
     }
 
     fn fp8_gemv(&self, fc1: bool, g: GemmArgs, w: WeightArgs, q: QuantIo, selections: usize) -> Result<()> {
@@ -425,8 +479,9 @@ mod tests {
 
     #[test]
     fn quant_io_has_the_c_layout() {
-        // Two (address, f32) pairs, each f32 padded to the next 8-byte field.
-        assert_eq!(std::mem::size_of::<QuantIo>(), 32);
+        // Two (address, f32) pairs, each f32 padded to the next 8-byte field, two addresses.
+        assert_eq!(std::mem::size_of::<QuantIo>(), 48);
         assert_eq!(std::mem::offset_of!(QuantIo, out_scales), 16);
+        assert_eq!(std::mem::offset_of!(QuantIo, out_codes), 32);
     }
 }

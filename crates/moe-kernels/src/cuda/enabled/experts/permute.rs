@@ -43,6 +43,8 @@ pub(crate) struct Permutation {
     pub pos: u64,
     /// The number of permuted rows (`offsets[S]`), on the device.
     pub rows: u64,
+    /// `PermuteShape::counters` zeroed i32 for the GEMMs' own use.
+    pub counters: u64,
     pub max_tiles: usize,
     pub tokens: usize,
     pub top_k: usize,
@@ -101,12 +103,16 @@ pub(crate) struct PermuteShape {
     pub bm: usize,
     /// Row tiles the TMA kernels raster together (0: no groups).
     pub group: i32,
+    /// Zeroed i32 counters the GEMMs use (the FP8 GEMV's per-group completion counts).
+    pub counters: usize,
 }
 
 /// Byte offsets of the index buffers in one allocation (16-byte aligned: the tile list is
-/// read as `int4`): the per-slot counters `counts` and `cursor` (zeroed before the
-/// three-launch permutation), then `offsets`, `pos`, `row_sel`, `tiles` and `num_tiles`.
+/// read as `int4`): the GEMMs' `counters` and the per-slot counters `counts` and `cursor`
+/// (zeroed before the three-launch permutation: all before `offsets`), then `offsets`,
+/// `pos`, `row_sel`, `tiles` and `num_tiles`.
 struct IndexBuffers {
+    counters: usize,
     counts: usize,
     cursor: usize,
     offsets: usize,
@@ -118,13 +124,14 @@ struct IndexBuffers {
 }
 
 impl IndexBuffers {
-    fn new(slots: usize, selections: usize, max_tiles: usize) -> IndexBuffers {
+    fn new(slots: usize, selections: usize, max_tiles: usize, counters: usize) -> IndexBuffers {
         let mut end = 0;
         let mut take = |bytes: usize| {
             let at = end;
             end += bytes.div_ceil(16) * 16;
             at
         };
+        let counters = take(counters * 4);
         let counts = take(slots.max(1) * 4);
         let cursor = take(slots.max(1) * 4);
         let offsets = take((slots + 1) * 4);
@@ -133,6 +140,7 @@ impl IndexBuffers {
         let tiles = take(max_tiles * 16);
         let num_tiles = take(4);
         IndexBuffers {
+            counters,
             counts,
             cursor,
             offsets,
@@ -165,7 +173,7 @@ impl DeviceExperts {
         let s_local = self.num_slots;
         let nk = shape.tokens * shape.top_k;
         let max_tiles = nk.div_ceil(shape.bm.min(nk).max(1)) + s_local;
-        let index = IndexBuffers::new(s_local, nk, max_tiles);
+        let index = IndexBuffers::new(s_local, nk, max_tiles, shape.counters);
         let mut buffers = dev.alloc_storage(index.bytes)?;
         let base = buffers.ptr(dev);
         let at = |offset: usize| base + offset as u64;
@@ -178,6 +186,7 @@ impl DeviceExperts {
         );
         let (nk_i, start_i, s_i, bm_i) = (nk as i32, shape.slot_start as i32, s_local as i32, shape.bm as i32);
         let (q_rows, q_cols) = quant.as_ref().map_or((0, 0), |q| (q.rows as i32, q.cols as i32));
+        let (counters, counters_i) = (at(index.counters), shape.counters as i32);
         if self.one_block(nk) {
             let cfg = LaunchConfig {
                 grid_dim: (1, 1, 1),
@@ -200,7 +209,9 @@ impl DeviceExperts {
                     .arg(&tiles)
                     .arg(&num_tiles)
                     .arg(&pos)
-                    .arg(&row_sel);
+                    .arg(&row_sel)
+                    .arg(&counters)
+                    .arg(&counters_i);
                 if let Some(q) = &quant {
                     a.arg(&q.src)
                         .arg(&q_rows)
@@ -264,6 +275,7 @@ impl DeviceExperts {
             row_sel,
             pos,
             rows: offsets + 4 * s_local as u64,
+            counters,
             max_tiles,
             tokens: shape.tokens,
             top_k: shape.top_k,

@@ -19,6 +19,11 @@ struct QuantIo {
     float in_scale;
     float* out_scales;  // [rows, units / 128] group scales of quantized outputs, or null: out_scale
     float out_scale;
+    // The GEMV's FC1 (else null): FC2's input codes, which the last block to finish each
+    // 128-channel group of a slot quantizes from the f32 outputs, and the zeroed counters of
+    // the blocks done per [slot tile, group].
+    unsigned char* out_codes;
+    int* group_done;
 };
 
 // Two f32 -> two E4M3 codes (nearest even, saturating, NaN kept), `a` in the low byte.
@@ -30,8 +35,9 @@ __device__ __forceinline__ u16 e4m3x2(float a, float b) {
 
 // Four consecutive activations starting at element i (i % 4 == 0).
 template <int DT> __device__ __forceinline__ void load4(const void* p, long long i, float v[4]) {
-    if (DT == 0) {
-        const float4 a = *(const float4*)((const float*)p + i);
+    if (DT == 0 || DT == 3) {
+        // DT 3: f32 that other blocks of the running kernel wrote: read at L2, past this SM's L1.
+        const float4 a = DT == 3 ? __ldcg((const float4*)((const float*)p + i)) : *(const float4*)((const float*)p + i);
         v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
     } else {
         const uint2 q = *(const uint2*)((const u16*)p + i);
@@ -72,19 +78,17 @@ __device__ __forceinline__ void f8quant_group(const void* in, long long src, int
 }
 
 #ifdef VARIANT_common
-// Row r of `codes`/`scales` quantizes input row sel ? sel[r] / top_k : r (the TMA path gathers
-// each slot's rows into one block while it quantizes); rows at or past *row_limit (when
-// given) are skipped. One warp per (row, group).
-#define F8QUANT(NAME, DTI)                                                                                    \
-    extern "C" __global__ void NAME(const void* in, const int* sel, int top_k, const int* row_limit, int rows, \
-                                    int cols, float scale, unsigned char* codes, float* scales) {            \
-        if (row_limit) rows = min(rows, row_limit[0]);                                                        \
-        const int groups = cols >> 7;                                                                         \
-        const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;                      \
-        if (warp >= (long long)rows * groups) return;                                                         \
-        const int r = (int)(warp / groups), gi = (int)(warp % groups);                                        \
-        const long long src = sel ? (long long)(sel[r] / top_k) : (long long)r;                              \
-        f8quant_group<DTI>(in, src, r, gi, cols, scale, codes, scales);                                       \
+// `rows` rows of `cols` values (rows at or past *row_limit, when given, skipped) to codes and
+// scales. Grid: (groups / 8 rounded up, rows up to 65535), 256 threads: one warp per (row,
+// group), each block's rows strided by the grid, so no index is divided (the first version's
+// 64-bit division per warp made it compute-bound at a fifth of the copy rate).
+#define F8QUANT(NAME, DTI)                                                                                     \
+    extern "C" __global__ void NAME(const void* in, const int* row_limit, int rows, int cols, float scale,      \
+                                    unsigned char* codes, float* scales) {                                     \
+        if (row_limit) rows = min(rows, row_limit[0]);                                                          \
+        const int gi = blockIdx.x * 8 + (threadIdx.x >> 5);                                                     \
+        if (gi >= (cols >> 7)) return;                                                                          \
+        for (int r = blockIdx.y; r < rows; r += gridDim.y) f8quant_group<DTI>(in, r, r, gi, cols, scale, codes, scales); \
     }
 F8QUANT(f8quant_f32, 0)
 F8QUANT(f8quant_bf16, 1)
@@ -96,9 +100,10 @@ F8QUANT(f8quant_f16, 2)
 #define F8PERMUTE(NAME, DTI)                                                                                   \
     extern "C" __global__ void __launch_bounds__(1024)                                                        \
         NAME(const int* slots, int nk, int slot_start, int num_local, int bm, int group, int* offsets,         \
-             int4* tiles, int* num_tiles, int* pos, int* row_sel, const void* in, int rows, int cols,          \
-             float scale, unsigned char* codes, float* scales) {                                               \
-        permute_block(slots, nk, slot_start, num_local, bm, group, offsets, tiles, num_tiles, pos, row_sel);   \
+             int4* tiles, int* num_tiles, int* pos, int* row_sel, int* zero, int zero_count, const void* in,   \
+             int rows, int cols, float scale, unsigned char* codes, float* scales) {                           \
+        permute_block(slots, nk, slot_start, num_local, bm, group, offsets, tiles, num_tiles, pos, row_sel,    \
+                      zero, zero_count);                                                                       \
         const int groups = cols >> 7;                                                                          \
         for (int w = threadIdx.x >> 5; w < rows * groups; w += blockDim.x >> 5)                              \
             f8quant_group<DTI>(in, w / groups, w / groups, w % groups, cols, scale, codes, scales);            \
@@ -106,6 +111,22 @@ F8QUANT(f8quant_f16, 2)
 F8PERMUTE(f8permute_f32, 0)
 F8PERMUTE(f8permute_bf16, 1)
 F8PERMUTE(f8permute_f16, 2)
+
+// The TMA path's FC1 input: permuted row r < *count gets the codes (`cols` bytes) and group
+// scales (`cols / 128`, when `scales` is given) of token row_sel[r] / top_k. The tokens are
+// quantized once and their codes copied per selection: quantizing each selection's row
+// repeated the work top_k times. One block per row.
+extern "C" __global__ void f8expand(const uint4* __restrict__ codes, const float* __restrict__ scales,
+                                    const int* __restrict__ row_sel, int top_k, const int* __restrict__ count,
+                                    int cols, uint4* __restrict__ codes_p, float* __restrict__ scales_p) {
+    const int r = blockIdx.x;
+    if (r >= *count) return;
+    const long long src = row_sel[r] / top_k;
+    const int chunks = cols >> 4, groups = cols >> 7;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) codes_p[(long long)r * chunks + c] = codes[src * chunks + c];
+    if (scales)
+        for (int g = threadIdx.x; g < groups; g += blockDim.x) scales_p[(long long)r * groups + g] = scales[src * groups + g];
+}
 #endif  // VARIANT_common
 
 // ---- tensor-core GEMV (few rows per slot) -----------------------------------------------------
@@ -264,6 +285,22 @@ __device__ void f8gemv_body(const GemmArgs& g, const WeightArgs& w, const ActArg
             }
         }
         __syncthreads();
+    }
+    if (FC1 && q.out_codes) {
+        // The last of the 8 blocks of this 128-channel group quantizes it for every row of
+        // the slot (FC2's input, as f8quant_f32 would in a launch of its own): the others'
+        // stores are fenced before their counts, and read back at L2.
+        __shared__ int last;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0)
+            last = atomicAdd(&q.group_done[blockIdx.y * (g.units >> 7) + (u0 >> 7)], 1) == 128 / F8_UNITS - 1;
+        __syncthreads();
+        if (last) {
+            __threadfence();
+            for (int r = r_begin + warp; r < r_end; r += F8_WARPS)
+                f8quant_group<3>(g.out, r, r, u0 >> 7, g.units, q.out_scale, q.out_codes, q.out_scales);
+        }
     }
 }
 

@@ -104,11 +104,15 @@ extern "C" __global__ void moe_scan(const int* counts, int num_local, int bm, in
 // The whole permutation in one block (a forward whose selections and slots fit it): counts in
 // shared memory, `scan_tiles`, then each selection's permuted row, as moe_count, moe_scan and
 // moe_scatter do in three launches after a memset. A decode step pays one launch instead.
+// `zero[0..zero_count)`: counters of later kernels, zeroed here as the memset before the
+// three launches zeroes them.
 __device__ void permute_block(const int* slots, int nk, int slot_start, int num_local, int bm, int group,
-                              int* offsets, int4* tiles, int* num_tiles, int* pos, int* row_sel) {
+                              int* offsets, int4* tiles, int* num_tiles, int* pos, int* row_sel, int* zero,
+                              int zero_count) {
     extern __shared__ int sh[];  // [3 * num_local]: counts (then cursors), row offsets, tile offsets
     int *cnt = sh, *row_off = sh + num_local;
     for (int e = threadIdx.x; e < num_local; e += blockDim.x) cnt[e] = 0;
+    for (int i = threadIdx.x; i < zero_count; i += blockDim.x) zero[i] = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < nk; i += blockDim.x) {
         const int l = slots[i] - slot_start;
@@ -132,8 +136,9 @@ __device__ void permute_block(const int* slots, int nk, int slot_start, int num_
 
 extern "C" __global__ void __launch_bounds__(1024)
     moe_permute1(const int* slots, int nk, int slot_start, int num_local, int bm, int group, int* offsets, int4* tiles,
-                 int* num_tiles, int* pos, int* row_sel) {
-    permute_block(slots, nk, slot_start, num_local, bm, group, offsets, tiles, num_tiles, pos, row_sel);
+                 int* num_tiles, int* pos, int* row_sel, int* zero, int zero_count) {
+    permute_block(slots, nk, slot_start, num_local, bm, group, offsets, tiles, num_tiles, pos, row_sel, zero,
+                  zero_count);
 }
 
 // pos[i] = permuted row of selection i (-1 for other ranks' slots); row_sel[row] = i.
