@@ -29,6 +29,8 @@ struct Inner {
     /// Compute capability as `major * 10 + minor` (90 on Hopper).
     sm: u32,
     multiprocessors: u32,
+    /// Bytes of L2 cache.
+    l2_bytes: usize,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     /// Kernels already looked up, by `module/variant` and function name.
     functions: Mutex<HashMap<(String, String), CudaFunction>>,
@@ -96,6 +98,9 @@ impl CudaDevice {
         let multiprocessors = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| dev_err(&loc, "reading the multiprocessor count", e))?;
+        let l2_bytes = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .map_err(|e| dev_err(&loc, "reading the L2 cache size", e))?;
         let dev = CudaDevice {
             inner: Arc::new(Inner {
                 ctx,
@@ -104,6 +109,7 @@ impl CudaDevice {
                 name,
                 sm: (major * 10 + minor) as u32,
                 multiprocessors: multiprocessors.max(1) as u32,
+                l2_bytes: l2_bytes.max(0) as usize,
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 pending: Mutex::new(Vec::new()),
@@ -138,6 +144,11 @@ impl CudaDevice {
 
     pub fn multiprocessors(&self) -> u32 {
         self.inner.multiprocessors
+    }
+
+    /// Bytes of L2 cache.
+    pub fn l2_bytes(&self) -> usize {
+        self.inner.l2_bytes
     }
 
     /// `cuda:N`, as tensors and errors name the device.

@@ -132,8 +132,8 @@ extern "C" __global__ void f8expand(const uint4* __restrict__ codes, const float
 // ---- tensor-core GEMV (few rows per slot) -----------------------------------------------------
 //
 // mma.sync m16n8k32 with E4M3 operands: A = 16 weight rows (output units), B = the codes of up to
-// 8 input rows of the slot, so the weights are never decoded and each weight byte is read once
-// per 8 rows. A block of 4 warps computes 16 units of one slot; warp w takes the 128-column K
+// 8 input rows of the slot (one or two such sets per pass), so the weights are never decoded and
+// each weight byte is read once per pass of 8 or 16 rows. A block of 4 warps computes 16 units of one slot; warp w takes the 128-column K
 // blocks w, w + 4, ... and the partial sums meet in shared memory (a slot's 16 units then stream
 // from four warps, which keeps enough loads in flight when a forward touches few slots).
 // K order inside an MMA is free as long as A and B agree: each lane reads 16 consecutive bytes
@@ -170,9 +170,9 @@ __device__ __forceinline__ float slot_scale(const WeightArgs& w, int e) { return
 
 // Grid: (ceil(units / 16), non-empty slots bound), 128 threads. FC1 writes the activation in
 // f32 (its quantization follows), FC2 y in DT. BLOCK: block scales; else per-tensor scales.
-template <int DT, bool BLOCK, bool FC1>
+template <int DT, bool BLOCK, bool FC1, int SETS>
 __device__ void f8gemv_body(const GemmArgs& g, const WeightArgs& w, const ActArgs& act, const QuantIo& q) {
-    __shared__ float red[F8_WARPS][8][32];
+    __shared__ float red[F8_WARPS][8 * SETS][32];
     if ((int)blockIdx.y >= g.num_tiles[0]) return;
     const int e = g.tiles[blockIdx.y].x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, t = lane & 3;
@@ -195,21 +195,32 @@ __device__ void f8gemv_body(const GemmArgs& g, const WeightArgs& w, const ActArg
     const float* sg = w.scales + ((long long)e * sr + ((g.units + min(u0, g.units - 1)) >> 7)) * kblocks;
     const unsigned char* A = (const unsigned char*)g.a;
 
-    for (int r0 = r_begin; r0 < r_end; r0 += 8) {
-        // B column gq = row r0 + gq; accumulator columns 2t, 2t + 1 = rows r0 + 2t (+1).
-        const int rb = r0 + gq;
-        const long long arow = rb < r_end ? (FC1 ? (long long)(g.row_sel[rb] / g.top_k) : (long long)rb) : -1;
-        const unsigned char* pa = A + (arow < 0 ? 0 : arow * K) + t * 16;
-        long long srow[2];
+    // Passes of up to 8 * SETS rows, SETS sets of 8 (h = 0, 1): B column gq of set h is row
+    // r0 + 8h + gq, accumulator columns 2t, 2t + 1 rows r0 + 8h + 2t (+1). Each weight fragment
+    // feeds both sets, so with SETS 2 a slot of up to 16 rows reads its weights once (passes of
+    // 8 read DeepSeek-V3's twice for the 40% of slots past 8 rows at 256 tokens: 1.33x the
+    // floor on an H100); SETS 1 keeps the registers of one set (more blocks per SM).
+    for (int r0 = r_begin; r0 < r_end; r0 += 8 * SETS) {
+        const bool hi = SETS == 2 && r_end - r0 > 8;  // the second set has rows (block-uniform)
+        const unsigned char* pa[2];
+        bool has[2];
+        long long srow[2][2];
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-            const int rr = min(r0 + 2 * t + c, r_end - 1);
-            srow[c] = FC1 ? (long long)(g.row_sel[rr] / g.top_k) : (long long)rr;
+        for (int h = 0; h < 2; ++h) {
+            const int rb = r0 + 8 * h + gq;
+            const long long arow = rb < r_end ? (FC1 ? (long long)(g.row_sel[rb] / g.top_k) : (long long)rb) : -1;
+            has[h] = arow >= 0;
+            pa[h] = A + (arow < 0 ? 0 : arow * K) + t * 16;
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int rr = min(r0 + 8 * h + 2 * t + c, r_end - 1);
+                srow[h][c] = FC1 ? (long long)(g.row_sel[rr] / g.top_k) : (long long)rr;
+            }
         }
-        float au[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ag[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        float au[2][4] = {}, ag[2][4] = {};
         // Two K blocks (four steps) per iteration: every load is issued before the first MMA.
         for (int kb = warp; kb < kblocks; kb += 2 * F8_WARPS) {
-            uint4 wu[2][2][2], wg[2][2][2], b[2][2];
+            uint4 wu[2][2][2], wg[2][2][2], b[2][2][2];
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int kbi = kb + i * F8_WARPS;
@@ -224,64 +235,72 @@ __device__ void f8gemv_body(const GemmArgs& g, const WeightArgs& w, const ActArg
                         wg[i][s][0] = ok ? *(const uint4*)(pg0 + col) : z;
                         wg[i][s][1] = ok ? *(const uint4*)(pg1 + col) : z;
                     }
-                    b[i][s] = ok && arow >= 0 ? *(const uint4*)(pa + col) : z;
+                    b[i][s][0] = ok && has[0] ? *(const uint4*)(pa[0] + col) : z;
+                    b[i][s][1] = ok && hi && has[1] ? *(const uint4*)(pa[1] + col) : z;
                 }
             }
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int kbi = kb + i * F8_WARPS;
                 if (kbi >= kblocks) break;
-                float pu[4] = {0.0f, 0.0f, 0.0f, 0.0f}, pg[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                const float wsu = BLOCK ? su[kbi] : 1.0f, wsg = BLOCK && two ? sg[kbi] : wsu;
 #pragma unroll
-                for (int s = 0; s < 2; ++s) {
-                    mma_step(pu, wu[i][s][0], wu[i][s][1], b[i][s]);
-                    if (two) mma_step(pg, wg[i][s][0], wg[i][s][1], b[i][s]);
-                }
-                float f[2] = {1.0f, 1.0f}, fg[2] = {1.0f, 1.0f};
-                if (BLOCK) {
-                    const float a0 = q.in_scales[srow[0] * kblocks + kbi], a1 = q.in_scales[srow[1] * kblocks + kbi];
-                    const float wsu = su[kbi], wsg = two ? sg[kbi] : wsu;
-                    f[0] = wsu * a0; f[1] = wsu * a1; fg[0] = wsg * a0; fg[1] = wsg * a1;
-                }
+                for (int h = 0; h < 2; ++h) {
+                    if (h == 1 && !hi) break;
+                    float pu[4] = {0.0f, 0.0f, 0.0f, 0.0f}, pg[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    au[j] = fmaf(pu[j], f[j & 1], au[j]);
-                    if (two) ag[j] = fmaf(pg[j], fg[j & 1], ag[j]);
+                    for (int s = 0; s < 2; ++s) {
+                        mma_step(pu, wu[i][s][0], wu[i][s][1], b[i][s][h]);
+                        if (two) mma_step(pg, wg[i][s][0], wg[i][s][1], b[i][s][h]);
+                    }
+                    float f[2] = {1.0f, 1.0f}, fg[2] = {1.0f, 1.0f};
+                    if (BLOCK) {
+                        const float a0 = q.in_scales[srow[h][0] * kblocks + kbi];
+                        const float a1 = q.in_scales[srow[h][1] * kblocks + kbi];
+                        f[0] = wsu * a0; f[1] = wsu * a1; fg[0] = wsg * a0; fg[1] = wsg * a1;
+                    }
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        au[h][j] = fmaf(pu[j], f[j & 1], au[h][j]);
+                        if (two) ag[h][j] = fmaf(pg[j], fg[j & 1], ag[h][j]);
+                    }
                 }
             }
         }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            red[warp][j][lane] = au[j];
-            red[warp][4 + j][lane] = ag[j];
-        }
+        for (int h = 0; h < SETS; ++h)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                red[warp][h * 8 + j][lane] = au[h][j];
+                red[warp][h * 8 + 4 + j][lane] = ag[h][j];
+            }
         __syncthreads();
         if (warp == 0) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                float su_ = 0.0f, sg_ = 0.0f;
-#pragma unroll
-                for (int v = 0; v < F8_WARPS; ++v) {
-                    su_ += red[v][j][lane];
-                    sg_ += red[v][4 + j][lane];
-                }
-                au[j] = su_;
-                ag[j] = sg_;
-            }
             const float os = BLOCK ? 1.0f : slot_scale(w, e) * q.in_scale;
             const int rows_w = two ? 2 * g.units : g.units;
+#pragma unroll 1
+            for (int h = 0; h < SETS; ++h) {
+                if (h == 1 && !hi) break;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int unit = u0 + gq + ((j & 2) ? 8 : 0), row = r0 + 2 * t + (j & 1);
-                if (unit >= g.units || row >= r_end) continue;
-                float up = au[j] * os, gate = ag[j] * os;
-                if (g.bias) {
-                    up += g.bias[(long long)e * rows_w + unit];
-                    if (two) gate += g.bias[(long long)e * rows_w + g.units + unit];
+                for (int j = 0; j < 4; ++j) {
+                    float up = 0.0f, gate = 0.0f;
+#pragma unroll
+                    for (int v = 0; v < F8_WARPS; ++v) {
+                        up += red[v][h * 8 + j][lane];
+                        gate += red[v][h * 8 + 4 + j][lane];
+                    }
+                    const int unit = u0 + gq + ((j & 2) ? 8 : 0), row = r0 + 8 * h + 2 * t + (j & 1);
+                    if (unit >= g.units || row >= r_end) continue;
+                    up *= os;
+                    gate *= os;
+                    if (g.bias) {
+                        up += g.bias[(long long)e * rows_w + unit];
+                        if (two) gate += g.bias[(long long)e * rows_w + g.units + unit];
+                    }
+                    const long long o = (long long)row * g.units + unit;
+                    if (FC1) ((float*)g.out)[o] = two ? activate(act, gate, up) : activate(act, 0.0f, up);
+                    else store_elem<DT>(g.out, o, up);
                 }
-                const long long o = (long long)row * g.units + unit;
-                if (FC1) ((float*)g.out)[o] = two ? activate(act, gate, up) : activate(act, 0.0f, up);
-                else store_elem<DT>(g.out, o, up);
             }
         }
         __syncthreads();
@@ -304,12 +323,14 @@ __device__ void f8gemv_body(const GemmArgs& g, const WeightArgs& w, const ActArg
     }
 }
 
-#define F8GEMV(NAME, DT, BLOCK, FC1)                                                                       \
+#define F8GEMV(NAME, DT, BLOCK, FC1, SETS)                                                                 \
     extern "C" __global__ void __launch_bounds__(128) NAME(GemmArgs g, WeightArgs w, ActArgs a, QuantIo q) { \
-        f8gemv_body<DT, BLOCK, FC1>(g, w, a, q);                                                           \
+        f8gemv_body<DT, BLOCK, FC1, SETS>(g, w, a, q);                                                     \
     }
-#define F8GEMV_ALL(SUF, DT, BLOCK) \
-    F8GEMV(f8gemv_fc1_##SUF, DT, BLOCK, true) F8GEMV(f8gemv_fc2_##SUF, DT, BLOCK, false)
+// f8gemv8: passes of 8 rows; f8gemv16: of 16 (FP8_KERNELS in fp8.rs picks by rows per slot).
+#define F8GEMV_ALL(SUF, DT, BLOCK)                                                                         \
+    F8GEMV(f8gemv8_fc1_##SUF, DT, BLOCK, true, 1) F8GEMV(f8gemv8_fc2_##SUF, DT, BLOCK, false, 1)           \
+    F8GEMV(f8gemv16_fc1_##SUF, DT, BLOCK, true, 2) F8GEMV(f8gemv16_fc2_##SUF, DT, BLOCK, false, 2)
 
 // ---- warp-specialized TMA + wgmma GEMM (many rows per slot) -----------------------------------
 //
