@@ -11,6 +11,7 @@
 //! (`cargo xtask check-boundaries`, rule `graph`).
 
 pub mod backend;
+pub mod borrowed;
 pub mod comm;
 pub mod config;
 pub mod dtype;
@@ -26,6 +27,7 @@ pub mod tensor;
 pub mod weights;
 
 pub use backend::{Capabilities, CommPlan, MoeBackend, MoeRunContext, QuantizedInput};
+pub use borrowed::{BorrowedHostTensor, BorrowedWeights};
 pub use comm::{CommHandle, Communication, Deadline, DispatchPayload, ProcessGroup};
 pub use config::{Activation, EplbConfig, MoeConfig, ParallelConfig, QuantAlgo, QuantConfig};
 pub use dtype::DType;
