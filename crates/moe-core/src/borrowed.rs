@@ -77,7 +77,7 @@ impl BorrowedHostTensor {
         } else {
             let p =
                 NonNull::new(ptr.cast_mut()).ok_or_else(|| MoeError::config("borrowed tensor", "null data pointer"))?;
-            if (p.as_ptr() as usize) % dtype.size_in_bytes() != 0 {
+            if !(p.as_ptr() as usize).is_multiple_of(dtype.size_in_bytes()) {
                 return Err(MoeError::config(
                     "borrowed tensor",
                     format!("data pointer {p:p} is not aligned to {dtype} elements"),
@@ -262,7 +262,7 @@ mod tests {
         assert!(null.unwrap_err().to_string().contains("null"));
         let odd = bytes
             .as_ptr()
-            .wrapping_add(if (bytes.as_ptr() as usize) % 4 == 0 { 1 } else { 0 });
+            .wrapping_add(usize::from((bytes.as_ptr() as usize).is_multiple_of(4)));
         // SAFETY: a misaligned pointer is refused before any read.
         let mis = unsafe { BorrowedHostTensor::from_raw_parts(DType::F32, vec![2], odd, Box::new(())) };
         assert!(mis.unwrap_err().to_string().contains("aligned"));
