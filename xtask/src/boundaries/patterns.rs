@@ -127,6 +127,14 @@ pub const RULES: &[PatternRule] = &[
         exempt: None,
     },
     PatternRule {
+        id: "nccl-unsafe-in-ffi",
+        what: "moe-comm's NCCL group keeps all its `unsafe` (communicator handles, NCCL calls, device copies) in nccl_group/ffi.rs, the file to audit",
+        include: &["crates/moe-comm/src/nccl_group/"],
+        exclude: &["crates/moe-comm/src/nccl_group/ffi.rs"],
+        find: uses_unsafe_outside_nccl_ffi,
+        exempt: None,
+    },
+    PatternRule {
         id: "no-adhoc-skip",
         what: "no ignored test anywhere, no printed skip outside moe-testkit: skips come from its can_implement-derived matrix (invariant 9)",
         include: &[""],
@@ -331,6 +339,11 @@ fn reaches_cpu_kernels(line: &str) -> Option<String> {
 fn uses_unsafe(line: &str) -> Option<String> {
     (!word_positions(line, "unsafe").is_empty())
         .then(|| "uses `unsafe` outside cuda/enabled/ffi.rs; add a safe wrapper there and call it".into())
+}
+
+fn uses_unsafe_outside_nccl_ffi(line: &str) -> Option<String> {
+    (!word_positions(line, "unsafe").is_empty())
+        .then(|| "uses `unsafe` outside nccl_group/ffi.rs; add a safe wrapper there and call it".into())
 }
 
 fn ignores_test(line: &str) -> Option<String> {

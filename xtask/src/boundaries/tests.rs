@@ -503,6 +503,24 @@ fn plants() -> Vec<Plant> {
             silent: Some("cuda-unsafe-in-ffi"),
         },
         Plant {
+            what: "unsafe in the NCCL group outside its ffi.rs",
+            file: "crates/moe-comm/src/nccl_group/planted.rs",
+            edit: Edit::Create(format!(
+                "{doc}fn f() {{\n    // SAFETY: never reached.\n    {unsafe_block}\n}}\n"
+            )),
+            expect: Some("nccl-unsafe-in-ffi"),
+            silent: None,
+        },
+        Plant {
+            what: "unsafe in the NCCL group's ffi.rs",
+            file: "crates/moe-comm/src/nccl_group/ffi.rs",
+            edit: Edit::Append(format!(
+                "\nfn planted() {{\n    // SAFETY: never reached.\n    {unsafe_block}\n}}\n"
+            )),
+            expect: None,
+            silent: Some("nccl-unsafe-in-ffi"),
+        },
+        Plant {
             what: "a file without a //! header",
             file: "crates/moe-quant/src/planted.rs",
             edit: Edit::Create("fn f() {}\n".into()),
