@@ -243,8 +243,8 @@ struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=TOKENS))]
     max_tokens_per_chunk: Option<u64>,
 
-    /// Backend to run the routed experts on (cuda, cpu, cpu-fused, reference); default: automatic selection.
-    #[arg(long, value_name = "NAME")]
+    // The help lists the registry's names (`backend_help`), so it never goes stale.
+    #[arg(long, value_name = "NAME", help = backend_help())]
     backend: Option<String>,
 
     /// Decode quantized experts to the model dtype at load and run them unquantized (a
@@ -309,6 +309,14 @@ struct RunArgs {
     /// Print one machine-readable JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// The help of `--backend`: the registry's names, in its priority order.
+fn backend_help() -> String {
+    format!(
+        "Backend to run the routed experts on ({}); default: automatic selection",
+        moe::BACKEND_NAMES.join(", ")
+    )
 }
 
 fn main() -> ExitCode {

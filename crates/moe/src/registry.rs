@@ -39,7 +39,9 @@ const fn entry<B: MoeBackend + 'static>(name: &'static str) -> BackendEntry {
 }
 
 /// Every backend, in the order candidates are tried (fastest first; the reference oracle last).
-pub static REGISTRY: &[BackendEntry] = &[
+/// The one list of backends: [`BACKEND_NAMES`] is derived from it, and `cargo xtask
+/// check-boundaries` reads the names and types of these `entry::<Type>("name")` lines.
+const ENTRIES: [BackendEntry; 4] = [
     // Rejected with `DepMissing` where no GPU or no `cuda` build is present.
     entry::<CudaBackend>("cuda"),
     entry::<CpuBackend>("cpu"),
@@ -47,8 +49,21 @@ pub static REGISTRY: &[BackendEntry] = &[
     entry::<ReferenceBackend>("reference"),
 ];
 
-/// Names accepted by `MoeConfig::backend` and the CLI's `--backend`.
-pub const BACKEND_NAMES: &[&str] = &["cuda", "cpu", "cpu-fused", "reference"];
+/// Every backend, in the order candidates are tried.
+pub static REGISTRY: &[BackendEntry] = &ENTRIES;
+
+/// Names accepted by `MoeConfig::backend` and the CLI's `--backend`: the registry's, in its order.
+pub const BACKEND_NAMES: &[&str] = &names(&ENTRIES);
+
+const fn names<const N: usize>(entries: &[BackendEntry; N]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = entries[i].name;
+        i += 1;
+    }
+    out
+}
 
 /// The backend the factory falls back to when a requested family cannot run the problem.
 pub(crate) const FALLBACK: &str = "cpu";

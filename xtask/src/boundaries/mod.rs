@@ -9,6 +9,7 @@
 //!
 //! Every failure is one [`Violation`] printed as `<file>: rule <id>: <message>`.
 
+pub mod backends;
 pub mod docs;
 pub mod features;
 pub mod graph;
@@ -91,6 +92,10 @@ pub fn rules() -> Vec<RuleInfo> {
         }
     }
     v.push(RuleInfo {
+        id: backends::RULE,
+        what: backends::WHAT,
+    });
+    v.push(RuleInfo {
         id: features::RULE,
         what: features::WHAT,
     });
@@ -141,6 +146,7 @@ pub fn check(root: &Path) -> Result<Vec<Violation>> {
     for (rel, m) in &members {
         unused::check(rel, m, &files, &mut out);
     }
+    backends::check(&files, &mut out);
     for file in &files {
         patterns::check(file, &mut out);
         features::check(file, &mut out);

@@ -23,14 +23,6 @@ pub struct PatternRule {
     pub exempt: Option<fn(&SourceFile) -> bool>,
 }
 
-/// Backend names the assembler must not branch on (kept equal to `moe::BACKEND_NAMES` by a
-/// test of the testkit matrix).
-pub const BACKEND_NAMES: &[&str] = &["cuda", "reference", "cpu", "cpu-fused"];
-/// Concrete backend types only the factory may name.
-pub const CONCRETE_BACKENDS: &[&str] = &["CudaBackend", "ReferenceBackend", "CpuBackend", "FusedCpuBackend"];
-/// Files of `crates/moe/src` that form the factory/registry (they know the concrete set).
-pub const FACTORY_FILES: &[&str] = &["crates/moe/src/factory", "crates/moe/src/registry"];
-
 /// Communication strategies and groups of `moe-comm` (built by callers, owned by the assembler).
 const COMM_STRATEGIES: &[&str] = &[
     "AllGatherReduceScatter",
@@ -98,14 +90,6 @@ pub const RULES: &[PatternRule] = &[
         exclude: &[],
         find: names_process_group,
         exempt: Some(declares_fused_comm),
-    },
-    PatternRule {
-        id: "assembler-no-concrete-backend",
-        what: "the assembler names no concrete backend type and compares no backend name; only the factory knows the set (invariant 3)",
-        include: &["crates/moe/src/"],
-        exclude: FACTORY_FILES,
-        find: names_concrete_backend,
-        exempt: None,
     },
     PatternRule {
         id: "compute-entry",
@@ -286,26 +270,6 @@ fn names_process_group(line: &str) -> Option<String> {
 
 fn declares_fused_comm(file: &SourceFile) -> bool {
     file.code.iter().any(|l| l.contains("SchedulerKind::FusedComm"))
-}
-
-fn names_concrete_backend(line: &str) -> Option<String> {
-    if let Some(t) = CONCRETE_BACKENDS.iter().find(|t| !word_positions(line, t).is_empty()) {
-        return Some(format!("names `{t}`; only the factory knows concrete backends"));
-    }
-    for module in BACKEND_NAMES {
-        if line.contains(&format!("moe_backends::{module}")) {
-            return Some(format!(
-                "reaches `moe_backends::{module}`; only the factory knows concrete backends"
-            ));
-        }
-    }
-    let compares = ["==", "!=", "=>", "matches!", ".eq(", "starts_with("]
-        .iter()
-        .any(|op| line.contains(op));
-    BACKEND_NAMES
-        .iter()
-        .find(|n| compares && line.contains(&format!("\"{n}\"")))
-        .map(|n| format!("branches on the backend name \"{n}\"; behaviour must come from the backend's capabilities or scheduler_kind"))
 }
 
 fn constructs_layer_parts(line: &str) -> Option<String> {

@@ -402,6 +402,13 @@ fn plants() -> Vec<Plant> {
             silent: None,
         },
         Plant {
+            what: "a registry the rule cannot read its backends from",
+            file: "crates/moe/src/registry.rs",
+            edit: Edit::Create(format!("{doc}pub static REGISTRY: &[BackendEntry] = &[];\n")),
+            expect: Some("assembler-no-concrete-backend"),
+            silent: None,
+        },
+        Plant {
             what: "the factory may name backends",
             file: "crates/moe/src/factory_planted.rs",
             edit: Edit::Create(format!("{doc}fn f(n: &str) -> bool {{ n == \"cpu\" }}\n")),

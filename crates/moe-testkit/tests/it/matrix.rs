@@ -68,21 +68,9 @@ fn deepseek_groups_divide_the_experts() {
 }
 
 #[test]
-fn backend_names_match_check_boundaries() {
-    // xtask's `assembler-no-concrete-backend` rule must know every backend name.
-    let src = include_str!("../../../../xtask/src/boundaries/patterns.rs");
-    let line = src
-        .lines()
-        .find(|l| l.starts_with("pub const BACKEND_NAMES"))
-        .expect("BACKEND_NAMES in patterns.rs");
-    let mut listed: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
-    let mut registered: Vec<&str> = moe::BACKEND_NAMES.to_vec();
-    listed.sort_unstable();
-    registered.sort_unstable();
-    assert_eq!(
-        listed, registered,
-        "update BACKEND_NAMES in xtask/src/boundaries/patterns.rs"
-    );
+fn the_oracle_is_a_registered_backend() {
+    // The names come from the registry alone (`moe::BACKEND_NAMES` is derived from it and
+    // check-boundaries parses it), so only the oracle's name needs checking here.
     assert!(moe::BACKEND_NAMES.contains(&ORACLE_BACKEND));
 }
 
