@@ -160,6 +160,9 @@ pub struct DeviceExperts {
     fc1_input: ActQuant,
     fc2_input: ActQuant,
     bytes: usize,
+    /// Blocks of the FP8 8-row GEMV (FC1, FC2) resident on the device at once, read from the
+    /// driver's occupancy calculator at first use (`experts/fp8.rs`: `gemv_rows_per_pass`).
+    fp8_gemv_resident: [std::sync::OnceLock<usize>; 2],
 }
 
 impl std::fmt::Debug for DeviceExperts {
@@ -506,6 +509,7 @@ impl DeviceExperts {
             fc1_input,
             fc2_input,
             bytes,
+            fp8_gemv_resident: Default::default(),
         };
         // Compile the kernels now so the first forward does not pay for NVRTC.
         experts.kernel(COMMON, "moe_count")?;

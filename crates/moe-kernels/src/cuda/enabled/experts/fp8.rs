@@ -410,10 +410,16 @@ impl DeviceExperts {
             ))
         };
         let f8 = self.kernel(&variant, &name(8)?)?;
-        let per_sm = f8
-            .occupancy_max_active_blocks_per_multiprocessor(128, 0, None)
-            .map_err(|e| dev_err(&dev.location(), "reading the FP8 GEMV's occupancy", e))?;
-        let resident = per_sm as usize * dev.multiprocessors() as usize;
+        let cell = &self.fp8_gemv_resident[usize::from(!fc1)];
+        let resident = match cell.get() {
+            Some(&r) => r,
+            None => {
+                let per_sm = f8
+                    .occupancy_max_active_blocks_per_multiprocessor(128, 0, None)
+                    .map_err(|e| dev_err(&dev.location(), "reading the FP8 GEMV's occupancy", e))?;
+                *cell.get_or_init(|| per_sm as usize * dev.multiprocessors() as usize)
+            }
+        };
         let slice = F8_GEMV_UNITS * if fc1 && g.gated != 0 { 2 } else { 1 } * g.k as usize;
         let avg = selections.div_ceil(self.num_slots);
         let rows = gemv_rows_per_pass(avg, resident, slice, dev.l2_bytes());
