@@ -57,6 +57,9 @@ pub const ALLOWED: &[(&str, Allowed)] = &[
     // The stable-Rust fuzzer (`cargo xtask fuzz`): it calls the parsers of the crates whose
     // inputs it mutates, and nothing depends on it.
     (FUZZ, Allowed::Only(&[HF, EPLB])),
+    // The Python package (PyO3 extension module, built by maturin): it calls the layer and
+    // the checkpoint loader as a Rust caller would, and nothing depends on it.
+    ("moe-py", Allowed::Only(&[CORE, MOE, HF])),
 ];
 
 /// Workspace crates a crate's `[dev-dependencies]` may name beyond its normal set and
