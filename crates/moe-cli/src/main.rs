@@ -11,7 +11,6 @@ mod eplb_cmd;
 mod input_files;
 mod model_run;
 mod output;
-mod prng;
 mod progress;
 mod quantize;
 mod ranks;

@@ -10,9 +10,9 @@ use moe_hf::{BlockOptions, HfConfig, MoeBlock};
 use serde_json::json;
 
 use crate::Summary;
-use crate::prng::SplitMix64;
 use crate::stats::{Balance, routed_flops};
 use crate::tensor_io::{check_finite_output, read_tensor, write_tensor};
+use moe_core::prng::SplitMix64;
 
 /// Parameters of a checkpoint run.
 pub struct ModelRun<'a> {

@@ -11,9 +11,9 @@ use moe_core::{DType, MemoryWeights, MoeConfig, RoutingMethod, Tensor};
 use serde_json::json;
 
 use crate::Summary;
-use crate::prng::SplitMix64;
 use crate::stats::{Balance, routed_flops};
 use crate::tensor_io::write_tensor;
+use moe_core::prng::SplitMix64;
 
 pub const EXPERTS: usize = 64;
 pub const TOP_K: usize = 6;

@@ -19,6 +19,7 @@ pub mod eplb;
 pub mod error;
 pub mod limits;
 pub mod partition;
+pub mod prng;
 pub mod problem;
 pub mod quant;
 pub mod routing;

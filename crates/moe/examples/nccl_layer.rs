@@ -142,10 +142,8 @@ fn forward(rank: usize, pipe: Option<impl Read + Send + 'static>, tx: &mpsc::Sen
 
 /// Deterministic values in [-1, 1) from a counter hash, identical on every rank.
 fn value(seed: u64, i: usize) -> f32 {
-    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    let z = prng::mix64(seed.wrapping_mul(prng::GAMMA).wrapping_add(i as u64));
+    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
 }
 
 fn tensor(dtype: DType, seed: u64, shape: Vec<usize>, scale: f32) -> Tensor {

@@ -4,35 +4,8 @@
 use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, ExpertPartition, MemoryWeights, MoeBackend, MoeConfig, MoeRunContext, RoutingMethod, Tensor};
 
-/// splitmix64: tiny, deterministic, good enough for test data.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    pub fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.uniform() * scale).collect()
-    }
-}
+/// The workspace's seeded generator (`moe_core::prng`), under the name these tests use.
+pub use moe_core::prng::SplitMix64 as Rng;
 
 pub fn config(e: usize, h: usize, i: usize, k: usize, dtype: DType) -> MoeConfig {
     MoeConfig::new(e, h, i, dtype, RoutingMethod::Renormalize { top_k: k })
@@ -55,10 +28,10 @@ pub fn checkpoint(c: &MoeConfig, seed: u64) -> MemoryWeights {
         }
         for (p, shape, scale) in projs {
             let len = shape.iter().product();
-            put(expert_tensor_name(e, p, "weight"), shape.clone(), rng.vec(len, scale));
+            put(expert_tensor_name(e, p, "weight"), shape.clone(), rng.fill(len, scale));
             if c.bias {
                 let blen = shape[0];
-                put(expert_tensor_name(e, p, "bias"), vec![blen], rng.vec(blen, 0.5));
+                put(expert_tensor_name(e, p, "bias"), vec![blen], rng.fill(blen, 0.5));
             }
         }
     }
@@ -73,12 +46,12 @@ pub fn routing(n: usize, k: usize, num_experts: usize, seed: u64) -> (Vec<i32>, 
     for _ in 0..n {
         // Partial Fisher-Yates: the first k entries become a random k-subset.
         for j in 0..k {
-            let r = j + rng.below(num_experts - j);
+            let r = j + rng.modulo(num_experts - j);
             pool.swap(j, r);
             ids.push(pool[j] as i32);
         }
     }
-    let weights = (0..n * k).map(|_| 0.05 + 0.5 * (rng.uniform() + 1.0)).collect();
+    let weights = (0..n * k).map(|_| 0.05 + 0.5 * (rng.next_sym() + 1.0)).collect();
     (ids, weights)
 }
 
@@ -94,7 +67,7 @@ pub fn loaded<B: MoeBackend>(c: &MoeConfig, src: &MemoryWeights) -> B {
 
 /// Activations `[n, h]` in `dtype`.
 pub fn activations(n: usize, h: usize, dtype: DType, seed: u64) -> Tensor {
-    Tensor::from_f32_as(dtype, vec![n, h], &Rng::new(seed ^ 0x5EED).vec(n * h, 1.0)).unwrap()
+    Tensor::from_f32_as(dtype, vec![n, h], &Rng::new(seed ^ 0x5EED).fill(n * h, 1.0)).unwrap()
 }
 
 /// Runs `b` with slot ids `ids` and weights `w` (`None` = all ones), returning f64 values.

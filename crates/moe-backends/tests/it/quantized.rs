@@ -139,11 +139,11 @@ fn float_layer(seed: u64, gated: bool, bias: bool, shape: Shape) -> FloatLayer {
         bias: bias.then(Vec::new),
     };
     for _ in 0..experts {
-        l.w1.push(bf16(rng.vec(i * h, sh)));
-        l.w3.push(if gated { bf16(rng.vec(i * h, sh)) } else { vec![] });
-        l.w2.push(bf16(rng.vec(h * i, si)));
+        l.w1.push(bf16(rng.fill(i * h, sh)));
+        l.w3.push(if gated { bf16(rng.fill(i * h, sh)) } else { vec![] });
+        l.w2.push(bf16(rng.fill(h * i, si)));
         if let Some(b) = &mut l.bias {
-            b.push([bf16(rng.vec(i, 0.2)), bf16(rng.vec(i, 0.2)), bf16(rng.vec(h, 0.2))]);
+            b.push([bf16(rng.fill(i, 0.2)), bf16(rng.fill(i, 0.2)), bf16(rng.fill(h, 0.2))]);
         }
     }
     l
@@ -416,7 +416,7 @@ pub(crate) fn case_with(algo: QuantAlgo, act: Activation, bias: bool, seed: u64,
     } = shape;
     let q = quant_config(algo);
     let layer = float_layer(seed, act.is_gated(), bias, shape);
-    let xv = bf16(Rng::new(seed ^ 0x5EED).vec(n * h, 2.0));
+    let xv = bf16(Rng::new(seed ^ 0x5EED).fill(n * h, 2.0));
     let x = Tensor::from_f32_as(DType::BF16, vec![n, h], &xv).unwrap();
     let (ids, w) = routing(n, k, e, seed);
     // Calibrate the static scales on the float layer: FC1's input is x, FC2's the activations.

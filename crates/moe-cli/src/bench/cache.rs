@@ -28,7 +28,7 @@ use moe_hf::Checkpoint;
 use serde::{Deserialize, Serialize};
 
 use super::preset::{FP8_BLOCK, Preset, WeightFormat};
-use crate::prng::SplitMix64;
+use moe_core::prng::{GAMMA, SplitMix64};
 
 /// Bumped whenever the generated content changes, so stale caches are not reused.
 pub const CACHE_VERSION: u32 = 1;
@@ -154,8 +154,7 @@ impl WeightSource for CachedWeights {
 
 /// A seed per (run seed, stream, index): independent streams without a shared generator.
 pub(crate) fn stream_seed(seed: u64, stream: u64, index: u64) -> u64 {
-    let mut g =
-        SplitMix64::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut g = SplitMix64::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ index.wrapping_mul(GAMMA));
     g.next_u64()
 }
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::prng::SplitMix64;
+use moe_core::prng::SplitMix64;
 
 /// The measured ceilings.
 #[derive(Clone, Copy, Debug, Serialize)]

@@ -19,10 +19,8 @@ use rayon::prelude::*;
 
 use super::cache::stream_seed;
 use super::preset::{FP8_BLOCK, Preset, WeightFormat};
-use crate::prng::SplitMix64;
+use moe_core::prng::{GAMMA, SplitMix64};
 
-/// splitmix64's increment: the state after `i` draws is `seed + i * GOLDEN`.
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Elements generated per parallel task.
 const CHUNK: usize = 1 << 16;
 
@@ -182,7 +180,7 @@ impl WeightSource for GeneratedWeights {
 pub fn uniform(first: u64, n: usize, a: f32) -> Vec<f32> {
     let mut out = vec![0.0f32; n];
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let mut rng = SplitMix64::new(first.wrapping_add(((c * CHUNK) as u64).wrapping_mul(GOLDEN)));
+        let mut rng = SplitMix64::new(first.wrapping_add(((c * CHUNK) as u64).wrapping_mul(GAMMA)));
         for v in chunk {
             *v = rng.next_sym() * a;
         }
@@ -195,7 +193,7 @@ pub fn uniform(first: u64, n: usize, a: f32) -> Vec<f32> {
 fn uniform_bytes(first: u64, n: usize, a: f32, width: usize, put: impl Fn(f32, &mut [u8]) + Sync) -> Vec<u8> {
     let mut out = vec![0u8; n * width];
     out.par_chunks_mut(CHUNK * width).enumerate().for_each(|(c, chunk)| {
-        let mut rng = SplitMix64::new(first.wrapping_add(((c * CHUNK) as u64).wrapping_mul(GOLDEN)));
+        let mut rng = SplitMix64::new(first.wrapping_add(((c * CHUNK) as u64).wrapping_mul(GAMMA)));
         for b in chunk.chunks_exact_mut(width) {
             put(rng.next_sym() * a, b);
         }

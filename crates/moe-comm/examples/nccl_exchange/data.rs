@@ -1,37 +1,31 @@
 //! The inputs every stage draws (deterministic random tensors and routings from (seed, rank,
 //! purpose)) and the byte-for-byte comparison of a result with its expectation.
 
+use moe_core::prng::{GAMMA, SplitMix64};
 use moe_core::{DType, Deadline, Result, Tensor};
 use moe_kernels::cuda::download;
 
 use crate::DEADLINE;
 
-/// splitmix64: deterministic streams from (seed, rank, purpose).
-pub(crate) struct Rng(u64);
+/// The workspace's SplitMix64 (`moe_core::prng`), one stream per (seed, rank, purpose).
+pub(crate) struct Rng(SplitMix64);
 
 impl Rng {
     pub(crate) fn new(seed: u64, rank: usize, purpose: u64) -> Rng {
-        let mut r =
-            Rng(seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ purpose.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        r.next();
-        r
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let mut g =
+            SplitMix64::new(seed ^ (rank as u64).wrapping_mul(GAMMA) ^ purpose.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        // The first draw is skipped (as the streams the recorded runs used did).
+        g.next_u64();
+        Rng(g)
     }
 
     /// Uniform in [-1, 1).
     pub(crate) fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        self.0.next_sym()
     }
 
     pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.modulo(n)
     }
 }
 

@@ -4,29 +4,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moe::{ConfigurableMoe, CreateOptions, LayerParts, create_moe_with};
+use moe_core::prng::SplitMix64;
 use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, MemoryWeights, MoeConfig, ProcessGroup, QuantConfig, Result, Tensor, WeightSource};
 use moe_quant::quantize::{ExpertMatrices, quantize_expert};
 
-/// splitmix64: tiny, seedable, and identical on every platform.
-pub struct Rng(u64);
+/// The workspace's seeded generator (`moe_core::prng`) with the tensor helper these tests use.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
+        Rng(SplitMix64::new(seed))
     }
 
     /// Uniform in [-1, 1).
     pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        self.0.next_sym()
     }
 
     pub fn tensor(&mut self, dtype: DType, shape: Vec<usize>, scale: f32) -> Tensor {

@@ -2,6 +2,7 @@
 //! on random layers with and without a previous placement and a cap.
 
 use super::*;
+use moe_core::prng::SplitMix64 as Rng;
 
 /// The direct scan this module replaced, move for move as it was: the oracle.
 struct Direct<'a> {
@@ -149,56 +150,39 @@ impl<'a> Direct<'a> {
     }
 }
 
-/// SplitMix64: a deterministic stream for random layers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// A random layer: loads (skewed, with zeros and exact ties) and a valid start table.
 fn random_case(rng: &mut Rng) -> (Vec<f64>, Vec<usize>, usize, usize) {
-    let e = 1 + rng.below(24);
-    let g = 1 + rng.below(6);
-    let spg = e.div_ceil(g) + rng.below(4);
+    let e = 1 + rng.modulo(24);
+    let g = 1 + rng.modulo(6);
+    let spg = e.div_ceil(g) + rng.modulo(4);
     let load: Vec<f64> = (0..e)
-        .map(|_| match rng.below(5) {
+        .map(|_| match rng.modulo(5) {
             0 => 0.0,
             1 => 8.0,
-            _ => (rng.below(1000) as f64).powf(1.5) / 7.0,
+            _ => (rng.modulo(1000) as f64).powf(1.5) / 7.0,
         })
         .collect();
     let mut slots: Vec<usize> = (0..e).collect();
-    slots.extend((e..g * spg).map(|_| rng.below(e)));
+    slots.extend((e..g * spg).map(|_| rng.modulo(e)));
     for i in (1..slots.len()).rev() {
-        slots.swap(i, rng.below(i + 1));
+        slots.swap(i, rng.modulo(i + 1));
     }
     (load, slots, g, spg)
 }
 
 #[test]
 fn the_fast_search_makes_the_direct_scans_moves() {
-    let mut rng = Rng(18);
+    let mut rng = Rng::new(18);
     let mut moved = 0;
     for case in 0..1000 {
         let (load, start, g, spg) = random_case(&mut rng);
         // A previous placement: the start table with a few slots shuffled.
         let mut prev = start.clone();
-        for _ in 0..rng.below(4) {
-            let (i, j) = (rng.below(prev.len()), rng.below(prev.len()));
+        for _ in 0..rng.modulo(4) {
+            let (i, j) = (rng.modulo(prev.len()), rng.modulo(prev.len()));
             prev.swap(i, j);
         }
-        let budgets: [Option<(&[usize], usize)>; 3] = [None, Some((&prev, usize::MAX)), Some((&prev, rng.below(6)))];
+        let budgets: [Option<(&[usize], usize)>; 3] = [None, Some((&prev, usize::MAX)), Some((&prev, rng.modulo(6)))];
         for budget in budgets {
             let mut fast = Layout::new(&load, start.clone(), g, spg);
             let mut direct = Direct::new(&load, start.clone(), g, spg);
@@ -217,8 +201,8 @@ fn the_fast_search_makes_the_direct_scans_moves() {
 #[test]
 fn ten_thousand_slots_plan_in_well_under_a_second_a_step() {
     // 256 experts, 10^4 slots on 8 GPUs: the direct scan took 86 s here (release build).
-    let mut rng = Rng(7);
-    let load: Vec<f64> = (0..256).map(|_| 1.0 + (rng.below(10_000) as f64).powi(2)).collect();
+    let mut rng = Rng::new(7);
+    let load: Vec<f64> = (0..256).map(|_| 1.0 + (rng.modulo(10_000) as f64).powi(2)).collect();
     let start: Vec<usize> = (0..10_000).map(|s| s % 256).collect();
     let t = std::time::Instant::now();
     let mut lay = Layout::new(&load, start, 8, 1250);
