@@ -6,9 +6,10 @@
 //! [`InProcessGroup`] runs ranks as threads of one process, for fast tests of every
 //! multi-rank rule; `MpiGroup` (feature `mpi`) runs one rank per process over Open MPI;
 //! `NcclGroup` (feature `nccl`) runs one rank per process and GPU over NCCL, on device tensors.
-//! The strategies work on host and device tensors alike: index arithmetic runs on the host
-//! (slot ids are downloaded, as NCCL needs host-side counts anyway) and the row packing and
-//! unpacking on the tensors' device (`moe_kernels::ops::gather_rows`, `segment_sum_rows`).
+//! The strategies work on host and device tensors alike: the all-to-all's routing runs where
+//! the slot ids are (on a device `moe_kernels::cuda::alltoall_route`, nothing read back; only
+//! the per-rank counts reach the host, through one small all-gather), and the row packing and
+//! unpacking run on the tensors' device (`moe_kernels::ops::gather_rows`, `segment_sum_rows`).
 
 mod allgather;
 mod alltoall;
