@@ -40,12 +40,11 @@ pub(crate) fn child(rank: usize, world: usize, id: &str, o: &Opts) -> ExitCode {
                 Err(e) => bad.push(format!("{dtype}: {e}")),
             }
         }
-        let detail = if bad.is_empty() {
-            "all_gather_v, reduce_scatter_v, all_to_all_v, all_reduce_sum, all_gather_usize, barrier (f32, bf16)".into()
-        } else {
-            bad.join("; ")
-        };
-        rep.result("collectives", Some(bad.is_empty()), &detail, "");
+        rep.failures(
+            "collectives",
+            &bad,
+            "all_gather_v, reduce_scatter_v, all_to_all_v, all_reduce_sum, all_gather_usize, barrier (f32, bf16)",
+        );
     }
     if run("roundtrip") {
         let mut bad = Vec::new();
@@ -57,12 +56,11 @@ pub(crate) fn child(rank: usize, world: usize, id: &str, o: &Opts) -> ExitCode {
                 }
             }
         }
-        let detail = if bad.is_empty() {
-            "alltoall, allgather, packed on device == in-process (bf16 h384 k4, f32 h101 k3, bf16 h99 k2)".into()
-        } else {
-            bad.join("; ")
-        };
-        rep.result("roundtrip", Some(bad.is_empty()), &detail, "");
+        rep.failures(
+            "roundtrip",
+            &bad,
+            "alltoall, allgather, packed on device == in-process (bf16 h384 k4, f32 h101 k3, bf16 h99 k2)",
+        );
     }
     if run("bandwidth") {
         let res = bandwidth(&g, o, &mut rep);

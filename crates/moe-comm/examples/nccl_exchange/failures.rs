@@ -34,20 +34,7 @@ pub(crate) fn stall(g: &NcclGroup, o: &Opts, rep: &mut Report) -> Result<()> {
     let res = g.barrier(Deadline::after(o.stall));
     let el = t0.elapsed();
     let on_time = el < o.stall + Duration::from_secs(2);
-    let (ok, detail) = match &res {
-        Err(MoeError::Comm { peer: Some(q), .. }) if *q == victim && on_time => (
-            true,
-            format!("after {:.2} s: {}", el.as_secs_f64(), res.as_ref().unwrap_err()),
-        ),
-        Err(e) => (
-            false,
-            format!(
-                "after {:.2} s, expected a Comm error naming rank {victim}: {e}",
-                el.as_secs_f64()
-            ),
-        ),
-        Ok(()) => (false, "the barrier passed although a rank stalled".into()),
-    };
+    let (ok, detail) = blamed(&res, victim, el, on_time, "the barrier passed although a rank stalled");
     rep.result(
         "stall",
         Some(ok),
@@ -82,20 +69,13 @@ pub(crate) fn dead(rank: usize, world: usize, id: &str, rep: &mut Report) -> Res
     let t0 = Instant::now();
     let res = g.all_to_all_v(&t, &vec![rows; world], &vec![rows; world], Deadline::after(deadline));
     let el = t0.elapsed();
-    let (ok, detail) = match &res {
-        Err(MoeError::Comm { peer: Some(q), .. }) if *q == victim && el < deadline => (
-            true,
-            format!("after {:.2} s: {}", el.as_secs_f64(), res.as_ref().unwrap_err()),
-        ),
-        Err(e) => (
-            false,
-            format!(
-                "after {:.2} s, expected a Comm error naming rank {victim}: {e}",
-                el.as_secs_f64()
-            ),
-        ),
-        Ok(_) => (false, "the all-to-all completed although a rank exited".into()),
-    };
+    let (ok, detail) = blamed(
+        &res,
+        victim,
+        el,
+        el < deadline,
+        "the all-to-all completed although a rank exited",
+    );
     rep.result(
         "dead",
         Some(ok),
@@ -103,4 +83,20 @@ pub(crate) fn dead(rank: usize, world: usize, id: &str, rep: &mut Report) -> Res
         &format!("\"elapsed_s\":{:.3}", el.as_secs_f64()),
     );
     Ok(())
+}
+
+/// The verdict of a stage that expects `res` to fail in time with `MoeError::Comm` naming
+/// `victim` (`passed` says what went wrong when it succeeded instead), and its detail.
+fn blamed<T>(res: &Result<T>, victim: usize, el: Duration, in_time: bool, passed: &str) -> (bool, String) {
+    let secs = el.as_secs_f64();
+    match res {
+        Err(e @ MoeError::Comm { peer: Some(q), .. }) if *q == victim && in_time => {
+            (true, format!("after {secs:.2} s: {e}"))
+        }
+        Err(e) => (
+            false,
+            format!("after {secs:.2} s, expected a Comm error naming rank {victim}: {e}"),
+        ),
+        Ok(_) => (false, passed.into()),
+    }
 }

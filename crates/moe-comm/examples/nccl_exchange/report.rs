@@ -30,6 +30,16 @@ pub(crate) fn json_str(s: &str) -> String {
 
 impl Report {
     /// Reports a stage that stopped with an error.
+    /// PASS with `checked` (what was checked) when `bad` is empty, else FAIL listing `bad`.
+    pub(crate) fn failures(&mut self, stage: &str, bad: &[String], checked: &str) {
+        let detail = if bad.is_empty() {
+            checked.to_string()
+        } else {
+            bad.join("; ")
+        };
+        self.result(stage, Some(bad.is_empty()), &detail, "");
+    }
+
     pub(crate) fn error(&mut self, stage: &str, res: Result<()>) {
         if let Err(e) = res {
             self.result(stage, Some(false), &e.to_string(), "");

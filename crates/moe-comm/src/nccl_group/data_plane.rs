@@ -47,16 +47,11 @@ fn init_data_plane(
     let w = WARM_BYTES as u64;
     let mut p2p = Vec::new();
     for peer in (0..world).filter(|&q| q != rank) {
-        p2p.push(Op::Send {
-            ptr: buf,
-            bytes: WARM_BYTES,
+        p2p.extend(Op::swap(
             peer,
-        });
-        p2p.push(Op::Recv {
-            ptr: buf + w * (1 + peer as u64),
-            bytes: WARM_BYTES,
-            peer,
-        });
+            (buf, WARM_BYTES),
+            (buf + w * (1 + peer as u64), WARM_BYTES),
+        ));
     }
     let groups: [(&str, Vec<Op>); 3] = [
         ("send/recv", p2p),

@@ -110,6 +110,23 @@ pub(super) enum Op {
 }
 
 impl Op {
+    /// The send of `send = (address, bytes)` to `peer` and the receive of `recv` from it: one
+    /// peer's share of a pairwise exchange.
+    pub(super) fn swap(peer: usize, send: (u64, usize), recv: (u64, usize)) -> [Op; 2] {
+        [
+            Op::Send {
+                ptr: send.0,
+                bytes: send.1,
+                peer,
+            },
+            Op::Recv {
+                ptr: recv.0,
+                bytes: recv.1,
+                peer,
+            },
+        ]
+    }
+
     pub(super) fn bytes(&self) -> usize {
         match *self {
             Op::Send { bytes, .. } | Op::Recv { bytes, .. } => bytes,

@@ -71,16 +71,11 @@ impl ProcessGroup for NcclGroup {
         let own_at = starts[me];
         for (peer, (&c, o)) in counts.iter().zip(starts).enumerate().filter(|&(q, _)| q != me) {
             let slot = peer - usize::from(peer > me);
-            ops.push(Op::Send {
-                ptr: send + (o * rb) as u64,
-                bytes: c * rb,
+            ops.extend(Op::swap(
                 peer,
-            });
-            ops.push(Op::Recv {
-                ptr: recv + (slot * n * rb) as u64,
-                bytes: n * rb,
-                peer,
-            });
+                (send + (o * rb) as u64, c * rb),
+                (recv + (slot * n * rb) as u64, n * rb),
+            ));
         }
         self.run("reduce_scatter_v", &ops, &[], deadline)?;
         let blocks = self
@@ -148,16 +143,11 @@ impl ProcessGroup for NcclGroup {
                 bytes: send_counts[me] * rb,
             });
             for peer in (0..self.size).filter(|&q| q != me) {
-                ops.push(Op::Send {
-                    ptr: from + (so[peer] * rb) as u64,
-                    bytes: send_counts[peer] * rb,
+                ops.extend(Op::swap(
                     peer,
-                });
-                ops.push(Op::Recv {
-                    ptr: recv + (ro[peer] * rb) as u64,
-                    bytes: recv_counts[peer] * rb,
-                    peer,
-                });
+                    (from + (so[peer] * rb) as u64, send_counts[peer] * rb),
+                    (recv + (ro[peer] * rb) as u64, recv_counts[peer] * rb),
+                ));
             }
             // The operand (an upload of a host tensor) lives until the collective has finished.
             outs.push((self.dev.tensor(send.dtype(), with_rows(&send, total), out), host, send));
@@ -181,16 +171,11 @@ impl ProcessGroup for NcclGroup {
         let from = self.addr(&t)?;
         let mut ops = Vec::with_capacity(2 * p);
         for peer in 0..p {
-            ops.push(Op::Send {
-                ptr: from + (peer * chunk * esz) as u64,
-                bytes: len(peer) * esz,
+            ops.extend(Op::swap(
                 peer,
-            });
-            ops.push(Op::Recv {
-                ptr: recv + (peer * mine * esz) as u64,
-                bytes: mine * esz,
-                peer,
-            });
+                (from + (peer * chunk * esz) as u64, len(peer) * esz),
+                (recv + (peer * mine * esz) as u64, mine * esz),
+            ));
         }
         self.run("all_reduce_sum (reduce-scatter half)", &ops, &[], deadline)?;
         let blocks = self.dev.tensor(t.dtype(), vec![p * mine], blocks);
