@@ -273,6 +273,28 @@ pub fn quantize_expert(
     Ok(out)
 }
 
+/// Bytes of the tensors [`quantize_expert`] stores for one `[rows, cols]` matrix quantized as
+/// `q` prescribes (codes, scales and zero points; f32 for `QuantAlgo::None`): what a forward
+/// reads of it. Per-tensor scalars count 4 bytes each.
+pub fn matrix_bytes(q: &QuantConfig, rows: usize, cols: usize) -> usize {
+    let n = rows * cols;
+    match q.algo {
+        QuantAlgo::None => 4 * n,
+        QuantAlgo::Fp8PerTensor => n + 8,
+        QuantAlgo::Fp8Block => {
+            let [b0, b1] = q.weight_block_size.unwrap_or(Fp8BlockMethod::DEFAULT_BLOCK);
+            n + 4 * rows.div_ceil(b0) * cols.div_ceil(b1)
+        }
+        QuantAlgo::Nvfp4 => n / 2 + n / NVFP4_BLOCK + 8,
+        QuantAlgo::W4A16Mxfp4 => n / 2 + n / MXFP4_BLOCK,
+        QuantAlgo::W4A16Int4 => {
+            let groups = rows * (cols / q.group_size.unwrap_or(Int4GroupMethod::DEFAULT_GROUP));
+            n / 2 + 5 * groups
+        }
+        QuantAlgo::W8A16 => n + 4 * rows,
+    }
+}
+
 /// The weight `[out, in]` of `{expert}.{proj}` dequantized from its canonical tensors in `src`
 /// (see [`dequantize_matrix`]).
 pub fn dequantize(
@@ -389,6 +411,44 @@ mod tests {
 
     fn get<'a>(q: &'a Quantized, suffix: &str) -> &'a Tensor {
         &q.iter().find(|(s, _)| *s == suffix).unwrap().1
+    }
+
+    #[test]
+    fn matrix_bytes_are_the_stored_tensors_of_every_format() {
+        let (h, i) = (256, 128);
+        let w: Vec<f32> = (0..h * i).map(|k| ((k * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        for algo in [
+            QuantAlgo::None,
+            QuantAlgo::Fp8PerTensor,
+            QuantAlgo::Fp8Block,
+            QuantAlgo::Nvfp4,
+            QuantAlgo::W4A16Mxfp4,
+            QuantAlgo::W4A16Int4,
+            QuantAlgo::W8A16,
+        ] {
+            let q = QuantConfig {
+                algo,
+                weight_block_size: None,
+                group_size: None,
+            };
+            let m = ExpertMatrices {
+                w1: &w,
+                w3: Some(&w),
+                w2: &w,
+                hidden: h,
+                intermediate: i,
+            };
+            let tensors = quantize_expert(&q, 0, &m, [4.0, 4.0]).unwrap();
+            for (proj, rows, cols) in [(Proj::W1, i, h), (Proj::W2, h, i)] {
+                let prefix = expert_tensor_name(0, proj, "");
+                let stored: usize = tensors
+                    .iter()
+                    .filter(|(n, _)| n.starts_with(&prefix))
+                    .map(|(_, t)| t.numel() * t.dtype().size_in_bytes())
+                    .sum();
+                assert_eq!(matrix_bytes(&q, rows, cols), stored, "{algo:?} {proj:?}");
+            }
+        }
     }
 
     #[test]

@@ -331,6 +331,14 @@ pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::R
             args.backend
         );
     }
+    if let Some(p) = plans.iter().find(|p| !GeneratedWeights::generates(p.preset.weights)) {
+        bail!(
+            "`--backend {}` generates f32, bf16 and fp8-block weights in memory; `{}` weights ({}) are benchmarked on the host backends",
+            args.backend,
+            p.preset.weights,
+            p.preset.name
+        );
+    }
     let dev = CudaDevice::new(ordinal).with_context(|| {
         format!(
             "opening CUDA device {ordinal} for `--backend {}` (build with `--features cuda`, and on the GPU machine source gpu-env.sh first)",

@@ -69,10 +69,18 @@ impl GeneratedWeights {
         [(0, Proj::W1, i, h), (1, Proj::W3, i, h), (2, Proj::W2, h, i)]
     }
 
+    /// Whether the weights of `format` are generated here (the device harness refuses the
+    /// others before it builds a layer).
+    pub fn generates(format: WeightFormat) -> bool {
+        matches!(format, WeightFormat::F32 | WeightFormat::Bf16 | WeightFormat::Fp8Block)
+    }
+
     fn suffixes(&self) -> &'static [&'static str] {
         match self.preset.weights {
             WeightFormat::F32 | WeightFormat::Bf16 => &[WEIGHT],
             WeightFormat::Fp8Block => &[WEIGHT, SCALE],
+            // Not generated (`generates`): no tensors.
+            _ => &[],
         }
     }
 

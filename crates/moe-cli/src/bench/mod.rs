@@ -74,7 +74,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     warmup: Option<u64>,
 
-    /// Store the preset's weights as f32, bf16 or fp8-block instead of its own format.
+    /// Store the preset's weights as f32, bf16, fp8-block, int4 (AWQ groups of 128), int8
+    /// (per channel), nvfp4 or mxfp4 instead of its own format (the quantized ones with bf16
+    /// activations; GB/s counts their packed bytes with scales). `--backend cuda` generates
+    /// f32, bf16 and fp8-block.
     #[arg(long, value_name = "FORMAT")]
     weights: Option<String>,
 
@@ -131,7 +134,8 @@ fn plan(args: &BenchArgs) -> anyhow::Result<(Vec<Plan>, Vec<String>)> {
     let on_device = device::is_device_backend(&args.backend);
     let override_weights = match &args.weights {
         Some(w) => Some(
-            WeightFormat::parse(w).with_context(|| format!("unknown weight format `{w}` (f32, bf16, fp8-block)"))?,
+            WeightFormat::parse(w)
+                .with_context(|| format!("unknown weight format `{w}` ({})", WeightFormat::names()))?,
         ),
         None => None,
     };

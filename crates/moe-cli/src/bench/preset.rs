@@ -2,10 +2,12 @@
 //! the routed experts and bytes of the expert weights a forward actually reads.
 //!
 //! Byte counts follow the roofline recipe of `perf-anchors.md` §6: only the experts that at
-//! least one token selected are read, each once per forward (its three matrices plus, for
-//! FP8 block weights, the f32 scale of every 128x128 block).
+//! least one token selected are read, each once per forward (its three matrices with their
+//! scales and zero points: the packed bytes of the quantized formats).
 
 use std::fmt;
+
+use moe_core::{QuantAlgo, QuantConfig};
 
 /// How the experts' weights are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,33 +16,75 @@ pub enum WeightFormat {
     Bf16,
     /// E4M3 codes with one f32 scale per `BLOCK x BLOCK` block (DeepSeek-V3).
     Fp8Block,
+    /// INT4 codes, f32 scale and u8 zero point per group of 128 inputs (AWQ), bf16 activations.
+    Int4,
+    /// INT8 codes with one f32 scale per output channel, bf16 activations.
+    Int8,
+    /// E2M1 codes, an E4M3 scale per 16 inputs and an f32 global scale (ModelOpt NVFP4).
+    Nvfp4,
+    /// E2M1 codes with a UE8M0 scale per 32 inputs (GPT-OSS), bf16 activations.
+    Mxfp4,
 }
 
 /// Side of an FP8 scale block.
 pub const FP8_BLOCK: usize = 128;
 
 impl WeightFormat {
+    pub const ALL: [WeightFormat; 7] = [
+        WeightFormat::F32,
+        WeightFormat::Bf16,
+        WeightFormat::Fp8Block,
+        WeightFormat::Int4,
+        WeightFormat::Int8,
+        WeightFormat::Nvfp4,
+        WeightFormat::Mxfp4,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Fp8Block => "fp8-block",
+            WeightFormat::Int4 => "int4",
+            WeightFormat::Int8 => "int8",
+            WeightFormat::Nvfp4 => "nvfp4",
+            WeightFormat::Mxfp4 => "mxfp4",
         }
     }
 
     pub fn parse(s: &str) -> Option<WeightFormat> {
-        [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Fp8Block]
-            .into_iter()
-            .find(|f| f.name() == s)
+        Self::ALL.into_iter().find(|f| f.name() == s)
     }
 
-    /// Stored bytes of one `[rows, cols]` matrix, scales included.
+    /// The names `parse` takes, for messages.
+    pub fn names() -> String {
+        Self::ALL.map(WeightFormat::name).join(", ")
+    }
+
+    /// The layer's quantization (`QuantAlgo::None` for float weights).
+    pub fn quant(self) -> QuantConfig {
+        let algo = match self {
+            WeightFormat::F32 | WeightFormat::Bf16 => QuantAlgo::None,
+            WeightFormat::Fp8Block => QuantAlgo::Fp8Block,
+            WeightFormat::Int4 => QuantAlgo::W4A16Int4,
+            WeightFormat::Int8 => QuantAlgo::W8A16,
+            WeightFormat::Nvfp4 => QuantAlgo::Nvfp4,
+            WeightFormat::Mxfp4 => QuantAlgo::W4A16Mxfp4,
+        };
+        QuantConfig {
+            algo,
+            weight_block_size: (algo == QuantAlgo::Fp8Block).then_some([FP8_BLOCK, FP8_BLOCK]),
+            group_size: None,
+        }
+    }
+
+    /// Stored bytes of one `[rows, cols]` matrix, scales included: what a forward reads of it
+    /// (`moe_quant::quantize::matrix_bytes` for the quantized formats).
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
-        let n = (rows * cols) as u64;
         match self {
-            WeightFormat::F32 => 4 * n,
-            WeightFormat::Bf16 => 2 * n,
-            WeightFormat::Fp8Block => n + 4 * (rows.div_ceil(FP8_BLOCK) * cols.div_ceil(FP8_BLOCK)) as u64,
+            WeightFormat::F32 => 4 * (rows * cols) as u64,
+            WeightFormat::Bf16 => 2 * (rows * cols) as u64,
+            q => moe_quant::quantize::matrix_bytes(&q.quant(), rows, cols) as u64,
         }
     }
 }
@@ -236,6 +280,25 @@ mod tests {
         );
         let p = Preset::find("tiny").unwrap().with_weights(WeightFormat::Fp8Block);
         assert_eq!(p.expert_bytes(), 3 * (2048 + 4));
+    }
+
+    #[test]
+    fn packed_formats_count_their_packed_bytes_with_scales() {
+        // Qwen3-30B-A3B's gate: 768 x 2048. 4-bit codes are half a byte an element; INT4 adds
+        // an f32 scale and a u8 zero per 128 inputs, MXFP4 a UE8M0 byte per 32, NVFP4 an E4M3
+        // byte per 16 and two f32 scalars; INT8 a byte an element and an f32 per row.
+        let (r, c) = (768u64, 2048u64);
+        let n = r * c;
+        let bytes = |w: WeightFormat| w.matrix_bytes(r as usize, c as usize);
+        assert_eq!(bytes(WeightFormat::Int4), n / 2 + 5 * n / 128);
+        assert_eq!(bytes(WeightFormat::Mxfp4), n / 2 + n / 32);
+        assert_eq!(bytes(WeightFormat::Nvfp4), n / 2 + n / 16 + 8);
+        assert_eq!(bytes(WeightFormat::Int8), n + 4 * r);
+        for w in WeightFormat::ALL {
+            assert_eq!(WeightFormat::parse(w.name()), Some(w));
+            assert!(WeightFormat::names().contains(w.name()));
+        }
+        assert_eq!(WeightFormat::parse("int3"), None);
     }
 
     #[test]

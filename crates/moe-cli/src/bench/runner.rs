@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use moe::ConfigurableMoe;
-use moe_core::{DType, MoeConfig, QuantAlgo, QuantConfig, RoutingMethod, Tensor, WeightSource};
+use moe_core::{DType, MoeConfig, RoutingMethod, Tensor, WeightSource};
 use serde::{Deserialize, Serialize};
 
 use super::cache::Cache;
 use super::ceilings::{Ceilings, median};
-use super::preset::{FP8_BLOCK, Preset, WeightFormat, touched_experts};
+use super::preset::{Preset, WeightFormat, touched_experts};
 
 /// Routing of every preset: softmax over the logits, top-k, renormalized (Mixtral, Qwen3).
 /// DeepSeek-V3's sigmoid group routing is left out on purpose: the peer has none, and both
@@ -23,16 +23,10 @@ pub fn routing(preset: &Preset) -> RoutingMethod {
 pub fn config(preset: &Preset, backend: &str) -> MoeConfig {
     let dtype = match preset.weights {
         WeightFormat::F32 => DType::F32,
-        WeightFormat::Bf16 | WeightFormat::Fp8Block => DType::BF16,
+        _ => DType::BF16,
     };
     let mut c = MoeConfig::new(preset.experts, preset.hidden, preset.inter, dtype, routing(preset));
-    if preset.weights == WeightFormat::Fp8Block {
-        c.quant = QuantConfig {
-            algo: QuantAlgo::Fp8Block,
-            weight_block_size: Some([FP8_BLOCK, FP8_BLOCK]),
-            group_size: None,
-        };
-    }
+    c.quant = preset.weights.quant();
     c.backend = Some(backend.to_string());
     c
 }
