@@ -417,15 +417,7 @@ mod tests {
     fn matrix_bytes_are_the_stored_tensors_of_every_format() {
         let (h, i) = (256, 128);
         let w: Vec<f32> = (0..h * i).map(|k| ((k * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        for algo in [
-            QuantAlgo::None,
-            QuantAlgo::Fp8PerTensor,
-            QuantAlgo::Fp8Block,
-            QuantAlgo::Nvfp4,
-            QuantAlgo::W4A16Mxfp4,
-            QuantAlgo::W4A16Int4,
-            QuantAlgo::W8A16,
-        ] {
+        for algo in QuantAlgo::ALL {
             let q = QuantConfig {
                 algo,
                 weight_block_size: None,
