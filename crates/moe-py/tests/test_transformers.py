@@ -1,4 +1,4 @@
-"""The transformers drop-in, end to end: a small random model of each supported family
+"""The transformers drop-in, end to end: a small random model of each of the seven families
 (built from the family's fixture config with two decoder layers, fixed seed), patched vs
 unpatched: logits within f32 1e-5 and 32 greedy tokens identical."""
 
@@ -14,7 +14,7 @@ import moe_rs
 from moe_rs.transformers import MoeRsBlock, patch_model
 from conftest import fixtures_dir
 
-SUPPORTED = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"]
+SUPPORTED = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "llama4"]
 
 
 def model_type_of(d: dict) -> str:
@@ -25,7 +25,8 @@ def small_model(family: str, seed: int = 0) -> torch.nn.Module:
     """The family's fixture config (hidden 64, expert intermediate 32) with two layers."""
     d = json.loads((fixtures_dir() / "hf" / f"{family}-float32" / "config.json").read_text())
     d["num_hidden_layers"] = 2
-    d.pop("layer_types", None)  # sized for the fixture's one layer; the default fits two
+    for per_layer in ("layer_types", "moe_layers", "no_rope_layers"):
+        d.pop(per_layer, None)  # sized for the fixture's one layer; the defaults fit two
     if model_type_of(d) == "deepseek_v3":
         # MLA expands keys and values to every head (the real model has as many KV heads as
         # heads); the fixture only exercises the MoE block and says 2 of 4.
@@ -35,6 +36,10 @@ def small_model(family: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
+
+
+def moe_block(layer: torch.nn.Module) -> torch.nn.Module:
+    return layer.feed_forward if hasattr(layer, "feed_forward") else layer.mlp
 
 
 def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,13 +58,14 @@ def test_patched_model_matches_transformers(family):
         ref_tokens = model.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False,
                                     pad_token_id=0)
 
-    experts_before = [layer.mlp.experts.gate_up_proj.data_ptr() for layer in model.model.layers]
+    experts_before = [moe_block(layer).experts.gate_up_proj.data_ptr() for layer in model.model.layers]
     patched = patch_model(model)
     assert patched == [0, 1]
     for layer in model.model.layers:
-        assert isinstance(layer.mlp, MoeRsBlock)
-        assert not hasattr(layer.mlp, "experts")  # the model's expert tensors are no longer held twice
-        assert layer.mlp.layer.report()  # a real layer behind it
+        block = moe_block(layer)
+        assert isinstance(block, MoeRsBlock)
+        assert not hasattr(block, "experts")  # the model's expert tensors are no longer held twice
+        assert block.layer.report()  # a real layer behind it
     assert len(experts_before) == 2
 
     with torch.no_grad():
