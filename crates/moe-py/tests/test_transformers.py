@@ -4,7 +4,9 @@ unpatched: logits within f32 1e-5 and 32 greedy tokens identical."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 
 import pytest
 import torch
@@ -96,3 +98,29 @@ def test_unsupported_layouts_are_refused():
         MoeRsBlock(block, model.config.to_dict(), 0)
     with pytest.raises(moe_rs.ConfigError):
         MoeRsBlock(model.model.layers[1].mlp, {"model_type": "not_a_family"}, 1)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RSS is read from /proc (Linux)")
+def test_patching_does_not_hold_the_experts_twice():
+    d = json.loads((fixtures_dir() / "hf" / "qwen3_moe-float32" / "config.json").read_text())
+    d.update(num_hidden_layers=2, hidden_size=512, moe_intermediate_size=256, num_experts=32,
+             head_dim=64, num_attention_heads=8, num_key_value_heads=4)
+    d.pop("layer_types", None)
+    config = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    experts_mib = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".experts." in n) / 2**20
+    assert experts_mib >= 40  # large enough that a second copy stands out of the RSS noise
+    gc.collect()
+    before = _rss_mib()
+    patch_model(model)
+    gc.collect()
+    grown = _rss_mib() - before
+    # The layer's copy replaces the model's (freed with its experts module): a second copy
+    # would grow RSS by about experts_mib.
+    assert grown < 0.5 * experts_mib, f"patching grew RSS by {grown:.1f} MiB for {experts_mib:.1f} MiB of experts"
