@@ -2,32 +2,8 @@
 //! deletions and duplications, splices from other corpus entries, and number substitutions
 //! that aim at the bounds (zero, one past a limit, 2^63, 1e308, NaN).
 
-/// SplitMix64: small, fast and reproducible from its seed.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`0` when `n == 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
-}
+/// The workspace's seeded generator (`moe_core::prng`): a fuzz run is reproducible from its seed.
+pub use moe_core::prng::SplitMix64 as Rng;
 
 /// Text that parsers treat specially: structure, numbers at and past the limits, non-finite
 /// spellings, YAML anchors and aliases.
@@ -98,48 +74,48 @@ const NUMBERS: &[&str] = &[
 /// `max_len` bytes.
 pub fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>], max_len: usize) -> Vec<u8> {
     let mut out = input.to_vec();
-    for _ in 0..1 + rng.below(8) {
+    for _ in 0..1 + rng.modulo(8) {
         let len = out.len();
-        match rng.below(9) {
+        match rng.modulo(9) {
             0 if len > 0 => {
-                let i = rng.below(len);
-                out[i] ^= 1 << rng.below(8);
+                let i = rng.modulo(len);
+                out[i] ^= 1 << rng.modulo(8);
             }
             1 if len > 0 => {
-                let i = rng.below(len);
+                let i = rng.modulo(len);
                 out[i] = rng.next_u64() as u8;
             }
             2 => {
-                let t = TOKENS[rng.below(TOKENS.len())];
-                let at = rng.below(len + 1);
+                let t = TOKENS[rng.modulo(TOKENS.len())];
+                let at = rng.modulo(len + 1);
                 out.splice(at..at, t.iter().copied());
             }
             3 if len > 0 => {
-                let a = rng.below(len);
-                let b = (a + 1 + rng.below(16)).min(len);
+                let a = rng.modulo(len);
+                let b = (a + 1 + rng.modulo(16)).min(len);
                 out.drain(a..b);
             }
             4 if len > 0 => {
                 // Repeat a chunk, sometimes many times (deep nesting, long lists).
-                let a = rng.below(len);
-                let b = (a + 1 + rng.below(32)).min(len);
+                let a = rng.modulo(len);
+                let b = (a + 1 + rng.modulo(32)).min(len);
                 let chunk = out[a..b].to_vec();
-                let times = if rng.below(4) == 0 { 1 + rng.below(2000) } else { 1 };
+                let times = if rng.modulo(4) == 0 { 1 + rng.modulo(2000) } else { 1 };
                 for _ in 0..times {
                     out.splice(b..b, chunk.iter().copied());
                 }
             }
             5 if !corpus.is_empty() => {
-                let other = &corpus[rng.below(corpus.len())];
+                let other = &corpus[rng.modulo(corpus.len())];
                 if !other.is_empty() {
-                    let a = rng.below(other.len());
-                    let b = (a + 1 + rng.below(64)).min(other.len());
-                    let at = rng.below(len + 1);
+                    let a = rng.modulo(other.len());
+                    let b = (a + 1 + rng.modulo(64)).min(other.len());
+                    let at = rng.modulo(len + 1);
                     out.splice(at..at, other[a..b].iter().copied());
                 }
             }
             6 | 7 => replace_number(rng, &mut out),
-            _ if len > 0 => out.truncate(rng.below(len)),
+            _ if len > 0 => out.truncate(rng.modulo(len)),
             _ => {}
         }
     }
@@ -155,9 +131,9 @@ fn replace_number(rng: &mut Rng, out: &mut Vec<u8>) {
     if starts.is_empty() {
         return;
     }
-    let a = starts[rng.below(starts.len())];
+    let a = starts[rng.modulo(starts.len())];
     let b = (a..out.len()).find(|&i| !out[i].is_ascii_digit()).unwrap_or(out.len());
-    let n = NUMBERS[rng.below(NUMBERS.len())];
+    let n = NUMBERS[rng.modulo(NUMBERS.len())];
     out.splice(a..b, n.bytes());
 }
 
