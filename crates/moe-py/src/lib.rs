@@ -3,7 +3,7 @@
 //! The native module `moe_rs._native` holds [`layer::Layer`] (a routed layer from a config),
 //! [`layer::HfBlock`] (a Hugging Face checkpoint's MoE block), [`dlpack::DlpackTensor`] (the
 //! layer's outputs, exported by DLPack without copies) and the exception classes of
-//! [`errors`]. The Python package around it (`python/moe_rs`) turns JSON into dicts, tensors
+//! [`errors`], and EPLB placement planning ([`eplb`]). The Python package around it (`python/moe_rs`) turns JSON into dicts, tensors
 //! into the caller's kind (torch in, torch out; NumPy in, NumPy out) and holds the
 //! transformers drop-in.
 //!
@@ -13,6 +13,7 @@
 //! refused with `moe_rs.DeviceError` in this build.
 
 mod dlpack;
+mod eplb;
 mod errors;
 mod layer;
 
@@ -27,6 +28,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<layer::HfBlock>()?;
     m.add_function(wrap_pyfunction!(dlpack::borrow, m)?)?;
     m.add_function(wrap_pyfunction!(layer::moe_config_from_hf, m)?)?;
+    m.add_function(wrap_pyfunction!(eplb::eplb_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(eplb::eplb_placement_yaml, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

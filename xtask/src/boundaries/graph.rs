@@ -59,7 +59,7 @@ pub const ALLOWED: &[(&str, Allowed)] = &[
     (FUZZ, Allowed::Only(&[CORE, HF, EPLB])),
     // The Python package (PyO3 extension module, built by maturin): it calls the layer and
     // the checkpoint loader as a Rust caller would, and nothing depends on it.
-    ("moe-py", Allowed::Only(&[CORE, MOE, HF])),
+    ("moe-py", Allowed::Only(&[CORE, MOE, HF, EPLB])),
 ];
 
 /// Workspace crates a crate's `[dev-dependencies]` may name beyond its normal set and

@@ -47,6 +47,8 @@ __all__ = [
     "MoeError",
     "ShapeError",
     "borrow",
+    "eplb_placement_yaml",
+    "eplb_plan",
     "moe_config_from_hf",
 ]
 
@@ -88,6 +90,30 @@ def moe_config_from_hf(hf_config: Mapping[str, Any] | str, layer: int, dtype: st
     (a dict, or its JSON text), as ``moe-hf`` maps it for a checkpoint."""
     text = hf_config if isinstance(hf_config, str) else json.dumps(hf_config)
     return json.loads(_native.moe_config_from_hf(text, layer, dtype))
+
+
+def eplb_plan(load: Any, num_slots: int, num_gpus: int, *, num_nodes: int = 1, num_groups: int = 1,
+              algorithm: str = "default", max_changed_slots: int | None = None,
+              previous: Any = None) -> dict:
+    """An expert placement for every layer of ``load`` (``[L][E]`` tokens per expert: nested
+    lists, a NumPy array or a torch tensor), as ``moe eplb plan`` computes it.
+
+    ``algorithm`` is ``"default"`` (this runtime's, at most ``max_changed_slots`` changes per
+    layer against ``previous``, a ``[L][num_slots]`` expert-per-slot table), ``"deepseek"`` or
+    ``"greedy"``. The result has ``phy2log`` (``[L][num_slots]``: the expert of each slot),
+    ``log2phy``, ``logcnt``, ``balancedness`` and ``balancedness_before``, ``changed_slots``.
+    """
+    rows = load.tolist() if hasattr(load, "tolist") else load
+    prev = previous.tolist() if hasattr(previous, "tolist") else previous
+    return json.loads(_native.eplb_plan([[float(v) for v in r] for r in rows], num_slots, num_gpus,
+                                        num_nodes=num_nodes, num_groups=num_groups, algorithm=algorithm,
+                                        max_changed_slots=max_changed_slots, previous=prev))
+
+
+def eplb_placement_yaml(plan: Mapping[str, Any], layer_indices: list[int], layer_updates_per_iter: int = 0) -> str:
+    """TensorRT-LLM's static placement file (YAML) of a plan from :func:`eplb_plan`, for the
+    model layers ``layer_indices`` (one per planned layer)."""
+    return _native.eplb_placement_yaml(json.dumps(dict(plan)), list(layer_indices), layer_updates_per_iter)
 
 
 class Layer:

@@ -66,3 +66,15 @@ class HfBlock:
 
 def borrow(x: Any) -> DlpackTensor: ...
 def moe_config_from_hf(config_json: str, layer: int, dtype: str | None = None) -> str: ...
+def eplb_plan(
+    load: list[list[float]],
+    num_slots: int,
+    num_gpus: int,
+    *,
+    num_nodes: int = 1,
+    num_groups: int = 1,
+    algorithm: str = "default",
+    max_changed_slots: int | None = None,
+    previous: list[list[int]] | None = None,
+) -> str: ...
+def eplb_placement_yaml(plan_json: str, layer_indices: list[int], layer_updates_per_iter: int = 0) -> str: ...
