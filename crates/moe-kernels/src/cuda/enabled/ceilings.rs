@@ -165,10 +165,7 @@ fn timed_median(dev: &CudaDevice, iters: usize, op: &mut dyn FnMut() -> Result<(
 
 /// splitmix64 of `x` (one output per counter value, so chunks fill in parallel).
 fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    moe_core::prng::mix64(x.wrapping_add(moe_core::prng::GAMMA))
 }
 
 /// `len` pseudo-random bytes.

@@ -453,16 +453,15 @@ mod tests {
     use crate::cuda::{CudaDevice, download};
     use crate::ops;
 
-    /// SplitMix64: seeded and dependency-free.
-    struct Rng(u64);
+    /// The workspace's SplitMix64 with the draws these cases were written with.
+    struct Rng(moe_core::prng::SplitMix64);
 
     impl Rng {
+        fn new(seed: u64) -> Rng {
+            Rng(moe_core::prng::SplitMix64::new(seed))
+        }
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+            self.0.next_u64()
         }
         /// Uniform in (0, 1).
         fn unit(&mut self) -> f64 {
@@ -680,7 +679,7 @@ mod tests {
     #[test]
     fn every_method_matches_the_host_on_random_logits() -> Result<()> {
         let dev = CudaDevice::new(0)?;
-        let mut rng = Rng(0x5eed_0001);
+        let mut rng = Rng::new(0x5eed_0001);
         for (e, k) in [(8, 2), (64, 6), (256, 8), (256, 16), (512, 16)] {
             for n in [1, 7, 130] {
                 let methods = methods(e, k, n, &mut rng);
@@ -745,7 +744,7 @@ mod tests {
 
     /// The methods that read the logits, for the refusal tests.
     fn logit_methods(e: usize, k: usize) -> Vec<RoutingMethod> {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         methods(e, k, 1, &mut rng)
             .into_iter()
             .filter(|m| !matches!(m, RoutingMethod::Static { .. } | RoutingMethod::LoadBalanced { .. }))
@@ -756,7 +755,7 @@ mod tests {
     fn nan_logit_is_refused_naming_token_and_expert() -> Result<()> {
         let dev = CudaDevice::new(0)?;
         let (n, e, k) = (7, 64, 6);
-        let mut v = Rng(7).normals(n * e, 1.0);
+        let mut v = Rng::new(7).normals(n * e, 1.0);
         v[3 * e + 5] = f32::NAN;
         v[5 * e + 1] = f32::NAN; // a later token: the first is named
         let t = dev.upload(&Tensor::from_f32(vec![n, e], v.clone())?)?;
@@ -790,7 +789,7 @@ mod tests {
     fn pos_inf_and_too_few_finite_are_refused_like_the_host() -> Result<()> {
         let dev = CudaDevice::new(0)?;
         let (n, e, k) = (6, 64, 6);
-        let base = Rng(11).normals(n * e, 1.0);
+        let base = Rng::new(11).normals(n * e, 1.0);
         let mut cases = Vec::new();
         // +inf before a NaN in one row: the lower expert is named.
         let mut v = base.clone();
@@ -829,7 +828,7 @@ mod tests {
             bias: None,
         };
         // sqrt(softplus(-200)) is 0 in f32: rows 2 and 5 sum to 0, row 2 is named.
-        let mut v = Rng(5).normals(n * e, 1.0);
+        let mut v = Rng::new(5).normals(n * e, 1.0);
         v[2 * e..3 * e].fill(-200.0);
         v[5 * e..6 * e].fill(-200.0);
         let t = dev.upload(&Tensor::from_f32(vec![n, e], v.clone())?)?;
@@ -877,7 +876,7 @@ mod tests {
     fn ops_route_on_the_device_matches_ops_route_on_the_host() -> Result<()> {
         let dev = CudaDevice::new(0)?;
         let (n, e, k) = (33, 64, 6);
-        let mut rng = Rng(17);
+        let mut rng = Rng::new(17);
         let host_t = Tensor::from_f32_as(DType::BF16, vec![n, e], &logits(&mut rng, n, e, k))?;
         let dev_t = dev.upload(&host_t)?;
         for m in methods(e, k, n, &mut rng) {
