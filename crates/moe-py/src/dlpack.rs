@@ -289,15 +289,12 @@ unsafe extern "C" fn export_deleter(managed: *mut DLManagedTensor) {
 unsafe extern "C" fn capsule_destructor(capsule: *mut ffi::PyObject) {
     // SAFETY: called by Python with the GIL held on our own capsule. A consumer that took the
     // tensor renamed it ("used_dltensor") and owns the deleter call; otherwise nobody took it
-    // and we release it here.
+    // and we release it here. Neither capsule call sets a Python error on this path (the name
+    // is checked first), so an exception in flight while the capsule dies is left untouched.
     unsafe {
         if ffi::PyCapsule_IsValid(capsule, DLTENSOR.as_ptr()) == 1 {
             let m = ffi::PyCapsule_GetPointer(capsule, DLTENSOR.as_ptr()).cast::<DLManagedTensor>();
             export_deleter(m);
-        } else {
-            // `PyCapsule_IsValid` does not set an error, but be sure none leaks out of a
-            // destructor.
-            ffi::PyErr_Clear();
         }
     }
 }
