@@ -30,22 +30,29 @@
 //!
 //! Quantized weights are decoded to the activation dtype inside the kernels, a tile at a time;
 //! they never exist dequantized in device memory.
+//!
+//! Files: this one holds the layer and its forward; `experts/weights.rs` the upload,
+//! `experts/permute.rs` step 1, `experts/gemm.rs` the GEMM launches of the paths above and the
+//! activation QDQ, `experts/fp8.rs` the FP8 x FP8 path.
 
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use moe_core::{Activation, DType, MoeError, Result, Tensor};
 
 use super::device::{CudaDevice, WGMMA_DEFINE, dev_err};
-use super::ffi::{self, MapElem};
+use super::ffi;
 use super::storage::{CudaStorage, tensor_bytes};
 use crate::cpu::act_quant::ActQuant;
 use crate::cpu::expert_mlp::{ExpertView, MlpDims};
-use crate::cpu::float_slice::FloatSlice;
-use crate::cpu::weight_slice::{QuantMatrix, WeightSlice};
 use fp8::Fp8Path;
+use gemm::qdq;
+pub use gemm::qdq_device;
 use permute::PermuteShape;
+use weights::{DeviceMatrix, format_of, format_of_first, upload_bias};
 
 pub(super) mod fp8;
+mod gemm;
 mod permute;
+mod weights;
 
 /// The module's source: its files in dependency order (each may use what the earlier ones
 /// define), one NVRTC compilation per variant.
@@ -137,16 +144,6 @@ impl Format {
     }
 }
 
-/// One weight matrix (FC1 or FC2) of every local slot.
-struct DeviceMatrix {
-    codes: CudaStorage,
-    /// FP8 block: f32 scales; MXFP4: UE8M0 bytes; FP8 per tensor: one f32 per slot.
-    scales: Option<CudaStorage>,
-    rows: usize,
-    cols: usize,
-}
-
-/// A rank's expert weights on one device, ready for [`DeviceExperts::forward`].
 pub struct DeviceExperts {
     dev: CudaDevice,
     dtype: DType,
@@ -189,181 +186,6 @@ fn dt_suffix(dtype: DType) -> Result<&'static str> {
             actual: other.to_string(),
         }),
     }
-}
-
-fn format_of(w: &WeightSlice<'_>) -> Format {
-    match w {
-        WeightSlice::Float(_) => Format::Float,
-        WeightSlice::Quant(q) => match q.matrix {
-            QuantMatrix::Fp8PerTensor { .. } => Format::Fp8PerTensor,
-            QuantMatrix::Fp8Block { block, .. } => Format::Fp8Block {
-                b0: block[0],
-                b1: block[1],
-            },
-            QuantMatrix::Mxfp4 { .. } => Format::Mxfp4,
-            // Other formats never reach here: the CUDA backend's capabilities exclude them.
-            _ => Format::Float,
-        },
-    }
-}
-
-/// Widens/narrows a float slice into the activation dtype's little-endian bytes.
-fn float_bytes(s: FloatSlice<'_>, dtype: DType, out: &mut Vec<u8>) {
-    let n = s.len();
-    match dtype {
-        DType::F32 => (0..n).for_each(|i| out.extend_from_slice(&s.at(i).to_le_bytes())),
-        DType::BF16 => match s {
-            FloatSlice::BF16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes())),
-            _ => (0..n).for_each(|i| out.extend_from_slice(&half::bf16::from_f32(s.at(i)).to_bits().to_le_bytes())),
-        },
-        _ => match s {
-            FloatSlice::F16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes())),
-            _ => (0..n).for_each(|i| out.extend_from_slice(&half::f16::from_f32(s.at(i)).to_bits().to_le_bytes())),
-        },
-    }
-}
-
-fn f32_bytes(v: &[f32], out: &mut Vec<u8>) {
-    v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-}
-
-impl DeviceMatrix {
-    /// Uploads matrix `which` of every slot, one slot at a time (the host never holds more
-    /// than one slot's converted copy).
-    fn upload(
-        dev: &CudaDevice,
-        what: &str,
-        slots: &[WeightSlice<'_>],
-        rows: usize,
-        cols: usize,
-        dtype: DType,
-        format: Format,
-    ) -> Result<DeviceMatrix> {
-        let code_bytes_per_slot = match format {
-            Format::Float => rows * cols * dtype.size_in_bytes(),
-            Format::Fp8PerTensor | Format::Fp8Block { .. } => rows * cols,
-            Format::Mxfp4 => rows * cols / 2,
-        };
-        let scale_bytes_per_slot = match format {
-            Format::Float => 0,
-            Format::Fp8PerTensor => 4,
-            Format::Fp8Block { b0, b1 } => rows.div_ceil(b0) * cols.div_ceil(b1) * 4,
-            Format::Mxfp4 => rows * cols / 32,
-        };
-        let mut codes = dev.alloc_storage(code_bytes_per_slot * slots.len())?;
-        let mut scales = if scale_bytes_per_slot > 0 {
-            Some(dev.alloc_storage(scale_bytes_per_slot * slots.len())?)
-        } else {
-            None
-        };
-        let mut buf = Vec::new();
-        let mut sbuf = Vec::new();
-        for (i, w) in slots.iter().enumerate() {
-            buf.clear();
-            sbuf.clear();
-            if format_of(w) != format {
-                return Err(MoeError::DTypeMismatch {
-                    what: format!("{what} of local slot {i}"),
-                    expected: format.suffix().into(),
-                    actual: format_of(w).suffix().into(),
-                });
-            }
-            match *w {
-                WeightSlice::Float(s) => float_bytes(s, dtype, &mut buf),
-                WeightSlice::Quant(q) => match q.matrix {
-                    QuantMatrix::Fp8PerTensor { codes, scale } => {
-                        buf.extend_from_slice(codes);
-                        f32_bytes(&[scale], &mut sbuf);
-                    }
-                    QuantMatrix::Fp8Block { codes, scales, .. } => {
-                        buf.extend_from_slice(codes);
-                        f32_bytes(scales, &mut sbuf);
-                    }
-                    QuantMatrix::Mxfp4 { packed, scales } => {
-                        buf.extend_from_slice(packed);
-                        sbuf.extend_from_slice(scales);
-                    }
-                    _ => return Err(MoeError::lifecycle(format!("{what}: format not uploadable to CUDA"))),
-                },
-            }
-            if buf.len() != code_bytes_per_slot || sbuf.len() != scale_bytes_per_slot {
-                return Err(MoeError::shape(
-                    format!("{what} of local slot {i}"),
-                    format!("{code_bytes_per_slot} code bytes and {scale_bytes_per_slot} scale bytes"),
-                    &[buf.len(), sbuf.len()],
-                ));
-            }
-            codes.write_at(i * code_bytes_per_slot, &buf)?;
-            if let Some(s) = scales.as_mut() {
-                s.write_at(i * scale_bytes_per_slot, &sbuf)?;
-            }
-        }
-        Ok(DeviceMatrix {
-            codes,
-            scales,
-            rows,
-            cols,
-        })
-    }
-
-    fn bytes(&self) -> usize {
-        self.codes.len_bytes() + self.scales.as_ref().map_or(0, CudaStorage::len_bytes)
-    }
-
-    fn args(&self, dev: &CudaDevice, format: Format) -> WeightArgs {
-        let scales = self.scales.as_ref().map_or(0, |s| s.ptr(dev));
-        let (b0, b1) = match format {
-            Format::Fp8Block { b0, b1 } => (b0 as i32, b1 as i32),
-            _ => (1, 1),
-        };
-        WeightArgs {
-            w: self.codes.ptr(dev),
-            scales: if matches!(format, Format::Fp8Block { .. }) {
-                scales
-            } else {
-                0
-            },
-            mx_scales: if format == Format::Mxfp4 { scales } else { 0 },
-            tensor_scale: 1.0,
-            per_slot: if format == Format::Fp8PerTensor { scales } else { 0 },
-            rows: self.rows as i32,
-            cols: self.cols as i32,
-            b0,
-            b1,
-            b0_log2: b0.trailing_zeros() as i32,
-            b1_log2: b1.trailing_zeros() as i32,
-        }
-    }
-}
-
-fn upload_bias(
-    dev: &CudaDevice,
-    what: &str,
-    biases: &[Option<FloatSlice<'_>>],
-    len: usize,
-) -> Result<Option<CudaStorage>> {
-    if biases.iter().all(Option::is_none) {
-        return Ok(None);
-    }
-    let mut host = Vec::with_capacity(biases.len() * len);
-    for (i, b) in biases.iter().enumerate() {
-        let b = b.ok_or_else(|| MoeError::MissingTensor {
-            name: format!("{what} of local slot {i}"),
-        })?;
-        if b.len() != len {
-            return Err(MoeError::shape(
-                format!("{what} of local slot {i}"),
-                format!("[{len}]"),
-                &[b.len()],
-            ));
-        }
-        host.extend((0..len).map(|j| b.at(j)));
-    }
-    let mut bytes = Vec::with_capacity(host.len() * 4);
-    f32_bytes(&host, &mut bytes);
-    let mut s = dev.alloc_storage(bytes.len())?;
-    s.write_at(0, &bytes)?;
-    Ok(Some(s))
 }
 
 fn act_args(a: Activation) -> ActArgs {
@@ -796,209 +618,6 @@ impl DeviceExperts {
         }
         Ok(s)
     }
-
-    fn gemm(
-        &self,
-        path: Path,
-        fc1: bool,
-        g: GemmArgs,
-        w: WeightArgs,
-        max_tiles: usize,
-        selections: usize,
-    ) -> Result<()> {
-        let dev = &self.dev;
-        let suffix = format!("{}_{}", dt_suffix(self.dtype)?, self.format.suffix());
-        let which = if fc1 { "fc1" } else { "fc2" };
-        let act = act_args(self.dims.activation);
-        let units = g.units as usize;
-        let cols = if fc1 && g.gated != 0 { 2 * units } else { units };
-        let tiles = |bm_shared: u32| LaunchConfig {
-            grid_dim: (max_tiles as u32, cols.div_ceil(128) as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: bm_shared,
-        };
-        let (name, cfg, variant) = match path {
-            Path::Gemv { one_row } => (
-                format!("gemv{}_{which}_{suffix}", if one_row { "1" } else { "" }),
-                LaunchConfig {
-                    // At most one block row per non-empty slot (see `moe_scan`).
-                    grid_dim: (
-                        units.div_ceil(4) as u32,
-                        selections.min(self.num_slots).max(1) as u32,
-                        1,
-                    ),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                },
-                self.variant()?,
-            ),
-            Path::Mma { bm } => (format!("mma_{which}_{suffix}_{bm}"), tiles(0), self.variant()?),
-            Path::Tma => return self.gemm_tma(fc1, g, w, max_tiles, selections),
-            Path::Fp8(_) => {
-                return Err(MoeError::lifecycle(
-                    "FP8 tensor-core GEMMs are queued by forward_fp8, not gemm",
-                ));
-            }
-            Path::Wgmma { bm } => {
-                // WG_STAGES stages of A (bm x 128 B) and B (128 rows x 128 B of 16-bit values,
-                // or of raw codes), one decoded B tile for codes, 1 KB of alignment slack.
-                let b_stage = match self.format {
-                    Format::Float => 128 * 128,
-                    Format::Mxfp4 => 128 * 32,
-                    _ => 128 * 64,
-                };
-                let decoded = if self.format == Format::Float { 0 } else { 128 * 128 };
-                let bytes = WG_STAGES * (bm * 128 + b_stage) + decoded + 1024;
-                (
-                    format!("wg_{which}_{suffix}_{bm}"),
-                    tiles(bytes as u32),
-                    format!("{} {WGMMA_DEFINE}", self.variant()?),
-                )
-            }
-        };
-        if self.num_slots == 0 {
-            return Ok(());
-        }
-        let f = self.kernel_with_smem(&variant, &name, cfg.shared_mem_bytes)?;
-        ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
-            a.arg(&g).arg(&w).arg(&act);
-        })
-        .map_err(|e| dev_err(&dev.location(), &name, e))
-    }
-}
-
-impl DeviceExperts {
-    /// Queues one GEMM of the TMA path: `g.a` holds `selections` contiguous rows of `g.k`
-    /// values (the permuted rows first), the weights `w` one `w.rows x w.cols` matrix per slot.
-    fn gemm_tma(&self, fc1: bool, g: GemmArgs, w: WeightArgs, max_tiles: usize, selections: usize) -> Result<()> {
-        if self.num_slots == 0 {
-            return Ok(());
-        }
-        let dev = &self.dev;
-        let loc = dev.location();
-        let elem = if self.dtype == DType::BF16 {
-            MapElem::Bf16
-        } else {
-            MapElem::F16
-        };
-        // A in 64-row boxes: a tile copies only the boxes its slot's rows reach.
-        let ta = ffi::tensor_map(g.a, elem, selections, g.k as usize, 64, &loc)?;
-        let tb = ffi::tensor_map(w.w, elem, self.num_slots * w.rows as usize, w.cols as usize, 128, &loc)?;
-        let units = g.units as usize;
-        // A gated FC1 tile covers 128 channels (their up and gate rows), any other 256 or 128
-        // columns.
-        let gated = fc1 && g.gated != 0;
-        let wide_blocks = max_tiles * units.div_ceil(256);
-        let bn = if gated || wide_blocks >= TMA_NARROW_BELOW_WAVES * dev.multiprocessors() as usize {
-            256
-        } else {
-            128
-        };
-        let n_tiles = if gated { units.div_ceil(128) } else { units.div_ceil(bn) };
-        let blocks = max_tiles * n_tiles;
-        if blocks > i32::MAX as usize {
-            return Err(MoeError::config(
-                "tokens per forward",
-                format!("{selections} selections need {blocks} GEMM blocks (more than one launch holds)"),
-            ));
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (384, 1, 1),
-            // The stages, a full and an empty mbarrier per stage, 1 KB of alignment slack.
-            shared_mem_bytes: (TMA_STAGES * (128 * 128 + bn * 128) + 16 * TMA_STAGES + 1024) as u32,
-        };
-        let name = format!(
-            "tma_{}_{}_{}_{bn}",
-            if fc1 { "fc1" } else { "fc2" },
-            dt_suffix(self.dtype)?,
-            self.format.suffix()
-        );
-        let f = self.hopper_kernel(&name, cfg.shared_mem_bytes)?;
-        let act = act_args(self.dims.activation);
-        let n_tiles_i = n_tiles as i32;
-        ffi::launch(dev.stream(), &f, cfg, &loc, |a| {
-            a.arg(&g).arg(&w).arg(&act).arg(&ta).arg(&tb).arg(&n_tiles_i);
-        })
-        .map_err(|e| dev_err(&loc, &name, e))
-    }
-}
-
-/// Queues `out = QDQ(in)` of `rows x cols` activations (`q`: the format's FP8 activation
-/// quantization); `row_limit` is the device address of a row count that caps `rows`.
-fn qdq(
-    dev: &CudaDevice,
-    q: ActQuant,
-    (src, src_dt): (&CudaStorage, DType),
-    (dst, dst_dt): (&CudaStorage, DType),
-    rows: usize,
-    cols: usize,
-    row_limit: Option<u64>,
-) -> Result<()> {
-    let (mode, scale, group) = match q {
-        ActQuant::Fp8PerTensor { scale } if scale > 0.0 && scale.is_finite() => (1i32, scale, 1i32),
-        ActQuant::Fp8Group { group } if group > 0 => (2, 1.0, group as i32),
-        other => {
-            return Err(MoeError::config(
-                "activation quantization",
-                format!("{other:?} has no CUDA kernel"),
-            ));
-        }
-    };
-    if rows * cols == 0 {
-        return Ok(());
-    }
-    let name = format!("qdq_{}_{}", dt_suffix(src_dt)?, dt_suffix(dst_dt)?);
-    let f = dev.function_variant(MODULE, SRC, Some(COMMON), &name)?;
-    let threads = if mode == 1 {
-        rows * cols
-    } else {
-        rows * cols.div_ceil(group as usize) * 32
-    };
-    let cfg = LaunchConfig {
-        grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let (i, o, r, c, lim) = (
-        src.ptr(dev),
-        dst.ptr(dev),
-        rows as i32,
-        cols as i32,
-        row_limit.unwrap_or(0),
-    );
-    ffi::launch(dev.stream(), &f, cfg, &dev.location(), |a| {
-        a.arg(&i)
-            .arg(&o)
-            .arg(&r)
-            .arg(&c)
-            .arg(&mode)
-            .arg(&scale)
-            .arg(&group)
-            .arg(&lim);
-    })
-}
-
-/// Activations `x [N, H]` (device) quantize-dequantized as `q` prescribes, in a new device
-/// tensor of `x`'s dtype: the device arm of `ops::qdq_activations`.
-pub fn qdq_device(q: &ActQuant, x: &Tensor) -> Result<Tensor> {
-    let src = CudaStorage::of(x, "x")?;
-    let dev = src.device().clone();
-    if x.shape().len() != 2 {
-        return Err(MoeError::shape("x", "[N, H]", x.shape()));
-    }
-    let (rows, cols) = (x.shape()[0], x.shape()[1]);
-    if q.is_none() {
-        return Ok(x.clone());
-    }
-    let out = dev.alloc_storage(src.len_bytes())?;
-    qdq(&dev, *q, (src, x.dtype()), (&out, x.dtype()), rows, cols, None)?;
-    Ok(dev.tensor(x.dtype(), x.shape().to_vec(), out))
-}
-
-/// FC2 shares FC1's format (one quant method per layer).
-fn format_of_first(slots: &[ExpertView<'_>], fallback: Format) -> Format {
-    slots.first().map_or(fallback, |s| format_of(&s.w2))
 }
 
 impl CudaStorage {
