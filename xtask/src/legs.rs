@@ -168,6 +168,10 @@ const LEGS: &[Leg] = &[
         run: |root| test_matrix(root, false, None),
     },
     Leg {
+        name: "Python package (pip install ./crates/moe-py, pytest)",
+        run: crate::python::python_leg,
+    },
+    Leg {
         name: "multi-process (mpirun -n 2 and -n 4)",
         run: crate::mpi::mpi_leg,
     },

@@ -17,6 +17,7 @@ mod fuzz;
 mod gpu_bundle;
 mod legs;
 mod mpi;
+mod python;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
