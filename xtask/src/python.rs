@@ -59,7 +59,20 @@ pub fn python_leg(root: &Path) -> Result<bool> {
     {
         return Ok(false);
     }
+    // pytest's temporary directories and torch's kernel cache under target/, not /tmp: a run
+    // leaves nothing behind outside the build directory.
+    let target = root.join("target");
     ok(python()
         .current_dir(root)
-        .args(["-m", "pytest", "-q", "crates/moe-py/tests"]))
+        .env("TORCHINDUCTOR_CACHE_DIR", target.join("torchinductor"))
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "crates/moe-py/tests",
+            "--basetemp",
+        ])
+        .arg(target.join("pytest")))
 }
