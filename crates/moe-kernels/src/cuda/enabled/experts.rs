@@ -452,7 +452,7 @@ impl DeviceExperts {
         } else {
             0
         };
-        let mut fp8_in = match path {
+        let fp8_in = match path {
             Path::Fp8(f) => Some(self.fp8_input(f, xs, n, nk)?),
             _ => None,
         };
@@ -466,7 +466,7 @@ impl DeviceExperts {
             group,
             counters: fp8_in.as_ref().map_or(0, |i| i.counters),
         };
-        let perm = self.permute(ids.ptr(dev), shape, fp8_in.as_mut().and_then(|i| i.prologue.take()))?;
+        let perm = self.permute(ids.ptr(dev), shape, fp8_in.as_ref().and_then(|i| i.prologue.as_ref()))?;
         let (row_sel_p, pos_p) = (perm.row_sel, perm.pos);
         let k_i = k as i32;
         let grid = |total: usize, block: usize| LaunchConfig {

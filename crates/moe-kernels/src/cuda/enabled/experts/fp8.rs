@@ -120,10 +120,8 @@ pub(crate) struct Fp8Input {
     path: Fp8Path,
     codes: CudaStorage,
     scales: Option<CudaStorage>,
-    /// The quantization the permutation's launch does, until the forward hands it there.
+    /// The quantization the permutation's launch does (`None`: `forward_fp8` quantizes).
     pub prologue: Option<PrologueQuant>,
-    /// Whether the permutation's launch quantizes the codes (else `forward_fp8` does).
-    in_prologue: bool,
     /// Zeroed i32 the GEMMs need from the permutation (the GEMV's per-group counts).
     pub counters: usize,
 }
@@ -210,7 +208,6 @@ impl DeviceExperts {
             path,
             codes,
             scales,
-            in_prologue: prologue.is_some(),
             prologue,
             // One per (GEMV block row, FC1 output group); the grid has a block row per slot
             // that has rows, at most.
@@ -229,7 +226,7 @@ impl DeviceExperts {
             path: Fp8Path { kernel, scheme },
             codes: x_codes,
             scales: x_scales,
-            in_prologue,
+            prologue,
             ..
         } = input;
         let dev = &self.dev;
@@ -239,7 +236,7 @@ impl DeviceExperts {
         let tma = kernel == Fp8Kernel::Tma;
 
         // 1. FC1 input codes, unless the permutation's launch quantized them.
-        if !in_prologue {
+        if prologue.is_none() {
             if tma {
                 // Each token once, then its codes copied to each of its selections' rows.
                 let tok_codes = dev.alloc_storage(p.tokens * h)?;

@@ -167,7 +167,7 @@ impl DeviceExperts {
     /// Queues the permutation of the slot ids at `ids` (`[tokens, top_k]` i32, global slot
     /// ids). `quant`, given only where [`Self::prologue_quantizes`] holds, is quantized in
     /// the same launch.
-    pub(super) fn permute(&self, ids: u64, shape: PermuteShape, quant: Option<PrologueQuant>) -> Result<Permutation> {
+    pub(super) fn permute(&self, ids: u64, shape: PermuteShape, quant: Option<&PrologueQuant>) -> Result<Permutation> {
         let dev = &self.dev;
         let loc = dev.location();
         let s_local = self.num_slots;
@@ -185,7 +185,7 @@ impl DeviceExperts {
             at(index.row_sel),
         );
         let (nk_i, start_i, s_i, bm_i) = (nk as i32, shape.slot_start as i32, s_local as i32, shape.bm as i32);
-        let (q_rows, q_cols) = quant.as_ref().map_or((0, 0), |q| (q.rows as i32, q.cols as i32));
+        let (q_rows, q_cols) = quant.map_or((0, 0), |q| (q.rows as i32, q.cols as i32));
         let (counters, counters_i) = (at(index.counters), shape.counters as i32);
         if self.one_block(nk) {
             let cfg = LaunchConfig {
@@ -193,7 +193,7 @@ impl DeviceExperts {
                 block_dim: (1024, 1, 1),
                 shared_mem_bytes: (3 * s_local.max(1) * 4) as u32,
             };
-            let name = match &quant {
+            let name = match quant {
                 Some(q) => format!("f8permute_{}", dt_suffix(q.dtype)?),
                 None => "moe_permute1".to_string(),
             };
@@ -212,7 +212,7 @@ impl DeviceExperts {
                     .arg(&row_sel)
                     .arg(&counters)
                     .arg(&counters_i);
-                if let Some(q) = &quant {
+                if let Some(q) = quant {
                     a.arg(&q.src)
                         .arg(&q_rows)
                         .arg(&q_cols)
