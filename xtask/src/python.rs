@@ -11,15 +11,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-/// The modules the suite imports or builds with, as `pip install` names them.
-const DEPENDENCIES: [(&str, &str); 6] = [
-    ("maturin", "maturin"),
-    ("numpy", "numpy"),
-    ("pytest", "pytest"),
-    ("torch", "torch"),
-    ("transformers", "transformers"),
-    ("safetensors", "safetensors"),
-];
+/// The packages the suite imports or builds with (each package's module has its name).
+const DEPENDENCIES: [&str; 6] = ["maturin", "numpy", "pytest", "torch", "transformers", "safetensors"];
 
 fn python() -> Command {
     Command::new(std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into()))
@@ -33,14 +26,13 @@ fn ok(cmd: &mut Command) -> Result<bool> {
 /// The leg: dependencies present, package installed, pytest green.
 pub fn python_leg(root: &Path) -> Result<bool> {
     let missing: Vec<&str> = DEPENDENCIES
-        .iter()
-        .filter(|(module, _)| {
+        .into_iter()
+        .filter(|module| {
             !python()
                 .args(["-c", &format!("import {module}")])
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-        .map(|(_, package)| *package)
         .collect();
     if !missing.is_empty() {
         eprintln!(

@@ -182,36 +182,35 @@ const BENCH_INPUT_AMAX: f32 = 6.0;
 /// Tensors of expert `e`, in name order.
 pub(crate) fn expert_tensors(preset: &Preset, seed: u64, e: usize) -> anyhow::Result<Vec<(String, Tensor)>> {
     let (h, i) = (preset.hidden, preset.inter);
-    let mut out = Vec::new();
-    let mut dense = Vec::new();
-    for (k, proj, rows, cols) in [(0u64, Proj::W1, i, h), (1, Proj::W3, i, h), (2, Proj::W2, h, i)] {
+    let [w1, w3, w2] = [(0u64, i, h), (1, i, h), (2, h, i)].map(|(k, rows, cols)| {
         let a = (3.0 / cols as f32).sqrt();
-        let mut rng = SplitMix64::new(stream_seed(seed, 1 + k, e as u64));
-        let w = rng.fill(rows * cols, a);
-        match preset.weights {
-            WeightFormat::F32 => out.push((
-                expert_tensor_name(e, proj, "weight"),
-                Tensor::from_f32(vec![rows, cols], w)?,
-            )),
-            WeightFormat::Bf16 => out.push((
-                expert_tensor_name(e, proj, "weight"),
-                Tensor::from_f32_as(DType::BF16, vec![rows, cols], &w)?,
-            )),
-            _ => dense.push(w),
+        SplitMix64::new(stream_seed(seed, 1 + k, e as u64)).fill(rows * cols, a)
+    });
+    let float = |dtype: DType| -> anyhow::Result<Vec<(String, Tensor)>> {
+        [(Proj::W1, &w1, i, h), (Proj::W3, &w3, i, h), (Proj::W2, &w2, h, i)]
+            .into_iter()
+            .map(|(proj, w, rows, cols)| {
+                Ok((
+                    expert_tensor_name(e, proj, "weight"),
+                    Tensor::from_f32_as(dtype, vec![rows, cols], w)?,
+                ))
+            })
+            .collect()
+    };
+    Ok(match preset.weights {
+        WeightFormat::F32 => float(DType::F32)?,
+        WeightFormat::Bf16 => float(DType::BF16)?,
+        quantized => {
+            let m = moe_quant::quantize::ExpertMatrices {
+                w1: &w1,
+                w3: Some(&w3),
+                w2: &w2,
+                hidden: h,
+                intermediate: i,
+            };
+            moe_quant::quantize::quantize_expert(&quantized.quant(), e, &m, [BENCH_INPUT_AMAX; 2])?
         }
-    }
-    if let [w1, w3, w2] = &dense[..] {
-        let m = moe_quant::quantize::ExpertMatrices {
-            w1,
-            w3: Some(w3),
-            w2,
-            hidden: h,
-            intermediate: i,
-        };
-        let q = preset.weights.quant();
-        out = moe_quant::quantize::quantize_expert(&q, e, &m, [BENCH_INPUT_AMAX; 2])?;
-    }
-    Ok(out)
+    })
 }
 
 fn st_dtype(d: DType) -> anyhow::Result<safetensors::Dtype> {
