@@ -294,31 +294,14 @@ fn huge_counts_in_config_json_are_refused_naming_the_key() {
 #[test]
 fn huge_flags_are_refused_naming_the_flag() {
     let dir = scratch("bounds-flags");
-    let io = io_fixture();
-    let m = Path::new(FIXTURES).join("mixtral-float32").display().to_string();
-    let world = |extra: &[&str]| {
-        let mut a = vec![
-            "run",
-            "--model",
-            &m,
-            "--input",
-            &io,
-            "--input-key",
-            "x_130",
-            "--world",
-            "2",
-        ];
-        a.extend_from_slice(extra);
-        a.into_iter().map(str::to_string).collect::<Vec<_>>()
-    };
-    for (args, needle) in [
-        (world(&["--eplb-slots", "1000000000000"]), "--eplb-slots"),
+    for (extra, needle) in [
+        (["--eplb-slots", "1000000000000"], "--eplb-slots"),
         (
-            world(&["--max-tokens-per-chunk", "9223372036854775808"]),
+            ["--max-tokens-per-chunk", "9223372036854775808"],
             "--max-tokens-per-chunk",
         ),
     ] {
-        hostile(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+        hostile_world_run(&extra, needle);
     }
     hostile(&["run", "--tokens", "1000000000"], "--tokens");
     hostile(&["run", "--tokens", "288230376151711744"], "--tokens");
@@ -359,8 +342,6 @@ fn huge_flags_are_refused_naming_the_flag() {
 #[test]
 fn hostile_placement_files_are_refused_before_they_are_expanded() {
     let dir = scratch("bounds-yaml");
-    let io = io_fixture();
-    let m = Path::new(FIXTURES).join("mixtral-float32").display().to_string();
     let deep = format!("{}1\n", "- ".repeat(200_000));
     for (body, needle) in [
         ("num_slots: 1000000000000\n".to_string(), "num_slots"),
@@ -378,24 +359,26 @@ fn hostile_placement_files_are_refused_before_they_are_expanded() {
     ] {
         let f = dir.join("placement.yaml");
         std::fs::write(&f, &body).unwrap();
-        let p = f.to_str().unwrap();
-        hostile(
-            &[
-                "run",
-                "--model",
-                &m,
-                "--input",
-                &io,
-                "--input-key",
-                "x_130",
-                "--world",
-                "2",
-                "--placement",
-                p,
-            ],
-            needle,
-        );
+        hostile_world_run(&["--placement", f.to_str().unwrap()], needle);
     }
+}
+
+/// [`hostile`] of `moe run` of the Mixtral fixture over two ranks with `extra` flags.
+fn hostile_world_run(extra: &[&str], needle: &str) -> String {
+    let io = io_fixture();
+    let m = Path::new(FIXTURES).join("mixtral-float32").display().to_string();
+    let base = [
+        "run",
+        "--model",
+        &m,
+        "--input",
+        &io,
+        "--input-key",
+        "x_130",
+        "--world",
+        "2",
+    ];
+    hostile(&[&base[..], extra].concat(), needle)
 }
 
 #[test]
