@@ -1,0 +1,116 @@
+//! The AVX2 + FMA + F16C instantiation of the kernels: 8 f32 lanes, the helpers every
+//! template calls by name, then the templates themselves. For CPUs without AVX-512 (most
+//! laptops and many servers) and for `MOE_CPU_ISA=avx2`.
+
+use std::arch::x86_64::*;
+
+pub const LANES: usize = 8;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn zero() -> __m256 {
+    _mm256_setzero_ps()
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load(p: *const f32) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable floats at `p`.
+    unsafe { _mm256_loadu_ps(p) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store(p: *mut f32, v: __m256) {
+    // SAFETY: the caller guarantees 8 writable floats at `p`.
+    unsafe { _mm256_storeu_ps(p, v) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+    _mm256_fmadd_ps(a, b, c)
+}
+
+/// 16 bf16 at `p` as (even elements, odd elements) in f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_bf16_pair(p: *const u16) -> (__m256, __m256) {
+    // SAFETY: the caller guarantees 16 readable bf16 at `p`.
+    let v = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+    let even = _mm256_slli_epi32::<16>(v);
+    let odd = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+    (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// 8 E4M3 codes at `p`, decoded and times `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn e4m3_bits(p: *const u8, s: f32) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable bytes at `p`.
+    let c = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(p as *const __m128i) });
+    let mag = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
+    let sign = _mm256_slli_epi32::<24>(_mm256_and_si256(c, _mm256_set1_epi32(0x80)));
+    let bits = _mm256_or_si256(_mm256_slli_epi32::<20>(mag), sign);
+    let v = _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(f32::from_bits(0x7B80_0000))); // 2^120
+    let v = _mm256_mul_ps(v, _mm256_set1_ps(s));
+    let nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F)));
+    _mm256_blendv_ps(v, _mm256_set1_ps(f32::NAN), nan)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn splat(v: f32) -> __m256 {
+    _mm256_set1_ps(v)
+}
+
+/// Whether any of the `len` E4M3 codes at `p` is NaN (see the AVX-512 version).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn has_nan_e4m3(p: *const u8, len: usize) -> bool {
+    let (low7, one, top) = (
+        _mm256_set1_epi8(0x7F),
+        _mm256_set1_epi8(1),
+        _mm256_set1_epi8(0x80u8 as i8),
+    );
+    let mut acc = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 32 <= len {
+        // SAFETY: the caller guarantees `len` readable bytes at `p`.
+        let v = unsafe { _mm256_loadu_si256(p.add(i) as *const __m256i) };
+        let x = _mm256_and_si256(v, low7);
+        acc = _mm256_or_si256(acc, _mm256_and_si256(_mm256_add_epi32(x, one), top));
+        i += 32;
+    }
+    // SAFETY: as above, `i..len` is in range.
+    _mm256_testz_si256(acc, acc) == 0 || (i..len).any(|q| unsafe { *p.add(q) } & 0x7F == 0x7F)
+}
+
+/// 8 E4M3 codes at `p` as `e4m3 / 2^8` in f32 (see the AVX-512 version).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_e4m3(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable bytes at `p`.
+    let c = _mm_cvtepi8_epi16(unsafe { _mm_loadl_epi64(p as *const __m128i) });
+    let h = _mm_and_si128(_mm_slli_epi16::<7>(c), _mm_set1_epi16(0xBF80u16 as i16));
+    _mm256_cvtph_ps(h)
+}
+
+/// Hints that the line at `p` is read soon, into L2 (a hint: never faults).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_l2(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+}
+
+super::float::float_kernels!("avx2,fma,f16c");
+super::fp8::fp8_kernels!("avx2,fma,f16c");

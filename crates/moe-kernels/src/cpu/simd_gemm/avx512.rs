@@ -1,0 +1,119 @@
+//! The AVX-512F instantiation of the kernels: 16 f32 lanes, the helpers every template
+//! calls by name, then the templates themselves (AVX-512F alone: its `vcvtph2ps` on zmm
+//! covers the FP8 decode).
+
+use std::arch::x86_64::*;
+
+pub const LANES: usize = 16;
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn zero() -> __m512 {
+    _mm512_setzero_ps()
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load(p: *const f32) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable floats at `p`.
+    unsafe { _mm512_loadu_ps(p) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store(p: *mut f32, v: __m512) {
+    // SAFETY: the caller guarantees 16 writable floats at `p`.
+    unsafe { _mm512_storeu_ps(p, v) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+    _mm512_fmadd_ps(a, b, c)
+}
+
+/// 32 bf16 at `p` as (even elements, odd elements) in f32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_bf16_pair(p: *const u16) -> (__m512, __m512) {
+    // SAFETY: the caller guarantees 32 readable bf16 at `p`.
+    let v = unsafe { _mm512_loadu_si512(p as *const __m512i) };
+    let even = _mm512_slli_epi32::<16>(v);
+    let odd = _mm512_and_si512(v, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+    (_mm512_castsi512_ps(even), _mm512_castsi512_ps(odd))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum(v: __m512) -> f32 {
+    _mm512_reduce_add_ps(v)
+}
+
+/// 16 E4M3 codes at `p`, decoded and times `s`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn e4m3_bits(p: *const u8, s: f32) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    let c = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p as *const __m128i) });
+    let mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7F));
+    let sign = _mm512_slli_epi32::<24>(_mm512_and_si512(c, _mm512_set1_epi32(0x80)));
+    let bits = _mm512_or_si512(_mm512_slli_epi32::<20>(mag), sign);
+    let v = _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(f32::from_bits(0x7B80_0000))); // 2^120
+    let v = _mm512_mul_ps(v, _mm512_set1_ps(s));
+    let nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F));
+    _mm512_mask_blend_ps(nan, v, _mm512_set1_ps(f32::NAN))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn splat(v: f32) -> __m512 {
+    _mm512_set1_ps(v)
+}
+
+/// Whether any of the `len` E4M3 codes at `p` is NaN (`0x7F` or `0xFF`), 64 at a time:
+/// with the sign bits cleared, `byte + 1` reaches bit 7 only for `0x7F`, and no byte
+/// carries into the next.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn has_nan_e4m3(p: *const u8, len: usize) -> bool {
+    let (low7, one, top) = (
+        _mm512_set1_epi8(0x7F),
+        _mm512_set1_epi8(1),
+        _mm512_set1_epi8(0x80u8 as i8),
+    );
+    let mut acc = _mm512_setzero_si512();
+    let mut i = 0;
+    while i + 64 <= len {
+        // SAFETY: the caller guarantees `len` readable bytes at `p`.
+        let v = unsafe { _mm512_loadu_si512(p.add(i) as *const __m512i) };
+        let x = _mm512_and_si512(v, low7);
+        acc = _mm512_or_si512(acc, _mm512_and_si512(_mm512_add_epi32(x, one), top));
+        i += 64;
+    }
+    // SAFETY: as above, `i..len` is in range.
+    _mm512_test_epi32_mask(acc, acc) != 0 || (i..len).any(|q| unsafe { *p.add(q) } & 0x7F == 0x7F)
+}
+
+/// 16 E4M3 codes at `p` as `e4m3 / 2^8` in f32 (NaN codes come out finite: the
+/// kernel checks for them separately). Sign-extended to 16 bits and shifted left by
+/// 7, a code's exponent and mantissa land in the f16 fields and its sign in bit 15
+/// (bit 14, a copy of the sign, is cleared): exactly `e4m3 / 2^8` as an f16,
+/// subnormals included; `vcvtph2ps` widens it exactly.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_e4m3(p: *const u8) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    let c = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(p as *const __m128i) });
+    let h = _mm256_and_si256(_mm256_slli_epi16::<7>(c), _mm256_set1_epi16(0xBF80u16 as i16));
+    _mm512_cvtph_ps(h)
+}
+
+/// Hints that the line at `p` is read soon, into L2 (a hint: never faults).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn prefetch_l2(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+}
+
+super::float::float_kernels!("avx512f");
+super::fp8::fp8_kernels!("avx512f");

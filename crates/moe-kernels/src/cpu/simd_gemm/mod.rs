@@ -1,0 +1,384 @@
+//! Hand-written x86-64 kernels of [`super::gemm::matmul_bt`] (`C = A · B^T`, f32 `A`, weights
+//! `B` row-major `[n, k]`), selected at run time: AVX-512F, else AVX2+FMA+F16C, else none (the
+//! caller then takes the portable `gemm`-crate path).
+//!
+//! Why not the `gemm` crate here: its kernels want an f32 `B`, so 16-bit and quantized
+//! weights had to be widened into a scratch block first and then packed again by the crate,
+//! two extra passes over every weight element per row block; and on the few-rows (decode)
+//! shape it pays per-call overheads on a purely memory-bound stream. These kernels read the
+//! weights as stored:
+//! - bf16 is widened in registers. A 64-byte load holds 32 bf16 as 16 u32 lanes; a shift
+//!   by 16 gives the even elements as f32 and a mask the odd ones, two cheap ALU ops per
+//!   32 weights and no shuffle. `A` is permuted once per call to the same even/odd order
+//!   (per `2 x LANES` chunk of `k`), so the dot products pair the right elements.
+//! - f32 is read directly.
+//! - FP8 128-block weights, for a few rows of `A` (decode), are decoded in registers:
+//!   sign-extended bytes shifted into f16 fields are exactly `e4m3 / 2^8` (subnormals
+//!   included), one `vcvtph2ps` widens them, and each 128-column block's partial dot
+//!   products are scaled once by `scale * 2^8` instead of every weight; a streaming NaN
+//!   scan of each row (which also pulls it into cache) keeps NaN weights giving NaN. For more rows they are decoded one
+//!   `NR x kc` tile at a time into L1 by a bit trick (`e4m3` bits moved into the f32
+//!   fields, then `x 2^120`, then the block scale: the same two exact steps and one rounding
+//!   as the lookup-table decode, so bit-identical), amortized over the rows.
+//! - every other format (f16, NVFP4, MXFP4, INT4, INT8, FP8 per tensor) is decoded whole
+//!   rows at a time by [`WeightSlice::widen_into`] into a small tile, then read as f32.
+//!
+//! The micro-kernel is the dot-product form: an `MR x NR` tile of `C` (up to 4 x 4) keeps
+//! one vector accumulator per output, walks `k` with vectors of `A` rows and `B` rows, and
+//! reduces each accumulator horizontally at the end of the `k` block. Loop nest: `k` blocks
+//! of `kc` (so an `m x kc` block of `A` stays in L2 when `m` is large), then groups of `NR`
+//! weight rows (each read from memory once per `k` block), then groups of `MR` rows of `A`.
+//! With `threads > 1` the weight rows are split into contiguous ranges, one per worker.
+
+use std::sync::OnceLock;
+
+use half::bf16;
+use moe_core::{MoeError, Result};
+use rayon::prelude::*;
+
+use super::float_slice::FloatSlice;
+use super::scratch::ScratchPool;
+use super::weight_slice::{QuantMatrix, WeightSlice};
+use crate::codec::fp8::E4M3_TO_F32;
+
+// The kernels are x86-64 only; elsewhere `portable` stands in with the same names (and no
+// `Isa` is ever detected, so it is never reached).
+#[cfg(not(target_arch = "x86_64"))]
+use portable as arch;
+#[cfg(target_arch = "x86_64")]
+use x86 as arch;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod float;
+#[cfg(target_arch = "x86_64")]
+mod fp8;
+#[cfg(not(target_arch = "x86_64"))]
+mod portable;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Rows of `A` per micro-tile.
+const MR: usize = 4;
+/// Rows of `B` per micro-tile.
+const NR: usize = 4;
+/// `k` block when the whole `m x k` block of `A` would not stay in L2 (multiple of 128 so
+/// FP8 scale blocks never straddle two `k` blocks, and of every `2 x LANES`).
+const KC: usize = 1024;
+/// Largest `A` block, in bytes, walked whole along `k` (half of a 1 MiB L2).
+const A_BLOCK_BYTES: usize = 512 << 10;
+/// Largest `m` served by the fused FP8 kernel (decode: a few rows per expert; above it the
+/// tile decode is amortized over enough rows to be cheaper), and below which the bf16 kernel
+/// prefetches the next row group.
+const FUSED_FP8_MAX_M: usize = 4;
+/// Rows of `A` per fused FP8 micro-tile (each needs `NR` running and `NR` block sums).
+const FUSED_MR: usize = 2;
+
+/// The instruction set the kernels run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The best available kernel set, detected once. `MOE_CPU_ISA=avx2` forces the AVX2 kernels
+/// and `MOE_CPU_ISA=portable` none (for tests and comparisons).
+pub fn detected() -> Option<Isa> {
+    static ISA: OnceLock<Option<Isa>> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let forced = std::env::var("MOE_CPU_ISA").ok();
+        let best = arch::best_isa();
+        match forced.as_deref() {
+            Some("portable") => None,
+            Some("avx2") => best.map(|_| Isa::Avx2),
+            _ => best,
+        }
+    })
+}
+
+/// Reusable buffers of [`matmul_bt_simd`].
+#[derive(Debug, Default)]
+pub struct SimdScratch {
+    /// `A` in the even/odd order of the bf16 kernel.
+    a_perm: Vec<f32>,
+    /// Decoded weight tiles, one per concurrent worker.
+    tiles: ScratchPool<Vec<f32>>,
+}
+
+/// How the kernels read `B`.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    /// E4M3 codes and block scales (`[ceil(n / b0), ceil(k / b1)]`).
+    Fp8Block {
+        codes: &'a [u8],
+        scales: &'a [f32],
+        block: [usize; 2],
+    },
+    /// Whole rows through `widen_into`.
+    Rows(WeightSlice<'a>),
+}
+
+impl Source<'_> {
+    /// Whether a tile may cover part of `k` (otherwise `kc = k`).
+    fn splits_k(&self) -> bool {
+        match self {
+            Source::F32(_) | Source::Bf16(_) => true,
+            Source::Fp8Block { block, .. } => KC.is_multiple_of(block[1]),
+            Source::Rows(_) => false,
+        }
+    }
+}
+
+/// A raw output pointer shared by workers that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the workers of one call write disjoint column ranges of `C` (see `matmul_bt_simd`)
+// and the call returns only after all of them finished, so no element is accessed twice.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above: shared references to the pointer are only used for disjoint writes.
+unsafe impl Sync for OutPtr {}
+
+/// `c[..m * n] = a[..m * k] · b^T` with the kernels of `isa`. The caller checked every length
+/// (`a` has `m * k`, `b` covers `[n, k]`, `c` has `m * n`) and that `m, n, k > 0`.
+pub(crate) fn matmul_bt_simd(
+    isa: Isa,
+    a: &[f32],
+    b: WeightSlice<'_>,
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+    scratch: &mut SimdScratch,
+) -> Result<()> {
+    if a.len() < m * k || c.len() < m * n || b.len() < n * k {
+        return Err(MoeError::shape(
+            "simd gemm operands",
+            format!("m={m} n={n} k={k}"),
+            &[a.len(), b.len(), c.len()],
+        ));
+    }
+    let src = match b {
+        WeightSlice::Float(FloatSlice::F32(v)) => Source::F32(v),
+        WeightSlice::Float(FloatSlice::BF16(v)) => Source::Bf16(v),
+        WeightSlice::Quant(q) => match q.matrix {
+            QuantMatrix::Fp8Block { codes, scales, block } => Source::Fp8Block { codes, scales, block },
+            _ => Source::Rows(b),
+        },
+        WeightSlice::Float(FloatSlice::F16(_)) => Source::Rows(b),
+    };
+    let SimdScratch { a_perm, tiles } = scratch;
+    let tiles = &*tiles;
+    let a: &[f32] = match src {
+        Source::Bf16(_) => {
+            a_perm.resize(m * k, 0.0);
+            let chunk = 2 * lanes(isa);
+            for (src_row, dst_row) in a[..m * k].chunks_exact(k).zip(a_perm.chunks_exact_mut(k)) {
+                permute_even_odd(src_row, dst_row, chunk);
+            }
+            a_perm
+        }
+        _ => &a[..m * k],
+    };
+    let kc = if !src.splits_k() || m * k * 4 <= A_BLOCK_BYTES {
+        k
+    } else {
+        KC
+    };
+    let out = OutPtr(c.as_mut_ptr());
+    let run = |lo: usize, hi: usize| -> Result<()> {
+        let mut tile = tiles.take();
+        // SAFETY: `a` holds `m * k`, `c` holds `m * n` (checked above, `c` borrowed mutably for
+        // the whole call), `src` covers `[n, k]`; this worker writes only columns `lo..hi`.
+        unsafe { run_range(isa, a, src, out, m, n, k, kc, lo, hi, &mut tile) }
+    };
+    let parts = if threads > 1 { threads.min(n.div_ceil(NR)) } else { 1 };
+    if parts <= 1 {
+        return run(0, n);
+    }
+    // Contiguous ranges of whole NR groups, as equal as possible.
+    let groups = n.div_ceil(NR);
+    (0..parts).into_par_iter().try_for_each(|p| {
+        let (g0, g1) = (groups * p / parts, groups * (p + 1) / parts);
+        run(g0 * NR, (g1 * NR).min(n))
+    })
+}
+
+fn lanes(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 => 8,
+    }
+}
+
+/// Rewrites each full `chunk` of `src` as its even elements then its odd ones (the order the
+/// bf16 kernels load weights in); a partial last chunk is copied as is.
+fn permute_even_odd(src: &[f32], dst: &mut [f32], chunk: usize) {
+    let half = chunk / 2;
+    let full = src.len() / chunk * chunk;
+    for (s, d) in src[..full].chunks_exact(chunk).zip(dst[..full].chunks_exact_mut(chunk)) {
+        for j in 0..half {
+            d[j] = s[2 * j];
+            d[half + j] = s[2 * j + 1];
+        }
+    }
+    dst[full..src.len()].copy_from_slice(&src[full..]);
+}
+
+/// Columns `lo..hi` of `C`, every row, every `k` block.
+///
+/// # Safety
+/// `a` holds `m * k` elements, `out` points to `m * n` writable elements that nothing else
+/// accesses in columns `lo..hi` during the call, `src` covers `[n, k]`, `lo <= hi <= n`.
+unsafe fn run_range(
+    isa: Isa,
+    a: &[f32],
+    src: Source<'_>,
+    out: OutPtr,
+    m: usize,
+    n: usize,
+    k: usize,
+    kc: usize,
+    lo: usize,
+    hi: usize,
+    tile: &mut Vec<f32>,
+) -> Result<()> {
+    if let Source::Fp8Block { codes, scales, block } = src {
+        // Fused in-register decode: few rows, whole `k`, NR-row groups inside one scale row
+        // (so one scale per column block), and scales whose `x 2^8` stays finite.
+        let fused =
+            m <= FUSED_FP8_MAX_M && kc == k && block[0] % NR == 0 && scales.iter().all(|s| (s * 256.0).is_finite());
+        if fused {
+            let nb = k.div_ceil(block[1]);
+            for n0 in (lo..hi).step_by(NR) {
+                let nr = NR.min(hi - n0);
+                let srow = &scales[(n0 / block[0]) * nb..(n0 / block[0] + 1) * nb];
+                // The next group of this worker's rows, to prefetch while this one computes.
+                let next = if n0 + NR < hi {
+                    &codes[(n0 + NR) * k..(n0 + NR + NR.min(hi - n0 - NR)) * k]
+                } else {
+                    &[][..]
+                };
+                let mut i0 = 0;
+                while i0 < m {
+                    let mr = FUSED_MR.min(m - i0);
+                    let ap = a.as_ptr().wrapping_add(i0 * k);
+                    let cp = out.0.wrapping_add(i0 * n + n0);
+                    // SAFETY: rows i0..i0+mr of `A` (k each) and of `C` exist; `codes` holds
+                    // rows n0..n0+nr of `k` codes; `srow` is their scale row (`nb` blocks);
+                    // columns n0..n0+nr of `C` are this worker's.
+                    unsafe {
+                        arch::micro_fp8(
+                            isa,
+                            mr,
+                            nr,
+                            ap,
+                            k,
+                            codes.as_ptr().wrapping_add(n0 * k),
+                            k,
+                            k,
+                            srow,
+                            block[1],
+                            cp,
+                            n,
+                            next,
+                        )
+                    };
+                    i0 += mr;
+                }
+            }
+            return Ok(());
+        }
+    }
+    for k0 in (0..k).step_by(kc) {
+        let kb = kc.min(k - k0);
+        let accumulate = k0 > 0;
+        for n0 in (lo..hi).step_by(NR) {
+            let nr = NR.min(hi - n0);
+            // Where the kernel reads the tile's weights: the stored rows, or a decoded tile.
+            let (bptr, ldb, bf16_rows) = match src {
+                Source::F32(v) => (v.as_ptr().wrapping_add(n0 * k + k0) as *const u8, k, false),
+                Source::Bf16(v) => (v.as_ptr().wrapping_add(n0 * k + k0) as *const u8, k, true),
+                Source::Fp8Block { codes, scales, block } => {
+                    tile.resize(nr * kb, 0.0);
+                    for r in 0..nr {
+                        let row = n0 + r;
+                        let dst = &mut tile[r * kb..(r + 1) * kb];
+                        // SAFETY: `src` covers `[n, k]` and `row < n`, `k0 + kb <= k`.
+                        unsafe { decode_fp8_block(isa, codes, scales, block, k, row, k0, dst) };
+                    }
+                    (tile.as_ptr() as *const u8, kb, false)
+                }
+                Source::Rows(w) => {
+                    tile.resize(nr * k, 0.0);
+                    w.widen_into(n0 * k, &mut tile[..nr * k])?;
+                    (tile.as_ptr() as *const u8, k, false)
+                }
+            };
+            // Few rows (decode) stream each weight row once: prefetch the next group of this
+            // worker's rows (contiguous when `kc == k`) while this one computes.
+            let next: &[u8] = match src {
+                Source::Bf16(v) if m <= FUSED_FP8_MAX_M && kb == k && n0 + NR < hi => {
+                    let rows = &v[(n0 + NR) * k..(n0 + NR + NR.min(hi - n0 - NR)) * k];
+                    // SAFETY: viewing initialized bf16 elements as their bytes.
+                    unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const u8, rows.len() * 2) }
+                }
+                _ => &[],
+            };
+            let mut i0 = 0;
+            while i0 < m {
+                let mr = MR.min(m - i0);
+                let ap = a.as_ptr().wrapping_add(i0 * k + k0);
+                let cp = out.0.wrapping_add(i0 * n + n0);
+                // SAFETY: rows i0..i0+mr of `A` and of `C` exist; `bptr` points at `nr` rows of
+                // `kb` weights with stride `ldb` (stored rows or the decoded tile); columns
+                // n0..n0+nr of `C` lie in this worker's range.
+                unsafe { arch::micro(isa, bf16_rows, mr, nr, ap, k, bptr, ldb, kb, cp, n, accumulate, next) };
+                i0 += mr;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `dst.len()` FP8-block weights of row `row` starting at column `k0` (of `k`).
+///
+/// # Safety
+/// `isa` was detected on this CPU; `codes` holds `[n, k]` with `row < n`, `scales` its block
+/// scales, `k0 + dst.len() <= k`.
+unsafe fn decode_fp8_block(
+    isa: Isa,
+    codes: &[u8],
+    scales: &[f32],
+    block: [usize; 2],
+    k: usize,
+    row: usize,
+    k0: usize,
+    dst: &mut [f32],
+) {
+    let [b0, b1] = block;
+    let nb = k.div_ceil(b1);
+    let srow = &scales[(row / b0) * nb..(row / b0 + 1) * nb];
+    let codes = &codes[row * k + k0..row * k + k0 + dst.len()];
+    let mut c = 0;
+    while c < dst.len() {
+        // One run of columns under the same scale.
+        let end = ((k0 + c) / b1 + 1) * b1 - k0;
+        let end = end.min(dst.len());
+        let s = srow[(k0 + c) / b1];
+        let (q, d) = (&codes[c..end], &mut dst[c..end]);
+        // SAFETY: the caller guarantees the ISA; `q` and `d` have the same length.
+        let done = unsafe { arch::decode_e4m3(isa, q, s, d) };
+        for (o, &code) in d[done..].iter_mut().zip(&q[done..]) {
+            *o = E4M3_TO_F32[code as usize] * s;
+        }
+        c = end;
+    }
+}

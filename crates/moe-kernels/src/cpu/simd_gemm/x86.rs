@@ -1,0 +1,136 @@
+//! The x86-64 side of the kernels: run-time feature detection and the dispatch of each
+//! micro-tile to the monomorphized kernel of its ISA and shape. Const generics fix the tile
+//! shape at compile time so the accumulators stay in registers; these matches are where a
+//! run-time `(mr, nr)` meets them.
+
+use super::{Isa, avx2, avx512};
+
+/// The widest kernel set this CPU runs (F16C is needed by the AVX2 FP8 decode).
+pub(super) fn best_isa() -> Option<Isa> {
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        Some(Isa::Avx512)
+    } else if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        Some(Isa::Avx2)
+    } else {
+        None
+    }
+}
+
+/// Dispatches one micro-tile to the kernel of its ISA, weight kind and shape.
+///
+/// # Safety
+/// See [`avx512::micro_f32`]: `mr <= MR`, `nr <= NR`, every pointer covers its block, and
+/// `isa` was detected on this CPU.
+pub(super) unsafe fn micro(
+    isa: Isa,
+    bf16_rows: bool,
+    mr: usize,
+    nr: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    ldb: usize,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    next: &[u8],
+) {
+    let (np, nl) = (next.as_ptr(), next.len());
+    macro_rules! shapes {
+        ($m:ident, $f:ident, $bt:ty $(, $extra:expr)*) => {
+            match (mr, nr) {
+                (1, 1) => $m::$f::<1, 1>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (1, 2) => $m::$f::<1, 2>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (1, 3) => $m::$f::<1, 3>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (1, _) => $m::$f::<1, 4>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (2, 1) => $m::$f::<2, 1>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (2, 2) => $m::$f::<2, 2>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (2, 3) => $m::$f::<2, 3>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (2, _) => $m::$f::<2, 4>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (3, 1) => $m::$f::<3, 1>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (3, 2) => $m::$f::<3, 2>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (3, 3) => $m::$f::<3, 3>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (3, _) => $m::$f::<3, 4>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (_, 1) => $m::$f::<4, 1>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (_, 2) => $m::$f::<4, 2>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (_, 3) => $m::$f::<4, 3>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+                (_, _) => $m::$f::<4, 4>(a, lda, b as *const $bt, ldb, kc, c, ldc, accumulate $(, $extra)*),
+            }
+        };
+    }
+    // SAFETY: the caller guarantees the ISA was detected on this CPU (`detected`) and the
+    // kernels' contract.
+    unsafe {
+        match (isa, bf16_rows) {
+            (Isa::Avx512, false) => shapes!(avx512, micro_f32, f32),
+            (Isa::Avx512, true) => shapes!(avx512, micro_bf16, u16, np, nl),
+            (Isa::Avx2, false) => shapes!(avx2, micro_f32, f32),
+            (Isa::Avx2, true) => shapes!(avx2, micro_bf16, u16, np, nl),
+        }
+    }
+}
+
+/// Dispatches one fused FP8 micro-tile (see [`avx512::micro_fp8`]).
+///
+/// # Safety
+/// `isa` was detected on this CPU; `mr <= FUSED_MR`, `nr <= NR`; `a` covers `mr` rows of `k`
+/// floats at stride `lda`, `b` `nr` rows of `k` codes at stride `ldb`, `srow` their
+/// `ceil(k / b1)` block scales (each finite when multiplied by 256), `c` an `mr x nr` block
+/// at stride `ldc`.
+pub(super) unsafe fn micro_fp8(
+    isa: Isa,
+    mr: usize,
+    nr: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    ldb: usize,
+    k: usize,
+    srow: &[f32],
+    b1: usize,
+    c: *mut f32,
+    ldc: usize,
+    next: &[u8],
+) {
+    let (np, nl) = (next.as_ptr(), next.len());
+    macro_rules! shapes {
+        ($m:ident) => {
+            match (mr, nr) {
+                (1, 1) => $m::micro_fp8::<1, 1>(a, lda, b, ldb, k, srow, b1, c, ldc, np, nl),
+                (1, 2) => $m::micro_fp8::<1, 2>(a, lda, b, ldb, k, srow, b1, c, ldc, np, nl),
+                (1, 3) => $m::micro_fp8::<1, 3>(a, lda, b, ldb, k, srow, b1, c, ldc, np, nl),
+                (1, _) => $m::micro_fp8::<1, 4>(a, lda, b, ldb, k, srow, b1, c, ldc, np, nl),
+                (_, 1) => $m::micro_fp8::<2, 1>(a, lda, b, ldb, k, srow, b1, c, ldc, np, nl),
+                (_, 2) => $m::micro_fp8::<2, 2>(a, lda, b, ldb, k, srow, b1, c, ldc, np, nl),
+                (_, 3) => $m::micro_fp8::<2, 3>(a, lda, b, ldb, k, srow, b1, c, ldc, np, nl),
+                (_, _) => $m::micro_fp8::<2, 4>(a, lda, b, ldb, k, srow, b1, c, ldc, np, nl),
+            }
+        };
+    }
+    // SAFETY: the caller guarantees the ISA was detected and the kernel's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512 => shapes!(avx512),
+            Isa::Avx2 => shapes!(avx2),
+        }
+    }
+}
+
+/// Decodes the longest whole-vector prefix of the E4M3 codes `q` times `s` into `d`; returns
+/// how many it decoded (the caller does the rest through the lookup table).
+///
+/// # Safety
+/// `isa` was detected on this CPU; `d.len() >= q.len()`.
+pub(super) unsafe fn decode_e4m3(isa: Isa, q: &[u8], s: f32, d: &mut [f32]) -> usize {
+    // SAFETY: the caller guarantees the ISA and the lengths.
+    unsafe {
+        match isa {
+            Isa::Avx512 => avx512::decode_e4m3(q, s, d),
+            Isa::Avx2 => avx2::decode_e4m3(q, s, d),
+        }
+    }
+}
