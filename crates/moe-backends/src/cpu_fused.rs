@@ -99,7 +99,7 @@ impl MoeBackend for FusedCpuBackend {
         self.inner.supports_load_balancer()
     }
 
-    fn quantize_input(&self, x: &Tensor) -> Result<QuantizedInput> {
+    fn quantize_input<'a>(&'a self, x: &'a Tensor) -> Result<QuantizedInput<'a>> {
         // Zero rows are valid: a rank without tokens still enters the kernel's exchange.
         self.inner.quantize_input(x)
     }

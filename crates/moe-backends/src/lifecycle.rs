@@ -194,17 +194,20 @@ impl ExpertLayer {
         }
     }
 
-    pub fn quantize_input(&self, x: &Tensor) -> Result<QuantizedInput> {
-        self.quant.quantize_input(x, &self.weights)
+    /// The quant method's activation quantization, owned: what the `cuda` backend hands its
+    /// kernels (its inputs are device tensors in production, whose clone shares the buffer).
+    pub fn quantize_input(&self, x: &Tensor) -> Result<QuantizedInput<'static>> {
+        Ok(self.quant.quantize_input(x, &self.weights)?.into_owned())
     }
 
     /// The host backends' `quantize_input`: FP8 activations become the payload that crosses
     /// ranks (E4M3 codes, one byte an element, and f32 group scales as `x_sf`; see
-    /// `ops::quantize_activations`), every other format what its quant method gives.
-    pub fn quantize_payload(&self, x: &Tensor) -> Result<QuantizedInput> {
+    /// `ops::quantize_activations`), every other format what its quant method gives, which
+    /// for the formats that read activations as they are is `x` itself, borrowed.
+    pub fn quantize_payload<'a>(&self, x: &'a Tensor) -> Result<QuantizedInput<'a>> {
         match ops::quantize_activations(&self.quant.input_quant(&self.weights)?, x)? {
-            Some((x, x_sf)) => Ok(QuantizedInput { x, x_sf }),
-            None => self.quantize_input(x),
+            Some((x, x_sf)) => Ok(QuantizedInput::owned(x, x_sf)),
+            None => self.quant.quantize_input(x, &self.weights),
         }
     }
 
@@ -226,7 +229,7 @@ macro_rules! delegate_to_expert_layer {
             true
         }
 
-        fn quantize_input(&self, x: &moe_core::Tensor) -> moe_core::Result<moe_core::QuantizedInput> {
+        fn quantize_input<'a>(&'a self, x: &'a moe_core::Tensor) -> moe_core::Result<moe_core::QuantizedInput<'a>> {
             self.layer.quantize_payload(x)
         }
 

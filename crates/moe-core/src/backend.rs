@@ -2,6 +2,7 @@
 //! entry point `run_moe`, and the weight lifecycle. Backends hold no chunking, no EPLB
 //! ordering and no host communication; the scheduler drives them.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -33,10 +34,43 @@ pub struct Capabilities {
 }
 
 /// Output of `quantize_input`: activations as the kernel reads them, plus scales.
+///
+/// `x` borrows the caller's activations when the format reads them as they are (16-bit and
+/// f32 activations of the unquantized and weight-only formats), so a forward never copies
+/// its input to hand it to the kernel; formats that quantize hold their own tensor.
 #[derive(Clone, Debug)]
-pub struct QuantizedInput {
-    pub x: Tensor,
+pub struct QuantizedInput<'a> {
+    pub x: Cow<'a, Tensor>,
     pub x_sf: Option<Tensor>,
+}
+
+impl<'a> QuantizedInput<'a> {
+    /// The activations as given, borrowed (no scales): the identity quantization.
+    pub fn borrowed(x: &'a Tensor) -> Self {
+        QuantizedInput {
+            x: Cow::Borrowed(x),
+            x_sf: None,
+        }
+    }
+
+    /// Activations the format produced, with their scales.
+    pub fn owned(x: Tensor, x_sf: Option<Tensor>) -> Self {
+        QuantizedInput { x: Cow::Owned(x), x_sf }
+    }
+
+    /// Whether `x` borrows the caller's tensor (no quantization happened).
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self.x, Cow::Borrowed(_))
+    }
+
+    /// The activations as an owned tensor: a move of quantized activations, a copy of
+    /// borrowed host ones (a device tensor's clone shares its buffer).
+    pub fn into_owned(self) -> QuantizedInput<'static> {
+        QuantizedInput {
+            x: Cow::Owned(self.x.into_owned()),
+            x_sf: self.x_sf,
+        }
+    }
 }
 
 /// How the scheduler moved the activations (TensorRT-LLM's `MoECommPlan`).
@@ -107,7 +141,9 @@ pub trait MoeBackend: Send + Sync {
         Ok(())
     }
 
-    fn quantize_input(&self, x: &Tensor) -> Result<QuantizedInput>;
+    /// Activations as the kernel reads them. Formats that read `x` as it is return it
+    /// borrowed ([`QuantizedInput::borrowed`]): no copy of the input inside a forward.
+    fn quantize_input<'a>(&'a self, x: &'a Tensor) -> Result<QuantizedInput<'a>>;
 
     /// The only compute entry point: experts of the local slots applied to `ctx.x`,
     /// weighted and summed per token. Returns `[N, H]` in `ctx.output_dtype`.

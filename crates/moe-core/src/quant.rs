@@ -128,8 +128,9 @@ pub trait QuantMethod: Send + Sync {
     /// Folds input/weight scales into the factors the kernels use.
     fn setup_quant_scales(&self, weights: &mut ExpertWeights, layout: &LayerLayout) -> Result<()>;
 
-    /// Quantizes activations as the format prescribes (identity for 16-bit activations).
-    fn quantize_input(&self, x: &Tensor, weights: &ExpertWeights) -> Result<QuantizedInput>;
+    /// Quantizes activations as the format prescribes; the identity (16-bit activations)
+    /// returns `x` borrowed ([`QuantizedInput::borrowed`]), never a copy.
+    fn quantize_input<'a>(&self, x: &'a Tensor, weights: &ExpertWeights) -> Result<QuantizedInput<'a>>;
 
     fn eplb_support_status(&self) -> EplbSupportStatus;
 

@@ -568,11 +568,11 @@ macro_rules! impl_quant_method {
                 $crate::engine::setup_quant_scales(self, weights, layout)
             }
 
-            fn quantize_input(
+            fn quantize_input<'a>(
                 &self,
-                x: &moe_core::Tensor,
+                x: &'a moe_core::Tensor,
                 weights: &moe_core::ExpertWeights,
-            ) -> moe_core::Result<moe_core::QuantizedInput> {
+            ) -> moe_core::Result<moe_core::QuantizedInput<'a>> {
                 $crate::format::Format::quantize_input(self, x, weights)
             }
 

@@ -6,6 +6,8 @@
 //! Every method of this crate (unquantized included) is a [`Format`]; loading, TP sharding,
 //! staging, registration and view plumbing are written once, in the engine.
 
+use std::borrow::Cow;
+
 use moe_core::weights::Proj;
 use moe_core::{
     DType, EplbSupportStatus, ExpertTensorRegistration, ExpertWeights, LayerLayout, MoeError, QuantAlgo,
@@ -36,12 +38,24 @@ impl Fc {
         }
     }
 
-    /// Per-slot tensor name, `w3_w1_{suffix}` or `w2_{suffix}`.
-    pub fn tensor(self, suffix: &str) -> String {
-        match self {
+    /// Per-slot tensor name, `w3_w1_{suffix}` or `w2_{suffix}`. The suffixes the kernel views
+    /// read on every forward (`expert_view`) are static names, so building a view allocates
+    /// nothing; any other suffix is formatted.
+    pub fn tensor(self, suffix: &str) -> Cow<'static, str> {
+        macro_rules! known {
+            ($($s:literal),*) => {
+                match (self, suffix) {
+                    $((Fc::Fc1, $s) => return Cow::Borrowed(concat!("w3_w1_", $s)),)*
+                    $((Fc::Fc2, $s) => return Cow::Borrowed(concat!("w2_", $s)),)*
+                    _ => {}
+                }
+            };
+        }
+        known!("weight", "weight_scale", "weight_scale_2", "weight_zero", "bias");
+        Cow::Owned(match self {
             Fc::Fc1 => format!("w3_w1_{suffix}"),
             Fc::Fc2 => format!("w2_{suffix}"),
-        }
+        })
     }
 
     /// The GEMM operand `[rows, cols]` on this rank.
@@ -299,12 +313,9 @@ pub(crate) trait Format: Send + Sync {
         Ok(())
     }
 
-    /// Activation quantization before dispatch (identity by default).
-    fn quantize_input(&self, x: &Tensor, _weights: &ExpertWeights) -> Result<QuantizedInput> {
-        Ok(QuantizedInput {
-            x: x.clone(),
-            x_sf: None,
-        })
+    /// Activation quantization before dispatch (identity by default: `x` borrowed, no copy).
+    fn quantize_input<'a>(&self, x: &'a Tensor, _weights: &ExpertWeights) -> Result<QuantizedInput<'a>> {
+        Ok(QuantizedInput::borrowed(x))
     }
 
     /// The GEMM operand `fc` of local slot `slot`.

@@ -44,7 +44,7 @@ pub(crate) fn expert_tensors(f: &dyn Format, layout: &LayerLayout) -> Vec<Expert
         for spec in all_specs(f, layout) {
             let Some(slot) = spec.slot else { continue };
             regs.push(ExpertTensorRegistration {
-                name: fc.tensor(slot.suffix),
+                name: fc.tensor(slot.suffix).into_owned(),
                 dtype: match slot.dtype {
                     SlotDType::Layer => layout.dtype,
                     SlotDType::Is(d) => d,

@@ -143,12 +143,9 @@ impl Format for Nvfp4Method {
         derive_per_slot(w, FC2_ALPHA, W2_WEIGHT_SCALE_2, |s2| s2 / g2)
     }
 
-    fn quantize_input(&self, x: &Tensor, w: &ExpertWeights) -> Result<QuantizedInput> {
+    fn quantize_input<'a>(&self, x: &'a Tensor, w: &ExpertWeights) -> Result<QuantizedInput<'a>> {
         let q = self.act_quant(w, Fc::Fc1)?;
-        Ok(QuantizedInput {
-            x: qdq_activations(&q, x)?,
-            x_sf: None,
-        })
+        Ok(QuantizedInput::owned(qdq_activations(&q, x)?, None))
     }
 
     fn matrix<'a>(&self, w: &'a ExpertWeights, layout: &LayerLayout, fc: Fc, slot: usize) -> Result<WeightSlice<'a>> {

@@ -242,6 +242,12 @@ fn lifecycle_and_contract_details() {
     let q = m.quantize_input(&x, &w).unwrap();
     assert_eq!(q.x.as_f32("x").unwrap(), &[1.0, 2.0]);
     assert!(q.x_sf.is_none());
+    // The identity borrows the caller's activations: no copy of the input.
+    assert!(q.is_borrowed());
+    assert!(std::ptr::eq(
+        q.x.as_f32("x").unwrap().as_ptr(),
+        x.as_f32("x").unwrap().as_ptr()
+    ));
     assert_eq!(m.eplb_support_status(), moe_core::EplbSupportStatus::Supported);
     assert!(!m.need_load_shared_weights());
     m.load_weights(&mut w, &l, &checkpoint(true), false).unwrap();

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use moe_core::{CommPlan, DType, DispatchPayload, LayerView, MoeError, MoeRunContext, Result, Tensor};
+use moe_core::{CommPlan, DType, DispatchPayload, LayerView, MoeError, MoeRunContext, QuantizedInput, Result, Tensor};
 use moe_kernels::ops;
 
 /// One chunk's inputs as the scheduler prepared them.
@@ -63,7 +63,11 @@ pub(crate) fn forward_chunk(layer: &mut LayerView<'_>, chunk: Chunk<'_>) -> Resu
     };
 
     let backend = layer.backend;
-    let (payload, plan) = match layer.comm.strategy() {
+    // Owners of what the run inputs below borrow: the strategy's dispatched payload and the
+    // backend's quantized activations (which borrow `x` where the format reads it as it is).
+    let dispatched: DispatchPayload;
+    let quantized: QuantizedInput<'_>;
+    let (run_x, run_sf, run_slots, run_scales, plan) = match layer.comm.strategy() {
         Some(comm) => {
             comm.prepare_dispatch(&slots, chunk.all_rank_num_tokens)?;
             let post_quant = comm.supports_post_quant_dispatch();
@@ -71,55 +75,48 @@ pub(crate) fn forward_chunk(layer: &mut LayerView<'_>, chunk: Chunk<'_>) -> Resu
                 input_sf_swizzled: !post_quant,
                 enable_alltoall: comm.is_alltoall(),
             };
-            let payload = if post_quant {
-                let q = backend.quantize_input(&x)?;
-                let p = DispatchPayload {
-                    x: q.x,
+            // A strategy takes an owned payload: activations it sends as they are are copied
+            // into it here (once; the quantized ones move).
+            let p = if post_quant {
+                let q = backend.quantize_input(&x)?.into_owned();
+                DispatchPayload {
+                    x: q.x.into_owned(),
                     x_sf: q.x_sf,
                     slots,
                     scales,
-                };
-                comm.dispatch(p, chunk.all_rank_num_tokens, chunk.use_dp_padding)?
+                }
             } else {
-                let p = DispatchPayload {
+                DispatchPayload {
                     x: x.into_owned(),
                     x_sf: None,
                     slots,
                     scales,
-                };
-                let p = comm.dispatch(p, chunk.all_rank_num_tokens, chunk.use_dp_padding)?;
-                let q = backend.quantize_input(&p.x)?;
-                DispatchPayload {
-                    x: q.x,
-                    x_sf: q.x_sf,
-                    ..p
                 }
             };
-            (payload, plan)
+            dispatched = comm.dispatch(p, chunk.all_rank_num_tokens, chunk.use_dp_padding)?;
+            let (x, x_sf) = if post_quant {
+                (&dispatched.x, dispatched.x_sf.as_ref())
+            } else {
+                quantized = backend.quantize_input(&dispatched.x)?;
+                (&*quantized.x, quantized.x_sf.as_ref())
+            };
+            (x, x_sf, &dispatched.slots, dispatched.scales.as_ref(), plan)
         }
         None => {
-            let q = backend.quantize_input(&x)?;
+            quantized = backend.quantize_input(&x)?;
             let plan = CommPlan {
                 input_sf_swizzled: true,
                 enable_alltoall: false,
             };
-            (
-                DispatchPayload {
-                    x: q.x,
-                    x_sf: q.x_sf,
-                    slots,
-                    scales,
-                },
-                plan,
-            )
+            (&*quantized.x, quantized.x_sf.as_ref(), &slots, scales.as_ref(), plan)
         }
     };
 
     let ctx = MoeRunContext {
-        x: &payload.x,
-        x_sf: payload.x_sf.as_ref(),
-        token_selected_slots: &payload.slots,
-        token_final_scales: payload.scales.as_ref(),
+        x: run_x,
+        x_sf: run_sf,
+        token_selected_slots: run_slots,
+        token_final_scales: run_scales,
         output_dtype: chunk.output_dtype,
         all_rank_num_tokens: Some(chunk.all_rank_num_tokens),
         comm_plan: Some(plan),

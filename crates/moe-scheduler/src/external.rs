@@ -2,6 +2,8 @@
 //! zero-token-rank guard, chunk counts every rank agrees on, empty-chunk substitution, and
 //! truncation of the padding from the output.
 
+use std::borrow::Cow;
+
 use moe_core::{ForwardArgs, LayerView, MoeError, MoeScheduler, Result, SchedulerKind, Tensor};
 use moe_kernels::ops;
 
@@ -24,27 +26,30 @@ impl MoeScheduler for ExternalCommScheduler {
         let use_dp = config.parallel.attention_dp;
         let has_comm = layer.comm.strategy().is_some();
 
-        let original = token_list(&layer, &args)?;
+        // Token counts are borrowed too (the caller's list, or this rank's one count).
+        let own_rows = [args.x.rows()];
+        let original = token_list(&layer, &args, &own_rows)?;
         let max = original.iter().copied().max().unwrap_or(0);
         let mut use_dp_padding = args.use_dp_padding && use_dp;
-        let mut list = if use_dp_padding {
-            vec![max; original.len()]
+        let mut list: Cow<'_, [usize]> = if use_dp_padding {
+            Cow::Owned(vec![max; original.len()])
         } else {
-            original.clone()
+            Cow::Borrowed(original)
         };
         let num_chunks = calculate_num_chunks(&list, use_dp && has_comm, config.moe_max_num_tokens)?;
 
-        let mut x = args.x.clone();
-        let mut logits = args.router_logits.clone();
+        // The caller's tensors are borrowed; only attention-DP padding makes new ones.
+        let mut x = Cow::Borrowed(args.x);
+        let mut logits = Cow::Borrowed(args.router_logits);
         // Zero-token-rank guard: a rank with no tokens would skip the kernel and block its
         // peers inside the collective, so every rank pads to the max instead.
         if has_comm && use_dp && max > 0 && !use_dp_padding && list.contains(&0) {
             use_dp_padding = true;
-            list = vec![max; list.len()];
+            list = Cow::Owned(vec![max; list.len()]);
         }
         if use_dp_padding && x.rows() < max {
-            x = ops::pad_rows(&x, max - x.rows())?;
-            logits = ops::pad_rows(&logits, max - logits.rows())?;
+            x = Cow::Owned(ops::pad_rows(&x, max - x.rows())?);
+            logits = Cow::Owned(ops::pad_rows(&logits, max - logits.rows())?);
         }
 
         layer.comm.determine_communication_method(&list, num_chunks)?;
@@ -76,17 +81,16 @@ impl MoeScheduler for ExternalCommScheduler {
             for c in 0..num_chunks {
                 let size = plan.local_sizes[c];
                 let used = size > 0;
-                let (xc, lc) = if c == 0 {
-                    (x0.clone(), l0.clone())
-                } else if used {
+                // Chunk 0 is cut once and lent to every chunk that substitutes it.
+                let (xc, lc) = if c > 0 && used {
                     (
-                        ops::narrow_rows(&x, offset, size)?,
-                        ops::narrow_rows(&logits, offset, size)?,
+                        Cow::Owned(ops::narrow_rows(&x, offset, size)?),
+                        Cow::Owned(ops::narrow_rows(&logits, offset, size)?),
                     )
                 } else {
-                    // Empty-chunk substitution: this rank still takes part in the chunk's
-                    // collectives with chunk 0's rows and drops the result.
-                    (x0.clone(), l0.clone())
+                    // Chunk 0, or empty-chunk substitution: this rank still takes part in the
+                    // chunk's collectives with chunk 0's rows and drops the result.
+                    (Cow::Borrowed(&x0), Cow::Borrowed(&l0))
                 };
                 offset += size;
                 let out = forward_chunk(
@@ -166,16 +170,18 @@ impl ChunkPlan {
     }
 }
 
-fn token_list(layer: &LayerView<'_>, args: &ForwardArgs<'_>) -> Result<Vec<usize>> {
+/// Every rank's token count: the caller's list under attention-DP, else `own_rows` (this
+/// rank's count, the one entry).
+fn token_list<'a>(layer: &LayerView<'_>, args: &ForwardArgs<'a>, own_rows: &'a [usize; 1]) -> Result<&'a [usize]> {
     let p = &layer.config.parallel;
     let rows = args.x.rows();
     if !p.attention_dp {
         // Without attention-DP every rank sees the same tokens: there is one list entry.
-        return Ok(vec![rows]);
+        return Ok(own_rows);
     }
     let list = match args.all_rank_num_tokens {
-        Some(l) => l.to_vec(),
-        None if p.parallel_size() == 1 => vec![rows],
+        Some(l) => l,
+        None if p.parallel_size() == 1 => own_rows,
         None => {
             return Err(MoeError::config(
                 "all_rank_num_tokens",

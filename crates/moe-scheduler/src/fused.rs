@@ -4,6 +4,8 @@
 //! included, since the kernel's exchange needs every rank), never dispatches or combines on
 //! the host, and moves the EPLB set-CPU stage after the kernel so a migration never races it.
 
+use std::borrow::Cow;
+
 use moe_core::{DType, ForwardArgs, LayerView, MoeError, MoeRunContext, MoeScheduler, Result, SchedulerKind, Tensor};
 use moe_kernels::ops;
 
@@ -29,10 +31,8 @@ impl MoeScheduler for FusedCommScheduler {
         }
         let ep_rank = config.parallel.ep_rank;
         let had_meta = args.all_rank_num_tokens.is_some();
-        let real: Vec<usize> = match args.all_rank_num_tokens {
-            Some(l) => l.to_vec(),
-            None => vec![args.x.rows()],
-        };
+        let own_rows = [args.x.rows()];
+        let real: &[usize] = args.all_rank_num_tokens.unwrap_or(&own_rows);
         let own = if had_meta { ep_rank } else { 0 };
         let real_local = *real
             .get(own)
@@ -45,17 +45,37 @@ impl MoeScheduler for FusedCommScheduler {
             ));
         }
         // Padding rows are dropped before splitting: the kernel exchanges real tokens only.
-        let x = ops::narrow_rows(args.x, 0, real_local)?;
-        let logits = ops::narrow_rows(args.router_logits, 0, real_local)?;
+        // Unpadded inputs are borrowed as they are.
+        let (x, logits) = if real_local == args.x.rows() {
+            (Cow::Borrowed(args.x), Cow::Borrowed(args.router_logits))
+        } else {
+            (
+                Cow::Owned(ops::narrow_rows(args.x, 0, real_local)?),
+                Cow::Owned(ops::narrow_rows(args.router_logits, 0, real_local)?),
+            )
+        };
         let max = real.iter().copied().max().unwrap_or(0);
         let num_chunks = match config.moe_max_num_tokens {
             Some(0) => return Err(MoeError::config("moe_max_num_tokens", "must be at least 1")),
             Some(m) => max.div_ceil(m).max(1),
             None => 1,
         };
-        let per_rank: Vec<Vec<usize>> = real.iter().map(|&n| split_chunk(n, num_chunks)).collect();
         let first_repeat = layer.repeat_idx == 0;
         let last_repeat = layer.repeat_idx + 1 == layer.repeat_count;
+        if num_chunks == 1 {
+            // One chunk: the (unpadded) input is lent as it is, its token counts are the
+            // real ones, and its output is the layer's.
+            return fused_chunk(
+                &mut layer,
+                &x,
+                &logits,
+                had_meta.then_some(real),
+                first_repeat,
+                last_repeat,
+                args.output_dtype,
+            );
+        }
+        let per_rank: Vec<Vec<usize>> = real.iter().map(|&n| split_chunk(n, num_chunks)).collect();
         let mut outputs = Vec::with_capacity(num_chunks);
         let mut offset = 0;
         for c in 0..num_chunks {

@@ -50,11 +50,8 @@ impl QuantMethod for NoQuant {
     fn setup_quant_scales(&self, _: &mut ExpertWeights, _: &LayerLayout) -> Result<()> {
         Ok(())
     }
-    fn quantize_input(&self, x: &Tensor, _: &ExpertWeights) -> Result<QuantizedInput> {
-        Ok(QuantizedInput {
-            x: x.clone(),
-            x_sf: None,
-        })
+    fn quantize_input<'a>(&self, x: &'a Tensor, _: &ExpertWeights) -> Result<QuantizedInput<'a>> {
+        Ok(QuantizedInput::borrowed(x))
     }
     fn eplb_support_status(&self) -> EplbSupportStatus {
         EplbSupportStatus::Supported
@@ -96,11 +93,8 @@ impl MoeBackend for ScaleBackend {
     fn supports_load_balancer(&self) -> bool {
         true
     }
-    fn quantize_input(&self, x: &Tensor) -> Result<QuantizedInput> {
-        Ok(QuantizedInput {
-            x: x.clone(),
-            x_sf: None,
-        })
+    fn quantize_input<'a>(&'a self, x: &'a Tensor) -> Result<QuantizedInput<'a>> {
+        Ok(QuantizedInput::borrowed(x))
     }
     fn run_moe(&self, ctx: &MoeRunContext<'_>) -> Result<Tensor> {
         self.calls.lock().unwrap().push(ctx.x.rows());
