@@ -125,11 +125,17 @@ pub fn quantize_activations(q: &ActQuant, x: &Tensor) -> Result<Option<(Tensor, 
     if x.shape().len() != 2 {
         return Err(MoeError::shape("x", "[N, H]", x.shape()));
     }
-    if !x.is_host() {
+    // Only FP8 travels as codes: for every other quantization `x` is not read here at all (in
+    // particular not widened to f32, which would copy the activations of every forward).
+    if !x.is_host() || !matches!(q, ActQuant::Fp8PerTensor { .. } | ActQuant::Fp8Group { .. }) {
         return Ok(None);
     }
     let (n, h) = (x.shape()[0], x.shape()[1]);
-    let Some(Fp8Rows { codes, scales }) = quantize_fp8_rows(q, &x.to_f32_vec("x")?, h)? else {
+    let values = match x.dtype() {
+        DType::F32 => std::borrow::Cow::Borrowed(x.as_f32("x")?),
+        _ => std::borrow::Cow::Owned(x.to_f32_vec("x")?),
+    };
+    let Some(Fp8Rows { codes, scales }) = quantize_fp8_rows(q, &values, h)? else {
         return Ok(None);
     };
     let codes = Tensor::from_host(DType::F8E4M3, vec![n, h], HostStorage::Bytes(codes))?;

@@ -18,7 +18,9 @@ impl TopK {
     pub(super) fn new(k: usize) -> Self {
         TopK {
             k,
-            entries: Vec::with_capacity(k + 1),
+            // Room for the one entry `push` inserts before truncating; a top-0 (the unused
+            // group stage of the ungrouped methods) never inserts, so it allocates nothing.
+            entries: if k == 0 { Vec::new() } else { Vec::with_capacity(k + 1) },
         }
     }
 
