@@ -3,6 +3,7 @@
 //! returns each rank its own rows. Without attention-DP every rank already holds the same
 //! tokens, so dispatch is the identity and combine an all-reduce.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,13 +44,18 @@ impl Communication for AllGatherReduceScatter {
         false
     }
 
-    fn dispatch(&mut self, p: DispatchPayload, list: &[usize], use_dp_padding: bool) -> Result<DispatchPayload> {
+    fn dispatch<'a>(
+        &mut self,
+        p: DispatchPayload<'a>,
+        list: &[usize],
+        use_dp_padding: bool,
+    ) -> Result<DispatchPayload<'a>> {
         self.counts = gather_counts(self.group.as_ref(), list, use_dp_padding)?;
         let Some(counts) = self.counts.clone() else {
             return Ok(p);
         };
         // x, its scale factors, the slots and the routing weights in one collective.
-        let mut fields: Vec<&Tensor> = vec![&p.x, &p.slots];
+        let mut fields: Vec<&Tensor> = vec![&*p.x, &p.slots];
         fields.extend(p.scales.as_ref());
         fields.extend(p.x_sf.as_ref());
         let mut gathered = self
@@ -62,7 +68,7 @@ impl Communication for AllGatherReduceScatter {
                 .ok_or_else(|| MoeError::lifecycle("allgather: a gathered field is missing"))
         };
         Ok(DispatchPayload {
-            x: next()?,
+            x: Cow::Owned(next()?),
             slots: next()?,
             scales: p.scales.as_ref().map(|_| next()).transpose()?,
             x_sf: p.x_sf.as_ref().map(|_| next()).transpose()?,
@@ -119,5 +125,28 @@ pub(crate) fn reduce_to_owners(
     match counts {
         Some(counts) => group.reduce_scatter_v(out, &counts, deadline),
         None => group.all_reduce_sum(out, deadline),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InProcessGroup;
+
+    /// Tokens every rank already holds (a one-entry list) are not sent: the strategy hands
+    /// back the very activations it was lent, so the dispatch copies nothing.
+    #[test]
+    fn replicated_tokens_come_back_as_lent() {
+        let group = InProcessGroup::world(2).remove(0);
+        let mut s = AllGatherReduceScatter::new(Arc::new(group), Duration::from_secs(1));
+        let x = Tensor::from_f32(vec![2, 3], vec![1.0; 6]).unwrap();
+        let payload = DispatchPayload {
+            x: Cow::Borrowed(&x),
+            x_sf: None,
+            slots: Tensor::from_i32(vec![2, 1], vec![0, 1]).unwrap(),
+            scales: None,
+        };
+        let d = s.dispatch(payload, &[2], false).unwrap();
+        assert!(matches!(d.x, Cow::Borrowed(lent) if std::ptr::eq(lent, &x)));
     }
 }

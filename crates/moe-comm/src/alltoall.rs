@@ -22,6 +22,7 @@
 //! path, so device and host runs are bit-identical. `AllToAll::set_profile` records the wall
 //! time of every phase (benchmarks).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -256,7 +257,7 @@ impl Communication for AllToAll {
         true
     }
 
-    fn dispatch(&mut self, p: DispatchPayload, list: &[usize], _: bool) -> Result<DispatchPayload> {
+    fn dispatch<'a>(&mut self, p: DispatchPayload<'a>, list: &[usize], _: bool) -> Result<DispatchPayload<'a>> {
         let size = self.group.size();
         if list.len() != size {
             return Err(MoeError::config(
@@ -296,7 +297,7 @@ impl Communication for AllToAll {
             }
         };
         Profile::mark(&mut self.profile, "route", Some(&head))?;
-        let mut fields: Vec<&Tensor> = vec![&p.x, &slots];
+        let mut fields: Vec<&Tensor> = vec![&*p.x, &slots];
         fields.extend(p.scales.as_ref());
         fields.extend(p.x_sf.as_ref());
         // Device routing: the send rows are gathered before the counts exchange, their number
@@ -342,7 +343,7 @@ impl Communication for AllToAll {
                 .ok_or_else(|| MoeError::lifecycle("alltoall: an exchanged field is missing"))
         };
         let out = DispatchPayload {
-            x: next()?,
+            x: Cow::Owned(next()?),
             slots: next()?,
             scales: p.scales.as_ref().map(|_| next()).transpose()?,
             x_sf: p.x_sf.as_ref().map(|_| next()).transpose()?,
@@ -450,14 +451,14 @@ mod tests {
                     let x: Vec<f32> = (0..n).flat_map(|t| (0..H).map(move |c| x_of(r, t, c))).collect();
                     let slots: Vec<i32> = (0..n).flat_map(|t| slots_of(r, t)).collect();
                     let payload = DispatchPayload {
-                        x: Tensor::from_f32_as(DType::BF16, vec![n, H], &x).unwrap(),
+                        x: Cow::Owned(Tensor::from_f32_as(DType::BF16, vec![n, H], &x).unwrap()),
                         x_sf: None,
                         slots: Tensor::from_i32(vec![n, K], slots).unwrap(),
                         scales: None,
                     };
                     let mut s = AllToAll::new(Arc::new(g), Duration::from_secs(10), owner.clone(), 1 << 10);
                     let d = s.dispatch(payload, &list, false).unwrap();
-                    let out = s.combine(d.x.clone(), 4).unwrap();
+                    let out = s.combine(d.x.into_owned(), 4).unwrap();
                     let want: Vec<f32> = (0..n)
                         .flat_map(|t| {
                             let mut seen = [false; 3];

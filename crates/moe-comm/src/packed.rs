@@ -121,14 +121,19 @@ impl Communication for PackedAllGather {
         true
     }
 
-    fn dispatch(&mut self, p: DispatchPayload, list: &[usize], use_dp_padding: bool) -> Result<DispatchPayload> {
+    fn dispatch<'a>(
+        &mut self,
+        p: DispatchPayload<'a>,
+        list: &[usize],
+        use_dp_padding: bool,
+    ) -> Result<DispatchPayload<'a>> {
         self.counts = gather_counts(self.group.as_ref(), list, use_dp_padding)?;
         let Some(counts) = self.counts.clone() else {
             return Ok(p);
         };
         // Every rank packs the same field list: scales and x_sf presence follow the layer's
         // config, identical on all ranks.
-        let mut parts: Vec<&Tensor> = vec![&p.x, &p.slots];
+        let mut parts: Vec<&Tensor> = vec![&*p.x, &p.slots];
         parts.extend(p.x_sf.as_ref());
         parts.extend(p.scales.as_ref());
         let fields: Vec<Field> = parts.iter().map(|t| Field::of(t)).collect();
@@ -141,7 +146,7 @@ impl Communication for PackedAllGather {
             out.next()
                 .ok_or_else(|| MoeError::lifecycle("packed dispatch lost a field"))
         };
-        let x = next()?;
+        let x = Cow::Owned(next()?);
         let slots = next()?;
         let x_sf = if p.x_sf.is_some() { Some(next()?) } else { None };
         let scales = if p.scales.is_some() { Some(next()?) } else { None };

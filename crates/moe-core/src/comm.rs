@@ -3,6 +3,7 @@
 //! strategy over a process group). A peer that dies or stalls becomes `MoeError::Comm`
 //! naming it, never a hang.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
@@ -74,10 +75,13 @@ pub trait ProcessGroup: Send + Sync {
     fn barrier(&self, deadline: Deadline) -> Result<()>;
 }
 
-/// Everything that travels in a dispatch.
+/// Everything that travels in a dispatch. `x` may borrow the caller's activations: a
+/// strategy reads them to build what it sends, and one that sends nothing (tokens every rank
+/// already holds) hands them back as they came, so a dispatch never copies them just to own
+/// them.
 #[derive(Clone, Debug)]
-pub struct DispatchPayload {
-    pub x: Tensor,
+pub struct DispatchPayload<'a> {
+    pub x: Cow<'a, Tensor>,
     pub x_sf: Option<Tensor>,
     /// Slot ids `[N, k]` i32.
     pub slots: Tensor,
@@ -104,12 +108,12 @@ pub trait Communication: Send {
     fn prepare_dispatch(&mut self, _slots: &Tensor, _all_rank_num_tokens: &[usize]) -> Result<()> {
         Ok(())
     }
-    fn dispatch(
+    fn dispatch<'a>(
         &mut self,
-        payload: DispatchPayload,
+        payload: DispatchPayload<'a>,
         all_rank_num_tokens: &[usize],
         use_dp_padding: bool,
-    ) -> Result<DispatchPayload>;
+    ) -> Result<DispatchPayload<'a>>;
     /// Returns this rank's `[N_local, H]` rows, summed over the ranks that computed them.
     fn combine(&mut self, out: Tensor, all_rank_max_num_tokens: usize) -> Result<Tensor>;
     /// Collective teardown; all ranks call it together.

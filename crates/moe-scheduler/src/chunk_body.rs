@@ -65,7 +65,7 @@ pub(crate) fn forward_chunk(layer: &mut LayerView<'_>, chunk: Chunk<'_>) -> Resu
     let backend = layer.backend;
     // Owners of what the run inputs below borrow: the strategy's dispatched payload and the
     // backend's quantized activations (which borrow `x` where the format reads it as it is).
-    let dispatched: DispatchPayload;
+    let dispatched: DispatchPayload<'_>;
     let quantized: QuantizedInput<'_>;
     let (run_x, run_sf, run_slots, run_scales, plan) = match layer.comm.strategy() {
         Some(comm) => {
@@ -75,19 +75,19 @@ pub(crate) fn forward_chunk(layer: &mut LayerView<'_>, chunk: Chunk<'_>) -> Resu
                 input_sf_swizzled: !post_quant,
                 enable_alltoall: comm.is_alltoall(),
             };
-            // A strategy takes an owned payload: activations it sends as they are are copied
-            // into it here (once; the quantized ones move).
+            // The payload lends the strategy the activations (quantized, or `x` itself); the
+            // strategy builds what it sends from them, or hands them back when it sends none.
             let p = if post_quant {
-                let q = backend.quantize_input(&x)?.into_owned();
+                let q = backend.quantize_input(&x)?;
                 DispatchPayload {
-                    x: q.x.into_owned(),
+                    x: q.x,
                     x_sf: q.x_sf,
                     slots,
                     scales,
                 }
             } else {
                 DispatchPayload {
-                    x: x.into_owned(),
+                    x,
                     x_sf: None,
                     slots,
                     scales,
@@ -95,7 +95,7 @@ pub(crate) fn forward_chunk(layer: &mut LayerView<'_>, chunk: Chunk<'_>) -> Resu
             };
             dispatched = comm.dispatch(p, chunk.all_rank_num_tokens, chunk.use_dp_padding)?;
             let (x, x_sf) = if post_quant {
-                (&dispatched.x, dispatched.x_sf.as_ref())
+                (&*dispatched.x, dispatched.x_sf.as_ref())
             } else {
                 quantized = backend.quantize_input(&dispatched.x)?;
                 (&*quantized.x, quantized.x_sf.as_ref())

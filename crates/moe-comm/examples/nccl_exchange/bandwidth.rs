@@ -2,6 +2,7 @@
 //! the group's raw all-to-all of the same bytes, with latency probes and the phases of a
 //! profiled all-to-all dispatch+combine.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,7 +42,7 @@ pub(crate) fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Resul
     }
     let sent_rows: usize = distinct.iter().sum();
     let payload = DispatchPayload {
-        x: dev.upload(&x_host)?,
+        x: Cow::Owned(dev.upload(&x_host)?),
         x_sf: None,
         slots: dev.upload(&Tensor::from_i32(vec![t, k], ids)?)?,
         scales: Some(dev.upload(&scales)?),
@@ -115,7 +116,7 @@ pub(crate) fn bandwidth(g: &Arc<NcclGroup>, o: &Opts, rep: &mut Report) -> Resul
             let t0 = Instant::now();
             let d = st.dispatch(payload.clone(), &list, false)?;
             let t1 = Instant::now();
-            let out = d.x.clone();
+            let out = d.x.clone().into_owned();
             let c = st.combine(out, t)?;
             // Combine returns once its last kernel is queued: wait for it.
             dev.synchronize()?;
@@ -246,7 +247,7 @@ pub(crate) fn profiled(
     g: &Arc<NcclGroup>,
     o: &Opts,
     st: &mut AllToAll,
-    payload: &DispatchPayload,
+    payload: &DispatchPayload<'_>,
     list: &[usize],
 ) -> Result<Vec<(&'static str, f64)>> {
     st.set_profile(true);
@@ -255,7 +256,7 @@ pub(crate) fn profiled(
         for i in 0..o.warmup + o.repeats {
             g.barrier(soon())?;
             let d = st.dispatch(payload.clone(), list, false)?;
-            let c = st.combine(d.x.clone(), list[g.rank()])?;
+            let c = st.combine(d.x.clone().into_owned(), list[g.rank()])?;
             g.device().synchronize()?;
             drop((d, c));
             let phases = st.take_profile();

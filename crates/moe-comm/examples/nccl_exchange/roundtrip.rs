@@ -1,6 +1,7 @@
 //! Stage `roundtrip`: each strategy's dispatch+combine on device tensors over the group,
 //! against the same strategy over `InProcessGroup` threads fed the same inputs.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use moe_comm::{AllGatherReduceScatter, AllToAll, InProcessGroup, NcclGroup, PackedAllGather};
@@ -40,14 +41,14 @@ pub(crate) fn strategy(kind: &str, group: Arc<dyn ProcessGroup>, owner: Vec<usiz
 }
 
 /// Dispatch, an identity "expert" (the dispatched rows are the output), combine.
-pub(crate) fn exchange(
+pub(crate) fn exchange<'a>(
     s: &mut dyn Communication,
-    payload: DispatchPayload,
+    payload: DispatchPayload<'a>,
     list: &[usize],
-) -> Result<(DispatchPayload, Tensor)> {
+) -> Result<(DispatchPayload<'a>, Tensor)> {
     let max = list.iter().copied().max().unwrap_or(0);
     let d = s.dispatch(payload, list, false)?;
-    let out = d.x.clone();
+    let out = d.x.clone().into_owned();
     let combined = s.combine(out, max)?;
     Ok((d, combined))
 }
@@ -74,7 +75,7 @@ pub(crate) fn check_roundtrip(
             std::thread::spawn(move || {
                 let mut st = strategy(&kind, Arc::new(ig), owner);
                 let payload = DispatchPayload {
-                    x: inp.x[s].clone(),
+                    x: Cow::Owned(inp.x[s].clone()),
                     x_sf: None,
                     slots: inp.slots[s].clone(),
                     scales: Some(inp.scales[s].clone()),
@@ -96,7 +97,7 @@ pub(crate) fn check_roundtrip(
     // The same on device tensors over NCCL.
     let dev = g.device();
     let payload = DispatchPayload {
-        x: dev.upload(&inp.x[r])?,
+        x: Cow::Owned(dev.upload(&inp.x[r])?),
         x_sf: None,
         slots: dev.upload(&inp.slots[r])?,
         scales: Some(dev.upload(&inp.scales[r])?),

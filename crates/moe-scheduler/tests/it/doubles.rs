@@ -230,7 +230,7 @@ impl Communication for RecordingComm {
             .push(format!("prepare(rows={}, list={list:?})", slots.rows()));
         Ok(())
     }
-    fn dispatch(&mut self, p: DispatchPayload, list: &[usize], pad: bool) -> Result<DispatchPayload> {
+    fn dispatch<'a>(&mut self, p: DispatchPayload<'a>, list: &[usize], pad: bool) -> Result<DispatchPayload<'a>> {
         self.log
             .lock()
             .unwrap()
