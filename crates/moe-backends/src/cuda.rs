@@ -171,7 +171,7 @@ impl MoeBackend for CudaBackend {
         true
     }
 
-    fn quantize_input(&self, x: &Tensor) -> Result<moe_core::QuantizedInput> {
+    fn quantize_input(&self, x: &Tensor) -> Result<moe_core::QuantizedInput<'_>> {
         self.layer.quantize_input(x)
     }
 

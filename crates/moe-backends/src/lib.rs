@@ -22,10 +22,6 @@
 pub mod capabilities;
 pub mod cpu;
 pub mod cpu_fused;
-// `CudaBackend::quantize_input` still spells its return type `QuantizedInput` without the
-// lifetime that type gained (borrowed activations); the signature is compatible, only the
-// lint objects. Drop this allow once `cuda.rs` writes `QuantizedInput<'_>`.
-#[allow(mismatched_lifetime_syntaxes)]
 pub mod cuda;
 mod inputs;
 mod lifecycle;
