@@ -7,7 +7,8 @@
 //! - [`permute`]: counting sort of `(token, k)` selections by local slot, row gathering.
 //! - [`gemm`]: `A · B^T` with f32 activations and float or quantized weights.
 //! - [`simd_gemm`]: its AVX-512 / AVX2 kernels (bf16 widened in registers, FP8 tiles
-//!   decoded in L1), chosen at run time.
+//!   decoded in L1, FP8 and packed 4/8-bit rows decoded in registers for decode shapes),
+//!   chosen at run time.
 //! - [`activation`]: fused SwiGLU / GPT-OSS SwiGLU / ReLU² over FC1 rows.
 //! - [`expert_mlp`]: one expert's FC1 → activation → FC2 over a block of rows.
 //! - [`finalize`]: weighted sum of expert rows back into token order.

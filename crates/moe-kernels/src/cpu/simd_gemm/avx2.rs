@@ -112,5 +112,95 @@ fn prefetch_l2(p: *const u8) {
     _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
 }
 
+/// Vectors per 16 weights (an INT8 step).
+pub const PER: usize = 2;
+
+/// A 16-entry f32 table as entries 0..8 and 8..16 (a permute reaches only 8).
+type Tab = (__m256, __m256);
+/// 32 packed bytes (64 4-bit codes, eight per 32-bit lane).
+type Bits = __m256i;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn table(t: &[f32; 16]) -> Tab {
+    // SAFETY: `t` holds 16 floats.
+    unsafe { (_mm256_loadu_ps(t.as_ptr()), _mm256_loadu_ps(t.as_ptr().add(8))) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_bits(p: *const u8) -> Bits {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`.
+    unsafe { _mm256_loadu_si256(p as *const __m256i) }
+}
+
+/// `t[idx & 15]` per lane: both halves permuted by the low 3 bits, bit 3 (shifted into the
+/// sign, which `blendv` reads) picks one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lut16(idx: __m256i, t: &Tab) -> __m256 {
+    let lo = _mm256_permutevar8x32_ps(t.0, idx);
+    let hi = _mm256_permutevar8x32_ps(t.1, idx);
+    _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)))
+}
+
+/// Nibble `t` of every 32-bit lane of `v` as its value: a signed INT4 (`INT4`), an unsigned
+/// one (`INT4_ZP`, the zero point is subtracted by the caller) or E2M1 looked up in `tab`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble<const FMT: u8>(v: Bits, t: usize, tab: &Tab) -> __m256 {
+    use super::packed_rows::{FP4, INT4};
+    match FMT {
+        INT4 => {
+            let top = _mm256_sllv_epi32(v, _mm256_set1_epi32(28 - 4 * t as i32));
+            _mm256_cvtepi32_ps(_mm256_srai_epi32::<28>(top))
+        }
+        FP4 => lut16(_mm256_srlv_epi32(v, _mm256_set1_epi32(4 * t as i32)), tab),
+        _ => {
+            let x = _mm256_srlv_epi32(v, _mm256_set1_epi32(4 * t as i32));
+            _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15)))
+        }
+    }
+}
+
+/// Lane `l` of the result is `p[idx[l]]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn expand(p: *const f32, idx: Bits) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable floats at `p`.
+    _mm256_permutevar8x32_ps(unsafe { _mm256_loadu_ps(p) }, idx)
+}
+
+/// The scale group of each lane relative to its chunk's first, `8l / group`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane_groups(group: usize) -> Bits {
+    let mut g = [0i32; 8];
+    for (l, x) in g.iter_mut().enumerate() {
+        *x = (8 * l / group) as i32;
+    }
+    // SAFETY: `g` holds 8 lanes.
+    unsafe { _mm256_loadu_si256(g.as_ptr() as *const __m256i) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sub(a: __m256, b: __m256) -> __m256 {
+    _mm256_sub_ps(a, b)
+}
+
+/// 16 INT8 codes at `p` as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode8(p: *const u8) -> [__m256; 2] {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    let x = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    [
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x)),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(x, x))),
+    ]
+}
+
 super::float::float_kernels!("avx2,fma,f16c");
 super::fp8::fp8_kernels!("avx2,fma,f16c");
+super::packed::packed_kernels!("avx2,fma,f16c");

@@ -115,5 +115,83 @@ fn prefetch_l2(p: *const u8) {
     _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
 }
 
+/// Vectors per 16 weights (an INT8 step).
+pub const PER: usize = 1;
+
+/// A 16-entry f32 table in one register.
+type Tab = __m512;
+/// 64 packed bytes (128 4-bit codes, eight per 32-bit lane).
+type Bits = __m512i;
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn table(t: &[f32; 16]) -> Tab {
+    // SAFETY: `t` holds 16 floats.
+    unsafe { _mm512_loadu_ps(t.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_bits(p: *const u8) -> Bits {
+    // SAFETY: the caller guarantees 64 readable bytes at `p`.
+    unsafe { _mm512_loadu_si512(p as *const __m512i) }
+}
+
+/// Nibble `t` of every 32-bit lane of `v` as its value: a signed INT4 (`INT4`), an unsigned
+/// one (`INT4_ZP`, the zero point is subtracted by the caller) or E2M1 looked up in `tab`
+/// (`vpermps` reads only an index's low 4 bits, so no mask).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn nibble<const FMT: u8>(v: Bits, t: usize, tab: &Tab) -> __m512 {
+    use super::packed_rows::{FP4, INT4};
+    match FMT {
+        INT4 => {
+            let top = _mm512_sllv_epi32(v, _mm512_set1_epi32(28 - 4 * t as i32));
+            _mm512_cvtepi32_ps(_mm512_srai_epi32::<28>(top))
+        }
+        FP4 => _mm512_permutexvar_ps(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * t as i32)), *tab),
+        _ => {
+            let x = _mm512_srlv_epi32(v, _mm512_set1_epi32(4 * t as i32));
+            _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(15)))
+        }
+    }
+}
+
+/// Lane `l` of the result is `p[idx[l]]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn expand(p: *const f32, idx: Bits) -> __m512 {
+    // SAFETY: the caller guarantees 16 readable floats at `p`.
+    _mm512_permutexvar_ps(idx, unsafe { _mm512_loadu_ps(p) })
+}
+
+/// The scale group of each lane relative to its chunk's first, `8l / group`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lane_groups(group: usize) -> Bits {
+    let mut g = [0i32; 16];
+    for (l, x) in g.iter_mut().enumerate() {
+        *x = (8 * l / group) as i32;
+    }
+    // SAFETY: `g` holds 16 lanes.
+    unsafe { _mm512_loadu_si512(g.as_ptr() as *const __m512i) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sub(a: __m512, b: __m512) -> __m512 {
+    _mm512_sub_ps(a, b)
+}
+
+/// 16 INT8 codes at `p` as f32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn decode8(p: *const u8) -> [__m512; 1] {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    let x = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    [_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x))]
+}
+
 super::float::float_kernels!("avx512f");
 super::fp8::fp8_kernels!("avx512f");
+super::packed::packed_kernels!("avx512f");

@@ -16,12 +16,23 @@
 //!   sign-extended bytes shifted into f16 fields are exactly `e4m3 / 2^8` (subnormals
 //!   included), one `vcvtph2ps` widens them, and each 128-column block's partial dot
 //!   products are scaled once by `scale * 2^8` instead of every weight; a streaming NaN
-//!   scan of each row (which also pulls it into cache) keeps NaN weights giving NaN. For more rows they are decoded one
-//!   `NR x kc` tile at a time into L1 by a bit trick (`e4m3` bits moved into the f32
-//!   fields, then `x 2^120`, then the block scale: the same two exact steps and one rounding
-//!   as the lookup-table decode, so bit-identical), amortized over the rows.
-//! - every other format (f16, NVFP4, MXFP4, INT4, INT8, FP8 per tensor) is decoded whole
+//!   scan of each row (which also pulls it into cache) keeps NaN weights giving NaN. For
+//!   more rows they are decoded one `NR x kc` tile at a time into L1 by a bit trick (`e4m3`
+//!   bits moved into the f32 fields, then `x 2^120`, then the block scale: the same two exact
+//!   steps and one rounding as the lookup-table decode, so bit-identical), amortized over the
+//!   rows. FP8 per tensor is the same thing with one block covering the matrix.
+//! - INT4 (signed or with zero points), NVFP4, MXFP4 and INT8, for a few rows of `A`, are
+//!   decoded in registers too (`packed.rs`: nibbles taken in place from whole vectors of
+//!   packed bytes, scales applied once per group to the partial sums; `packed_rows.rs` says
+//!   when that keeps the reference's NaN and infinity semantics). For more rows, and shapes
+//!   those kernels don't take, they go the next way.
+//! - every other format (f16, and the packed ones above past a few rows) is decoded whole
 //!   rows at a time by [`WeightSlice::widen_into`] into a small tile, then read as f32.
+//!
+//! Files: `x86.rs` (feature detection, dispatch to the monomorphized kernels; `portable.rs`
+//! stands in off x86-64), `float.rs`, `fp8.rs` and `packed.rs` (the kernel templates),
+//! `avx512.rs` and `avx2.rs` (their instantiations with each ISA's helpers), `packed_rows.rs`
+//! (the packed formats' layout and scales), `tests.rs` and `packed_tests.rs`.
 //!
 //! The micro-kernel is the dot-product form: an `MR x NR` tile of `C` (up to 4 x 4) keeps
 //! one vector accumulator per output, walks `k` with vectors of `A` rows and `B` rows, and
@@ -40,6 +51,7 @@ use super::float_slice::FloatSlice;
 use super::scratch::ScratchPool;
 use super::weight_slice::{QuantMatrix, WeightSlice};
 use crate::codec::fp8::E4M3_TO_F32;
+use packed_rows::Packed;
 
 // The kernels are x86-64 only; elsewhere `portable` stands in with the same names (and no
 // `Isa` is ever detected, so it is never reached).
@@ -56,6 +68,11 @@ mod avx512;
 mod float;
 #[cfg(target_arch = "x86_64")]
 mod fp8;
+#[cfg(target_arch = "x86_64")]
+mod packed;
+mod packed_rows;
+#[cfg(test)]
+mod packed_tests;
 #[cfg(not(target_arch = "x86_64"))]
 mod portable;
 #[cfg(test)]
@@ -121,6 +138,9 @@ enum Source<'a> {
         scales: &'a [f32],
         block: [usize; 2],
     },
+    /// INT4, NVFP4, MXFP4 or INT8 decoded in registers (few rows of `A` only), and the same
+    /// matrix for the row groups whose scales the kernel can't apply (see `packed_rows`).
+    Packed(Packed<'a>, WeightSlice<'a>),
     /// Whole rows through `widen_into`.
     Rows(WeightSlice<'a>),
 }
@@ -131,7 +151,7 @@ impl Source<'_> {
         match self {
             Source::F32(_) | Source::Bf16(_) => true,
             Source::Fp8Block { block, .. } => KC.is_multiple_of(block[1]),
-            Source::Rows(_) => false,
+            Source::Packed(..) | Source::Rows(_) => false,
         }
     }
 }
@@ -165,23 +185,46 @@ pub(crate) fn matmul_bt_simd(
             &[a.len(), b.len(), c.len()],
         ));
     }
+    let per_tensor_scale: f32;
     let src = match b {
         WeightSlice::Float(FloatSlice::F32(v)) => Source::F32(v),
         WeightSlice::Float(FloatSlice::BF16(v)) => Source::Bf16(v),
         WeightSlice::Quant(q) => match q.matrix {
             QuantMatrix::Fp8Block { codes, scales, block } => Source::Fp8Block { codes, scales, block },
-            _ => Source::Rows(b),
+            // One block covering the whole matrix (its height a multiple of NR, as the fused
+            // kernel wants), so per-tensor FP8 takes the FP8 kernels too.
+            QuantMatrix::Fp8PerTensor { codes, scale } => {
+                per_tensor_scale = scale;
+                Source::Fp8Block {
+                    codes,
+                    scales: std::slice::from_ref(&per_tensor_scale),
+                    block: [n.next_multiple_of(NR), k],
+                }
+            }
+            matrix => match Packed::from_matrix(matrix, k, 8 * lanes(isa)) {
+                Some(p) if m <= FUSED_FP8_MAX_M => Source::Packed(p, b),
+                _ => Source::Rows(b),
+            },
         },
         WeightSlice::Float(FloatSlice::F16(_)) => Source::Rows(b),
     };
     let SimdScratch { a_perm, tiles } = scratch;
     let tiles = &*tiles;
+    let a_nat = &a[..m * k];
     let a: &[f32] = match src {
         Source::Bf16(_) => {
             a_perm.resize(m * k, 0.0);
             let chunk = 2 * lanes(isa);
             for (src_row, dst_row) in a[..m * k].chunks_exact(k).zip(a_perm.chunks_exact_mut(k)) {
                 permute_even_odd(src_row, dst_row, chunk);
+            }
+            a_perm
+        }
+        // Eight codes per 32-bit lane: the kernel yields nibble `t` of every lane at once.
+        Source::Packed(p, _) if p.four_bit() => {
+            a_perm.resize(m * k, 0.0);
+            for (src_row, dst_row) in a[..m * k].chunks_exact(k).zip(a_perm.chunks_exact_mut(k)) {
+                permute_stride8(src_row, dst_row, lanes(isa));
             }
             a_perm
         }
@@ -197,7 +240,7 @@ pub(crate) fn matmul_bt_simd(
         let mut tile = tiles.take();
         // SAFETY: `a` holds `m * k`, `c` holds `m * n` (checked above, `c` borrowed mutably for
         // the whole call), `src` covers `[n, k]`; this worker writes only columns `lo..hi`.
-        unsafe { run_range(isa, a, src, out, m, n, k, kc, lo, hi, &mut tile) }
+        unsafe { run_range(isa, a, a_nat, src, out, m, n, k, kc, lo, hi, &mut tile) }
     };
     let parts = if threads > 1 { threads.min(n.div_ceil(NR)) } else { 1 };
     if parts <= 1 {
@@ -232,14 +275,29 @@ fn permute_even_odd(src: &[f32], dst: &mut [f32], chunk: usize) {
     dst[full..src.len()].copy_from_slice(&src[full..]);
 }
 
+/// Rewrites each chunk of `8 x lanes` elements of `src` (whose length is whole chunks) so that
+/// element `8l + t` lands at `t x lanes + l`: the order in which the 4-bit kernel takes nibble
+/// `t` of the chunk's `lanes` 32-bit lanes.
+fn permute_stride8(src: &[f32], dst: &mut [f32], lanes: usize) {
+    for (s, d) in src.chunks_exact(8 * lanes).zip(dst.chunks_exact_mut(8 * lanes)) {
+        for (l, eight) in s.chunks_exact(8).enumerate() {
+            for (t, &v) in eight.iter().enumerate() {
+                d[t * lanes + l] = v;
+            }
+        }
+    }
+}
+
 /// Columns `lo..hi` of `C`, every row, every `k` block.
 ///
 /// # Safety
-/// `a` holds `m * k` elements, `out` points to `m * n` writable elements that nothing else
+/// `isa` was detected on this CPU; `a` (in the order `src` wants) and `a_nat` (as given)
+/// hold `m * k` elements, `out` points to `m * n` writable elements that nothing else
 /// accesses in columns `lo..hi` during the call, `src` covers `[n, k]`, `lo <= hi <= n`.
 unsafe fn run_range(
     isa: Isa,
     a: &[f32],
+    a_nat: &[f32],
     src: Source<'_>,
     out: OutPtr,
     m: usize,
@@ -297,6 +355,10 @@ unsafe fn run_range(
             return Ok(());
         }
     }
+    if let Source::Packed(pk, rows) = src {
+        // SAFETY: the caller's contract.
+        return unsafe { run_packed(isa, a, a_nat, pk, rows, out, m, n, k, lo, hi, tile) };
+    }
     for k0 in (0..k).step_by(kc) {
         let kb = kc.min(k - k0);
         let accumulate = k0 > 0;
@@ -316,6 +378,7 @@ unsafe fn run_range(
                     }
                     (tile.as_ptr() as *const u8, kb, false)
                 }
+                Source::Packed(..) => unreachable!("packed sources return above"),
                 Source::Rows(w) => {
                     tile.resize(nr * k, 0.0);
                     w.widen_into(n0 * k, &mut tile[..nr * k])?;
@@ -343,6 +406,103 @@ unsafe fn run_range(
                 unsafe { arch::micro(isa, bf16_rows, mr, nr, ap, k, bptr, ldb, kb, cp, n, accumulate, next) };
                 i0 += mr;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Columns `lo..hi` of `C` from packed rows decoded in registers, `NR` rows at a time: the
+/// group's scales are gathered (and checked, see `packed_rows`) first; a group whose scales
+/// fail the check is widened by `widen_into` and read by the f32 kernel instead.
+///
+/// # Safety
+/// As [`run_range`]; `m <= FUSED_FP8_MAX_M`, `a` in `permute_stride8` order for the 4-bit
+/// formats; `pk` and `rows` are the same validated `[n, k]` matrix, which `from_matrix`
+/// accepted for this ISA's chunk.
+unsafe fn run_packed(
+    isa: Isa,
+    a: &[f32],
+    a_nat: &[f32],
+    pk: Packed<'_>,
+    rows: WeightSlice<'_>,
+    out: OutPtr,
+    m: usize,
+    n: usize,
+    k: usize,
+    lo: usize,
+    hi: usize,
+    tile: &mut Vec<f32>,
+) -> Result<()> {
+    let (codes, ldb) = pk.codes(k);
+    let (fmt, period) = (pk.fmt(), pk.period(k));
+    let per_row = k / period;
+    for n0 in (lo..hi).step_by(NR) {
+        let nr = NR.min(hi - n0);
+        // Scales, then zero points, each with a vector's worth of padding (the kernel reads
+        // a whole vector of them where a chunk holds fewer groups).
+        let pad = NR * per_row + 16;
+        tile.resize(2 * pad, 0.0);
+        let (s, z) = tile.split_at_mut(pad);
+        if !pk.gather(n0, nr, k, s, z) {
+            tile.resize(nr * k, 0.0);
+            rows.widen_into(n0 * k, &mut tile[..nr * k])?;
+            let mut i0 = 0;
+            while i0 < m {
+                let mr = MR.min(m - i0);
+                // SAFETY: rows i0..i0+mr of `A` (natural order) and of `C` exist; the tile
+                // holds `nr` decoded rows of `k`; columns n0..n0+nr of `C` are this worker's.
+                unsafe {
+                    arch::micro(
+                        isa,
+                        false,
+                        mr,
+                        nr,
+                        a_nat.as_ptr().wrapping_add(i0 * k),
+                        k,
+                        tile.as_ptr() as *const u8,
+                        k,
+                        k,
+                        out.0.wrapping_add(i0 * n + n0),
+                        n,
+                        false,
+                        &[],
+                    )
+                };
+                i0 += mr;
+            }
+            continue;
+        }
+        let next = if n0 + NR < hi {
+            &codes[(n0 + NR) * ldb..(n0 + NR + NR.min(hi - n0 - NR)) * ldb]
+        } else {
+            &[][..]
+        };
+        let mut i0 = 0;
+        while i0 < m {
+            let mr = FUSED_MR.min(m - i0);
+            // SAFETY: rows i0..i0+mr of `A` (k each) and of `C` exist; `codes` holds rows
+            // n0..n0+nr of `ldb` bytes; `s` and `z` their `nr x per_row` scales and zero points
+            // from `gather`; columns n0..n0+nr of `C` are this worker's.
+            unsafe {
+                arch::micro_packed(
+                    isa,
+                    fmt,
+                    mr,
+                    nr,
+                    a.as_ptr().wrapping_add(i0 * k),
+                    k,
+                    codes.as_ptr().wrapping_add(n0 * ldb),
+                    ldb,
+                    k,
+                    period,
+                    s.as_ptr(),
+                    z.as_ptr(),
+                    out.0.wrapping_add(i0 * n + n0),
+                    n,
+                    next,
+                )
+            };
+            i0 += mr;
         }
     }
     Ok(())

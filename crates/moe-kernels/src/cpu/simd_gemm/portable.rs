@@ -11,7 +11,6 @@ pub(super) fn best_isa() -> Option<Isa> {
 
 const UNREACHABLE: &str = "no SIMD kernels off x86-64 (detection never yields an Isa here)";
 
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn micro(
     _: Isa,
     _: bool,
@@ -30,7 +29,6 @@ pub(super) unsafe fn micro(
     unreachable!("{UNREACHABLE}")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn micro_fp8(
     _: Isa,
     _: usize,
@@ -51,4 +49,24 @@ pub(super) unsafe fn micro_fp8(
 
 pub(super) unsafe fn decode_e4m3(_: Isa, _: &[u8], _: f32, _: &mut [f32]) -> usize {
     0
+}
+
+pub(super) unsafe fn micro_packed(
+    _: Isa,
+    _: u8,
+    _: usize,
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: *const u8,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+    _: usize,
+    _: &[u8],
+) {
+    unreachable!("{UNREACHABLE}")
 }

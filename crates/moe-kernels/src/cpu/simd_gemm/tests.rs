@@ -2,6 +2,24 @@
 //! bit against the lookup table, and every ISA and weight source against an f64 reference.
 use super::*;
 
+/// Every kernel set this CPU runs (so the AVX-512 cases are skipped where it has none).
+pub(super) fn isas() -> Vec<Isa> {
+    let mut isas = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            isas.push(Isa::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            isas.push(Isa::Avx2);
+        }
+    }
+    isas
+}
+
 #[test]
 fn even_odd_permutation_keeps_the_tail() {
     let src: Vec<f32> = (0..37).map(|i| i as f32).collect();
@@ -20,16 +38,7 @@ fn even_odd_permutation_keeps_the_tail() {
 #[test]
 fn fp8_decode_is_bit_identical_to_the_table() {
     let codes: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
-    let mut isas = Vec::new();
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        isas.push(Isa::Avx512);
-    }
-    if std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
-    {
-        isas.push(Isa::Avx2);
-    }
+    let isas = isas();
     for isa in isas {
         for s in [1.0f32, 0.25, 3.7e-5, 1.0e30, 7.0e-39] {
             let mut d = vec![0.0f32; codes.len()];
@@ -54,16 +63,7 @@ fn fp8_decode_is_bit_identical_to_the_table() {
 fn every_isa_and_source_matches_a_reference() {
     use crate::cpu::weight_slice::QuantSlice;
     use half::f16;
-    let mut isas = Vec::new();
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        isas.push(Isa::Avx512);
-    }
-    if std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
-    {
-        isas.push(Isa::Avx2);
-    }
+    let isas = isas();
     let mut seed = 5u64;
     let mut rnd = move || {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -134,3 +134,74 @@ pub(super) unsafe fn decode_e4m3(isa: Isa, q: &[u8], s: f32, d: &mut [f32]) -> u
         }
     }
 }
+
+/// Dispatches one packed-format micro-tile by ISA, format (`packed_rows::INT4` ...) and
+/// shape: [`avx512::micro_nib`] for the 4-bit formats (`group` their scale group),
+/// [`avx512::micro_int8`] for INT8 (`group` unused, `z` unread).
+///
+/// # Safety
+/// `isa` was detected on this CPU; `mr <= FUSED_MR`, `nr <= NR`; the pointers as the kernel
+/// of `fmt` requires.
+pub(super) unsafe fn micro_packed(
+    isa: Isa,
+    fmt: u8,
+    mr: usize,
+    nr: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const u8,
+    ldb: usize,
+    k: usize,
+    group: usize,
+    s: *const f32,
+    z: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    next: &[u8],
+) {
+    use super::packed_rows::{FP4, INT4, INT4_ZP};
+    let (np, nl) = (next.as_ptr(), next.len());
+    macro_rules! shapes {
+        ($m:ident, nib, $f:ident) => {
+            match (mr, nr) {
+                (1, 1) => $m::micro_nib::<1, 1, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+                (1, 2) => $m::micro_nib::<1, 2, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+                (1, 3) => $m::micro_nib::<1, 3, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+                (1, _) => $m::micro_nib::<1, 4, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+                (_, 1) => $m::micro_nib::<2, 1, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+                (_, 2) => $m::micro_nib::<2, 2, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+                (_, 3) => $m::micro_nib::<2, 3, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+                (_, _) => $m::micro_nib::<2, 4, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+            }
+        };
+        ($m:ident, int8) => {
+            match (mr, nr) {
+                (1, 1) => $m::micro_int8::<1, 1>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+                (1, 2) => $m::micro_int8::<1, 2>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+                (1, 3) => $m::micro_int8::<1, 3>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+                (1, _) => $m::micro_int8::<1, 4>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+                (_, 1) => $m::micro_int8::<2, 1>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+                (_, 2) => $m::micro_int8::<2, 2>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+                (_, 3) => $m::micro_int8::<2, 3>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+                (_, _) => $m::micro_int8::<2, 4>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+            }
+        };
+    }
+    macro_rules! formats {
+        ($m:ident) => {
+            match fmt {
+                INT4 => shapes!($m, nib, INT4),
+                INT4_ZP => shapes!($m, nib, INT4_ZP),
+                FP4 => shapes!($m, nib, FP4),
+                _ => shapes!($m, int8),
+            }
+        };
+    }
+    // SAFETY: the caller guarantees the ISA was detected and the kernel's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512 => formats!(avx512),
+            Isa::Avx2 => formats!(avx2),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The few-rows (decode) kernels of the packed formats, written once as a template
+//! (`packed_kernels!`) and instantiated per ISA. They follow `micro_fp8`: each packed byte is
+//! loaded once per call and decoded in registers (no widened copy of a row), codes become
+//! their exact unscaled values, and each scale group's partial dot products are multiplied by
+//! the group's scale once, not every weight.
+//!
+//! Decode is what bounds a 4-bit format on a CPU (a weight costs the arithmetic of a 16-bit
+//! one for a quarter of the bytes), and cross-lane shuffles are the scarce kind of it (on Zen
+//! 4 a 512-bit `vpmovzxbd` or `vpermd` takes twice the issue slots of a shift). So
+//! `micro_nib` loads one vector of packed bytes per row and chunk (`8 x LANES` weights) and
+//! takes nibble `t` of every 32-bit lane with shifts in place: vector `t` holds weights
+//! `8l + t` of the chunk, lane `l`, an order `A` is permuted to once per call
+//! (`permute_stride8`). Integers then need no shuffle at all; E2M1 one table lookup. A
+//! lane's scale group is `8l / group` (groups are multiples of 8), so a group smaller than
+//! the chunk is a per-lane scale vector built once per chunk (`expand`).
+//!
+//! The ISA module supplies `Bits`, `load_bits`, `nibble`, `expand`, `lane_groups`, `sub`,
+//! `Tab`/`table`, `decode8` and `PER` besides the helpers of `float.rs`.
+
+/// Emits `micro_nib` (INT4, NVFP4, MXFP4) and `micro_int8` for one ISA (`$feat`: its
+/// `target_feature` list).
+macro_rules! packed_kernels {
+    ($feat:literal) => {
+        /// One `MR x NR` tile of `C` over all of `k` from 4-bit rows decoded in registers:
+        /// per chunk of `8 x LANES` weights, sums of `A_i · code_j` (exact code values), then
+        /// `acc += sum * scale` with the chunk's per-lane scales.
+        ///
+        /// # Safety
+        /// The CPU has the ISA; `a` covers `MR` rows of `k` floats at stride `lda`, each
+        /// chunk in `permute_stride8` order; `b` `NR` rows of `k / 2` bytes at stride `ldb`;
+        /// `k` is a multiple of `8 x LANES`, `group` a multiple of 8 that divides it or is
+        /// a multiple of it; `s` (and `z` for `INT4_ZP`) hold `NR` rows of `per_row = k /
+        /// group` values at stride `per_row`, plus `LANES` readable values past the end;
+        /// `c` an `MR x NR` block at stride `ldc`. `next..next + next_len` (only prefetched)
+        /// may be anything.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn micro_nib<const MR: usize, const NR: usize, const FMT: u8>(
+            a: *const f32,
+            lda: usize,
+            b: *const u8,
+            ldb: usize,
+            k: usize,
+            group: usize,
+            s: *const f32,
+            z: *const f32,
+            c: *mut f32,
+            ldc: usize,
+            next: *const u8,
+            next_len: usize,
+        ) {
+            use super::packed_rows::{FP4, INT4_ZP, NIBBLES};
+            let ch = 8 * LANES;
+            let per_row = k / group;
+            let idx = lane_groups(group);
+            let tab = table(if FMT == FP4 {
+                &crate::codec::fp4::E2M1_VALUES
+            } else {
+                &NIBBLES
+            });
+            let mut acc = [[zero(); NR]; MR];
+            let mut pf = 0;
+            // SAFETY: (whole body) every offset stays below `k` values (`k / 2` bytes) within
+            // its row, every scale read below `NR * per_row + LANES`, as the contract provides.
+            unsafe {
+                let mut c0 = 0;
+                while c0 < k {
+                    // One line of the next row group per row and chunk: at least the rate
+                    // this group is read at, so the next one is in L2 when it starts.
+                    for _ in 0..NR {
+                        if pf < next_len {
+                            prefetch_l2(next.wrapping_add(pf));
+                            pf += 64;
+                        }
+                    }
+                    let g = c0 / group;
+                    let mut v = [load_bits(b); NR];
+                    let mut zv = [zero(); NR];
+                    for j in 0..NR {
+                        v[j] = load_bits(b.add(j * ldb + c0 / 2));
+                        if FMT == INT4_ZP {
+                            zv[j] = expand(z.add(j * per_row + g), idx);
+                        }
+                    }
+                    let mut seg = [[zero(); NR]; MR];
+                    for t in 0..8 {
+                        for j in 0..NR {
+                            let mut w = nibble::<FMT>(v[j], t, &tab);
+                            if FMT == INT4_ZP {
+                                w = sub(w, zv[j]);
+                            }
+                            for i in 0..MR {
+                                let av = load(a.add(i * lda + c0 + t * LANES));
+                                seg[i][j] = fma(av, w, seg[i][j]);
+                            }
+                        }
+                    }
+                    for j in 0..NR {
+                        let sv = expand(s.add(j * per_row + g), idx);
+                        for i in 0..MR {
+                            acc[i][j] = fma(seg[i][j], sv, acc[i][j]);
+                        }
+                    }
+                    c0 += ch;
+                }
+                for i in 0..MR {
+                    for j in 0..NR {
+                        *c.add(i * ldc + j) = hsum(acc[i][j]);
+                    }
+                }
+            }
+        }
+
+        /// One `MR x NR` tile of `C` over all of `k` from INT8 rows decoded in registers,
+        /// 16 codes per step: `(sum A_i · q_j) * s_j`; columns past the last whole step take
+        /// the reference's per-element product.
+        ///
+        /// # Safety
+        /// The CPU has the ISA; `a` covers `MR` rows of `k` floats at stride `lda`, `b` `NR`
+        /// rows of `k` codes at stride `ldb`, `s` their `NR` scales, `c` an `MR x NR` block
+        /// at stride `ldc`. `next..next + next_len` (only prefetched) may be anything.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn micro_int8<const MR: usize, const NR: usize>(
+            a: *const f32,
+            lda: usize,
+            b: *const u8,
+            ldb: usize,
+            k: usize,
+            s: *const f32,
+            c: *mut f32,
+            ldc: usize,
+            next: *const u8,
+            next_len: usize,
+        ) {
+            let full = k / 16 * 16;
+            let mut seg = [[zero(); NR]; MR];
+            let mut pf = 0;
+            // SAFETY: (whole body) every offset stays below `k` within its row and `s` holds
+            // `NR` scales, as the contract provides.
+            unsafe {
+                let mut p = 0;
+                while p < full {
+                    // A line of each next row per 64 columns, the rate this group is read at.
+                    if p % 64 == 0 {
+                        for _ in 0..NR {
+                            if pf < next_len {
+                                prefetch_l2(next.wrapping_add(pf));
+                                pf += 64;
+                            }
+                        }
+                    }
+                    let mut w = [[zero(); PER]; NR];
+                    for j in 0..NR {
+                        w[j] = decode8(b.add(j * ldb + p));
+                    }
+                    for i in 0..MR {
+                        for v in 0..PER {
+                            let av = load(a.add(i * lda + p + v * LANES));
+                            for j in 0..NR {
+                                seg[i][j] = fma(av, w[j][v], seg[i][j]);
+                            }
+                        }
+                    }
+                    p += 16;
+                }
+                for j in 0..NR {
+                    let sj = *s.add(j);
+                    for i in 0..MR {
+                        let mut t = hsum(seg[i][j]) * sj;
+                        for q in full..k {
+                            let w = f32::from(*b.add(j * ldb + q) as i8) * sj;
+                            t += *a.add(i * lda + q) * w;
+                        }
+                        *c.add(i * ldc + j) = t;
+                    }
+                }
+            }
+        }
+    };
+}
+pub(super) use packed_kernels;
