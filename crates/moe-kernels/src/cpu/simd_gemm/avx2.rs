@@ -144,23 +144,37 @@ fn lut16(idx: __m256i, t: &Tab) -> __m256 {
     _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)))
 }
 
-/// Nibble `t` of every 32-bit lane of `v` as its value: a signed INT4 (`INT4`), an unsigned
-/// one (`INT4_ZP`, the zero point is subtracted by the caller) or E2M1 looked up in `tab`.
+/// Nibble `t` of every 32-bit lane of `v` as a value: for the INT4 formats `1 + q / 16` for
+/// the unsigned nibble `q`, exact, by moving it into the top of an f32 mantissa under the
+/// exponent of 1.0 (a shift and a mask-and-or, no integer
+/// conversion: the kernel takes `q` back out of the sums with the activations' own sums);
+/// for `FP4` the E2M1 value looked up in `tab`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn nibble<const FMT: u8>(v: Bits, t: usize, tab: &Tab) -> __m256 {
-    use super::packed_rows::{FP4, INT4};
+    use super::packed_rows::FP4;
     match FMT {
-        INT4 => {
-            let top = _mm256_sllv_epi32(v, _mm256_set1_epi32(28 - 4 * t as i32));
-            _mm256_cvtepi32_ps(_mm256_srai_epi32::<28>(top))
-        }
         FP4 => lut16(_mm256_srlv_epi32(v, _mm256_set1_epi32(4 * t as i32)), tab),
         _ => {
-            let x = _mm256_srlv_epi32(v, _mm256_set1_epi32(4 * t as i32));
-            _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15)))
+            // Bits 4t..4t+4 to 19..23.
+            let x = if t <= 4 {
+                _mm256_sllv_epi32(v, _mm256_set1_epi32(19 - 4 * t as i32))
+            } else {
+                _mm256_srlv_epi32(v, _mm256_set1_epi32(4 * t as i32 - 19))
+            };
+            _mm256_castsi256_ps(_mm256_or_si256(
+                _mm256_and_si256(x, _mm256_set1_epi32(0x0078_0000)),
+                _mm256_set1_epi32(0x3F80_0000),
+            ))
         }
     }
+}
+
+/// Every nibble of `v` xor 8: a signed nibble `n` becomes the unsigned `n + 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn flip_signs(v: Bits) -> Bits {
+    _mm256_xor_si256(v, _mm256_set1_epi32(0x8888_8888u32 as i32))
 }
 
 /// Lane `l` of the result is `p[idx[l]]`.
@@ -183,10 +197,11 @@ fn lane_groups(group: usize) -> Bits {
     unsafe { _mm256_loadu_si256(g.as_ptr() as *const __m256i) }
 }
 
+/// `c - a * b`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn sub(a: __m256, b: __m256) -> __m256 {
-    _mm256_sub_ps(a, b)
+fn fnmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+    _mm256_fnmadd_ps(a, b, c)
 }
 
 /// 16 INT8 codes at `p` as f32.

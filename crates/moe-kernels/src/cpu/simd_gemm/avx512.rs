@@ -137,24 +137,38 @@ unsafe fn load_bits(p: *const u8) -> Bits {
     unsafe { _mm512_loadu_si512(p as *const __m512i) }
 }
 
-/// Nibble `t` of every 32-bit lane of `v` as its value: a signed INT4 (`INT4`), an unsigned
-/// one (`INT4_ZP`, the zero point is subtracted by the caller) or E2M1 looked up in `tab`
-/// (`vpermps` reads only an index's low 4 bits, so no mask).
+/// Nibble `t` of every 32-bit lane of `v` as a value: for the INT4 formats `1 + q / 16` for
+/// the unsigned nibble `q`, exact, by moving it into the top of an f32 mantissa under the
+/// exponent of 1.0 (a shift and a mask-and-or (`vpternlogd` does the mask and the or in one), no integer
+/// conversion: the kernel takes `q` back out of the sums with the activations' own sums);
+/// for `FP4` the E2M1 value looked up in `tab`.
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn nibble<const FMT: u8>(v: Bits, t: usize, tab: &Tab) -> __m512 {
-    use super::packed_rows::{FP4, INT4};
+    use super::packed_rows::FP4;
     match FMT {
-        INT4 => {
-            let top = _mm512_sllv_epi32(v, _mm512_set1_epi32(28 - 4 * t as i32));
-            _mm512_cvtepi32_ps(_mm512_srai_epi32::<28>(top))
-        }
         FP4 => _mm512_permutexvar_ps(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * t as i32)), *tab),
         _ => {
-            let x = _mm512_srlv_epi32(v, _mm512_set1_epi32(4 * t as i32));
-            _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(15)))
+            // Bits 4t..4t+4 to 19..23.
+            let x = if t <= 4 {
+                _mm512_sllv_epi32(v, _mm512_set1_epi32(19 - 4 * t as i32))
+            } else {
+                _mm512_srlv_epi32(v, _mm512_set1_epi32(4 * t as i32 - 19))
+            };
+            _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(
+                x,
+                _mm512_set1_epi32(0x0078_0000),
+                _mm512_set1_epi32(0x3F80_0000),
+            ))
         }
     }
+}
+
+/// Every nibble of `v` xor 8: a signed nibble `n` becomes the unsigned `n + 8`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn flip_signs(v: Bits) -> Bits {
+    _mm512_xor_si512(v, _mm512_set1_epi32(0x8888_8888u32 as i32))
 }
 
 /// Lane `l` of the result is `p[idx[l]]`.
@@ -177,10 +191,11 @@ fn lane_groups(group: usize) -> Bits {
     unsafe { _mm512_loadu_si512(g.as_ptr() as *const __m512i) }
 }
 
+/// `c - a * b`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn sub(a: __m512, b: __m512) -> __m512 {
-    _mm512_sub_ps(a, b)
+fn fnmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+    _mm512_fnmadd_ps(a, b, c)
 }
 
 /// 16 INT8 codes at `p` as f32.

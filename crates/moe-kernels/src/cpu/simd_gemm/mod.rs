@@ -121,8 +121,10 @@ pub fn detected() -> Option<Isa> {
 /// Reusable buffers of [`matmul_bt_simd`].
 #[derive(Debug, Default)]
 pub struct SimdScratch {
-    /// `A` in the even/odd order of the bf16 kernel.
+    /// `A` in the even/odd order of the bf16 kernel, or the stride-8 one of the 4-bit kernel.
     a_perm: Vec<f32>,
+    /// Per-lane sums of each chunk of `a_perm` (INT4, see `chunk_sums`).
+    a_sums: Vec<f32>,
     /// Decoded weight tiles, one per concurrent worker.
     tiles: ScratchPool<Vec<f32>>,
 }
@@ -202,13 +204,15 @@ pub(crate) fn matmul_bt_simd(
                 }
             }
             matrix => match Packed::from_matrix(matrix, k, 8 * lanes(isa)) {
-                Some(p) if m <= FUSED_FP8_MAX_M => Source::Packed(p, b),
+                Some(p) if m <= FUSED_FP8_MAX_M && (!p.sums_activations() || all_finite(&a[..m * k])) => {
+                    Source::Packed(p, b)
+                }
                 _ => Source::Rows(b),
             },
         },
         WeightSlice::Float(FloatSlice::F16(_)) => Source::Rows(b),
     };
-    let SimdScratch { a_perm, tiles } = scratch;
+    let SimdScratch { a_perm, a_sums, tiles } = scratch;
     let tiles = &*tiles;
     let a_nat = &a[..m * k];
     let a: &[f32] = match src {
@@ -226,6 +230,9 @@ pub(crate) fn matmul_bt_simd(
             for (src_row, dst_row) in a[..m * k].chunks_exact(k).zip(a_perm.chunks_exact_mut(k)) {
                 permute_stride8(src_row, dst_row, lanes(isa));
             }
+            if p.sums_activations() {
+                chunk_sums(a_perm, a_sums, lanes(isa));
+            }
             a_perm
         }
         _ => &a[..m * k],
@@ -235,12 +242,13 @@ pub(crate) fn matmul_bt_simd(
     } else {
         KC
     };
+    let a_sums = &a_sums[..];
     let out = OutPtr(c.as_mut_ptr());
     let run = |lo: usize, hi: usize| -> Result<()> {
         let mut tile = tiles.take();
         // SAFETY: `a` holds `m * k`, `c` holds `m * n` (checked above, `c` borrowed mutably for
         // the whole call), `src` covers `[n, k]`; this worker writes only columns `lo..hi`.
-        unsafe { run_range(isa, a, a_nat, src, out, m, n, k, kc, lo, hi, &mut tile) }
+        unsafe { run_range(isa, a, a_nat, a_sums, src, out, m, n, k, kc, lo, hi, &mut tile) }
     };
     let parts = if threads > 1 { threads.min(n.div_ceil(NR)) } else { 1 };
     if parts <= 1 {
@@ -275,6 +283,25 @@ fn permute_even_odd(src: &[f32], dst: &mut [f32], chunk: usize) {
     dst[full..src.len()].copy_from_slice(&src[full..]);
 }
 
+/// Whether every element is finite (no early exit, so it vectorizes).
+fn all_finite(v: &[f32]) -> bool {
+    v.iter().fold(true, |ok, x| ok & x.is_finite())
+}
+
+/// `sums[r * k / 8 + c * lanes + l]` = the sum over `t` of chunk `c`'s element `t x lanes + l`
+/// of row `r` of `a` (rows of `k`, in `permute_stride8` order): lane `l`'s share of the chunk.
+fn chunk_sums(a: &[f32], sums: &mut Vec<f32>, lanes: usize) {
+    sums.clear();
+    sums.resize(a.len() / 8, 0.0);
+    for (chunk, out) in a.chunks_exact(8 * lanes).zip(sums.chunks_exact_mut(lanes)) {
+        for row in chunk.chunks_exact(lanes) {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o += x;
+            }
+        }
+    }
+}
+
 /// Rewrites each chunk of `8 x lanes` elements of `src` (whose length is whole chunks) so that
 /// element `8l + t` lands at `t x lanes + l`: the order in which the 4-bit kernel takes nibble
 /// `t` of the chunk's `lanes` 32-bit lanes.
@@ -298,6 +325,7 @@ unsafe fn run_range(
     isa: Isa,
     a: &[f32],
     a_nat: &[f32],
+    a_sums: &[f32],
     src: Source<'_>,
     out: OutPtr,
     m: usize,
@@ -357,7 +385,7 @@ unsafe fn run_range(
     }
     if let Source::Packed(pk, rows) = src {
         // SAFETY: the caller's contract.
-        return unsafe { run_packed(isa, a, a_nat, pk, rows, out, m, n, k, lo, hi, tile) };
+        return unsafe { run_packed(isa, a, a_nat, a_sums, pk, rows, out, m, n, k, lo, hi, tile) };
     }
     for k0 in (0..k).step_by(kc) {
         let kb = kc.min(k - k0);
@@ -417,12 +445,13 @@ unsafe fn run_range(
 ///
 /// # Safety
 /// As [`run_range`]; `m <= FUSED_FP8_MAX_M`, `a` in `permute_stride8` order for the 4-bit
-/// formats; `pk` and `rows` are the same validated `[n, k]` matrix, which `from_matrix`
+/// formats, finite for INT4 with `a_sums` its `chunk_sums`; `pk` and `rows` are the same validated `[n, k]` matrix, which `from_matrix`
 /// accepted for this ISA's chunk.
 unsafe fn run_packed(
     isa: Isa,
     a: &[f32],
     a_nat: &[f32],
+    a_sums: &[f32],
     pk: Packed<'_>,
     rows: WeightSlice<'_>,
     out: OutPtr,
@@ -497,6 +526,7 @@ unsafe fn run_packed(
                     period,
                     s.as_ptr(),
                     z.as_ptr(),
+                    a_sums.as_ptr().wrapping_add(i0 * (k / 8)),
                     out.0.wrapping_add(i0 * n + n0),
                     n,
                     next,

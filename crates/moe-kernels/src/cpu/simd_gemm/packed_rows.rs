@@ -9,6 +9,8 @@
 //! `a * (q * s)` and `(a * q) * s` are both NaN exactly when `a` is NaN, or `a` is infinite
 //! and `q` or `s` is zero, and infinite with the same sign otherwise); [`Packed::gather`]
 //! checks that per row group, and a group that fails it is decoded by `widen_into` instead.
+//! INT4 also folds its zero point out of the sums with the activations' sums, which holds
+//! only for finite activations: a call with any other takes the widening path.
 
 use super::super::weight_slice::{MXFP4_BLOCK, NVFP4_BLOCK, QuantMatrix};
 use crate::codec::e8m0::e8m0_to_f32;
@@ -99,6 +101,13 @@ impl<'a> Packed<'a> {
         }
     }
 
+    /// Whether the kernel needs finite activations and their per-chunk lane sums: INT4 folds
+    /// its zero point out of the sums with them (`Inf - Inf` would turn an infinite output
+    /// into NaN), so a call with a non-finite activation takes the widening path.
+    pub(super) fn sums_activations(&self) -> bool {
+        matches!(self, Packed::Int4 { .. })
+    }
+
     /// Whether two codes share a byte (then `A` is read in `permute_stride8` order).
     pub(super) fn four_bit(&self) -> bool {
         self.fmt() != INT8
@@ -136,7 +145,7 @@ impl<'a> Packed<'a> {
     }
 
     /// Writes the scales of rows `r0..r0 + nr` into `s[j * per_row + g]` (`per_row = k / period`)
-    /// and, for INT4 with zero points, the zero points as f32 into `z` the same way; returns
+    /// and, for INT4 with zero points, `1 + z / 16` into `z` the same way; returns
     /// whether every scale keeps the reference's semantics (see the module doc). `s` and `z`
     /// hold `nr * per_row`; `r0 + nr <= n` of a validated `[n, k]` matrix.
     pub(super) fn gather(&self, r0: usize, nr: usize, k: usize, s: &mut [f32], z: &mut [f32]) -> bool {
@@ -146,9 +155,10 @@ impl<'a> Packed<'a> {
         match *self {
             Packed::Int4 { scales, zeros, .. } => {
                 s.copy_from_slice(&scales[first..first + count]);
+                // As the kernel takes them, `1 + z / 16` (exact for a byte).
                 if let Some(zeros) = zeros {
                     for (d, &q) in z[..count].iter_mut().zip(&zeros[first..first + count]) {
-                        *d = f32::from(q);
+                        *d = 1.0 + f32::from(q) / 16.0;
                     }
                 }
             }

@@ -64,6 +64,7 @@ pub(super) unsafe fn micro_packed(
     _: usize,
     _: *const f32,
     _: *const f32,
+    _: *const f32,
     _: *mut f32,
     _: usize,
     _: &[u8],

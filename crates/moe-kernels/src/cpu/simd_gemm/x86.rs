@@ -137,7 +137,7 @@ pub(super) unsafe fn decode_e4m3(isa: Isa, q: &[u8], s: f32, d: &mut [f32]) -> u
 
 /// Dispatches one packed-format micro-tile by ISA, format (`packed_rows::INT4` ...) and
 /// shape: [`avx512::micro_nib`] for the 4-bit formats (`group` their scale group),
-/// [`avx512::micro_int8`] for INT8 (`group` unused, `z` unread).
+/// [`avx512::micro_int8`] for INT8 (`group` unused, `z` and `asum` unread).
 ///
 /// # Safety
 /// `isa` was detected on this CPU; `mr <= FUSED_MR`, `nr <= NR`; the pointers as the kernel
@@ -155,6 +155,7 @@ pub(super) unsafe fn micro_packed(
     group: usize,
     s: *const f32,
     z: *const f32,
+    asum: *const f32,
     c: *mut f32,
     ldc: usize,
     next: &[u8],
@@ -164,14 +165,14 @@ pub(super) unsafe fn micro_packed(
     macro_rules! shapes {
         ($m:ident, nib, $f:ident) => {
             match (mr, nr) {
-                (1, 1) => $m::micro_nib::<1, 1, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
-                (1, 2) => $m::micro_nib::<1, 2, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
-                (1, 3) => $m::micro_nib::<1, 3, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
-                (1, _) => $m::micro_nib::<1, 4, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
-                (_, 1) => $m::micro_nib::<2, 1, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
-                (_, 2) => $m::micro_nib::<2, 2, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
-                (_, 3) => $m::micro_nib::<2, 3, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
-                (_, _) => $m::micro_nib::<2, 4, $f>(a, lda, b, ldb, k, group, s, z, c, ldc, np, nl),
+                (1, 1) => $m::micro_nib::<1, 1, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
+                (1, 2) => $m::micro_nib::<1, 2, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
+                (1, 3) => $m::micro_nib::<1, 3, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
+                (1, _) => $m::micro_nib::<1, 4, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
+                (_, 1) => $m::micro_nib::<2, 1, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
+                (_, 2) => $m::micro_nib::<2, 2, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
+                (_, 3) => $m::micro_nib::<2, 3, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
+                (_, _) => $m::micro_nib::<2, 4, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
             }
         };
         ($m:ident, int8) => {
