@@ -472,7 +472,8 @@ unsafe fn run_packed(
         let pad = NR * per_row + 16;
         tile.resize(2 * pad, 0.0);
         let (s, z) = tile.split_at_mut(pad);
-        if !pk.gather(n0, nr, k, s, z) {
+        // SAFETY: the caller guarantees the ISA.
+        if !unsafe { pk.gather(isa, n0, nr, k, s, z) } {
             tile.resize(nr * k, 0.0);
             rows.widen_into(n0 * k, &mut tile[..nr * k])?;
             let mut i0 = 0;
