@@ -21,6 +21,11 @@
 //! `lane_groups`, `fnmadd`, `Tab`/`table`, `decode8` and `PER` besides the helpers of
 //! `float.rs`.
 
+/// `0..=15`: a placeholder table for the INT4 formats, which decode without one.
+pub(super) static NIBBLES: [f32; 16] = [
+    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+];
+
 /// Emits `micro_nib` (INT4, NVFP4, MXFP4) and `micro_int8` for one ISA (`$feat`: its
 /// `target_feature` list).
 macro_rules! packed_kernels {
@@ -55,7 +60,8 @@ macro_rules! packed_kernels {
             next: *const u8,
             next_len: usize,
         ) {
-            use super::packed_rows::{FP4, INT4, INT4_ZP, NIBBLES};
+            use super::packed::NIBBLES;
+            use super::packed_rows::{FP4, INT4, INT4_ZP};
             // INT4 sums `a * (1 + q / 16)` (see `nibble`): `sum a (q - z) = 16 (sum - (1 + z
             // / 16) sum a)`, with the chunk's `sum a` per lane from `asum`; a signed nibble is
             // `q - 8` once its sign bit is flipped.

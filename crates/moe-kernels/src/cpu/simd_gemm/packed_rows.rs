@@ -25,11 +25,6 @@ pub(super) const INT4_ZP: u8 = 1;
 pub(super) const FP4: u8 = 2;
 pub(super) const INT8: u8 = 3;
 
-/// `0..=15` (a placeholder table for the integer formats, which decode without one).
-pub(super) static NIBBLES: [f32; 16] = [
-    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
-];
-
 /// A packed `[n, k]` matrix the few-rows kernels can read.
 #[derive(Clone, Copy)]
 pub(super) enum Packed<'a> {

@@ -2,22 +2,14 @@
 //! bit against the lookup table, and every ISA and weight source against an f64 reference.
 use super::*;
 
-/// Every kernel set this CPU runs (so the AVX-512 cases are skipped where it has none).
+/// Every kernel set this CPU runs (so the AVX-512 cases are skipped where it has none, and
+/// everything off x86-64).
 pub(super) fn isas() -> Vec<Isa> {
-    let mut isas = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            isas.push(Isa::Avx512);
-        }
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            isas.push(Isa::Avx2);
-        }
+    match arch::best_isa() {
+        Some(Isa::Avx512) => vec![Isa::Avx512, Isa::Avx2],
+        Some(Isa::Avx2) => vec![Isa::Avx2],
+        None => Vec::new(),
     }
-    isas
 }
 
 #[test]
@@ -34,7 +26,6 @@ fn even_odd_permutation_keeps_the_tail() {
     assert_eq!(&dst[32..], &[32., 33., 34., 35., 36.]);
 }
 
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn fp8_decode_is_bit_identical_to_the_table() {
     let codes: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
@@ -58,7 +49,6 @@ fn fp8_decode_is_bit_identical_to_the_table() {
 /// Every ISA of this CPU against an f64 reference, for each weight source (bf16 and f32
 /// direct, FP8 block tiles, f16 and INT8 through `widen_into`), on shapes with row, column
 /// and `k` remainders, a `k` long enough to be cut into blocks, and 1 or 3 workers.
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn every_isa_and_source_matches_a_reference() {
     use crate::cpu::weight_slice::QuantSlice;
