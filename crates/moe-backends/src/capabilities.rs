@@ -5,25 +5,26 @@
 //! cannot disagree. The gate is pure: it reads only the problem and the deployment, never the
 //! machine, and abstains (accepts) on unknown (`None`) fields.
 
-use moe_core::{Activation, Capabilities, DType, Eligibility, MoeDeployment, MoeProblem, QuantAlgo, RejectReason};
+use moe_core::{
+    Activation, Capabilities, DType, Eligibility, FORMATS, MoeDeployment, MoeProblem, QuantAlgo, RejectReason,
+};
 
-/// Activation dtypes the host backends run each quant format with. The host kernels compute
-/// in f32 whatever the format, so these follow the formats' models rather than a kernel limit:
-/// - FP8 block: f32 and bf16. TensorRT-LLM runs it on bf16 only (DeepSeek); f32 is accepted
-///   for full-precision reference runs; f16 is refused as there.
-/// - MXFP4 (W4A16, GPT-OSS): f32 and bf16; GPT-OSS runs in bf16, whose range its activations
-///   need (f16 is refused).
-/// - Everything else: f32, f16 and bf16 (FP8 per tensor and INT8 as TensorRT-LLM's CUTLASS
-///   table, NVFP4 and INT4 for fp16 checkpoints).
-pub const QUANT_DTYPES: &[(QuantAlgo, &[DType])] = &[
-    (QuantAlgo::None, &[DType::F32, DType::F16, DType::BF16]),
-    (QuantAlgo::Fp8PerTensor, &[DType::F32, DType::F16, DType::BF16]),
-    (QuantAlgo::Fp8Block, &[DType::F32, DType::BF16]),
-    (QuantAlgo::Nvfp4, &[DType::F32, DType::F16, DType::BF16]),
-    (QuantAlgo::W4A16Mxfp4, &[DType::F32, DType::BF16]),
-    (QuantAlgo::W4A16Int4, &[DType::F32, DType::F16, DType::BF16]),
-    (QuantAlgo::W8A16, &[DType::F32, DType::F16, DType::BF16]),
-];
+/// Activation dtypes the host backends run each quant format with: every format of
+/// `moe_core::FORMATS` with its descriptor's `dtypes` (the host kernels compute in f32
+/// whatever the format, so these follow the formats' models rather than a kernel limit; each
+/// descriptor says why). Built from the descriptors at compile time, so a new format reaches
+/// the host backends' capability table and gate without an edit here.
+pub const QUANT_DTYPES: &[(QuantAlgo, &[DType])] = &HOST_TABLE;
+
+const HOST_TABLE: [(QuantAlgo, &[DType]); FORMATS.len()] = {
+    let mut table: [(QuantAlgo, &[DType]); FORMATS.len()] = [(QuantAlgo::None, &[]); FORMATS.len()];
+    let mut i = 0;
+    while i < FORMATS.len() {
+        table[i] = (FORMATS[i].algo, FORMATS[i].dtypes);
+        i += 1;
+    }
+    table
+};
 
 /// The activation dtypes of `algo` on the host backends (none for a format not listed).
 pub fn quant_dtypes(algo: QuantAlgo) -> &'static [DType] {
@@ -259,6 +260,38 @@ mod tests {
         c.bias = true;
         c.activation = Activation::GPT_OSS;
         assert_eq!(verdict(&c), Eligibility::Ok);
+    }
+
+    /// A device backend keeps its own table (which formats its kernels decode, on which
+    /// dtypes), checked against the descriptors: every entry is a format it lists once, in
+    /// `FORMATS` order, on a subset of the format's dtypes.
+    fn check_device_table(name: &str, table: &[(QuantAlgo, &[DType])]) {
+        let mut last = None;
+        for (algo, dtypes) in table {
+            let pos = QuantAlgo::ALL.iter().position(|a| a == algo).unwrap();
+            assert!(
+                last.is_none_or(|l| l < pos),
+                "{name}: {algo:?} out of FORMATS order or listed twice"
+            );
+            last = Some(pos);
+            assert!(!dtypes.is_empty(), "{name}: {algo:?} lists no dtype");
+            for d in *dtypes {
+                assert!(
+                    algo.descriptor().dtypes.contains(d),
+                    "{name}: {algo:?} on {d}, which the format's descriptor does not run"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dtype_tables_follow_the_format_descriptors() {
+        assert_eq!(QUANT_DTYPES.len(), FORMATS.len());
+        for (d, (algo, dtypes)) in FORMATS.iter().zip(QUANT_DTYPES) {
+            assert_eq!((d.algo, d.dtypes), (*algo, *dtypes));
+        }
+        check_device_table("host", QUANT_DTYPES);
+        check_device_table("cuda", crate::cuda::CUDA_QUANT_DTYPES);
     }
 
     #[test]

@@ -51,7 +51,10 @@ impl Activation {
 }
 
 /// Quantization algorithm of the expert weights (canonical names, as TensorRT-LLM's
-/// `QuantAlgo`). Formats other than `None` are owned by `moe-quant`.
+/// `QuantAlgo`). Formats other than `None` are owned by `moe-quant`; what each format is (its
+/// names, checkpoint layout, activation quantization, dtypes, EPLB status, tolerance) is its
+/// descriptor, `QuantAlgo::descriptor` (`crate::quant_format::FORMATS`, one per variant in this
+/// order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuantAlgo {
@@ -68,31 +71,6 @@ pub enum QuantAlgo {
     W4A16Int4,
     /// INT8 weight-only per output channel.
     W8A16,
-}
-
-impl QuantAlgo {
-    /// Every algorithm, in the order capability tables list them.
-    pub const ALL: [QuantAlgo; 7] = [
-        QuantAlgo::None,
-        QuantAlgo::Fp8PerTensor,
-        QuantAlgo::Fp8Block,
-        QuantAlgo::Nvfp4,
-        QuantAlgo::W4A16Mxfp4,
-        QuantAlgo::W4A16Int4,
-        QuantAlgo::W8A16,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuantAlgo::None => "none",
-            QuantAlgo::Fp8PerTensor => "fp8",
-            QuantAlgo::Fp8Block => "fp8_block",
-            QuantAlgo::Nvfp4 => "nvfp4",
-            QuantAlgo::W4A16Mxfp4 => "w4a16_mxfp4",
-            QuantAlgo::W4A16Int4 => "w4a16_int4",
-            QuantAlgo::W8A16 => "w8a16",
-        }
-    }
 }
 
 /// Quantization of a layer: the algorithm plus format parameters.

@@ -22,6 +22,7 @@ pub mod partition;
 pub mod prng;
 pub mod problem;
 pub mod quant;
+pub mod quant_format;
 pub mod routing;
 pub mod scheduler;
 pub mod tensor;
@@ -40,6 +41,7 @@ pub use problem::{
     RejectedCandidate, ResolutionReport, SchedulerKind, SelectedBy,
 };
 pub use quant::{ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantMethod};
+pub use quant_format::{FORMATS, FormatDescriptor};
 pub use routing::{RoutingMethod, RoutingOutput};
 pub use scheduler::{ForwardArgs, LayerView, MoeScheduler};
 pub use tensor::{DeviceStorage, HostStorage, Storage, Tensor, TensorView};

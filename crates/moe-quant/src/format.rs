@@ -259,9 +259,19 @@ impl Staging {
 /// A quantization format (see the module docs). Methods with defaults are the common case of
 /// a format that folds nothing.
 pub(crate) trait Format: Send + Sync {
-    fn name(&self) -> &'static str;
     fn algo(&self) -> QuantAlgo;
-    fn eplb_support_status(&self) -> EplbSupportStatus;
+
+    /// The method's name: its descriptor's `method` (`moe_core::quant_format`; the
+    /// descriptor's `name` is the format's, `QuantAlgo::as_str`).
+    #[allow(clippy::misnamed_getters)]
+    fn name(&self) -> &'static str {
+        self.algo().descriptor().method
+    }
+
+    /// Whether EPLB may migrate its slots: its descriptor's.
+    fn eplb_support_status(&self) -> EplbSupportStatus {
+        self.algo().descriptor().eplb
+    }
 
     /// Checkpoint tensors of each projection; biases are added by the engine.
     fn specs(&self) -> Vec<TensorSpec>;

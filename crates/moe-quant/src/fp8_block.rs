@@ -20,7 +20,7 @@
 //! identity); `run_moe` quantizes both GEMM inputs per row in groups of `b1` columns
 //! (`s = amax / 448`, `fp8_quantize_1x128`). EPLB: `NotVerified` (spec A.4).
 
-use moe_core::{DType, EplbSupportStatus, ExpertWeights, LayerLayout, MoeError, QuantAlgo, Result};
+use moe_core::{DType, ExpertWeights, LayerLayout, MoeError, QuantAlgo, Result};
 use moe_kernels::cpu::act_quant::ActQuant;
 use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice};
 
@@ -54,16 +54,8 @@ impl Fp8BlockMethod {
 }
 
 impl Format for Fp8BlockMethod {
-    fn name(&self) -> &'static str {
-        "fp8_block"
-    }
-
     fn algo(&self) -> QuantAlgo {
         QuantAlgo::Fp8Block
-    }
-
-    fn eplb_support_status(&self) -> EplbSupportStatus {
-        EplbSupportStatus::NotVerified
     }
 
     fn specs(&self) -> Vec<TensorSpec> {

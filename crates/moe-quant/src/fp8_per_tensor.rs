@@ -30,8 +30,7 @@
 
 use moe_core::weights::Proj;
 use moe_core::{
-    DType, EplbSupportStatus, ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantAlgo, QuantizedInput, Result,
-    Tensor,
+    DType, ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantAlgo, QuantizedInput, Result, Tensor,
 };
 use moe_kernels::cpu::act_quant::ActQuant;
 use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice};
@@ -53,16 +52,8 @@ use crate::names::{
 pub struct Fp8PerTensorMethod;
 
 impl Format for Fp8PerTensorMethod {
-    fn name(&self) -> &'static str {
-        "fp8_per_tensor"
-    }
-
     fn algo(&self) -> QuantAlgo {
         QuantAlgo::Fp8PerTensor
-    }
-
-    fn eplb_support_status(&self) -> EplbSupportStatus {
-        EplbSupportStatus::NotSupported
     }
 
     fn specs(&self) -> Vec<TensorSpec> {

@@ -19,7 +19,7 @@
 //! naming the tensor). No scale folding; activations are not quantized.
 //! EPLB: `NotSupported` (as TensorRT-LLM's INT4 methods, spec A.4).
 
-use moe_core::{DType, EplbSupportStatus, ExpertWeights, LayerLayout, MoeError, QuantAlgo, Result};
+use moe_core::{DType, ExpertWeights, LayerLayout, MoeError, QuantAlgo, Result};
 use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice};
 
 use crate::engine::{impl_quant_method, slot_bytes_of, slot_f32_of};
@@ -53,16 +53,8 @@ impl Int4GroupMethod {
 }
 
 impl Format for Int4GroupMethod {
-    fn name(&self) -> &'static str {
-        "int4_group"
-    }
-
     fn algo(&self) -> QuantAlgo {
         QuantAlgo::W4A16Int4
-    }
-
-    fn eplb_support_status(&self) -> EplbSupportStatus {
-        EplbSupportStatus::NotSupported
     }
 
     fn specs(&self) -> Vec<TensorSpec> {

@@ -18,7 +18,7 @@
 //!
 //! No scale folding. EPLB: `NotSupported` (spec A.4).
 
-use moe_core::{DType, EplbSupportStatus, ExpertWeights, LayerLayout, QuantAlgo, Result};
+use moe_core::{DType, ExpertWeights, LayerLayout, QuantAlgo, Result};
 use moe_kernels::cpu::weight_slice::{QuantMatrix, QuantSlice, WeightSlice};
 
 use crate::engine::{impl_quant_method, slot_bytes_of, slot_f32_of};
@@ -29,16 +29,8 @@ use crate::format::{FLOATS, Fc, Format, Geometry, SlotDType, TensorSpec};
 pub struct Int8ChannelMethod;
 
 impl Format for Int8ChannelMethod {
-    fn name(&self) -> &'static str {
-        "int8_channel"
-    }
-
     fn algo(&self) -> QuantAlgo {
         QuantAlgo::W8A16
-    }
-
-    fn eplb_support_status(&self) -> EplbSupportStatus {
-        EplbSupportStatus::NotSupported
     }
 
     fn specs(&self) -> Vec<TensorSpec> {

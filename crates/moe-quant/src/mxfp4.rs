@@ -19,7 +19,7 @@
 //! (e.g. GPT-OSS I = 2880 over tp 4 = 720 = 22.5 blocks); here such a split is refused, naming
 //! the tensor. No scale folding. EPLB: `Supported`.
 
-use moe_core::{DType, EplbSupportStatus, ExpertWeights, LayerLayout, QuantAlgo, Result};
+use moe_core::{DType, ExpertWeights, LayerLayout, QuantAlgo, Result};
 use moe_kernels::cpu::weight_slice::{MXFP4_BLOCK, QuantMatrix, QuantSlice, WeightSlice};
 
 use crate::engine::{impl_quant_method, slot_bytes_of};
@@ -30,16 +30,8 @@ use crate::format::{Fc, Format, Geometry, PACKED_FP4, SlotDType, TensorSpec};
 pub struct Mxfp4Method;
 
 impl Format for Mxfp4Method {
-    fn name(&self) -> &'static str {
-        "mxfp4"
-    }
-
     fn algo(&self) -> QuantAlgo {
         QuantAlgo::W4A16Mxfp4
-    }
-
-    fn eplb_support_status(&self) -> EplbSupportStatus {
-        EplbSupportStatus::Supported
     }
 
     fn specs(&self) -> Vec<TensorSpec> {

@@ -37,8 +37,7 @@
 
 use moe_core::weights::Proj;
 use moe_core::{
-    DType, EplbSupportStatus, ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantAlgo, QuantizedInput, Result,
-    Tensor,
+    DType, ExpertTensorRegistration, ExpertWeights, LayerLayout, QuantAlgo, QuantizedInput, Result, Tensor,
 };
 use moe_kernels::cpu::act_quant::ActQuant;
 use moe_kernels::cpu::weight_slice::{NVFP4_BLOCK, QuantMatrix, QuantSlice, WeightSlice};
@@ -62,16 +61,8 @@ use crate::names::{
 pub struct Nvfp4Method;
 
 impl Format for Nvfp4Method {
-    fn name(&self) -> &'static str {
-        "nvfp4"
-    }
-
     fn algo(&self) -> QuantAlgo {
         QuantAlgo::Nvfp4
-    }
-
-    fn eplb_support_status(&self) -> EplbSupportStatus {
-        EplbSupportStatus::Supported
     }
 
     fn specs(&self) -> Vec<TensorSpec> {

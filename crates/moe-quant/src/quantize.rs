@@ -24,6 +24,7 @@
 //! every stored scale is positive and finite, as the loaders require. Amaxima are over finite
 //! values.
 
+use moe_core::quant_format::{ActivationQuant, Extent};
 use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, HostStorage, MoeError, QuantAlgo, QuantConfig, Result, Tensor, WeightSource};
 use moe_kernels::codec::CodecError;
@@ -33,6 +34,7 @@ use moe_kernels::codec::fp8::{E4M3_MAX, e4m3_to_f32, f32_to_e4m3_sat, quantize_e
 use moe_kernels::codec::int::{
     Int4Grouped, dequantize_int8_per_channel, quantize_int4_grouped, quantize_int8_per_channel,
 };
+use moe_kernels::cpu::act_quant::ActQuant;
 use moe_kernels::cpu::weight_slice::{MXFP4_BLOCK, NVFP4_BLOCK};
 
 use crate::{Fp8BlockMethod, Int4GroupMethod};
@@ -275,24 +277,68 @@ pub fn quantize_expert(
 
 /// Bytes of the tensors [`quantize_expert`] stores for one `[rows, cols]` matrix quantized as
 /// `q` prescribes (codes, scales and zero points; f32 for `QuantAlgo::None`): what a forward
-/// reads of it. Per-tensor scalars count 4 bytes each.
+/// reads of it. Read from the format's checkpoint tensors (`moe_core::quant_format`), each in
+/// its first accepted dtype (what [`quantize_expert`] writes); per-tensor scalars count 4 bytes
+/// each.
 pub fn matrix_bytes(q: &QuantConfig, rows: usize, cols: usize) -> usize {
-    let n = rows * cols;
-    match q.algo {
-        QuantAlgo::None => 4 * n,
-        QuantAlgo::Fp8PerTensor => n + 8,
-        QuantAlgo::Fp8Block => {
-            let [b0, b1] = q.weight_block_size.unwrap_or(Fp8BlockMethod::DEFAULT_BLOCK);
-            n + 4 * rows.div_ceil(b0) * cols.div_ceil(b1)
+    let d = q.algo.descriptor();
+    d.checkpoint
+        .iter()
+        .map(|t| {
+            let elements: usize = d.checkpoint_shape(t, rows, cols, q).iter().product();
+            let dtype = t.dtypes.first().copied().unwrap_or(DType::F32);
+            // A packed-FP4 dtype counts bytes too (its unit is the packed byte); a packed
+            // shape already halves the columns.
+            elements * dtype.size_in_bytes()
+        })
+        .sum()
+}
+
+/// The activation quantization of FC1's and FC2's inputs under `q`, as its descriptor's
+/// [`ActivationQuant`] defines it, with the static scales folded from the checkpoint tensors
+/// in `src` as spec A.3 says (the largest `input_scale` of the projections over all
+/// `num_experts`; FC1 reads w1 and, gated, w3): what an oracle applies to its inputs, computed
+/// without the quant methods. FP8 groups take the block's columns.
+pub fn reference_act_quants(
+    q: &QuantConfig,
+    src: &dyn WeightSource,
+    num_experts: usize,
+    gated: bool,
+) -> Result<[ActQuant; 2]> {
+    let max_scale = |projs: &[Proj]| -> Result<f32> {
+        let mut m = 0.0f32;
+        for e in 0..num_experts {
+            for &p in projs {
+                let name = expert_tensor_name(e, p, "input_scale");
+                let t = src.get(&name)?.ok_or(MoeError::MissingTensor { name: name.clone() })?;
+                m = t.to_f32_vec(&name)?.into_iter().fold(m, f32::max);
+            }
         }
-        QuantAlgo::Nvfp4 => n / 2 + n / NVFP4_BLOCK + 8,
-        QuantAlgo::W4A16Mxfp4 => n / 2 + n / MXFP4_BLOCK,
-        QuantAlgo::W4A16Int4 => {
-            let groups = rows * (cols / q.group_size.unwrap_or(Int4GroupMethod::DEFAULT_GROUP));
-            n / 2 + 5 * groups
+        Ok(m)
+    };
+    let fc1: &[Proj] = if gated { &[Proj::W1, Proj::W3] } else { &[Proj::W1] };
+    let d = q.algo.descriptor();
+    Ok(match d.activation {
+        ActivationQuant::None => [ActQuant::None; 2],
+        ActivationQuant::Fp8PerTensor => [
+            ActQuant::Fp8PerTensor { scale: max_scale(fc1)? },
+            ActQuant::Fp8PerTensor {
+                scale: max_scale(&[Proj::W2])?,
+            },
+        ],
+        ActivationQuant::Fp8Groups => {
+            let group = d.extent(Extent::BlockCols, q);
+            [ActQuant::Fp8Group { group }; 2]
         }
-        QuantAlgo::W8A16 => n + 4 * rows,
-    }
+        ActivationQuant::Nvfp4 => [
+            ActQuant::Nvfp4 {
+                global_scale: 1.0 / max_scale(fc1)?,
+            },
+            ActQuant::Nvfp4 {
+                global_scale: 1.0 / max_scale(&[Proj::W2])?,
+            },
+        ],
+    })
 }
 
 /// The weight `[out, in]` of `{expert}.{proj}` dequantized from its canonical tensors in `src`

@@ -39,11 +39,13 @@ pub fn select_quant_method(q: &QuantConfig) -> Result<Box<dyn QuantMethod>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Format;
     use moe_core::{EplbSupportStatus, MoeError};
 
     #[test]
-    fn every_format_selects_its_method_with_the_spec_eplb_status() {
+    fn every_format_selects_its_method_with_its_descriptors_name_and_eplb_status() {
         use EplbSupportStatus::*;
+        // The spec's EPLB statuses (A.4), restated so a descriptor edit is a visible decision.
         let want = [
             (QuantAlgo::None, Supported),
             (QuantAlgo::Fp8PerTensor, NotSupported),
@@ -61,8 +63,91 @@ mod tests {
             })
             .unwrap();
             assert_eq!(m.algo(), algo);
+            assert_eq!(m.name(), algo.descriptor().method);
             assert_eq!(m.eplb_support_status(), eplb, "{algo:?}");
             assert!(!m.need_load_shared_weights());
+        }
+    }
+
+    /// The `Format` of `q`, for the tests that compare a method's declarations with its
+    /// descriptor (the method types are selected by the `match` above).
+    fn format_of(q: &QuantConfig) -> Box<dyn Format> {
+        let d = q.algo.descriptor();
+        match q.algo {
+            QuantAlgo::None => Box::new(UnquantizedMethod),
+            QuantAlgo::Fp8PerTensor => Box::new(Fp8PerTensorMethod),
+            QuantAlgo::Fp8Block => Box::new(Fp8BlockMethod::new(d.block(q).unwrap()).unwrap()),
+            QuantAlgo::Nvfp4 => Box::new(Nvfp4Method),
+            QuantAlgo::W4A16Mxfp4 => Box::new(Mxfp4Method),
+            QuantAlgo::W4A16Int4 => Box::new(Int4GroupMethod::new(d.group(q).unwrap()).unwrap()),
+            QuantAlgo::W8A16 => Box::new(Int8ChannelMethod),
+        }
+    }
+
+    /// Each method loads exactly its descriptor's checkpoint tensors (suffix, dtypes, geometry)
+    /// and creates and registers exactly its descriptor's per-slot tensors, so the descriptor
+    /// that `moe-hf`, the capability tables and the test kit read cannot drift from the code
+    /// that loads the weights.
+    #[test]
+    fn every_method_matches_its_descriptor() {
+        use crate::format::Geometry;
+        use crate::test_util::{layout, method};
+        use moe_core::Activation;
+        use moe_core::quant_format::{CheckpointShape, FormatParam};
+
+        assert_eq!(
+            FormatParam::Block(Fp8BlockMethod::DEFAULT_BLOCK),
+            QuantAlgo::Fp8Block.descriptor().param
+        );
+        assert_eq!(
+            FormatParam::Group(Int4GroupMethod::DEFAULT_GROUP),
+            QuantAlgo::W4A16Int4.descriptor().param
+        );
+        for q in [
+            QuantConfig::default(),
+            QuantConfig {
+                weight_block_size: Some([64, 32]),
+                group_size: Some(32),
+                ..QuantConfig::default()
+            },
+        ] {
+            for algo in QuantAlgo::ALL {
+                let q = QuantConfig { algo, ..q.clone() };
+                let d = algo.descriptor();
+                let f = format_of(&q);
+                let specs: Vec<_> = f
+                    .specs()
+                    .iter()
+                    .map(|s| (s.suffix, s.accepted.to_vec(), s.geometry))
+                    .collect();
+                let want: Vec<_> = d
+                    .checkpoint
+                    .iter()
+                    .filter(|t| t.suffix != "input_scale")
+                    .map(|t| {
+                        let geometry = match t.shape {
+                            CheckpointShape::Blocks { rows, cols, exact } => Geometry::Matrix {
+                                rows: d.extent(rows, &q),
+                                cols: d.extent(cols, &q),
+                                exact,
+                            },
+                            CheckpointShape::PerRow => Geometry::PerRow,
+                            CheckpointShape::Scalar => Geometry::Scalar,
+                        };
+                        (t.suffix, t.dtypes.to_vec(), geometry)
+                    })
+                    .collect();
+                assert_eq!(specs, want, "{algo:?}");
+                assert_eq!(f.input_scales().is_some(), d.activation.reads_input_scale(), "{algo:?}");
+
+                let m = method(&q);
+                let l = layout(Activation::Swiglu, false, 1, 0, vec![0, 1]);
+                let mut registered: Vec<String> = m.expert_tensors(&l).into_iter().map(|r| r.name).collect();
+                let mut want: Vec<String> = d.slot_tensors.iter().map(|s| s.to_string()).collect();
+                registered.sort();
+                want.sort();
+                assert_eq!(registered, want, "{algo:?}");
+            }
         }
     }
 

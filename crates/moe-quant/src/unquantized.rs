@@ -21,7 +21,7 @@
 //! The lifecycle (staged slot writes: a failed load never leaves a half-written slot) is the
 //! shared engine's (module `engine`); this file only declares the format.
 
-use moe_core::{EplbSupportStatus, ExpertWeights, LayerLayout, QuantAlgo, Result};
+use moe_core::{ExpertWeights, LayerLayout, QuantAlgo, Result};
 use moe_kernels::cpu::float_slice::FloatSlice;
 use moe_kernels::cpu::weight_slice::WeightSlice;
 
@@ -33,16 +33,8 @@ use crate::format::{FLOATS, Fc, Format, Geometry, SlotDType, TensorSpec};
 pub struct UnquantizedMethod;
 
 impl Format for UnquantizedMethod {
-    fn name(&self) -> &'static str {
-        "unquantized"
-    }
-
     fn algo(&self) -> QuantAlgo {
         QuantAlgo::None
-    }
-
-    fn eplb_support_status(&self) -> EplbSupportStatus {
-        EplbSupportStatus::Supported
     }
 
     fn specs(&self) -> Vec<TensorSpec> {

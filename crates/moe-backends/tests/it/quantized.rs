@@ -16,7 +16,7 @@ use moe_core::{
     Activation, DType, MemoryWeights, MoeBackend, MoeConfig, MoeError, MoeRunContext, QuantAlgo, QuantConfig, Tensor,
 };
 use moe_kernels::cpu::act_quant::{ActQuant, qdq_rows};
-use moe_quant::quantize::{ExpertMatrices, amax, dequantize, quantize_expert};
+use moe_quant::quantize::{ExpertMatrices, amax, dequantize, quantize_expert, reference_act_quants};
 
 use crate::common::{Rng, config, loaded, rel_l2, routing};
 
@@ -50,22 +50,17 @@ pub(crate) struct Tolerance {
     percent: f64,
 }
 
-/// The §7.5 row of each format. INT4 group-wise is not in the table and takes the W4A16
-/// MXFP4 row (same 4-bit weight error); W8A16's atol is the table's WoQ rule
-/// `1.5 * max|ref| / 128`, computed per run.
+/// The §7.5 row of each format, from its descriptor (`moe_core::quant_format`); where the
+/// table derives the absolute tolerance from the reference (W8A16's WoQ rule
+/// `1.5 * max|ref| / 128`), it is computed per run.
 pub(crate) fn tolerance(algo: QuantAlgo, reference: &[f64]) -> Tolerance {
-    let t = |rtol, atol, percent| Tolerance { rtol, atol, percent };
-    match algo {
-        QuantAlgo::None => t(0.2, 0.2, 0.96),
-        QuantAlgo::Fp8PerTensor => t(0.04, 0.1, 0.95),
-        QuantAlgo::Fp8Block => t(0.01, 0.1, 1.0),
-        QuantAlgo::Nvfp4 => t(0.01, 0.15, 0.97),
-        QuantAlgo::W4A16Mxfp4 | QuantAlgo::W4A16Int4 => t(0.10, 0.1, 0.85),
-        QuantAlgo::W8A16 => t(
-            1e-7,
-            1.5 * reference.iter().fold(0.0f64, |m, v| m.max(v.abs())) / 128.0,
-            1.0,
-        ),
+    let t = algo.descriptor().tolerance;
+    Tolerance {
+        rtol: t.rtol,
+        atol: t
+            .atol_of_max
+            .map_or(t.atol, |f| f * reference.iter().fold(0.0f64, |m, v| m.max(v.abs()))),
+        percent: t.percent,
     }
 }
 
@@ -298,43 +293,6 @@ fn dequantized(q: &QuantConfig, src: &MemoryWeights, layer: &FloatLayer) -> Dens
     d
 }
 
-fn scalar(src: &MemoryWeights, e: usize, p: Proj, suffix: &str) -> f32 {
-    src.tensor(&expert_tensor_name(e, p, suffix))
-        .unwrap()
-        .to_f32_vec(suffix)
-        .unwrap()[0]
-}
-
-/// The format's activation quantization, folded from the checkpoint as spec A.3 says (maxima
-/// of the input scales over all experts), independently of the quant methods.
-fn act_quants(q: &QuantConfig, src: &MemoryWeights, gated: bool, experts: usize) -> (ActQuant, ActQuant) {
-    let max_over = |projs: &[Proj]| {
-        (0..experts)
-            .flat_map(|e| projs.iter().map(move |&p| (e, p)))
-            .map(|(e, p)| scalar(src, e, p, "input_scale"))
-            .fold(0.0f32, f32::max)
-    };
-    let fc1: &[Proj] = if gated { &[Proj::W1, Proj::W3] } else { &[Proj::W1] };
-    match q.algo {
-        QuantAlgo::Fp8PerTensor => (
-            ActQuant::Fp8PerTensor { scale: max_over(fc1) },
-            ActQuant::Fp8PerTensor {
-                scale: max_over(&[Proj::W2]),
-            },
-        ),
-        QuantAlgo::Fp8Block => (ActQuant::Fp8Group { group: 128 }, ActQuant::Fp8Group { group: 128 }),
-        QuantAlgo::Nvfp4 => (
-            ActQuant::Nvfp4 {
-                global_scale: 1.0 / max_over(fc1),
-            },
-            ActQuant::Nvfp4 {
-                global_scale: 1.0 / max_over(&[Proj::W2]),
-            },
-        ),
-        _ => (ActQuant::None, ActQuant::None),
-    }
-}
-
 /// Runs `b` as the scheduler does: `quantize_input`, then `run_moe`; f32 output.
 fn run_quantized(b: &dyn MoeBackend, x: &Tensor, ids: &[i32], w: &[f32]) -> Vec<f64> {
     let q = b.quantize_input(x).unwrap();
@@ -422,7 +380,9 @@ pub(crate) fn case_with(algo: QuantAlgo, act: Activation, bias: bool, seed: u64,
     // Calibrate the static scales on the float layer: FC1's input is x, FC2's the activations.
     let (float, act_amax) = oracle(&layer.dense(), act, &xv, &ids, &w, ActQuant::None, ActQuant::None);
     let src = quantized_checkpoint(&q, &layer, [amax(&xv), act_amax]);
-    let (q1, q2) = act_quants(&q, &src, act.is_gated(), e);
+    // The format's activation quantization, folded from the checkpoint as spec A.3 says,
+    // independently of the quant methods.
+    let [q1, q2] = reference_act_quants(&q, &src, e, act.is_gated()).unwrap();
     let (want, _) = oracle(&dequantized(&q, &src, &layer), act, &xv, &ids, &w, q1, q2);
     Case {
         shape,
