@@ -10,7 +10,7 @@
 use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, MemoryWeights, QuantAlgo, Result, Tensor};
 use moe_kernels::cpu::act_quant::ActQuant;
-use moe_quant::quantize::{ExpertMatrices, amax, dequantize, quantize_expert};
+use moe_quant::quantize::{ExpertMatrices, amax, dequantize, quantize_expert, reference_act_quants};
 
 use crate::matrix::Cell;
 use crate::oracle::{activate, matvec};
@@ -162,48 +162,12 @@ fn quantized(cell: &Cell, mut data: LayerData) -> Result<LayerData> {
         }
         ex.w2 = dequantize(&q, &weights, e, Proj::W2, h, i)?;
     }
-    data.act_quant = act_quants(q.algo, &weights, data.experts.len(), cell.flavor.activation.is_gated())?;
+    // The format's activation quantization as its descriptor defines it, folded from the
+    // checkpoint (static scales are the maxima of the experts' `input_scale`s, so every EP rank
+    // quantizes alike).
+    data.act_quant = reference_act_quants(&q, &weights, data.experts.len(), cell.flavor.activation.is_gated())?;
     data.weights = weights;
     Ok(data)
-}
-
-/// The activation quantization of `algo`, folded from the checkpoint as the format defines it
-/// (static scales are the maxima of the experts' `input_scale`s, so every EP rank quantizes
-/// alike): FP8 per tensor static, FP8 block dynamic 1x128, NVFP4 dynamic blocks under a static
-/// global scale; the W*A16 formats keep their activations.
-fn act_quants(algo: QuantAlgo, weights: &MemoryWeights, num_experts: usize, gated: bool) -> Result<[ActQuant; 2]> {
-    let max_scale = |projs: &[Proj]| -> Result<f32> {
-        let mut m = 0.0f32;
-        for e in 0..num_experts {
-            for &p in projs {
-                let name = expert_tensor_name(e, p, "input_scale");
-                let t = weights
-                    .tensor(&name)
-                    .ok_or(moe_core::MoeError::MissingTensor { name: name.clone() })?;
-                m = t.to_f32_vec(&name)?.into_iter().fold(m, f32::max);
-            }
-        }
-        Ok(m)
-    };
-    let fc1: &[Proj] = if gated { &[Proj::W1, Proj::W3] } else { &[Proj::W1] };
-    Ok(match algo {
-        QuantAlgo::Fp8PerTensor => [
-            ActQuant::Fp8PerTensor { scale: max_scale(fc1)? },
-            ActQuant::Fp8PerTensor {
-                scale: max_scale(&[Proj::W2])?,
-            },
-        ],
-        QuantAlgo::Fp8Block => [ActQuant::Fp8Group { group: 128 }, ActQuant::Fp8Group { group: 128 }],
-        QuantAlgo::Nvfp4 => [
-            ActQuant::Nvfp4 {
-                global_scale: 1.0 / max_scale(fc1)?,
-            },
-            ActQuant::Nvfp4 {
-                global_scale: 1.0 / max_scale(&[Proj::W2])?,
-            },
-        ],
-        _ => [ActQuant::None; 2],
-    })
 }
 
 /// Largest `|activation(FC1 x)|` over every token and every expert.

@@ -1,5 +1,6 @@
-//! Accuracy criteria as data: TensorRT-LLM's per-quantization table (core spec §7.5), the
-//! relative-L2 bounds this workspace uses per activation dtype, and the HF fixture bounds.
+//! Accuracy criteria as data: TensorRT-LLM's per-quantization table (core spec §7.5, held by
+//! each format's descriptor in `moe_core::quant_format`), the relative-L2 bounds this
+//! workspace uses per activation dtype, and the HF fixture bounds.
 //!
 //! Two measures, because they answer different questions: `check_accuracy` (an element
 //! mismatches when `|out - ref| > atol + rtol * |ref|`; pass iff the mismatch fraction is
@@ -34,31 +35,14 @@ impl Tolerance {
     }
 }
 
-/// The §7.5 criterion of each quantization algorithm (the reference module's, for the
-/// default activation and shape; the variants the table lists for GPT-OSS-style activations
-/// or large H are not encoded until a kernel needs them).
-pub const QUANT_TOLERANCES: &[(QuantAlgo, Tolerance)] = &[
-    // Unquantized: per-expert GatedMLP reference with f32 accumulation of weighted outputs.
-    (QuantAlgo::None, Tolerance::new(0.2, 0.2, 0.96)),
-    (QuantAlgo::Fp8PerTensor, Tolerance::new(0.04, 0.1, 0.95)),
-    // Cutlass/CuteDSL blockscaling reference.
-    (QuantAlgo::Fp8Block, Tolerance::close(0.01, 0.1)),
-    (QuantAlgo::Nvfp4, Tolerance::new(0.01, 0.15, 0.97)),
-    // Dequantized reference.
-    (QuantAlgo::W4A16Mxfp4, Tolerance::new(0.10, 0.1, 0.85)),
-    // Not in the table: group-wise INT4 takes the W4A16 MXFP4 row (same 4-bit weight error).
-    (QuantAlgo::W4A16Int4, Tolerance::new(0.10, 0.1, 0.85)),
-    // The table's atol is derived from the reference magnitude; with outputs of order 1 (the
-    // matrix's scaled weights) 1e-2 covers the bf16 rounding of the output.
-    (QuantAlgo::W8A16, Tolerance::close(1e-7, 1e-2)),
-];
-
-/// The §7.5 criterion for `algo`.
+/// The §7.5 criterion of `algo`: its descriptor's (`moe_core::quant_format`, the reference
+/// module's row for the default activation and shape; the variants the table lists for
+/// GPT-OSS-style activations or large H are not encoded until a kernel needs them). The matrix's
+/// outputs are of order 1, so a row whose absolute tolerance the table derives from the
+/// reference magnitude (W8A16) takes the descriptor's order-1 value.
 pub fn quant_tolerance(algo: QuantAlgo) -> Tolerance {
-    QUANT_TOLERANCES
-        .iter()
-        .find(|(a, _)| *a == algo)
-        .map_or(Tolerance::new(0.2, 0.2, 0.96), |(_, t)| *t)
+    let t = algo.descriptor().tolerance;
+    Tolerance::new(t.rtol, t.atol, t.percent)
 }
 
 /// Relative-L2 bound of an unquantized layer against its oracle, by activation dtype.
