@@ -9,7 +9,10 @@
 
 use std::path::Path;
 
-use moe_core::{Activation, DType, MoeConfig, MoeError, QuantAlgo, QuantConfig, Result, RoutingMethod, limits};
+use moe_core::{
+    Activation, DType, FORMATS, FormatDescriptor, MoeConfig, MoeError, QuantAlgo, QuantConfig, Result, RoutingMethod,
+    limits,
+};
 use serde_json::{Map, Value};
 
 use crate::quant_format::CheckpointQuant;
@@ -597,12 +600,11 @@ fn parse_quant(q: &Map<String, Value>) -> Result<QuantConfig> {
     let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
     let algo = q.get("quant_algo").and_then(Value::as_str);
     let mut out = QuantConfig::default();
-    match (method, algo) {
-        (_, Some(a)) if a.eq_ignore_ascii_case("NVFP4") => out.algo = QuantAlgo::Nvfp4,
-        (_, Some(a)) if a.eq_ignore_ascii_case("FP8") => out.algo = QuantAlgo::Fp8PerTensor,
-        // TensorRT-LLM's name for INT8 weight-only per channel; experts in the canonical
-        // `weight` (i8) + `weight_scale` layout.
-        (_, Some(a)) if a.eq_ignore_ascii_case("W8A16") => out.algo = QuantAlgo::W8A16,
+    // ModelOpt names the format (`quant_algo`: NVFP4, FP8, W8A16, ...), as the descriptors
+    // record; the experts are then in the format's canonical layout.
+    let modelopt = algo.and_then(FormatDescriptor::by_modelopt_algo);
+    match (method, modelopt) {
+        (_, Some(d)) => out.algo = d.algo,
         ("fp8", _) => match q.get("weight_block_size") {
             Some(Value::Array(b)) => {
                 let dims: Vec<usize> = b.iter().filter_map(Value::as_u64).map(|v| v as usize).collect();
@@ -641,11 +643,13 @@ fn parse_quant(q: &Map<String, Value>) -> Result<QuantConfig> {
                 }
             }
         }
-        (m, a) => {
+        (m, None) => {
+            let modelopt: Vec<&str> = FORMATS.iter().filter_map(|d| d.modelopt_algo).collect();
             return Err(MoeError::UnsupportedModel {
                 detail: format!(
-                    "quantization method `{}` is not supported (fp8, mxfp4, modelopt NVFP4/FP8/W8A16, awq)",
-                    a.map(|a| format!("{m}/{a}")).unwrap_or_else(|| m.to_string())
+                    "quantization method `{}` is not supported (fp8, mxfp4, modelopt {}, awq)",
+                    algo.map(|a| format!("{m}/{a}")).unwrap_or_else(|| m.to_string()),
+                    modelopt.join("/")
                 ),
             });
         }

@@ -3,23 +3,17 @@
 //!
 //! [`CheckpointQuant`] is finer than [`moe_core::QuantConfig`]: it also says how the bytes sit
 //! on disk (AWQ's int32 packing is not GPTQ's), which only the loader cares about. The
-//! canonical tensors of one projection with logical shape `[out, in]` are:
-//!
-//! | format | tensors (suffix: dtype shape) |
-//! |---|---|
-//! | none | `weight`: float `[out, in]` |
-//! | FP8 block | `weight`: f8e4m3 `[out, in]`; `weight_scale_inv`: f32 `[ceil(out/br), ceil(in/bc)]` |
-//! | FP8 per-tensor | `weight`: f8e4m3 `[out, in]`; `weight_scale`, `input_scale`: f32 `[]`/`[1]` |
-//! | NVFP4 | `weight`: u8 `[out, in/2]`; `weight_scale`: f8e4m3 `[out, in/16]`; `weight_scale_2`, `input_scale`: f32 `[]`/`[1]` |
-//! | MXFP4 | `weight`: u8 `[out, in/2]`; `weight_scale`: u8 (UE8M0) `[out, in/32]` |
-//! | INT4 group | `weight`: u8 `[out, in/2]` (unsigned codes, low nibble first); `weight_scale`: float `[out, in/g]`; `weight_zero`: u8 `[out, in/g]` |
-//! | INT8 | `weight`: i8 `[out, in]`; `weight_scale`: float `[out]` |
-//!
-//! Biases (`bias`, float `[out]`) are unquantized in every format. Scales written as f32 by
-//! the formats' producers are also accepted in bf16/f16 (decoded exactly), as `moe-quant`'s
-//! methods accept them.
+//! canonical tensors of one projection with logical shape `[out, in]` (suffix, accepted dtypes,
+//! shape) are the format's descriptor's (`moe_core::quant_format::FORMATS`, `checkpoint`), which
+//! `moe-quant`'s test `every_method_matches_its_descriptor` holds to what its methods load, so
+//! [`CheckpointQuant::canonical_tensors`] only resolves the layer's block or group size;
+//! `docs/QUANTIZATION.md` has the table. Biases (`bias`, float `[out]`) are unquantized in
+//! every format. Scales written as f32 by the formats' producers are also accepted in bf16/f16
+//! (decoded exactly). What stays a `match` here: telling layouts apart by `quant_method`
+//! ([`CheckpointQuant::from_config`]) and AWQ's own packing ([`CheckpointQuant::awq_tensors`]).
 
-use moe_core::{DType, MoeError, QuantAlgo, QuantConfig, Result};
+use moe_core::quant_format::CheckpointShape;
+use moe_core::{DType, FormatDescriptor, MoeError, QuantAlgo, QuantConfig, Result};
 
 /// How the quantized experts of a checkpoint are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +41,8 @@ pub enum CheckpointQuant {
 /// `8 * word + AWQ_ORDER[i]` (AutoAWQ packs columns 0,2,4,6,1,3,5,7 to match its GEMM kernel).
 pub const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
-/// Default AWQ group size when the config names none (AutoAWQ's default `q_group_size`).
+/// Default AWQ group size when the config names none (AutoAWQ's default `q_group_size`, the
+/// INT4 descriptor's default too; test `awq_default_group_is_the_descriptors`).
 pub const AWQ_DEFAULT_GROUP: usize = 128;
 
 /// The expected shape of a canonical tensor.
@@ -84,10 +79,6 @@ pub struct CanonicalTensor {
 }
 
 const FLOATS: &[DType] = &[DType::F32, DType::BF16, DType::F16];
-const E4M3: &[DType] = &[DType::F8E4M3];
-/// UE8M0 scales are written as uint8 (GPT-OSS) or as torch's float8_e8m0fnu: same bytes.
-const E8M0_BYTES: &[DType] = &[DType::U8, DType::E8M0];
-const BYTES: &[DType] = &[DType::U8];
 
 impl CheckpointQuant {
     /// The checkpoint format of a parsed `quantization_config`: `method` is its `quant_method`
@@ -95,16 +86,12 @@ impl CheckpointQuant {
     pub fn from_config(q: &QuantConfig, method: Option<&str>) -> Result<CheckpointQuant> {
         Ok(match q.algo {
             QuantAlgo::None => CheckpointQuant::None,
-            QuantAlgo::Fp8Block => CheckpointQuant::Fp8Block {
-                block: q.weight_block_size.unwrap_or([128, 128]),
-            },
+            QuantAlgo::Fp8Block => CheckpointQuant::canonical(q),
             QuantAlgo::Fp8PerTensor => CheckpointQuant::Fp8PerTensor,
             QuantAlgo::Nvfp4 => CheckpointQuant::Nvfp4,
             QuantAlgo::W4A16Mxfp4 => CheckpointQuant::Mxfp4,
             QuantAlgo::W4A16Int4 => match method {
-                Some("awq") => CheckpointQuant::Int4Awq {
-                    group: q.group_size.unwrap_or(AWQ_DEFAULT_GROUP),
-                },
+                Some("awq") => CheckpointQuant::canonical(q),
                 other => {
                     return Err(MoeError::UnsupportedModel {
                         detail: format!(
@@ -129,9 +116,9 @@ impl CheckpointQuant {
         })
     }
 
-    /// The layer's quantization config for this format (what `moe-quant` selects a method by).
-    pub fn quant_config(self) -> QuantConfig {
-        let algo = match self {
+    /// The quantization algorithm of this layout.
+    pub fn algo(self) -> QuantAlgo {
+        match self {
             CheckpointQuant::None => QuantAlgo::None,
             CheckpointQuant::Fp8Block { .. } => QuantAlgo::Fp8Block,
             CheckpointQuant::Fp8PerTensor => QuantAlgo::Fp8PerTensor,
@@ -139,9 +126,38 @@ impl CheckpointQuant {
             CheckpointQuant::Mxfp4 => QuantAlgo::W4A16Mxfp4,
             CheckpointQuant::Int4Awq { .. } => QuantAlgo::W4A16Int4,
             CheckpointQuant::Int8 => QuantAlgo::W8A16,
-        };
+        }
+    }
+
+    /// The format's descriptor (names, canonical tensors; `moe_core::quant_format`).
+    pub fn descriptor(self) -> &'static FormatDescriptor {
+        self.algo().descriptor()
+    }
+
+    /// The layout of a layer quantized as `q`, with the format's default block or group size
+    /// where `q` names none (INT4 as AutoAWQ's packing, the one INT4 layout read; AWQ's default
+    /// group is the descriptor's).
+    pub fn canonical(q: &QuantConfig) -> CheckpointQuant {
+        let d = q.algo.descriptor();
+        match q.algo {
+            QuantAlgo::None => CheckpointQuant::None,
+            QuantAlgo::Fp8Block => CheckpointQuant::Fp8Block {
+                block: d.block(q).unwrap_or([128, 128]),
+            },
+            QuantAlgo::Fp8PerTensor => CheckpointQuant::Fp8PerTensor,
+            QuantAlgo::Nvfp4 => CheckpointQuant::Nvfp4,
+            QuantAlgo::W4A16Mxfp4 => CheckpointQuant::Mxfp4,
+            QuantAlgo::W4A16Int4 => CheckpointQuant::Int4Awq {
+                group: d.group(q).unwrap_or(AWQ_DEFAULT_GROUP),
+            },
+            QuantAlgo::W8A16 => CheckpointQuant::Int8,
+        }
+    }
+
+    /// The layer's quantization config for this format (what `moe-quant` selects a method by).
+    pub fn quant_config(self) -> QuantConfig {
         QuantConfig {
-            algo,
+            algo: self.algo(),
             weight_block_size: match self {
                 CheckpointQuant::Fp8Block { block } => Some(block),
                 _ => None,
@@ -153,76 +169,55 @@ impl CheckpointQuant {
         }
     }
 
-    /// Short name for messages.
+    /// Short name for messages (the descriptor's `checkpoint_name`).
     pub fn name(self) -> &'static str {
-        match self {
-            CheckpointQuant::None => "unquantized",
-            CheckpointQuant::Fp8Block { .. } => "FP8 block",
-            CheckpointQuant::Fp8PerTensor => "FP8 per-tensor",
-            CheckpointQuant::Nvfp4 => "NVFP4",
-            CheckpointQuant::Mxfp4 => "MXFP4",
-            CheckpointQuant::Int4Awq { .. } => "INT4 (AWQ)",
-            CheckpointQuant::Int8 => "INT8",
-        }
+        let d = self.descriptor();
+        d.checkpoint_name
     }
 
     /// Elements of the input dimension one scale covers (the input dim must be a multiple of it
-    /// for packed formats), `None` when any input size works.
+    /// for packed formats), `None` when any input size works. Read from the descriptor's exact
+    /// blocks; AWQ's packing also wants at least 8.
     pub fn in_multiple(self) -> Option<usize> {
-        match self {
-            CheckpointQuant::Nvfp4 => Some(16),
-            CheckpointQuant::Mxfp4 => Some(32),
-            CheckpointQuant::Int4Awq { group } => Some(group.max(8)),
-            _ => None,
-        }
+        let m = self.descriptor().in_multiple(&self.quant_config());
+        let m = match self {
+            CheckpointQuant::Int4Awq { .. } => m.max(8),
+            _ => m,
+        };
+        (m > 1).then_some(m)
     }
 
-    /// The canonical tensors of one projection `[out, in]`, or why the shape cannot be held.
+    /// The canonical tensors of one projection `[out, in]`, or why the shape cannot be held:
+    /// the descriptor's checkpoint tensors with the layer's block or group size.
     pub fn canonical_tensors(self, out: usize, inp: usize) -> std::result::Result<Vec<CanonicalTensor>, String> {
-        if let Some(m) = self.in_multiple().filter(|&m| m > 0 && !inp.is_multiple_of(m)) {
+        if let Some(m) = self.in_multiple().filter(|&m| !inp.is_multiple_of(m)) {
             return Err(format!(
                 "{} needs the input dimension to be a multiple of {m}, got {inp}",
                 self.name()
             ));
         }
-        let t = |suffix, dtypes, shape| CanonicalTensor { suffix, dtypes, shape };
-        let exact = |s: &[usize]| ShapeRule::Exact(s.to_vec());
-        Ok(match self {
-            CheckpointQuant::None => vec![t("weight", FLOATS, exact(&[out, inp]))],
-            CheckpointQuant::Fp8Block { block: [br, bc] } => {
-                if br == 0 || bc == 0 {
-                    return Err(format!("FP8 block size [{br}, {bc}] has a zero dimension"));
-                }
-                vec![
-                    t("weight", E4M3, exact(&[out, inp])),
-                    t("weight_scale_inv", FLOATS, exact(&[out.div_ceil(br), inp.div_ceil(bc)])),
-                ]
-            }
-            CheckpointQuant::Fp8PerTensor => vec![
-                t("weight", E4M3, exact(&[out, inp])),
-                t("weight_scale", FLOATS, ShapeRule::Scalar),
-                t("input_scale", FLOATS, ShapeRule::Scalar),
-            ],
-            CheckpointQuant::Nvfp4 => vec![
-                t("weight", BYTES, exact(&[out, inp / 2])),
-                t("weight_scale", E4M3, exact(&[out, inp / 16])),
-                t("weight_scale_2", FLOATS, ShapeRule::Scalar),
-                t("input_scale", FLOATS, ShapeRule::Scalar),
-            ],
-            CheckpointQuant::Mxfp4 => vec![
-                t("weight", BYTES, exact(&[out, inp / 2])),
-                t("weight_scale", E8M0_BYTES, exact(&[out, inp / 32])),
-            ],
-            CheckpointQuant::Int4Awq { group } => vec![
-                t("weight", BYTES, exact(&[out, inp / 2])),
-                t("weight_scale", FLOATS, exact(&[out, inp / group])),
-                t("weight_zero", BYTES, exact(&[out, inp / group])),
-            ],
-            CheckpointQuant::Int8 => vec![
-                t("weight", &[DType::I8], exact(&[out, inp])),
-                t("weight_scale", FLOATS, exact(&[out])),
-            ],
-        })
+        let d = self.descriptor();
+        let q = self.quant_config();
+        if let Some([br, bc]) = d.block(&q).filter(|b| b.contains(&0)) {
+            return Err(format!(
+                "{}: the block size [{br}, {bc}] has a zero dimension",
+                self.name()
+            ));
+        }
+        if d.group(&q) == Some(0) {
+            return Err(format!("{}: the group size is zero", self.name()));
+        }
+        Ok(d.checkpoint
+            .iter()
+            .map(|t| CanonicalTensor {
+                suffix: t.suffix,
+                dtypes: t.dtypes,
+                shape: match t.shape {
+                    CheckpointShape::Scalar => ShapeRule::Scalar,
+                    _ => ShapeRule::Exact(d.checkpoint_shape(t, out, inp, &q)),
+                },
+            })
+            .collect())
     }
 
     /// AWQ's on-disk tensors of one projection `[out, in]` (real suffixes).
@@ -302,6 +297,35 @@ mod tests {
             CheckpointQuant::Int4Awq { group: 64 }
         );
         assert!(CheckpointQuant::from_config(&q, Some("gptq")).is_err());
+    }
+
+    #[test]
+    fn awq_default_group_is_the_descriptors() {
+        let q = QuantConfig {
+            algo: QuantAlgo::W4A16Int4,
+            ..QuantConfig::default()
+        };
+        assert_eq!(
+            CheckpointQuant::canonical(&q),
+            CheckpointQuant::Int4Awq {
+                group: AWQ_DEFAULT_GROUP
+            }
+        );
+    }
+
+    #[test]
+    fn every_format_has_a_layout_that_round_trips() {
+        for algo in QuantAlgo::ALL {
+            let q = QuantConfig {
+                algo,
+                ..QuantConfig::default()
+            };
+            let c = CheckpointQuant::canonical(&q);
+            assert_eq!(c.algo(), algo);
+            assert_eq!(CheckpointQuant::canonical(&c.quant_config()), c);
+            let t = c.canonical_tensors(256, 256).unwrap();
+            assert_eq!(t[0].suffix, "weight", "{algo:?}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use moe_core::{DType, MoeError, QuantAlgo, Result, Tensor, WeightSource};
+use moe_core::{DType, MoeError, QuantAlgo, QuantConfig, Result, Tensor, WeightSource};
 use safetensors::Dtype;
 use serde_json::{Value, json};
 
@@ -48,33 +48,48 @@ pub enum TargetFormat {
 }
 
 impl TargetFormat {
+    /// Every format `moe quantize` writes: those whose descriptor has a `quantize_name`, in
+    /// `FORMATS` order (test `target_formats_are_the_descriptors_with_a_quantize_name`).
     pub const ALL: [TargetFormat; 3] = [TargetFormat::Fp8Block, TargetFormat::Nvfp4, TargetFormat::Mxfp4];
 
-    /// The CLI spelling.
-    pub fn name(self) -> &'static str {
+    /// The quantization algorithm written (what the writing code below `match`es on is the
+    /// layout; the names come from the algorithm's descriptor).
+    pub fn algo(self) -> QuantAlgo {
         match self {
-            TargetFormat::Fp8Block => "fp8-block",
-            TargetFormat::Nvfp4 => "nvfp4",
-            TargetFormat::Mxfp4 => "mxfp4",
+            TargetFormat::Fp8Block => QuantAlgo::Fp8Block,
+            TargetFormat::Nvfp4 => QuantAlgo::Nvfp4,
+            TargetFormat::Mxfp4 => QuantAlgo::W4A16Mxfp4,
         }
     }
 
+    /// The CLI spelling: the descriptor's `quantize_name`.
+    pub fn name(self) -> &'static str {
+        let d = self.algo().descriptor();
+        d.quantize_name.unwrap_or(d.name)
+    }
+
+    /// One line for help texts: the descriptor's `summary`.
+    pub fn summary(self) -> &'static str {
+        self.algo().descriptor().summary
+    }
+
+    /// The format whose CLI spelling is `s`.
     pub fn parse(s: &str) -> Result<TargetFormat> {
         TargetFormat::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = TargetFormat::ALL.iter().map(|f| f.name()).collect();
             MoeError::config(
                 "format",
-                format!("unknown quantized format `{s}` (fp8-block, nvfp4, mxfp4)"),
+                format!("unknown quantized format `{s}` ({})", names.join(", ")),
             )
         })
     }
 
-    /// How the written checkpoint stores its experts.
+    /// How the written checkpoint stores its experts (the format's defaults).
     pub fn checkpoint_quant(self) -> CheckpointQuant {
-        match self {
-            TargetFormat::Fp8Block => CheckpointQuant::Fp8Block { block: [128, 128] },
-            TargetFormat::Nvfp4 => CheckpointQuant::Nvfp4,
-            TargetFormat::Mxfp4 => CheckpointQuant::Mxfp4,
-        }
+        CheckpointQuant::canonical(&QuantConfig {
+            algo: self.algo(),
+            ..QuantConfig::default()
+        })
     }
 }
 
@@ -907,4 +922,30 @@ fn verify(
         bytes_out += experts.disk_bytes();
     }
     Ok((bytes_in, bytes_out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moe_core::FORMATS;
+
+    #[test]
+    fn target_formats_are_the_descriptors_with_a_quantize_name() {
+        let named: Vec<QuantAlgo> = FORMATS
+            .iter()
+            .filter(|d| d.quantize_name.is_some())
+            .map(|d| d.algo)
+            .collect();
+        let targets: Vec<QuantAlgo> = TargetFormat::ALL.iter().map(|f| f.algo()).collect();
+        assert_eq!(targets, named);
+        for f in TargetFormat::ALL {
+            assert_eq!(TargetFormat::parse(f.name()).unwrap(), f);
+            assert_eq!(f.checkpoint_quant().algo(), f.algo());
+        }
+        assert_eq!(
+            TargetFormat::Fp8Block.checkpoint_quant(),
+            CheckpointQuant::Fp8Block { block: [128, 128] }
+        );
+        assert!(TargetFormat::parse("int8").is_err());
+    }
 }

@@ -263,9 +263,9 @@ pub(crate) trait Format: Send + Sync {
 
     /// The method's name: its descriptor's `method` (`moe_core::quant_format`; the
     /// descriptor's `name` is the format's, `QuantAlgo::as_str`).
-    #[allow(clippy::misnamed_getters)]
     fn name(&self) -> &'static str {
-        self.algo().descriptor().method
+        let d = self.algo().descriptor();
+        d.method
     }
 
     /// Whether EPLB may migrate its slots: its descriptor's.
