@@ -158,26 +158,12 @@ struct EplbStatsArgs {
     json: bool,
 }
 
-/// The formats `moe quantize` writes.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum FormatArg {
-    /// FP8 e4m3 weights, f32 scale per 128x128 block (DeepSeek-V3 layout).
-    #[value(name = "fp8-block")]
-    Fp8Block,
-    /// NVFP4: e2m1 weights, e4m3 scale per 16, f32 global scale (ModelOpt layout).
-    Nvfp4,
-    /// MXFP4: e2m1 weights, UE8M0 scale per 32 (GPT-OSS layout).
-    Mxfp4,
-}
-
-impl From<FormatArg> for TargetFormat {
-    fn from(f: FormatArg) -> TargetFormat {
-        match f {
-            FormatArg::Fp8Block => TargetFormat::Fp8Block,
-            FormatArg::Nvfp4 => TargetFormat::Nvfp4,
-            FormatArg::Mxfp4 => TargetFormat::Mxfp4,
-        }
-    }
+/// The choices of `moe quantize --format`: the formats whose descriptor has a `moe quantize`
+/// spelling (`moe_hf::TargetFormat`, names and help read from `moe_core::quant_format`).
+fn target_format_parser() -> impl clap::builder::TypedValueParser<Value = TargetFormat> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(TargetFormat::ALL.map(|f| PossibleValue::new(f.name()).help(f.summary())))
+        .try_map(|s| TargetFormat::parse(&s))
 }
 
 #[derive(Debug, Args)]
@@ -187,8 +173,8 @@ struct QuantizeArgs {
     model: PathBuf,
 
     /// Quantized format to write.
-    #[arg(long, value_enum)]
-    format: FormatArg,
+    #[arg(long, value_parser = target_format_parser())]
+    format: TargetFormat,
 
     /// Directory to write the quantized checkpoint to: created, or replaced whole when it holds
     /// a previous `moe quantize` output (any other non-empty directory is refused). Written
@@ -466,7 +452,7 @@ fn quantize(args: QuantizeArgs) -> anyhow::Result<()> {
     let summary = quantize::run(&quantize::QuantizeRun {
         model: &args.model,
         output: &args.output,
-        format: args.format.into(),
+        format: args.format,
         max_shard_bytes: args.max_shard_mib.map(|m| (m as usize).saturating_mul(1 << 20)),
         calibration: args.calibration.as_deref().map(|p| (p, args.calibration_key.as_str())),
     })?;

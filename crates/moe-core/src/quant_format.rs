@@ -11,7 +11,7 @@
 //!   tensors are the descriptor's; the oracle's activation quantization
 //!   (`quantize::reference_act_quants`);
 //! - `moe-backends`: the host backends' activation dtypes (`QUANT_DTYPES` is built from
-//!   [`FormatDescriptor::dtypes`]) and a test that the `cuda` backend's own table is a subset;
+//!   [`FormatDescriptor::dtypes`]) and a test that a device backend's own table is a subset;
 //! - `moe-hf`: the checkpoint's canonical tensors and their shapes, the layout's name, the
 //!   ModelOpt `quant_algo` spelling, and the `moe quantize` format names;
 //! - `moe-cli`: the choices of `moe quantize --format` and their help;
