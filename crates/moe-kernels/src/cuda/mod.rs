@@ -7,6 +7,7 @@
 //! returns [`moe_core::MoeError::NotCompiledWithCuda`], so callers compile unchanged and fail
 //! with a typed error. `cfg` appears only on the `mod`/`use` lines below.
 
+pub mod aot;
 mod blocks;
 mod route;
 
@@ -17,6 +18,7 @@ mod enabled;
 
 #[cfg(not(feature = "cuda"))]
 pub use absent::*;
+pub use aot::{KernelLoad, KernelOrigin, kernel_loads, kernel_loads_summary};
 pub use blocks::OwnBlock;
 #[cfg(feature = "cuda")]
 pub use enabled::*;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
 use moe_core::{MoeError, Result};
 
-use super::compile::compile_module;
+use super::compile::load_module;
 use super::ffi;
 use super::graph::{CaptureState, ConstKey};
 
@@ -229,7 +229,7 @@ impl CudaDevice {
     /// module is cached as
     /// `<module>/<define>`, so a source can hold many instantiations of which each process
     /// compiles only those it uses. A variant that defines [`WGMMA_DEFINE`] is compiled for the
-    /// architecture-specific target (`compute_90a`).
+    /// architecture-specific target (`sm_90a`).
     pub(crate) fn function_variant(
         &self,
         module: &str,
@@ -257,23 +257,8 @@ impl CudaDevice {
             match cache.get(&key) {
                 Some(m) => m.clone(),
                 None => {
-                    let defines: Vec<&str> = define.map(|d| d.split_whitespace().collect()).unwrap_or_default();
-                    let text: String = defines
-                        .iter()
-                        .map(|d| match d.split_once('=') {
-                            Some((name, value)) => format!("#define {name} {value}\n"),
-                            None => format!("#define {d}\n"),
-                        })
-                        .chain(std::iter::once(src.to_string()))
-                        .collect();
-                    let name = key.replace(['/', ' '], "-");
-                    // `WGMMA` code needs the architecture-specific target (sm_90a's wgmma).
-                    let ptx = compile_module(&name, &text, self.inner.sm, defines.contains(&WGMMA_DEFINE))?;
-                    let m = self
-                        .inner
-                        .ctx
-                        .load_module(ptx)
-                        .map_err(|e| dev_err(&self.location(), &format!("loading module `{key}`"), e))?;
+                    // AOT CUBIN, disk cache or NVRTC (`WGMMA` variants for sm_90a): compile.rs.
+                    let m = load_module(&self.inner.ctx, &self.location(), module, src, define, self.inner.sm)?;
                     cache.insert(key.clone(), m.clone());
                     m
                 }

@@ -228,3 +228,74 @@ pub(crate) fn tensor_map(
     }
     Ok(TensorMap(map))
 }
+
+/// Whether an NVRTC library can be opened (cudarc opens it lazily and panics when it is
+/// missing; callers ask first).
+pub(crate) fn nvrtc_available() -> bool {
+    // SAFETY: `is_culib_present` only tries to dlopen the candidate library names and drops
+    // what it opened; it touches no NVRTC state.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's version as `major.minor`, or `None` when the library is missing.
+pub(crate) fn nvrtc_version() -> Option<String> {
+    if !nvrtc_available() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: both out-pointers are valid `c_int`s living across the call.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    r.result().ok().map(|()| format!("{major}.{minor}"))
+}
+
+/// Compiles `src` (named `name` in NVRTC's messages) with `options` and returns the CUBIN (when
+/// the options name a real architecture, `sm_90a`) or the NUL-free PTX text's bytes; the
+/// error is NVRTC's status and log. The caller checks [`nvrtc_available`] first.
+pub(crate) fn nvrtc_compile(
+    src: &str,
+    name: &str,
+    options: &[String],
+    output: crate::cuda::aot::Output,
+) -> std::result::Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    let c_src = std::ffi::CString::new(src).map_err(|_| format!("{name}: source holds a NUL byte"))?;
+    let c_name = std::ffi::CString::new(name).map_err(|_| format!("{name}: name holds a NUL byte"))?;
+    let prog = result::create_program(&c_src, Some(&c_name)).map_err(|e| format!("{name}: {e}"))?;
+    // SAFETY: `prog` was created above from `c_src` and `c_name`, which outlive it; it is
+    // compiled, read and destroyed exactly once, here, and never used after `destroy_program`.
+    // The CUBIN buffer is allocated with the size NVRTC reports for it before NVRTC writes it.
+    unsafe {
+        let out = match result::compile_program(prog, options) {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        let bytes: Vec<u8> = l.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    })
+                    .unwrap_or_default();
+                Err(format!("{name}: {e}\n{log}"))
+            }
+            Ok(()) => match output {
+                crate::cuda::aot::Output::Ptx => result::get_ptx(prog)
+                    .map(|p| p.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect())
+                    .map_err(|e| format!("{name}: reading the PTX: {e}")),
+                crate::cuda::aot::Output::Cubin => {
+                    let mut size = 0usize;
+                    match sys::nvrtcGetCUBINSize(prog, &mut size).result() {
+                        Err(e) => Err(format!("{name}: reading the CUBIN size: {e}")),
+                        Ok(()) if size == 0 => Err(format!("{name}: no CUBIN (a virtual architecture?)")),
+                        Ok(()) => {
+                            let mut buf = vec![0u8; size];
+                            sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
+                                .result()
+                                .map(|()| buf)
+                                .map_err(|e| format!("{name}: reading the CUBIN: {e}"))
+                        }
+                    }
+                }
+            },
+        };
+        let _ = result::destroy_program(prog);
+        out
+    }
+}

@@ -6,11 +6,14 @@
 //!   host <-> device copies.
 //! - [`ffi`]: the `unsafe` of the layer (kernel launches, typed views of byte buffers), and
 //!   [`ffi_cublaslt`] the one cuBLASLt call (the e4m3 GEMM of [`ceilings`]).
-//! - [`compile`]: NVRTC compilation for the device's architecture, cached per module.
+//! - [`compile`]: loading a module: the GPU bundle's ahead-of-time CUBIN, else the disk
+//!   cache's, else NVRTC for the device's architecture ([`crate::cuda::aot`] lists them all);
+//!   [`aot_build`] compiles the bundle's (`cargo xtask kernels`).
 //! - [`graph`]: CUDA-graph capture of a device's stream and its replay ([`DeviceGraph`]).
 //! - [`routing`], [`rows`], [`comm_rows`], [`experts`], [`ceilings`]: the device operations, each
 //!   with its CUDA C source in `cuda/kernels/`.
 
+mod aot_build;
 mod ceilings;
 mod comm_rows;
 mod compile;
@@ -23,6 +26,7 @@ mod routing;
 mod rows;
 mod storage;
 
+pub use aot_build::{AotBuild, build_aot_kernels};
 pub use ceilings::*;
 pub use comm_rows::*;
 pub use experts::*;
