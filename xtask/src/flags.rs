@@ -19,8 +19,11 @@ commands:
   fuzz [--target NAME|all] [--seconds S] [--seed N] [--max-input-ms M]
                              fuzz the input parsers (crates/moe-fuzz; default all targets, 60 s each)
   bench                      run the CPU benchmark table and the candle peer; rewrite docs/BENCHMARKS.md
-  gpu-bundle                 build the CUDA binaries, test binaries, fixtures, torch baseline and run.sh
-                             into target/gpu-bundle/ for a GPU machine (run.sh tests|matrix|bench|baseline|all)
+  gpu-bundle [--no-kernels]  build the CUDA binaries, test binaries, AOT kernels, fixtures, torch baseline
+                             and run.sh into target/gpu-bundle/ for a GPU machine (run.sh tests|matrix|bench|baseline|all)
+  kernels [--arch sm_89,sm_90] [--out DIR] [--jobs N]
+                             compile every CUDA kernel module to CUBINs with NVRTC (no GPU; default
+                             target/aot-kernels/); gpu-bundle puts them in its kernels/
 ";
 
 /// A parsed command.
@@ -31,7 +34,7 @@ pub enum Command {
     TestMatrix { json: bool, filter: Option<String> },
     CheckBoundaries { root: Option<PathBuf>, list: bool },
     Codegen { check: bool },
-    GpuBundle,
+    GpuBundle { kernels: bool },
     Help,
 }
 
@@ -43,7 +46,16 @@ pub fn parse(args: &[String]) -> Result<Command> {
     let command = match cmd.as_str() {
         "test" => Command::Test,
         "test-mpi" => Command::TestMpi,
-        "gpu-bundle" => Command::GpuBundle,
+        "gpu-bundle" => {
+            let mut kernels = true;
+            for flag in rest.by_ref() {
+                match flag.as_str() {
+                    "--no-kernels" => kernels = false,
+                    other => bail!("gpu-bundle: unknown flag `{other}`\n\n{USAGE}"),
+                }
+            }
+            return Ok(Command::GpuBundle { kernels });
+        }
         "test-matrix" => {
             let (mut json, mut filter) = (false, None);
             while let Some(flag) = rest.next() {
@@ -121,7 +133,15 @@ mod tests {
             parse(&args("codegen --check")).unwrap(),
             Command::Codegen { check: true }
         );
-        assert_eq!(parse(&args("gpu-bundle")).unwrap(), Command::GpuBundle);
+        assert_eq!(
+            parse(&args("gpu-bundle")).unwrap(),
+            Command::GpuBundle { kernels: true }
+        );
+        assert_eq!(
+            parse(&args("gpu-bundle --no-kernels")).unwrap(),
+            Command::GpuBundle { kernels: false }
+        );
+        assert!(parse(&args("gpu-bundle --x")).is_err());
         assert_eq!(parse(&[]).unwrap(), Command::Help);
     }
 

@@ -6,7 +6,10 @@
 //!    and moe-hf (`cargo test --no-run --message-format=json`, whose `executable` fields name
 //!    them), both with the same features so the shared crates build once;
 //! 2. lays out the bundle: `bin/` (the two binaries), `bin/tests/<crate>-<target>` (the test
-//!    binaries), `fixtures/` (a copy of `crates/moe-testkit/fixtures`, found by the tests
+//!    binaries), `kernels/` (every CUDA kernel module compiled ahead of time for sm_89 and
+//!    sm_90/sm_90a, with its manifest: `kernels.rs`; found by the binaries beside `bin/`, so
+//!    a fresh machine starts without NVRTC compiling; `--no-kernels` leaves it out),
+//!    `fixtures/` (a copy of `crates/moe-testkit/fixtures`, found by the tests
 //!    through `MOE_FIXTURES_DIR`), `gpu-env.sh` (`tools/gpu/gpu-env.sh`), `torch_baseline.py`
 //!    and `run.sh` (`benches/gpu/`), and `BUILD.txt` (commit, date, contents);
 //! 3. checks the size: the bundle must stay well under the 64 MiB a GPU run carries.
@@ -48,7 +51,7 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
@@ -154,8 +157,22 @@ fn revision(root: &Path) -> String {
     }
 }
 
-/// `cargo xtask gpu-bundle`.
-pub fn run(root: &Path) -> Result<bool> {
+/// Bytes of the files under `dir`.
+fn tree_bytes(dir: &Path) -> Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        bytes += if entry.file_type()?.is_dir() {
+            tree_bytes(&entry.path())?
+        } else {
+            entry.metadata()?.len()
+        };
+    }
+    Ok(bytes)
+}
+
+/// `cargo xtask gpu-bundle [--no-kernels]`.
+pub fn run(root: &Path, kernels: bool) -> Result<bool> {
     for (src, _) in FILES {
         if !root.join(src).is_file() {
             bail!("{src} is missing from the checkout");
@@ -216,6 +233,11 @@ pub fn run(root: &Path) -> Result<bool> {
         if !found {
             bail!("cargo reported no test binary of {pkg}");
         }
+    }
+    if kernels {
+        let dir = bundle.join("kernels");
+        crate::kernels::build(root, &dir, crate::kernels::DEFAULT_ARCH, None)?;
+        listing.insert("kernels/".into(), tree_bytes(&dir)?);
     }
     let fixtures = copy_tree(&root.join("crates/moe-testkit/fixtures"), &bundle.join("fixtures"))?;
     listing.insert("fixtures/".into(), fixtures);

@@ -7,14 +7,16 @@
 //! - `codegen`: generated sections of `docs/`.
 //! - `bench`: the benchmark table of `docs/BENCHMARKS.md`, ours next to candle's (`bench.rs`);
 //! - `fuzz`: the long run of the stable-Rust fuzzer, `crates/moe-fuzz` (`fuzz.rs`);
-//! - `gpu-bundle`: the CUDA build, test binaries, fixtures and scripts a GPU machine runs
-//!   (`gpu_bundle.rs`).
+//! - `gpu-bundle`: the CUDA build, test binaries, AOT kernels, fixtures and scripts a GPU
+//!   machine runs (`gpu_bundle.rs`);
+//! - `kernels`: every CUDA kernel module compiled to CUBINs by NVRTC, no GPU (`kernels.rs`).
 
 mod bench;
 mod boundaries;
 mod flags;
 mod fuzz;
 mod gpu_bundle;
+mod kernels;
 mod legs;
 mod mpi;
 mod python;
@@ -50,6 +52,10 @@ fn run(args: &[String]) -> Result<bool> {
     if let Some(("bench", rest)) = args.split_first().map(|(c, r)| (c.as_str(), r)) {
         return bench::run(&project_root(), rest);
     }
+    // `kernels` parses its own flags: see kernels.rs.
+    if let Some(("kernels", rest)) = args.split_first().map(|(c, r)| (c.as_str(), r)) {
+        return kernels::run(&project_root(), rest);
+    }
     // `fuzz` passes its flags to the moe-fuzz binary: see fuzz.rs.
     if let Some(("fuzz", rest)) = args.split_first().map(|(c, r)| (c.as_str(), r)) {
         return fuzz::run(&project_root(), rest);
@@ -72,7 +78,7 @@ fn run(args: &[String]) -> Result<bool> {
         Command::Codegen { check } => legs::codegen(&project_root(), check),
         Command::Test => legs::test(&project_root()),
         Command::TestMpi => mpi::mpi_leg(&project_root()),
-        Command::GpuBundle => gpu_bundle::run(&project_root()),
+        Command::GpuBundle { kernels } => gpu_bundle::run(&project_root(), kernels),
     }
 }
 
