@@ -36,13 +36,13 @@ pub mod process_group {
 }
 
 /// CUDA devices (feature `cuda`): the device handle, device tensors and their copies, the
-/// device-event timer, CUDA-graph capture and replay (`CudaDevice::capture`, `DeviceGraph`) and the measured ceilings of a device, re-exported so binaries and model
+/// device-event timer, CUDA-graph capture and replay (`CudaDevice::capture`, `DeviceGraph`), the measured ceilings of a device and the log of kernel-module loads (`kernel_loads`: ahead of time, disk cache or NVRTC), re-exported so binaries and model
 /// code reach them through the assembler crate. Without the feature the same names exist and
 /// fail with `MoeError::NotCompiledWithCuda`.
 pub mod cuda {
     pub use moe_kernels::cuda::{
-        CudaDevice, CudaStorage, CudaTimer, DeviceGraph, bf16_matmul_tflops, copy_bandwidth_gbps, download,
-        fp8_matmul_tflops,
+        CudaDevice, CudaStorage, CudaTimer, DeviceGraph, KernelLoad, KernelOrigin, bf16_matmul_tflops,
+        copy_bandwidth_gbps, download, fp8_matmul_tflops, kernel_loads, kernel_loads_summary,
     };
 }
 

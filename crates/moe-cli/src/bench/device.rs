@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use moe::ConfigurableMoe;
-use moe::cuda::CudaDevice;
+use moe::cuda::{CudaDevice, kernel_loads, kernel_loads_summary};
 use moe_core::Tensor;
 use serde_json::Value;
 
@@ -259,6 +259,59 @@ fn all_finite(y: &Tensor) -> anyhow::Result<bool> {
     Ok(host.to_f32_vec("output")?.iter().all(|v| v.is_finite()))
 }
 
+/// Cold start (issue 16): the first forward of a freshly built layer at `tokens`, timed on
+/// the host up to the synchronised result, with the kernel modules it loaded (ahead of time,
+/// disk cache or NVRTC) and the time since the process started, less what was spent before
+/// it on the preset's weights (generation and upload, `weights_s`) and on the device's
+/// ceilings (`ceilings_s`), which the cold-start figure excludes.
+fn first_forward(
+    dev: &CudaDevice,
+    layer: &mut ConfigurableMoe,
+    x_all: &Tensor,
+    logits_all: &Tensor,
+    tokens: usize,
+    (weights_s, ceilings_s): (f64, f64),
+) -> anyhow::Result<String> {
+    let xd = dev.upload(&x_all.narrow_rows(0, tokens)?).context("uploading x")?;
+    let ld = dev
+        .upload(&logits_all.narrow_rows(0, tokens)?)
+        .context("uploading the router logits")?;
+    let before = kernel_loads().len();
+    let t = Instant::now();
+    let y = layer.forward(&xd, &ld)?;
+    dev.synchronize()?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(y);
+    let loads = kernel_loads();
+    let mut line = format!(
+        "first forward (T={tokens}) {ms:.0} ms; kernels: {}",
+        kernel_loads_summary(&loads[before.min(loads.len())..])
+    );
+    if let Some(age) = process_age_s() {
+        line.push_str(&format!(
+            "; {age:.2} s after process start, {:.2} s of it beyond the weights ({weights_s:.2} s) and the ceilings ({ceilings_s:.2} s)",
+            age - weights_s - ceilings_s
+        ));
+    }
+    Ok(line)
+}
+
+/// Seconds since this process started: Linux's `/proc/self/stat` start time (in 10 ms ticks
+/// since boot) against `/proc/uptime`; `None` elsewhere.
+fn process_age_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; the start time is field 22 of the line.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let start_ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(uptime - start_ticks / 100.0)
+}
+
 /// Warm-up forwards, then `repeats` forwards each timed by device events; seconds per
 /// forward, and whether the first output was finite.
 fn time_forward(
@@ -347,7 +400,9 @@ pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::R
     })?;
     let copy_bytes = args.ceiling_mib.unwrap_or(DEFAULT_COPY_MIB) << 20;
     let matmul_n = args.ceiling_gemm.unwrap_or(DEFAULT_MATMUL_N) as usize;
+    let ceilings_start = Instant::now();
     let ceilings = DeviceCeilings::measure(&dev, copy_bytes, matmul_n)?;
+    let ceilings_s = ceilings_start.elapsed().as_secs_f64();
     let warmup = args.warmup.map_or(DEFAULT_WARMUP, |w| w as usize);
     // Both lines go to stderr under --json, so stdout stays one JSON object per line.
     let say = |line: &str| {
@@ -395,6 +450,12 @@ pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::R
             )
         });
         let (x_all, logits_all) = cache::inputs(p, args.seed, max_rows)?;
+        let weights_s = start.elapsed().as_secs_f64();
+        if let Some(&(tokens, _)) = plan.rows.first() {
+            let line = first_forward(&dev, &mut layer, &x_all, &logits_all, tokens, (weights_s, ceilings_s))
+                .with_context(|| format!("{} T={tokens}: first forward", p.name))?;
+            progress.suspend(|| eprintln!("{}: {line}", p.name));
+        }
         for &(tokens, repeats) in &plan.rows {
             progress.set_message(format!("{} T={tokens}", p.name));
             let x = x_all.narrow_rows(0, tokens)?;
@@ -432,6 +493,7 @@ pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::R
         }
     }
     progress.finish_and_clear();
+    eprintln!("kernels: {}", kernel_loads_summary(&kernel_loads()));
     if rows.is_empty() {
         bail!("no rows were selected");
     }
@@ -455,6 +517,14 @@ mod tests {
             matmul_n: 8192,
             matmul_tflops: 100.0,
             fp8_matmul_tflops: Ok(200.0),
+        }
+    }
+
+    #[test]
+    fn process_age_reads_proc_on_linux() {
+        if cfg!(target_os = "linux") {
+            let age = process_age_s().unwrap();
+            assert!((0.0..3600.0 * 24.0).contains(&age), "{age}");
         }
     }
 
