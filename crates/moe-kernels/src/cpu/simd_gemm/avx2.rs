@@ -115,17 +115,8 @@ fn prefetch_l2(p: *const u8) {
 /// Vectors per 16 weights (an INT8 step).
 pub const PER: usize = 2;
 
-/// A 16-entry f32 table as entries 0..8 and 8..16 (a permute reaches only 8).
-type Tab = (__m256, __m256);
 /// 32 packed bytes (64 4-bit codes, eight per 32-bit lane).
 type Bits = __m256i;
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn table(t: &[f32; 16]) -> Tab {
-    // SAFETY: `t` holds 16 floats.
-    unsafe { (_mm256_loadu_ps(t.as_ptr()), _mm256_loadu_ps(t.as_ptr().add(8))) }
-}
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -134,40 +125,75 @@ unsafe fn load_bits(p: *const u8) -> Bits {
     unsafe { _mm256_loadu_si256(p as *const __m256i) }
 }
 
-/// `t[idx & 15]` per lane: both halves permuted by the low 3 bits, bit 3 (shifted into the
-/// sign, which `blendv` reads) picks one.
+/// The E2M1 table of the 4-bit kernel: code `c` to `2 x E2M1(c)` (exact integers -12..=12)
+/// as bytes, in both 128-bit lanes (for `vpshufb`). Unused by the INT4 formats.
+type WTab = __m256i;
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn lut16(idx: __m256i, t: &Tab) -> __m256 {
-    let lo = _mm256_permutevar8x32_ps(t.0, idx);
-    let hi = _mm256_permutevar8x32_ps(t.1, idx);
-    _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)))
+fn wtable() -> WTab {
+    // SAFETY: the table holds 16 bytes.
+    _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(super::packed::E2M1_X2.as_ptr() as *const __m128i) })
 }
 
-/// Nibble `t` of every 32-bit lane of `v` as a value: for the INT4 formats `1 + q / 16` for
-/// the unsigned nibble `q`, exact, by moving it into the top of an f32 mantissa under the
-/// exponent of 1.0 (a shift and a mask-and-or, no integer
-/// conversion: the kernel takes `q` back out of the sums with the activations' own sums);
-/// for `FP4` the E2M1 value looked up in `tab`.
+/// The 64 codes of `v` as four vectors of 16 signed 16-bit weights: vector `t`, lane `m`
+/// holds weight `4m + t` of the chunk (nibble `t` of 16-bit word `m`). INT4: the unsigned
+/// nibble (a shift and a mask); `FP4`: `2 x` its E2M1 value, looked up per byte (`vpshufb`,
+/// low and high nibbles) and sign-extended from the low and high byte of each word.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibble<const FMT: u8>(v: Bits, t: usize, tab: &Tab) -> __m256 {
+fn nib4<const FMT: u8>(v: Bits, tab: &WTab) -> [Bits; 4] {
     use super::packed_rows::FP4;
-    match FMT {
-        FP4 => lut16(_mm256_srlv_epi32(v, _mm256_set1_epi32(4 * t as i32)), tab),
-        _ => {
-            // Bits 4t..4t+4 to 19..23.
-            let x = if t <= 4 {
-                _mm256_sllv_epi32(v, _mm256_set1_epi32(19 - 4 * t as i32))
-            } else {
-                _mm256_srlv_epi32(v, _mm256_set1_epi32(4 * t as i32 - 19))
-            };
-            _mm256_castsi256_ps(_mm256_or_si256(
-                _mm256_and_si256(x, _mm256_set1_epi32(0x0078_0000)),
-                _mm256_set1_epi32(0x3F80_0000),
-            ))
-        }
+    if FMT == FP4 {
+        let m = _mm256_set1_epi8(0x0F);
+        let lo = _mm256_shuffle_epi8(*tab, _mm256_and_si256(v, m));
+        let hi = _mm256_shuffle_epi8(*tab, _mm256_and_si256(_mm256_srli_epi16::<4>(v), m));
+        [
+            _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(lo)),
+            _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(hi)),
+            _mm256_srai_epi16::<8>(lo),
+            _mm256_srai_epi16::<8>(hi),
+        ]
+    } else {
+        let m = _mm256_set1_epi16(0xF);
+        [
+            _mm256_and_si256(v, m),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+            _mm256_and_si256(_mm256_srli_epi16::<8>(v), m),
+            _mm256_srli_epi16::<12>(v),
+        ]
     }
+}
+
+/// `sum_t w[t] · a[t]` per 32-bit lane (pairs of 16-bit products, exact in 32 bits for
+/// `|a| <= 32767`, `|w| <= 15`), `a` the chunk's four vectors of 16-bit activations.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4(w: &[Bits; 4], a: *const i16) -> Bits {
+    // SAFETY: the caller guarantees 64 readable values at `a`.
+    let x = unsafe {
+        [
+            _mm256_loadu_si256(a as *const __m256i),
+            _mm256_loadu_si256(a.add(16) as *const __m256i),
+            _mm256_loadu_si256(a.add(32) as *const __m256i),
+            _mm256_loadu_si256(a.add(48) as *const __m256i),
+        ]
+    };
+    let s01 = _mm256_add_epi32(_mm256_madd_epi16(w[0], x[0]), _mm256_madd_epi16(w[1], x[1]));
+    let s23 = _mm256_add_epi32(_mm256_madd_epi16(w[2], x[2]), _mm256_madd_epi16(w[3], x[3]));
+    _mm256_add_epi32(s01, s23)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn to_f32(v: Bits) -> __m256 {
+    _mm256_cvtepi32_ps(v)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul(a: __m256, b: __m256) -> __m256 {
+    _mm256_mul_ps(a, b)
 }
 
 /// Every nibble of `v` xor 8: a signed nibble `n` becomes the unsigned `n + 8`.
@@ -218,4 +244,4 @@ unsafe fn decode8(p: *const u8) -> [__m256; 2] {
 
 super::float::float_kernels!("avx2,fma,f16c");
 super::fp8::fp8_kernels!("avx2,fma,f16c");
-super::packed::packed_kernels!("avx2,fma,f16c");
+super::packed::packed_kernels!("avx2,fma,f16c", "avx2,fma,f16c");

@@ -1,6 +1,6 @@
 //! The AVX-512F instantiation of the kernels: 16 f32 lanes, the helpers every template
 //! calls by name, then the templates themselves (AVX-512F alone: its `vcvtph2ps` on zmm
-//! covers the FP8 decode).
+//! covers the FP8 decode; the 4-bit kernel also takes BW and VNNI, `PACKED_FEATURES`).
 
 use std::arch::x86_64::*;
 
@@ -118,17 +118,8 @@ fn prefetch_l2(p: *const u8) {
 /// Vectors per 16 weights (an INT8 step).
 pub const PER: usize = 1;
 
-/// A 16-entry f32 table in one register.
-type Tab = __m512;
 /// 64 packed bytes (128 4-bit codes, eight per 32-bit lane).
 type Bits = __m512i;
-
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn table(t: &[f32; 16]) -> Tab {
-    // SAFETY: `t` holds 16 floats.
-    unsafe { _mm512_loadu_ps(t.as_ptr()) }
-}
 
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -137,31 +128,77 @@ unsafe fn load_bits(p: *const u8) -> Bits {
     unsafe { _mm512_loadu_si512(p as *const __m512i) }
 }
 
-/// Nibble `t` of every 32-bit lane of `v` as a value: for the INT4 formats `1 + q / 16` for
-/// the unsigned nibble `q`, exact, by moving it into the top of an f32 mantissa under the
-/// exponent of 1.0 (a shift and a mask-and-or (`vpternlogd` does the mask and the or in one), no integer
-/// conversion: the kernel takes `q` back out of the sums with the activations' own sums);
-/// for `FP4` the E2M1 value looked up in `tab`.
+/// The E2M1 table of the 4-bit kernel: code `c` to `2 x E2M1(c)` (exact integers -12..=12)
+/// as bytes, in every 128-bit lane (for `vpshufb`). Unused by the INT4 formats.
+type WTab = __m512i;
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn wtable() -> WTab {
+    // SAFETY: the table holds 16 bytes.
+    _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(super::packed::E2M1_X2.as_ptr() as *const __m128i) })
+}
+
+/// The 128 codes of `v` as four vectors of 32 signed 16-bit weights: vector `t`, lane `m`
+/// holds weight `4m + t` of the chunk (nibble `t` of 16-bit word `m`). INT4: the unsigned
+/// nibble (a shift and a mask); `FP4`: `2 x` its E2M1 value, looked up per byte (`vpshufb`,
+/// low and high nibbles; cheaper than `vpermw` on Zen 4) and sign-extended from the low and
+/// high byte of each word.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn nib4<const FMT: u8>(v: Bits, tab: &WTab) -> [Bits; 4] {
+    use super::packed_rows::FP4;
+    if FMT == FP4 {
+        let m = _mm512_set1_epi8(0x0F);
+        let lo = _mm512_shuffle_epi8(*tab, _mm512_and_si512(v, m));
+        let hi = _mm512_shuffle_epi8(*tab, _mm512_and_si512(_mm512_srli_epi16::<4>(v), m));
+        [
+            _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(lo)),
+            _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(hi)),
+            _mm512_srai_epi16::<8>(lo),
+            _mm512_srai_epi16::<8>(hi),
+        ]
+    } else {
+        let m = _mm512_set1_epi16(0xF);
+        [
+            _mm512_and_si512(v, m),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(v), m),
+            _mm512_and_si512(_mm512_srli_epi16::<8>(v), m),
+            _mm512_srli_epi16::<12>(v),
+        ]
+    }
+}
+
+/// `sum_t w[t] · a[t]` per 32-bit lane (pairs of 16-bit products, exact in 32 bits for
+/// `|a| <= 32767`, `|w| <= 15`), `a` the chunk's four vectors of 16-bit activations.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dot4(w: &[Bits; 4], a: *const i16) -> Bits {
+    // SAFETY: the caller guarantees 128 readable values at `a`.
+    let x = unsafe {
+        [
+            _mm512_loadu_si512(a as *const __m512i),
+            _mm512_loadu_si512(a.add(32) as *const __m512i),
+            _mm512_loadu_si512(a.add(64) as *const __m512i),
+            _mm512_loadu_si512(a.add(96) as *const __m512i),
+        ]
+    };
+    let s = _mm512_madd_epi16(w[0], x[0]);
+    let s = _mm512_dpwssd_epi32(s, w[1], x[1]);
+    let s = _mm512_dpwssd_epi32(s, w[2], x[2]);
+    _mm512_dpwssd_epi32(s, w[3], x[3])
+}
+
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn nibble<const FMT: u8>(v: Bits, t: usize, tab: &Tab) -> __m512 {
-    use super::packed_rows::FP4;
-    match FMT {
-        FP4 => _mm512_permutexvar_ps(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * t as i32)), *tab),
-        _ => {
-            // Bits 4t..4t+4 to 19..23.
-            let x = if t <= 4 {
-                _mm512_sllv_epi32(v, _mm512_set1_epi32(19 - 4 * t as i32))
-            } else {
-                _mm512_srlv_epi32(v, _mm512_set1_epi32(4 * t as i32 - 19))
-            };
-            _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(
-                x,
-                _mm512_set1_epi32(0x0078_0000),
-                _mm512_set1_epi32(0x3F80_0000),
-            ))
-        }
-    }
+fn to_f32(v: Bits) -> __m512 {
+    _mm512_cvtepi32_ps(v)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn mul(a: __m512, b: __m512) -> __m512 {
+    _mm512_mul_ps(a, b)
 }
 
 /// Every nibble of `v` xor 8: a signed nibble `n` becomes the unsigned `n + 8`.
@@ -209,4 +246,4 @@ unsafe fn decode8(p: *const u8) -> [__m512; 1] {
 
 super::float::float_kernels!("avx512f");
 super::fp8::fp8_kernels!("avx512f");
-super::packed::packed_kernels!("avx512f");
+super::packed::packed_kernels!("avx512f", "avx512f,avx512bw,avx512vnni");

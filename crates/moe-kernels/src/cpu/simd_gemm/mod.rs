@@ -22,10 +22,11 @@
 //!   steps and one rounding as the lookup-table decode, so bit-identical), amortized over the
 //!   rows. FP8 per tensor is the same thing with one block covering the matrix.
 //! - INT4 (signed or with zero points), NVFP4, MXFP4 and INT8, for a few rows of `A`, are
-//!   decoded in registers too (`packed.rs`: nibbles taken in place from whole vectors of
-//!   packed bytes, scales applied once per group to the partial sums; `packed_rows.rs` says
-//!   when that keeps the reference's NaN and infinity semantics). For more rows, and shapes
-//!   those kernels don't take, they go the next way.
+//!   decoded in registers too (`packed.rs`: the 4-bit codes as 16-bit integers multiplied
+//!   by the activations quantized to 16 bits per chunk, `vpmaddwd` / `vpdpwssd`; INT8 as
+//!   f32; scales applied once per group to the partial sums; `packed_rows.rs` says when that
+//!   keeps the reference's NaN and infinity semantics). For more rows, non-finite
+//!   activations (4-bit), and shapes those kernels don't take, they go the next way.
 //! - every other format (f16, and the packed ones above past a few rows) is decoded whole
 //!   rows at a time by [`WeightSlice::widen_into`] into a small tile, then read as f32.
 //!
@@ -51,7 +52,7 @@ use super::float_slice::FloatSlice;
 use super::scratch::ScratchPool;
 use super::weight_slice::{QuantMatrix, WeightSlice};
 use crate::codec::fp8::E4M3_TO_F32;
-use packed_rows::Packed;
+use packed_rows::{Packed, QuantActs, quantize_acts};
 
 // The kernels are x86-64 only; elsewhere `portable` stands in with the same names (and no
 // `Isa` is ever detected, so it is never reached).
@@ -121,9 +122,12 @@ pub fn detected() -> Option<Isa> {
 /// Reusable buffers of [`matmul_bt_simd`].
 #[derive(Debug, Default)]
 pub struct SimdScratch {
-    /// `A` in the even/odd order of the bf16 kernel, or the stride-8 one of the 4-bit kernel.
+    /// `A` in the even/odd order of the bf16 kernel.
     a_perm: Vec<f32>,
-    /// Per-lane sums of each chunk of `a_perm` (INT4, see `chunk_sums`).
+    /// `A` as 16-bit integers for the 4-bit kernel, their scales per chunk and (INT4) lane
+    /// sums (see `packed_rows::quantize_acts`).
+    a_q: Vec<i16>,
+    a_scale: Vec<f32>,
     a_sums: Vec<f32>,
     /// Decoded weight tiles, one per concurrent worker.
     tiles: ScratchPool<Vec<f32>>,
@@ -203,16 +207,20 @@ pub(crate) fn matmul_bt_simd(
                     block: [n.next_multiple_of(NR), k],
                 }
             }
-            matrix => match Packed::from_matrix(matrix, k, 8 * lanes(isa)) {
-                Some(p) if m <= FUSED_FP8_MAX_M && (!p.sums_activations() || all_finite(&a[..m * k])) => {
-                    Source::Packed(p, b)
-                }
+            matrix => match Packed::from_matrix(matrix, k, 8 * lanes(arch::packed_isa(isa))) {
+                Some(p) if m <= FUSED_FP8_MAX_M && (!p.four_bit() || all_finite(&a[..m * k])) => Source::Packed(p, b),
                 _ => Source::Rows(b),
             },
         },
         WeightSlice::Float(FloatSlice::F16(_)) => Source::Rows(b),
     };
-    let SimdScratch { a_perm, a_sums, tiles } = scratch;
+    let SimdScratch {
+        a_perm,
+        a_q,
+        a_scale,
+        a_sums,
+        tiles,
+    } = scratch;
     let tiles = &*tiles;
     let a_nat = &a[..m * k];
     let a: &[f32] = match src {
@@ -224,31 +232,30 @@ pub(crate) fn matmul_bt_simd(
             }
             a_perm
         }
-        // Eight codes per 32-bit lane: the kernel yields nibble `t` of every lane at once.
+        // The 4-bit kernel multiplies 16-bit integers: `A` quantized once per call.
         Source::Packed(p, _) if p.four_bit() => {
-            a_perm.resize(m * k, 0.0);
-            for (src_row, dst_row) in a[..m * k].chunks_exact(k).zip(a_perm.chunks_exact_mut(k)) {
-                permute_stride8(src_row, dst_row, lanes(isa));
-            }
-            if p.sums_activations() {
-                chunk_sums(a_perm, a_sums, lanes(isa));
-            }
-            a_perm
+            let chunk = 8 * lanes(arch::packed_isa(isa));
+            quantize_acts(&a[..m * k], k, chunk, p.sums_activations(), a_q, a_scale, a_sums);
+            &a[..m * k]
         }
         _ => &a[..m * k],
+    };
+    let acts = QuantActs {
+        q: a_q,
+        scale: a_scale,
+        sums: a_sums,
     };
     let kc = if !src.splits_k() || m * k * 4 <= A_BLOCK_BYTES {
         k
     } else {
         KC
     };
-    let a_sums = &a_sums[..];
     let out = OutPtr(c.as_mut_ptr());
     let run = |lo: usize, hi: usize| -> Result<()> {
         let mut tile = tiles.take();
         // SAFETY: `a` holds `m * k`, `c` holds `m * n` (checked above, `c` borrowed mutably for
         // the whole call), `src` covers `[n, k]`; this worker writes only columns `lo..hi`.
-        unsafe { run_range(isa, a, a_nat, a_sums, src, out, m, n, k, kc, lo, hi, &mut tile) }
+        unsafe { run_range(isa, a, a_nat, acts, src, out, m, n, k, kc, lo, hi, &mut tile) }
     };
     let parts = if threads > 1 { threads.min(n.div_ceil(NR)) } else { 1 };
     if parts <= 1 {
@@ -288,33 +295,6 @@ fn all_finite(v: &[f32]) -> bool {
     v.iter().fold(true, |ok, x| ok & x.is_finite())
 }
 
-/// `sums[r * k / 8 + c * lanes + l]` = the sum over `t` of chunk `c`'s element `t x lanes + l`
-/// of row `r` of `a` (rows of `k`, in `permute_stride8` order): lane `l`'s share of the chunk.
-fn chunk_sums(a: &[f32], sums: &mut Vec<f32>, lanes: usize) {
-    sums.clear();
-    sums.resize(a.len() / 8, 0.0);
-    for (chunk, out) in a.chunks_exact(8 * lanes).zip(sums.chunks_exact_mut(lanes)) {
-        for row in chunk.chunks_exact(lanes) {
-            for (o, &x) in out.iter_mut().zip(row) {
-                *o += x;
-            }
-        }
-    }
-}
-
-/// Rewrites each chunk of `8 x lanes` elements of `src` (whose length is whole chunks) so that
-/// element `8l + t` lands at `t x lanes + l`: the order in which the 4-bit kernel takes nibble
-/// `t` of the chunk's `lanes` 32-bit lanes.
-fn permute_stride8(src: &[f32], dst: &mut [f32], lanes: usize) {
-    for (s, d) in src.chunks_exact(8 * lanes).zip(dst.chunks_exact_mut(8 * lanes)) {
-        for (l, eight) in s.chunks_exact(8).enumerate() {
-            for (t, &v) in eight.iter().enumerate() {
-                d[t * lanes + l] = v;
-            }
-        }
-    }
-}
-
 /// Columns `lo..hi` of `C`, every row, every `k` block.
 ///
 /// # Safety
@@ -325,7 +305,7 @@ unsafe fn run_range(
     isa: Isa,
     a: &[f32],
     a_nat: &[f32],
-    a_sums: &[f32],
+    acts: QuantActs<'_>,
     src: Source<'_>,
     out: OutPtr,
     m: usize,
@@ -385,7 +365,7 @@ unsafe fn run_range(
     }
     if let Source::Packed(pk, rows) = src {
         // SAFETY: the caller's contract.
-        return unsafe { run_packed(isa, a, a_nat, a_sums, pk, rows, out, m, n, k, lo, hi, tile) };
+        return unsafe { run_packed(isa, a_nat, acts, pk, rows, out, m, n, k, lo, hi, tile) };
     }
     for k0 in (0..k).step_by(kc) {
         let kb = kc.min(k - k0);
@@ -444,14 +424,13 @@ unsafe fn run_range(
 /// fail the check is widened by `widen_into` and read by the f32 kernel instead.
 ///
 /// # Safety
-/// As [`run_range`]; `m <= FUSED_FP8_MAX_M`, `a` in `permute_stride8` order for the 4-bit
-/// formats, finite for INT4 with `a_sums` its `chunk_sums`; `pk` and `rows` are the same validated `[n, k]` matrix, which `from_matrix`
-/// accepted for this ISA's chunk.
+/// As [`run_range`]; `m <= FUSED_FP8_MAX_M`; for the 4-bit formats `acts` is `a_nat`
+/// quantized by `quantize_acts` for the chunk of `packed_isa(isa)`; `pk` and `rows` are the
+/// same validated `[n, k]` matrix, which `from_matrix` accepted for that chunk.
 unsafe fn run_packed(
     isa: Isa,
-    a: &[f32],
     a_nat: &[f32],
-    a_sums: &[f32],
+    acts: QuantActs<'_>,
     pk: Packed<'_>,
     rows: WeightSlice<'_>,
     out: OutPtr,
@@ -464,6 +443,8 @@ unsafe fn run_packed(
 ) -> Result<()> {
     let (codes, ldb) = pk.codes(k);
     let (fmt, period) = (pk.fmt(), pk.period(k));
+    let pisa = arch::packed_isa(isa);
+    let chunks = k / (8 * lanes(pisa));
     let per_row = k / period;
     for n0 in (lo..hi).step_by(NR) {
         let nr = NR.min(hi - n0);
@@ -510,24 +491,30 @@ unsafe fn run_packed(
         let mut i0 = 0;
         while i0 < m {
             let mr = FUSED_MR.min(m - i0);
-            // SAFETY: rows i0..i0+mr of `A` (k each) and of `C` exist; `codes` holds rows
-            // n0..n0+nr of `ldb` bytes; `s` and `z` their `nr x per_row` scales and zero points
-            // from `gather`; columns n0..n0+nr of `C` are this worker's.
+            // The rows' quantized activations, scales and lane sums (unread by INT8).
+            let qa = (
+                acts.q.as_ptr().wrapping_add(i0 * k),
+                acts.scale.as_ptr().wrapping_add(i0 * chunks),
+                acts.sums.as_ptr().wrapping_add(i0 * (k / 8)),
+            );
+            // SAFETY: rows i0..i0+mr of `A` (k each, and of `acts` for a 4-bit format) and of
+            // `C` exist; `codes` holds rows n0..n0+nr of `ldb` bytes; `s` and `z` their
+            // `nr x per_row` scales and zero points from `gather`; columns n0..n0+nr of `C`
+            // are this worker's; `pisa` is `packed_isa` of the caller's detected ISA.
             unsafe {
                 arch::micro_packed(
-                    isa,
+                    pisa,
                     fmt,
                     mr,
                     nr,
-                    a.as_ptr().wrapping_add(i0 * k),
-                    k,
+                    a_nat.as_ptr().wrapping_add(i0 * k),
+                    qa,
                     codes.as_ptr().wrapping_add(n0 * ldb),
                     ldb,
                     k,
                     period,
                     s.as_ptr(),
                     z.as_ptr(),
-                    a_sums.as_ptr().wrapping_add(i0 * (k / 8)),
                     out.0.wrapping_add(i0 * n + n0),
                     n,
                     next,

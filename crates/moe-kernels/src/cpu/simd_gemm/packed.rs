@@ -6,89 +6,86 @@
 //!
 //! Decode is what bounds a 4-bit format on a CPU: a weight costs the arithmetic of a 16-bit
 //! one for a quarter of the bytes, so every instruction per vector of weights counts. Hence
-//! `micro_nib` loads one vector of packed bytes per row and chunk (`8 x LANES` weights) and
-//! takes nibble `t` of every 32-bit lane in place with shifts: vector `t` holds weights
-//! `8l + t` of the chunk, lane `l`, an order `A` is permuted to once per call
-//! (`permute_stride8`); no byte-widening shuffle per vector. INT4 needs no integer
-//! conversion either: the nibble shifted under the exponent of 1.0 is `1 + q / 16`, and the
-//! `1` (and the zero point) come out of the sums per chunk with the activations' lane sums.
-//! E2M1 takes one table lookup. On this project's Zen 4 host, one core, weights in L2, this
-//! took INT4 from 9 GB/s (bytes widened by `vpmovzxbd`, values from a `vpermd` table) to
-//! 12 GB/s. A lane's scale group is `8l / group` (groups are multiples of 8), so a group
-//! smaller than the chunk is a per-lane scale vector built once per chunk (`expand`).
+//! `micro_nib` works in integers: the activations are quantized once per call to 16 bits per
+//! chunk of `8 x LANES` (`packed_rows::quantize_acts`: one f32 scale per row and chunk, the
+//! round-off at most half a step of `max |a| / 32767`, far below the formats' own error), and
+//! each 16-bit word of packed bytes gives its four nibbles with a shift and a mask (INT4) or a
+//! table lookup (E2M1 as `2 x` its value, exact integers); `vpmaddwd` (and `vpdpwssd` with
+//! AVX-512 VNNI) multiplies 32 weights (16 on AVX2) by activations per instruction and sums
+//! pairs exactly in 32 bits, twice the weights of an f32 FMA, with no conversion per weight.
+//! Lane `l` of a chunk's 32-bit sums covers weights `8l..8l + 8`, so a lane's scale group is
+//! `8l / group` (groups are multiples of 8); a group smaller than the chunk is a per-lane
+//! scale vector built once per chunk (`expand`). Each chunk's sums become f32 once, times the
+//! activation scale and the weights' scale. The zero point of INT4 (8 for signed nibbles)
+//! comes out of the sums with the activations' lane sums. On this project's Zen 4 host, one
+//! core, a 768 x 2048 matrix in L2, one row of activations: INT4 (g128, zero points) went from
+//! 12 GB/s of packed bytes (f32 FMAs on `1 + q / 16`) to 16-17, NVFP4 and MXFP4 to 11-12
+//! (AVX-512; AVX2 13-14 and 10-11).
 //!
-//! The ISA module supplies `Bits`, `load_bits`, `nibble`, `flip_signs`, `expand`,
-//! `lane_groups`, `fnmadd`, `Tab`/`table`, `decode8` and `PER` besides the helpers of
-//! `float.rs`.
+//! The ISA module supplies `Bits`, `load_bits`, `flip_signs`, `nib4`, `dot4`, `to_f32`,
+//! `mul`, `expand`, `lane_groups`, `fnmadd`, `WTab`/`wtable`, `decode8` and `PER` besides the
+//! helpers of `float.rs`.
 
-/// `0..=15`: a placeholder table for the INT4 formats, which decode without one.
-pub(super) static NIBBLES: [f32; 16] = [
-    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
-];
+/// E2M1 code `c` (`codec::fp4::E2M1_VALUES`) as the integer `2 x` its value: the 4-bit
+/// kernel's lookup table (test `e2m1_table_is_twice_the_codec`).
+pub(super) static E2M1_X2: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 /// Emits `micro_nib` (INT4, NVFP4, MXFP4) and `micro_int8` for one ISA (`$feat`: its
-/// `target_feature` list).
+/// `target_feature` list; `$nib`: the 4-bit kernel's, which may add to it).
 macro_rules! packed_kernels {
-    ($feat:literal) => {
+    ($feat:literal, $nib:literal) => {
         /// One `MR x NR` tile of `C` over all of `k` from 4-bit rows decoded in registers:
-        /// per chunk of `8 x LANES` weights, sums of `A_i · code_j` (exact code values; for
-        /// INT4 `1 + q / 16`, corrected per chunk), then `acc += sum * scale` with the
-        /// chunk's per-lane scales.
+        /// per chunk of `8 x LANES` weights, exact 32-bit sums of `A_i · code_j` (16-bit
+        /// activations, integer codes: INT4 nibbles, `2 x` E2M1), then `acc += (sum - z ·
+        /// asum) · ascale_i · scale_j` with the chunk's per-lane scales.
         ///
         /// # Safety
-        /// The CPU has the ISA; `a` covers `MR` rows of `k` finite floats at stride `lda`,
-        /// each chunk in `permute_stride8` order, and for INT4 `asum` their lane sums per
-        /// chunk (`chunk_sums`, `k / 8` per row) at stride `k / 8`; `b` `NR` rows of `k / 2`
-        /// bytes at stride `ldb`; `k` is a multiple of `8 x LANES`, `group` a multiple of 8
-        /// that divides it or is a multiple of it; `s` (and `z`, as `1 + z / 16`, for
-        /// `INT4_ZP`) hold `NR` rows of `per_row = k / group` values at stride `per_row`,
-        /// plus `LANES` readable values past the end; `c` an `MR x NR` block at stride `ldc`.
+        /// The CPU has the kernel's features; `a` covers `MR` rows of `k` values at stride
+        /// `k` from `quantize_acts` for this ISA's chunk, `ascale` their `k / (8 x LANES)`
+        /// scales per row and, for INT4, `asum` their lane sums (`k / 8` per row); `b` `NR`
+        /// rows of `k / 2` bytes at stride `ldb`; `k` is a multiple of `8 x LANES`, `group` a
+        /// multiple of 8 that divides it or is a multiple of it; `s` (and `z` for `INT4_ZP`)
+        /// hold `NR` rows of `per_row = k / group` values at stride `per_row`, plus `LANES`
+        /// readable values past the end; `c` an `MR x NR` block at stride `ldc`.
         /// `next..next + next_len` (only prefetched) may be anything.
-        #[target_feature(enable = $feat)]
+        #[target_feature(enable = $nib)]
         pub unsafe fn micro_nib<const MR: usize, const NR: usize, const FMT: u8>(
-            a: *const f32,
-            lda: usize,
+            a: *const i16,
+            ascale: *const f32,
+            asum: *const f32,
+            k: usize,
             b: *const u8,
             ldb: usize,
-            k: usize,
             group: usize,
             s: *const f32,
             z: *const f32,
-            asum: *const f32,
             c: *mut f32,
             ldc: usize,
             next: *const u8,
             next_len: usize,
         ) {
-            use super::packed::NIBBLES;
             use super::packed_rows::{FP4, INT4, INT4_ZP};
-            // INT4 sums `a * (1 + q / 16)` (see `nibble`): `sum a (q - z) = 16 (sum - (1 + z
-            // / 16) sum a)`, with the chunk's `sum a` per lane from `asum`; a signed nibble is
-            // `q - 8` once its sign bit is flipped.
+            // INT4 sums `a_q · q` for the unsigned nibble `q`: `sum a (q - z) = sum - z sum a`
+            // with the chunk's `sum a` per lane from `asum`; a signed nibble is `q - 8` once
+            // its sign bit is flipped.
             let int4 = FMT == INT4 || FMT == INT4_ZP;
             let ch = 8 * LANES;
+            let chunks = k / ch;
             let per_row = k / group;
             let idx = lane_groups(group);
-            let tab = table(if FMT == FP4 {
-                &crate::codec::fp4::E2M1_VALUES
-            } else {
-                &NIBBLES
-            });
+            // A group of a whole chunk or more: the chunk's scale is a broadcast.
+            let whole = group >= ch;
+            let tab = wtable();
             let mut acc = [[zero(); NR]; MR];
             let mut pf = 0;
-            // The chunk's first group, advanced without a division per chunk (an integer
-            // division costs as much as a row's decode of a chunk).
-            let (g_inc, chunks_per_inc) = if group >= ch {
-                (1, group / ch)
-            } else {
-                (ch / group, 1)
-            };
+            // The chunk's first group, advanced without a division per chunk.
+            let (g_inc, chunks_per_inc) = if whole { (1, group / ch) } else { (ch / group, 1) };
             let (mut g, mut left) = (0, chunks_per_inc);
             // SAFETY: (whole body) every offset stays below `k` values (`k / 2` bytes) within
             // its row, every scale read below `NR * per_row + LANES`, as the contract provides.
             unsafe {
-                let mut c0 = 0;
-                while c0 < k {
+                for ci in 0..chunks {
+                    let c0 = ci * ch;
                     // One line of the next row group per row and chunk: at least the rate
                     // this group is read at, so the next one is in L2 when it starts.
                     for _ in 0..NR {
@@ -97,52 +94,47 @@ macro_rules! packed_kernels {
                             pf += 64;
                         }
                     }
-                    let mut v = [load_bits(b); NR];
-                    let mut zv = [splat(1.5); NR];
-                    for j in 0..NR {
-                        v[j] = load_bits(b.add(j * ldb + c0 / 2));
-                        if FMT == INT4 {
-                            v[j] = flip_signs(v[j]);
-                        }
-                        if FMT == INT4_ZP {
-                            zv[j] = expand(z.add(j * per_row + g), idx);
-                        }
-                    }
-                    let mut seg = [[zero(); NR]; MR];
-                    for t in 0..8 {
-                        for j in 0..NR {
-                            let w = nibble::<FMT>(v[j], t, &tab);
-                            for i in 0..MR {
-                                let av = load(a.add(i * lda + c0 + t * LANES));
-                                seg[i][j] = fma(av, w, seg[i][j]);
-                            }
-                        }
-                    }
+                    let mut sc = [zero(); MR];
                     let mut sa = [zero(); MR];
-                    if int4 {
-                        for i in 0..MR {
+                    for i in 0..MR {
+                        sc[i] = splat(*ascale.add(i * chunks + ci));
+                        if int4 {
                             sa[i] = load(asum.add(i * (k / 8) + c0 / 8));
                         }
                     }
                     for j in 0..NR {
-                        let sv = expand(s.add(j * per_row + g), idx);
+                        let mut v = load_bits(b.add(j * ldb + c0 / 2));
+                        if FMT == INT4 {
+                            v = flip_signs(v);
+                        }
+                        let w = nib4::<FMT>(v, &tab);
+                        let at = j * per_row + g;
+                        let sv = if whole {
+                            splat(*s.add(at))
+                        } else {
+                            expand(s.add(at), idx)
+                        };
+                        let zv = match FMT {
+                            INT4_ZP if whole => splat(*z.add(at)),
+                            INT4_ZP => expand(z.add(at), idx),
+                            _ => splat(8.0),
+                        };
                         for i in 0..MR {
-                            let sum = if int4 {
-                                fnmadd(zv[j], sa[i], seg[i][j])
-                            } else {
-                                seg[i][j]
-                            };
-                            acc[i][j] = fma(sum, sv, acc[i][j]);
+                            let mut t = to_f32(dot4(&w, a.add(i * k + c0)));
+                            if int4 {
+                                t = fnmadd(zv, sa[i], t);
+                            }
+                            acc[i][j] = fma(mul(t, sc[i]), sv, acc[i][j]);
                         }
                     }
-                    c0 += ch;
                     left -= 1;
                     if left == 0 {
                         g += g_inc;
                         left = chunks_per_inc;
                     }
                 }
-                let unit = if int4 { 16.0 } else { 1.0 };
+                // E2M1 codes were taken at twice their value.
+                let unit = if FMT == FP4 { 0.5 } else { 1.0 };
                 for i in 0..MR {
                     for j in 0..NR {
                         *c.add(i * ldc + j) = hsum(acc[i][j]) * unit;

@@ -9,12 +9,12 @@
 //! `a * (q * s)` and `(a * q) * s` are both NaN exactly when `a` is NaN, or `a` is infinite
 //! and `q` or `s` is zero, and infinite with the same sign otherwise); [`Packed::gather`]
 //! checks that per row group, and a group that fails it is decoded by `widen_into` instead.
-//! INT4 also folds its zero point out of the sums with the activations' sums, which holds
-//! only for finite activations: a call with any other takes the widening path.
+//! The 4-bit kernels take the activations as 16-bit integers with a scale per chunk
+//! ([`quantize_acts`]), which holds only for finite activations: a call with any other takes
+//! the widening path (then NaN and infinity propagate as the reference has them).
 
 use super::super::weight_slice::{MXFP4_BLOCK, NVFP4_BLOCK, QuantMatrix};
 use super::Isa;
-use crate::codec::e8m0::e8m0_to_f32;
 use crate::codec::fp8::E4M3_TO_F32;
 
 /// The decode of a kernel instance (a const generic, so each format gets its own loop).
@@ -97,14 +97,14 @@ impl<'a> Packed<'a> {
         }
     }
 
-    /// Whether the kernel needs finite activations and their per-chunk lane sums: INT4 folds
-    /// its zero point out of the sums with them (`Inf - Inf` would turn an infinite output
-    /// into NaN), so a call with a non-finite activation takes the widening path.
+    /// Whether the kernel needs the activations' per-chunk lane sums (INT4 folds its zero
+    /// point out of the sums with them).
     pub(super) fn sums_activations(&self) -> bool {
         matches!(self, Packed::Int4 { .. })
     }
 
-    /// Whether two codes share a byte (then `A` is read in `permute_stride8` order).
+    /// Whether two codes share a byte (then `A` is read as [`quantize_acts`] writes it, and
+    /// must be finite).
     pub(super) fn four_bit(&self) -> bool {
         self.fmt() != INT8
     }
@@ -141,7 +141,7 @@ impl<'a> Packed<'a> {
     }
 
     /// Writes the scales of rows `r0..r0 + nr` into `s[j * per_row + g]` (`per_row = k / period`)
-    /// and, for INT4 with zero points, `1 + z / 16` into `z` the same way; returns
+    /// and, for INT4 with zero points, the zero points into `z` the same way; returns
     /// whether every scale keeps the reference's semantics (see the module doc). `s` and `z`
     /// hold `nr * per_row`; `r0 + nr <= n` of a validated `[n, k]` matrix.
     ///
@@ -154,10 +154,9 @@ impl<'a> Packed<'a> {
         match *self {
             Packed::Int4 { scales, zeros, .. } => {
                 s.copy_from_slice(&scales[first..first + count]);
-                // As the kernel takes them, `1 + z / 16` (exact for a byte).
                 if let Some(zeros) = zeros {
                     for (d, &q) in z[..count].iter_mut().zip(&zeros[first..first + count]) {
-                        *d = 1.0 + f32::from(q) / 16.0;
+                        *d = f32::from(q);
                     }
                 }
             }
@@ -172,10 +171,23 @@ impl<'a> Packed<'a> {
                 for (d, &q) in s[done..].iter_mut().zip(&q[done..]) {
                     *d = E4M3_TO_F32[q as usize] * global;
                 }
+                // The check below on the codes, which is cheaper: no NaN code, and the
+                // largest (448) times `global` times 6 finite (rounding is monotonic).
+                if (448.0 * global * 6.0).is_finite() && q.iter().fold(true, |ok, &c| ok & (c & 0x7F != 0x7F)) {
+                    return true;
+                }
             }
             Packed::Mxfp4 { scales, .. } => {
-                for (d, &q) in s.iter_mut().zip(&scales[first..first + count]) {
-                    *d = e8m0_to_f32(q);
+                // `e8m0_to_f32` without branches, so the loop vectorizes (test
+                // `e8m0_select_matches_the_codec`).
+                let q = &scales[first..first + count];
+                for (d, &q) in s.iter_mut().zip(q) {
+                    *d = e8m0_select(q);
+                }
+                // The check below on the codes, which is cheaper: `6 x 2^125` (byte 0xFC) is
+                // finite, `6 x 2^126` is not, 0xFF is NaN.
+                if q.iter().fold(0, |m, &c| m.max(c)) <= 0xFC {
+                    return true;
                 }
             }
             Packed::Int8 { scales, .. } => s.copy_from_slice(&scales[r0..r0 + nr]),
@@ -183,5 +195,88 @@ impl<'a> Packed<'a> {
         let big = self.largest_code();
         // No early exit: a fold the compiler vectorizes (the check runs once per row group).
         s.iter().fold(true, |ok, &v| ok & (v * big).is_finite())
+    }
+}
+
+/// [`crate::codec::e8m0::e8m0_to_f32`] as selects (a byte is the f32 exponent field, but for 0 (2^-127) and NaN).
+pub(super) fn e8m0_select(q: u8) -> f32 {
+    let bits = u32::from(q) << 23;
+    let bits = if q == 0 { 0x0040_0000 } else { bits };
+    f32::from_bits(if q == 0xFF { 0x7FC0_0000 } else { bits })
+}
+
+/// The 16-bit activations of the 4-bit kernels, written by [`quantize_acts`].
+#[derive(Clone, Copy)]
+pub(super) struct QuantActs<'a> {
+    /// `m` rows of `k`, each chunk of `chunk` in the kernels' order: element `4p + t` of the
+    /// chunk at `t x chunk / 4 + p`.
+    pub q: &'a [i16],
+    /// One per row and chunk (`k / chunk` a row): the value of a step of `q`.
+    pub scale: &'a [f32],
+    /// INT4: per row, chunk and 32-bit lane (`k / 8` a row), the sum of the lane's 8 values
+    /// of `q` (exact in f32).
+    pub sums: &'a [f32],
+}
+
+/// Quantizes the `m` finite rows of `k` in `a` for the 4-bit kernels (`k` a multiple of
+/// `chunk`, which is a multiple of 8): per row and chunk the scale `max |a| / 32767` and
+/// `q = round(a / scale)` in the kernels' order (see [`QuantActs`]); the lane sums with `sums`.
+/// A chunk of zeros gets scale 0.
+pub(super) fn quantize_acts(
+    a: &[f32],
+    k: usize,
+    chunk: usize,
+    sums: bool,
+    q: &mut Vec<i16>,
+    scale: &mut Vec<f32>,
+    lane_sums: &mut Vec<f32>,
+) {
+    q.clear();
+    q.resize(a.len(), 0);
+    scale.clear();
+    scale.resize(a.len() / chunk, 0.0);
+    lane_sums.clear();
+    if sums {
+        lane_sums.resize(a.len() / 8, 0.0);
+    }
+    let quarter = chunk / 4;
+    debug_assert!(k.is_multiple_of(chunk) && chunk <= 128);
+    // `y + 1.5 x 2^23 - 1.5 x 2^23` rounds `|y| < 2^22` to the nearest integer (ties to
+    // even) in plain f32 arithmetic, which vectorizes (`round_ties_even` may be a call).
+    const MAGIC: f32 = 12_582_912.0;
+    let mut lin = [0i16; 128];
+    for (c, (src, dst)) in a.chunks_exact(chunk).zip(q.chunks_exact_mut(chunk)).enumerate() {
+        let max = src.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        if max == 0.0 {
+            continue;
+        }
+        scale[c] = (f64::from(max) / 32767.0) as f32;
+        let lin = &mut lin[..chunk];
+        if max >= 1.0e-30 {
+            // `|a| <= max`: every value rounds into `-32767..=32767`.
+            let inv = 32767.0 / max;
+            for (d, &x) in lin.iter_mut().zip(src) {
+                *d = ((x * inv + MAGIC) - MAGIC) as i16;
+            }
+        } else {
+            // In f64: `32767 / max` overflows f32 for a tiny `max`.
+            let inv = 32767.0 / f64::from(max);
+            for (d, &x) in lin.iter_mut().zip(src) {
+                *d = (f64::from(x) * inv).round_ties_even() as i16;
+            }
+        }
+        for (p, four) in lin.chunks_exact(4).enumerate() {
+            for (t, &x) in four.iter().enumerate() {
+                dst[t * quarter + p] = x;
+            }
+        }
+        if sums {
+            // Lane `l` holds the pairs of words `2l, 2l + 1` of every vector `t`: chunk
+            // elements `8l..8l + 8`.
+            for (l, eight) in lin.chunks_exact(8).enumerate() {
+                let sum: i32 = eight.iter().map(|&x| i32::from(x)).sum();
+                lane_sums[c * chunk / 8 + l] = sum as f32;
+            }
+        }
     }
 }

@@ -115,7 +115,9 @@ impl Format {
 
 /// Runs `a · w^T` on every ISA and worker count and compares each output with the reference
 /// built from `widen_into`: the NaN / infinity pattern of a plain f32 dot product exactly, the
-/// value within a tolerance relative to `sum |a * w|` (the kernels sum in another order).
+/// value within a tolerance relative to `sum |a * w|` (the kernels sum in another order, and
+/// the 4-bit ones round the activations to 16 bits per chunk: at most half a step of
+/// `max |a| / 32767` each).
 fn check(what: &str, a: &[f32], w: QuantSlice<'_>, m: usize) {
     let (n, k) = (w.rows, w.cols);
     let w: WeightSlice<'_> = w.into();
@@ -278,5 +280,20 @@ fn packed_kernels_keep_nan_and_infinity_semantics() {
             a[3 * k + k - 1] = f32::NEG_INFINITY;
             check(&format!("{f:?} special"), &a, w, m);
         }
+    }
+}
+
+/// The kernels' E2M1 table and branch-free UE8M0 decode are the codec's.
+#[test]
+fn e2m1_table_and_e8m0_select_match_the_codec() {
+    for (c, &v) in packed::E2M1_X2.iter().enumerate() {
+        assert_eq!(f32::from(v), 2.0 * crate::codec::fp4::E2M1_VALUES[c], "code {c}");
+    }
+    for q in 0..=255u8 {
+        let (got, want) = (packed_rows::e8m0_select(q), crate::codec::e8m0::e8m0_to_f32(q));
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{q}"
+        );
     }
 }

@@ -51,18 +51,21 @@ pub(super) unsafe fn decode_e4m3(_: Isa, _: &[u8], _: f32, _: &mut [f32]) -> usi
     0
 }
 
+pub(super) fn packed_isa(isa: Isa) -> Isa {
+    isa
+}
+
 pub(super) unsafe fn micro_packed(
     _: Isa,
     _: u8,
     _: usize,
     _: usize,
     _: *const f32,
-    _: usize,
+    _: (*const i16, *const f32, *const f32),
     _: *const u8,
     _: usize,
     _: usize,
     _: usize,
-    _: *const f32,
     _: *const f32,
     _: *const f32,
     _: *mut f32,

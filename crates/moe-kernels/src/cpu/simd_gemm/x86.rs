@@ -135,56 +135,70 @@ pub(super) unsafe fn decode_e4m3(isa: Isa, q: &[u8], s: f32, d: &mut [f32]) -> u
     }
 }
 
+/// The ISA whose kernels decode the packed formats: AVX-512 only with BW and VNNI (the
+/// 4-bit kernel's 16-bit products), else the AVX2 ones (every AVX-512 CPU has AVX2).
+pub(super) fn packed_isa(isa: Isa) -> Isa {
+    static FULL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let full = *FULL.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vnni")
+    });
+    match isa {
+        Isa::Avx512 if full => Isa::Avx512,
+        _ => Isa::Avx2,
+    }
+}
+
 /// Dispatches one packed-format micro-tile by ISA, format (`packed_rows::INT4` ...) and
-/// shape: [`avx512::micro_nib`] for the 4-bit formats (`group` their scale group),
-/// [`avx512::micro_int8`] for INT8 (`group` unused, `z` and `asum` unread).
+/// shape: [`avx512::micro_nib`] for the 4-bit formats (`group` their scale group; `acts`
+/// from `quantize_acts` for rows `i0..`), [`avx512::micro_int8`] for INT8 (`a` its rows of
+/// `k` floats; `group`, `z` and `acts` unread).
 ///
 /// # Safety
-/// `isa` was detected on this CPU; `mr <= FUSED_MR`, `nr <= NR`; the pointers as the kernel
-/// of `fmt` requires.
+/// `isa` is `packed_isa` of one detected on this CPU; `mr <= FUSED_MR`, `nr <= NR`; the
+/// pointers as the kernel of `fmt` requires.
 pub(super) unsafe fn micro_packed(
     isa: Isa,
     fmt: u8,
     mr: usize,
     nr: usize,
     a: *const f32,
-    lda: usize,
+    acts: (*const i16, *const f32, *const f32),
     b: *const u8,
     ldb: usize,
     k: usize,
     group: usize,
     s: *const f32,
     z: *const f32,
-    asum: *const f32,
     c: *mut f32,
     ldc: usize,
     next: &[u8],
 ) {
     use super::packed_rows::{FP4, INT4, INT4_ZP};
     let (np, nl) = (next.as_ptr(), next.len());
+    let (aq, asc, asum) = acts;
     macro_rules! shapes {
         ($m:ident, nib, $f:ident) => {
             match (mr, nr) {
-                (1, 1) => $m::micro_nib::<1, 1, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
-                (1, 2) => $m::micro_nib::<1, 2, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
-                (1, 3) => $m::micro_nib::<1, 3, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
-                (1, _) => $m::micro_nib::<1, 4, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
-                (_, 1) => $m::micro_nib::<2, 1, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
-                (_, 2) => $m::micro_nib::<2, 2, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
-                (_, 3) => $m::micro_nib::<2, 3, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
-                (_, _) => $m::micro_nib::<2, 4, $f>(a, lda, b, ldb, k, group, s, z, asum, c, ldc, np, nl),
+                (1, 1) => $m::micro_nib::<1, 1, $f>(aq, asc, asum, k, b, ldb, group, s, z, c, ldc, np, nl),
+                (1, 2) => $m::micro_nib::<1, 2, $f>(aq, asc, asum, k, b, ldb, group, s, z, c, ldc, np, nl),
+                (1, 3) => $m::micro_nib::<1, 3, $f>(aq, asc, asum, k, b, ldb, group, s, z, c, ldc, np, nl),
+                (1, _) => $m::micro_nib::<1, 4, $f>(aq, asc, asum, k, b, ldb, group, s, z, c, ldc, np, nl),
+                (_, 1) => $m::micro_nib::<2, 1, $f>(aq, asc, asum, k, b, ldb, group, s, z, c, ldc, np, nl),
+                (_, 2) => $m::micro_nib::<2, 2, $f>(aq, asc, asum, k, b, ldb, group, s, z, c, ldc, np, nl),
+                (_, 3) => $m::micro_nib::<2, 3, $f>(aq, asc, asum, k, b, ldb, group, s, z, c, ldc, np, nl),
+                (_, _) => $m::micro_nib::<2, 4, $f>(aq, asc, asum, k, b, ldb, group, s, z, c, ldc, np, nl),
             }
         };
         ($m:ident, int8) => {
             match (mr, nr) {
-                (1, 1) => $m::micro_int8::<1, 1>(a, lda, b, ldb, k, s, c, ldc, np, nl),
-                (1, 2) => $m::micro_int8::<1, 2>(a, lda, b, ldb, k, s, c, ldc, np, nl),
-                (1, 3) => $m::micro_int8::<1, 3>(a, lda, b, ldb, k, s, c, ldc, np, nl),
-                (1, _) => $m::micro_int8::<1, 4>(a, lda, b, ldb, k, s, c, ldc, np, nl),
-                (_, 1) => $m::micro_int8::<2, 1>(a, lda, b, ldb, k, s, c, ldc, np, nl),
-                (_, 2) => $m::micro_int8::<2, 2>(a, lda, b, ldb, k, s, c, ldc, np, nl),
-                (_, 3) => $m::micro_int8::<2, 3>(a, lda, b, ldb, k, s, c, ldc, np, nl),
-                (_, _) => $m::micro_int8::<2, 4>(a, lda, b, ldb, k, s, c, ldc, np, nl),
+                (1, 1) => $m::micro_int8::<1, 1>(a, k, b, ldb, k, s, c, ldc, np, nl),
+                (1, 2) => $m::micro_int8::<1, 2>(a, k, b, ldb, k, s, c, ldc, np, nl),
+                (1, 3) => $m::micro_int8::<1, 3>(a, k, b, ldb, k, s, c, ldc, np, nl),
+                (1, _) => $m::micro_int8::<1, 4>(a, k, b, ldb, k, s, c, ldc, np, nl),
+                (_, 1) => $m::micro_int8::<2, 1>(a, k, b, ldb, k, s, c, ldc, np, nl),
+                (_, 2) => $m::micro_int8::<2, 2>(a, k, b, ldb, k, s, c, ldc, np, nl),
+                (_, 3) => $m::micro_int8::<2, 3>(a, k, b, ldb, k, s, c, ldc, np, nl),
+                (_, _) => $m::micro_int8::<2, 4>(a, k, b, ldb, k, s, c, ldc, np, nl),
             }
         };
     }
@@ -198,7 +212,8 @@ pub(super) unsafe fn micro_packed(
             }
         };
     }
-    // SAFETY: the caller guarantees the ISA was detected and the kernel's contract.
+    // SAFETY: the caller guarantees the ISA (with BW and VNNI for AVX-512, `packed_isa`) was
+    // detected and the kernel's contract.
     unsafe {
         match isa {
             Isa::Avx512 => formats!(avx512),
