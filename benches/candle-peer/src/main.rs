@@ -11,7 +11,11 @@
 //! forward, to f32, and multiplied in f32 — the only way to run them in candle within this
 //! machine's memory (dequantized once they would need 45 GB in f32, 22.5 GB in bf16).
 //!
-//! Usage: `candle-peer --cache DIR --rows T:REPEATS[,T:REPEATS...] [--warmup N] [--budget-s S]`;
+//! `--q4 q4_0|q4k` runs the 4-bit peer instead: the same block with candle's quantized matmul
+//! (`QMatMul` over GGUF Q4_0 or Q4K tensors) per expert, as candle-transformers' quantized MoE
+//! models run it, on the cache's shapes, inputs and router logits (`quant.rs`).
+//!
+//! Usage: `candle-peer --cache DIR --rows T:REPEATS[,T:REPEATS...] [--warmup N] [--budget-s S] [--q4 q4_0|q4k]`;
 //! prints one JSON object per row: `preset, weights, tokens, backend, median_ms, min_ms,
 //! repeats`. A row stops repeating once its timed forwards took `S` seconds (default 60; at
 //! least 3 run), so candle's slowest rows do not take many minutes each.
@@ -22,6 +26,8 @@
 
 #[cfg(feature = "candle")]
 mod peer;
+#[cfg(feature = "candle")]
+mod quant;
 
 #[cfg(feature = "candle")]
 fn run() -> Result<(), String> {

@@ -8,6 +8,8 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::Linear;
 
+use crate::quant::{self, QExpert};
+
 /// The fields of the bench cache's `meta.json` this binary reads.
 #[derive(serde::Deserialize)]
 struct Meta {
@@ -63,6 +65,21 @@ impl Weight {
     }
 }
 
+/// An expert of the block: dense (bf16, or FP8 dequantized) or GGUF 4-bit (`--q4`).
+enum AnyExpert {
+    Dense(Expert),
+    Q4(QExpert),
+}
+
+impl AnyExpert {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            AnyExpert::Dense(e) => e.forward(xs),
+            AnyExpert::Q4(e) => e.forward(xs),
+        }
+    }
+}
+
 /// candle-transformers' Mixtral `BlockSparseTop2MLP` (gate `w1`, down `w2`, up `w3`, SiLU).
 struct Expert {
     w1: Weight,
@@ -80,7 +97,7 @@ impl Expert {
 
 /// candle-transformers' `SparseMoeBlock::forward`, with the router logits given.
 struct Block {
-    experts: Vec<Expert>,
+    experts: Vec<AnyExpert>,
     top_k: usize,
     /// Compute dtype of the expert matmuls (bf16, or f32 for dequantized FP8).
     dtype: DType,
@@ -134,11 +151,14 @@ struct Args {
     /// Seconds of timed forwards per row after which no more repeats start (at least 3 run):
     /// candle's FP8 rows take tens of seconds per forward.
     budget_s: f64,
+    /// `q4_0` or `q4k`: GGUF 4-bit experts quantized from random floats (see `quant.rs`)
+    /// instead of the cache's weights.
+    q4: Option<String>,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let (mut cache, mut rows, mut warmup, mut budget_s) = (None, Vec::new(), 1usize, 60.0f64);
+    let (mut cache, mut rows, mut warmup, mut budget_s, mut q4) = (None, Vec::new(), 1usize, 60.0f64, None);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -152,6 +172,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             }
             "--warmup" => warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--budget-s" => budget_s = value()?.parse().map_err(|e| format!("--budget-s: {e}"))?,
+            "--q4" => q4 = Some(value()?),
             other => return Err(format!("unknown flag `{other}`")),
         }
     }
@@ -164,6 +185,19 @@ fn parse_args() -> std::result::Result<Args, String> {
         rows,
         warmup,
         budget_s,
+        q4,
+    })
+}
+
+/// The block of `meta`'s shape with 4-bit experts of `dtype` (the cache's weights unread).
+fn load_q4(meta: &Meta, dtype: candle_core::quantized::GgmlDType) -> Result<Block> {
+    let experts = (0..meta.experts)
+        .map(|e| QExpert::new(e, meta.hidden, meta.inter, dtype).map(AnyExpert::Q4))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Block {
+        experts,
+        top_k: meta.top_k,
+        dtype: DType::F32,
     })
 }
 
@@ -179,11 +213,11 @@ fn load(dir: &Path, meta: &Meta) -> Result<Block> {
     let mut experts = Vec::with_capacity(meta.experts);
     for e in 0..meta.experts {
         let w = |p: &str| Weight::load(&st, &format!("{e}.{p}"), fp8);
-        experts.push(Expert {
+        experts.push(AnyExpert::Dense(Expert {
             w1: w("w1")?,
             w2: w("w2")?,
             w3: w("w3")?,
-        });
+        }));
     }
     Ok(Block {
         experts,
@@ -207,7 +241,12 @@ pub fn run() -> std::result::Result<(), String> {
     let meta_path = args.cache.join("meta.json");
     let text = std::fs::read_to_string(&meta_path).map_err(|e| format!("reading {}: {e}", meta_path.display()))?;
     let meta: Meta = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
-    let block = load(&args.cache, &meta).map_err(|e| format!("loading the experts: {e}"))?;
+    let block = match &args.q4 {
+        Some(name) => load_q4(&meta, quant::dtype(name)?),
+        None => load(&args.cache, &meta),
+    }
+    .map_err(|e| format!("loading the experts: {e}"))?;
+    let weights = args.q4.clone().unwrap_or_else(|| meta.weights.clone());
     // SAFETY: as above, the inputs file is not modified while mapped.
     let inputs = unsafe { MmapedSafetensors::new(args.cache.join("inputs.safetensors")) }.map_err(|e| e.to_string())?;
     let x_all = inputs.load("x", &Device::Cpu).map_err(|e| e.to_string())?;
@@ -245,7 +284,7 @@ pub fn run() -> std::result::Result<(), String> {
         let med = median(&mut times);
         let line = serde_json::json!({
             "preset": meta.preset,
-            "weights": meta.weights,
+            "weights": weights,
             "hidden": meta.hidden,
             "inter": meta.inter,
             "tokens": tokens,
