@@ -17,8 +17,22 @@ use super::storage::{CudaStorage, download};
 
 const SRC: &str = include_str!("../kernels/routing.cu");
 const MODULE: &str = "routing";
-/// `ROUTE_THREADS` of routing.cu: one block of this many threads per token.
-const THREADS: u32 = 128;
+/// Threads of routing.cu's block per token. Up to [`WIDE_ROUTE_TOKENS`] tokens a block has a
+/// multiprocessor to itself and its latency is the kernel's: four warps share the element-wise
+/// work. Past that, tokens queue for multiprocessors and a token's time is mostly k rounds of a
+/// block argmax and sums in the CPU's order on one thread: one warp per 256 experts (at most
+/// four) keeps the barriers cheap and lets more tokens share a multiprocessor. Measured on an
+/// H100 (Qwen3-30B-A3B, 128 experts): 4096 tokens 54 -> 27 us with one warp, one token 12.2 us
+/// with four warps against 14.5 with one.
+fn route_threads(num_experts: usize, num_tokens: usize) -> u32 {
+    if num_tokens <= WIDE_ROUTE_TOKENS {
+        128
+    } else {
+        32 * num_experts.div_ceil(256).clamp(1, 4) as u32
+    }
+}
+/// Token counts routed by blocks of four warps (about two blocks per multiprocessor on an H100).
+const WIDE_ROUTE_TOKENS: usize = 256;
 /// Dynamic shared memory the routing kernel may ask for (the default 48 KiB per block, less
 /// the kernel's static buffers).
 const MAX_SHARED_BYTES: usize = 46 * 1024;
@@ -379,7 +393,7 @@ fn route_logits(
         let (n_group, topk_group) = (plan.n_group as i32, plan.topk_group as i32);
         let cfg = LaunchConfig {
             grid_dim: (n as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
+            block_dim: (route_threads(e, n), 1, 1),
             shared_mem_bytes: shared as u32,
         };
         let mut launch = |status: &mut CudaStorage| -> Result<()> {

@@ -1,7 +1,7 @@
 // Routing of router logits [N, E] -> ids [N, k] (i32), weights [N, k] (f32): the device twin of
 // moe-core's routing/methods.rs and routing/deepseek.rs, launched by cuda/enabled/routing.rs.
 //
-// One block of ROUTE_THREADS threads per token. Element-wise math runs in parallel; every sum
+// One block per token (one warp per 256 experts, routing.rs: route_threads). Element-wise math runs in parallel; every sum
 // runs on thread 0 in the CPU's order (index order, or best-first over the selection) so the
 // f32 roundings are the CPU's. Top-k is k rounds of a block argmax under the CPU's total order
 // (larger value first, equal values by lower index), which selects exactly what the CPU's
@@ -16,7 +16,6 @@
 //
 // No headers: logits are read as raw 32/16-bit patterns.
 
-#define ROUTE_THREADS 128
 #define NEG_INF __int_as_float(0xff800000)
 #define POS_INF __int_as_float(0x7f800000)
 #define RENORM_EPS 1e-20f
@@ -244,6 +243,8 @@ extern "C" __global__ void route_logits(const unsigned char* logits, int dtype, 
         __syncthreads();
         if (threadIdx.x == 0) {
             float sum = 0.0f;
+            // Unrolled so the shared-memory loads run ahead of the serial chain of adds.
+#pragma unroll 8
             for (int j = 0; j < E; ++j) sum = __fadd_rn(sum, b[j]);
             s_bcast = sum;
         }
@@ -393,6 +394,7 @@ extern "C" __global__ void route_logits(const unsigned char* logits, int dtype, 
             if (threadIdx.x == 0) {
                 // Adding the 0 of a masked entry leaves the sum as the CPU's skip does.
                 float sum = 0.0f;
+#pragma unroll 8
                 for (int j = 0; j < E; ++j) sum = __fadd_rn(sum, b[j]);
                 // Every step has a finite maximum after the row check (k finite logits, one
                 // removed per step), so sel_i[step] >= 0 and sum >= 1.
