@@ -33,8 +33,11 @@ pub const CUDA_QUANT_DTYPES: &[(QuantAlgo, &[DType])] = &[
     (QuantAlgo::W4A16Mxfp4, &[DType::BF16]),
 ];
 
-/// Oldest compute capability with bf16 tensor-core `mma.sync` (Ampere).
-const MIN_SM: u32 = 80;
+/// Oldest compute capability the kernels compile for: the expert module's E4M3 conversions
+/// (`cvt.rn.satfinite.e4m3x2.f32`) exist in PTX from sm_89 (Ada) on, so Ampere (8.0, 8.6),
+/// whose bf16 `mma.sync` the kernels would otherwise run on, fails at its NVRTC compile (found
+/// compiling the ahead-of-time kernels for sm_80). Refused here, before any kernel is asked for.
+const MIN_SM: u32 = 89;
 
 /// What the CUDA backend can run.
 pub fn cuda_capabilities() -> Capabilities {

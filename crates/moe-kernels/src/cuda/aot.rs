@@ -27,9 +27,9 @@ pub const WGMMA: &str = "WGMMA";
 
 /// Architectures the kernels are shipped for ahead of time: Ada (`sm_89`, the first with the
 /// E4M3 conversions every FP8 path uses; sm_80 fails to compile `VARIANT_common`) and Hopper
-/// (`sm_90`, plus `sm_90a` for the `WGMMA` variants). The backend's gate (`MIN_SM` = 80 in
-/// moe-backends) is lower than what the kernels can compile for; the project has run on sm_90
-/// only (H100, H200).
+/// (`sm_90`, plus `sm_90a` for the `WGMMA` variants, which only compute capability 9.0 runs:
+/// `CudaDevice::has_wgmma`). The backend's gate (`MIN_SM` in moe-backends) is sm_89 for the
+/// same reason; the project has run on sm_90 only (H100, H200).
 pub const AOT_SMS: &[u32] = &[89, 90];
 
 /// Bumped whenever [`nvrtc_options`] change: part of every source hash.

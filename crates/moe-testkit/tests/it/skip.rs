@@ -59,6 +59,29 @@ fn losing_without_a_rejection_is_an_error_not_a_skip() {
     assert!(decision_from_report("gpu", &report(Some("cpu"), &[])).is_err());
 }
 
+/// The `cuda` gate reads the compute capability: Ampere (8.0, 8.6), whose NVRTC compile of the
+/// kernels' E4M3 conversions fails, is refused before any kernel is asked for; Ada (8.9) and
+/// Hopper (9.0) pass it.
+#[test]
+fn cuda_refuses_devices_older_than_sm_89() {
+    let mut env = moe::probe_environment();
+    if !env.available_deps.iter().any(|d| d == "cuda") {
+        env.available_deps.push("cuda".into());
+    }
+    let mut c = MoeConfig::new(8, 32, 48, DType::BF16, RoutingMethod::Renormalize { top_k: 2 });
+    c.backend = Some("cuda".to_string());
+    for (sm, runs) in [(80, false), (86, false), (89, true), (90, true)] {
+        env.cuda_sm = Some(sm);
+        match moe_testkit::decide(&c, &env).unwrap() {
+            Decision::Run => assert!(runs, "sm_{sm} must be refused"),
+            Decision::Skip(s) => {
+                assert!(!runs, "sm_{sm} must run: {s}");
+                assert_eq!(s.reason, RejectReason::DeviceUnsupported, "{s}");
+            }
+        }
+    }
+}
+
 /// Every registered backend runs plain f32 SwiGLU where its device is present; a backend whose
 /// device this machine lacks (`cuda` without a GPU or without the `cuda` build) is skipped with
 /// `DEP_MISSING`, and runs once the environment says the device is there.

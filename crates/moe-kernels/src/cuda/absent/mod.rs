@@ -50,6 +50,9 @@ impl CudaDevice {
     pub fn sm(&self) -> u32 {
         match self.never {}
     }
+    pub fn has_wgmma(&self) -> bool {
+        match self.never {}
+    }
     pub fn multiprocessors(&self) -> u32 {
         match self.never {}
     }

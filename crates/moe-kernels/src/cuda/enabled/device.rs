@@ -142,6 +142,14 @@ impl CudaDevice {
         self.inner.sm
     }
 
+    /// Whether the device runs the `WGMMA` variants: `wgmma`, the bulk tensor copies they are
+    /// fed by and `setmaxnreg` are sm_90a's, an architecture-specific target that no later
+    /// generation implements (Blackwell's tensor-core instructions are others), so only
+    /// compute capability 9.0 takes those paths; other devices take the `mma.sync` kernels.
+    pub fn has_wgmma(&self) -> bool {
+        self.inner.sm == 90
+    }
+
     pub fn multiprocessors(&self) -> u32 {
         self.inner.multiprocessors
     }

@@ -355,7 +355,7 @@ impl DeviceExperts {
             return Path::Fp8(fp8);
         }
         // wgmma reads FP8 block scales per 64 columns of K: the blocks must not be finer.
-        let wgmma_ok = self.dev.sm() >= 90
+        let wgmma_ok = self.dev.has_wgmma()
             && match self.format {
                 Format::Fp8Block { b0, b1 } => b1 % 64 == 0 && b0 % 8 == 0,
                 _ => true,

@@ -147,7 +147,7 @@ fn positive(s: f32) -> bool {
 impl DeviceExperts {
     fn fp8_scheme(&self) -> Option<Scheme> {
         let aligned = self.dims.hidden.is_multiple_of(BLOCK) && self.dims.inter.is_multiple_of(BLOCK);
-        if self.dev.sm() < 90 || self.dtype == DType::F32 || !aligned {
+        if !self.dev.has_wgmma() || self.dtype == DType::F32 || !aligned {
             return None;
         }
         match (self.format, self.fc1_input, self.fc2_input) {
@@ -166,7 +166,7 @@ impl DeviceExperts {
     }
 
     /// The FP8 path for `avg_rows` rows per slot, or `None` where the layer has no FP8 x FP8
-    /// path (other formats, f32, sizes off the 128 grid, GPUs before Hopper).
+    /// path (other formats, f32, sizes off the 128 grid, devices without sm_90a's `wgmma`).
     pub(super) fn fp8_path(&self, avg_rows: usize) -> Option<Fp8Path> {
         let scheme = self.fp8_scheme()?;
         FP8_KERNELS
