@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::{Context, bail};
 use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, Tensor, TensorView, WeightSource};
 use moe_hf::Checkpoint;
 use serde::{Deserialize, Serialize};
 
-use super::preset::{Preset, WeightFormat};
+use crate::error::{BenchError, Context, Result};
+use crate::preset::{Preset, WeightFormat};
 use moe_core::prng::{GAMMA, SplitMix64};
 
 /// Bumped whenever the generated content changes, so stale caches are not reused.
@@ -75,7 +75,7 @@ pub fn dir_of(root: &Path, preset: &Preset, seed: u64) -> PathBuf {
 
 /// Opens the cache of `preset` under `root`, generating whatever is missing: the weights when
 /// the directory is absent or incomplete, the inputs when they have fewer than `rows` rows.
-pub fn ensure(root: &Path, preset: &Preset, seed: u64, rows: usize, progress: Progress<'_>) -> anyhow::Result<Cache> {
+pub fn ensure(root: &Path, preset: &Preset, seed: u64, rows: usize, progress: Progress<'_>) -> Result<Cache> {
     let dir = dir_of(root, preset, seed);
     let meta_path = dir.join(META_FILE);
     let expected = |shards: Vec<String>, input_rows: usize| Meta {
@@ -118,14 +118,14 @@ pub fn ensure(root: &Path, preset: &Preset, seed: u64, rows: usize, progress: Pr
 
 impl Cache {
     /// The expert weights, memory-mapped, under their canonical names.
-    pub fn weights(&self) -> anyhow::Result<CachedWeights> {
+    pub fn weights(&self) -> Result<CachedWeights> {
         let ck = Checkpoint::open(&self.dir)
             .with_context(|| format!("opening the weight cache `{}`", self.dir.display()))?;
         Ok(CachedWeights(ck))
     }
 
     /// The first `rows` rows of `x` (bf16 `[rows, H]`) and of the router logits (f32 `[rows, E]`).
-    pub fn inputs(&self, rows: usize) -> anyhow::Result<(Tensor, Tensor)> {
+    pub fn inputs(&self, rows: usize) -> Result<(Tensor, Tensor)> {
         let path = self.dir.join(INPUTS_FILE);
         let ck = Checkpoint::open_file(&path).with_context(|| format!("opening `{}`", path.display()))?;
         let x = ck.tensor("x")?.to_tensor("x")?.narrow_rows(0, rows)?;
@@ -180,13 +180,13 @@ pub fn normals(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
 const BENCH_INPUT_AMAX: f32 = 6.0;
 
 /// Tensors of expert `e`, in name order.
-pub(crate) fn expert_tensors(preset: &Preset, seed: u64, e: usize) -> anyhow::Result<Vec<(String, Tensor)>> {
+pub(crate) fn expert_tensors(preset: &Preset, seed: u64, e: usize) -> Result<Vec<(String, Tensor)>> {
     let (h, i) = (preset.hidden, preset.inter);
     let [w1, w3, w2] = [(0u64, i, h), (1, i, h), (2, h, i)].map(|(k, rows, cols)| {
         let a = (3.0 / cols as f32).sqrt();
         SplitMix64::new(stream_seed(seed, 1 + k, e as u64)).fill(rows * cols, a)
     });
-    let float = |dtype: DType| -> anyhow::Result<Vec<(String, Tensor)>> {
+    let float = |dtype: DType| -> Result<Vec<(String, Tensor)>> {
         [(Proj::W1, &w1, i, h), (Proj::W3, &w3, i, h), (Proj::W2, &w2, h, i)]
             .into_iter()
             .map(|(proj, w, rows, cols)| {
@@ -213,35 +213,40 @@ pub(crate) fn expert_tensors(preset: &Preset, seed: u64, e: usize) -> anyhow::Re
     })
 }
 
-fn st_dtype(d: DType) -> anyhow::Result<safetensors::Dtype> {
+fn st_dtype(d: DType) -> Result<safetensors::Dtype> {
     Ok(match d {
         DType::F32 => safetensors::Dtype::F32,
         DType::BF16 => safetensors::Dtype::BF16,
         DType::F8E4M3 => safetensors::Dtype::F8_E4M3,
         DType::U8 => safetensors::Dtype::U8,
         DType::I8 => safetensors::Dtype::I8,
-        other => bail!("the bench cache does not store {other} tensors"),
+        other => {
+            return Err(BenchError::Safetensors(format!(
+                "the bench cache does not store {other} tensors"
+            )));
+        }
     })
 }
 
 /// Writes `tensors` as one safetensors file.
-fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
+fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.view()?)))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_>>()?;
     let mut st = Vec::with_capacity(views.len());
     for (name, v) in &views {
         let view = safetensors::tensor::TensorView::new(st_dtype(v.dtype)?, v.shape.clone(), &v.data)
-            .map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?;
+            .map_err(|e| BenchError::Safetensors(format!("tensor `{name}`: {e}")))?;
         st.push((name.as_str(), view));
     }
-    safetensors::serialize_to_file(st, None, path).map_err(|e| anyhow::anyhow!("writing `{}`: {e}", path.display()))
+    safetensors::serialize_to_file(st, None, path)
+        .map_err(|e| BenchError::Safetensors(format!("writing `{}`: {e}", path.display())))
 }
 
 /// Generates every expert into shards of whole experts (in parallel, one shard per worker
 /// at a time) and writes the shard index; returns the shard file names.
-fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>) -> anyhow::Result<Vec<String>> {
+fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>) -> Result<Vec<String>> {
     let per_shard = (SHARD_BYTES / preset.expert_bytes().max(1)).max(1) as usize;
     let n_shards = preset.experts.div_ceil(per_shard);
     let names: Vec<String> = (0..n_shards).map(|s| format!("experts-{s:05}.safetensors")).collect();
@@ -251,10 +256,10 @@ fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>)
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(n_shards);
-    std::thread::scope(|s| -> anyhow::Result<()> {
+    std::thread::scope(|s| -> Result<()> {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                s.spawn(|| -> anyhow::Result<()> {
+                s.spawn(|| -> Result<()> {
                     loop {
                         let shard = next.fetch_add(1, Ordering::Relaxed);
                         if shard >= n_shards {
@@ -278,8 +283,7 @@ fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>)
             })
             .collect();
         for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a weight generation thread panicked"))??;
+            h.join().map_err(|_| BenchError::WorkerPanicked)??;
         }
         Ok(())
     })?;
@@ -291,7 +295,7 @@ fn write_experts(dir: &Path, preset: &Preset, seed: u64, progress: Progress<'_>)
 }
 
 /// Writes `rows` rows of `x` and `logits`; row `r` is the same whatever `rows` is.
-fn write_inputs(dir: &Path, preset: &Preset, seed: u64, rows: usize) -> anyhow::Result<()> {
+fn write_inputs(dir: &Path, preset: &Preset, seed: u64, rows: usize) -> Result<()> {
     let (x, logits) = inputs(preset, seed, rows)?;
     let tensors = vec![("logits".to_string(), logits), ("x".to_string(), x)];
     write_file(&dir.join(INPUTS_FILE), &tensors)
@@ -300,7 +304,7 @@ fn write_inputs(dir: &Path, preset: &Preset, seed: u64, rows: usize) -> anyhow::
 /// The first `rows` rows of `x` (bf16 `[rows, H]`) and of the router logits (f32 `[rows, E]`),
 /// both N(0, 1): what the cache's inputs file holds, generated in memory (`--backend cuda`
 /// uses them without a cache). Row `r` is the same whatever `rows` is.
-pub fn inputs(preset: &Preset, seed: u64, rows: usize) -> anyhow::Result<(Tensor, Tensor)> {
+pub fn inputs(preset: &Preset, seed: u64, rows: usize) -> Result<(Tensor, Tensor)> {
     let (mut x, mut logits) = (
         Vec::with_capacity(rows * preset.hidden),
         Vec::with_capacity(rows * preset.experts),

@@ -1,6 +1,6 @@
 //! `moe bench --backend cuda`: the same presets and token counts as the CPU harness, on a GPU.
 //!
-//! Per preset: the weights are generated on the host ([`super::generated`], the cache's
+//! Per preset: the weights are generated on the host ([`crate::generated`], the cache's
 //! values without the cache) and handed to a layer built through `moe::create_moe` with the
 //! device backend pinned; per row, `x` (bf16, N(0, 1)) and the router logits (f32, N(0, 1))
 //! are uploaded once, then the forward runs on device tensors: untimed warm-up forwards
@@ -25,17 +25,17 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, bail};
 use moe::ConfigurableMoe;
 use moe::cuda::{CudaDevice, kernel_loads, kernel_loads_summary};
 use moe_core::Tensor;
 use serde_json::Value;
 
-use super::ceilings::Ceilings;
-use super::generated::GeneratedWeights;
-use super::preset::WeightFormat;
-use super::runner::{self, Row};
-use super::{BenchArgs, Plan, bar, cache, report};
+use crate::ceilings::Ceilings;
+use crate::error::{BenchError, Context, Result, chain};
+use crate::generated::GeneratedWeights;
+use crate::preset::WeightFormat;
+use crate::runner::{self, Row};
+use crate::{BenchOptions, Plan, Ui, cache, report};
 
 /// Untimed forwards before the timed ones (at least one always runs: it compiles kernels).
 pub const DEFAULT_WARMUP: usize = 5;
@@ -83,7 +83,7 @@ pub struct FloorRate {
 }
 
 impl DeviceCeilings {
-    pub fn measure(dev: &CudaDevice, copy_bytes: u64, matmul_n: usize) -> anyhow::Result<DeviceCeilings> {
+    pub fn measure(dev: &CudaDevice, copy_bytes: u64, matmul_n: usize) -> Result<DeviceCeilings> {
         let copy_gbps = moe::cuda::copy_bandwidth_gbps(dev, copy_bytes as usize, CEILING_ITERS)
             .with_context(|| format!("measuring the copy bandwidth of {}", dev.location()))?;
         let matmul_tflops = moe::cuda::bf16_matmul_tflops(dev, matmul_n, CEILING_ITERS)
@@ -254,7 +254,7 @@ pub fn table(rows: &[(Row, GraphTiming)], c: &DeviceCeilings) -> String {
 }
 
 /// Whether every element of `y` (device or host) is finite.
-fn all_finite(y: &Tensor) -> anyhow::Result<bool> {
+fn all_finite(y: &Tensor) -> Result<bool> {
     let host = moe::cuda::download(y).context("downloading the output")?;
     Ok(host.to_f32_vec("output")?.iter().all(|v| v.is_finite()))
 }
@@ -271,7 +271,7 @@ fn first_forward(
     logits_all: &Tensor,
     tokens: usize,
     (weights_s, ceilings_s): (f64, f64),
-) -> anyhow::Result<String> {
+) -> Result<String> {
     let xd = dev.upload(&x_all.narrow_rows(0, tokens)?).context("uploading x")?;
     let ld = dev
         .upload(&logits_all.narrow_rows(0, tokens)?)
@@ -322,7 +322,7 @@ fn time_forward(
     warmup: usize,
     repeats: usize,
     tick: &dyn Fn(),
-) -> anyhow::Result<(Vec<f64>, bool)> {
+) -> Result<(Vec<f64>, bool)> {
     let mut finite = true;
     for i in 0..warmup.max(1) {
         let y = layer.forward(x, logits)?;
@@ -354,7 +354,7 @@ fn time_graph(
     x: &Tensor,
     logits: &Tensor,
     repeats: usize,
-) -> anyhow::Result<f64> {
+) -> Result<f64> {
     let y = layer.forward(x, logits)?;
     let mut out = dev.zeros(y.dtype(), y.shape().to_vec())?;
     drop(y);
@@ -377,20 +377,19 @@ fn time_graph(
 }
 
 /// Runs the planned rows on the device and prints them (table or JSON lines).
-pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::Result<()> {
+pub(crate) fn run(args: &BenchOptions, plans: &[Plan], ui: &dyn Ui) -> Result<()> {
+    let ordinal = args.device;
     if args.prepare || args.peer.is_some() || args.markdown.is_some() {
-        bail!(
+        return Err(BenchError::Invalid(format!(
             "--prepare, --peer and --markdown belong to the CPU harness (`cargo xtask bench`); `--backend {}` generates its weights in memory and prints its rows",
             args.backend
-        );
+        )));
     }
     if let Some(p) = plans.iter().find(|p| !GeneratedWeights::generates(p.preset.weights)) {
-        bail!(
+        return Err(BenchError::Invalid(format!(
             "`--backend {}` generates f32, bf16 and fp8-block weights in memory; `{}` weights ({}) are benchmarked on the host backends",
-            args.backend,
-            p.preset.weights,
-            p.preset.name
-        );
+            args.backend, p.preset.weights, p.preset.name
+        )));
     }
     let dev = CudaDevice::new(ordinal).with_context(|| {
         format!(
@@ -407,9 +406,9 @@ pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::R
     // Both lines go to stderr under --json, so stdout stays one JSON object per line.
     let say = |line: &str| {
         if args.json {
-            eprintln!("{line}");
+            ui.note(line);
         } else {
-            println!("{line}");
+            ui.print(line);
         }
     };
     say(&format!(
@@ -428,77 +427,75 @@ pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::R
         .flat_map(|p| p.rows.iter())
         .map(|(_, r)| (*r + warmup.max(1)) as u64)
         .sum();
-    let progress = bar(total, "{spinner} {msg} {bar:30} {pos}/{len} forwards {elapsed}");
+    ui.forwards_start(total);
     let mut rows = Vec::new();
     for plan in plans {
         let p = &plan.preset;
-        progress.set_message(format!("{} loading", p.name));
+        ui.forwards_status(&format!("{} loading", p.name));
         let start = Instant::now();
         let mut config = runner::config(p, &args.backend);
         config.cuda_device = Some(ordinal);
         let weights = GeneratedWeights::new(*p, args.seed);
         let mut layer = runner::build_from(config, p, &weights)?;
         drop(weights);
-        progress.suspend(|| {
-            eprintln!(
-                "{} ({}): {:.2} GB of weights generated and loaded on {} in {:.1} s",
-                p.name,
-                p.weights,
-                p.total_bytes() as f64 / 1e9,
-                dev.location(),
-                start.elapsed().as_secs_f64()
-            )
-        });
+        ui.note(&format!(
+            "{} ({}): {:.2} GB of weights generated and loaded on {} in {:.1} s",
+            p.name,
+            p.weights,
+            p.total_bytes() as f64 / 1e9,
+            dev.location(),
+            start.elapsed().as_secs_f64()
+        ));
         let (x_all, logits_all) = cache::inputs(p, args.seed, max_rows)?;
         let weights_s = start.elapsed().as_secs_f64();
         if let Some(&(tokens, _)) = plan.rows.first() {
             let line = first_forward(&dev, &mut layer, &x_all, &logits_all, tokens, (weights_s, ceilings_s))
                 .with_context(|| format!("{} T={tokens}: first forward", p.name))?;
-            progress.suspend(|| eprintln!("{}: {line}", p.name));
+            ui.note(&format!("{}: {line}", p.name));
         }
         for &(tokens, repeats) in &plan.rows {
-            progress.set_message(format!("{} T={tokens}", p.name));
+            ui.forwards_status(&format!("{} T={tokens}", p.name));
             let x = x_all.narrow_rows(0, tokens)?;
             let logits = logits_all.narrow_rows(0, tokens)?;
             let touched = runner::touched(p, &logits)?;
             let xd = dev.upload(&x).context("uploading x")?;
             let ld = dev.upload(&logits).context("uploading the router logits")?;
-            let (mut times, finite) = time_forward(&dev, &mut layer, &xd, &ld, warmup, repeats, &|| progress.inc(1))
+            let (mut times, finite) = time_forward(&dev, &mut layer, &xd, &ld, warmup, repeats, &|| ui.forward_done())
                 .with_context(|| format!("{} T={tokens} on {}", p.name, args.backend))?;
             if !finite {
-                progress.suspend(|| {
-                    eprintln!(
-                        "warning: {} T={tokens}: the output has non-finite values; the timing is of a broken forward",
-                        p.name
-                    )
-                });
+                ui.note(&format!(
+                    "warning: {} T={tokens}: the output has non-finite values; the timing is of a broken forward",
+                    p.name
+                ));
             }
             let row = Row::new(p, tokens, layer.backend_name(), &mut times, touched);
-            progress.set_message(format!("{} T={tokens} graph", p.name));
+            ui.forwards_status(&format!("{} T={tokens} graph", p.name));
             let graph = match time_graph(&dev, &mut layer, &xd, &ld, repeats) {
                 Ok(ms) => GraphTiming::MedianMs(ms),
                 Err(e) => {
                     // The failed capture was ended; clear what the device recorded so the
                     // next row starts clean.
                     let _ = dev.synchronize();
-                    let text = format!("{e:#}");
-                    progress.suspend(|| eprintln!("warning: {} T={tokens}: graph capture: {text}", p.name));
+                    let text = chain(&e);
+                    ui.note(&format!("warning: {} T={tokens}: graph capture: {text}", p.name));
                     GraphTiming::Failed(text)
                 }
             };
             if args.json {
-                progress.suspend(|| println!("{}", row_json(&row, &ceilings, &graph)));
+                ui.print(&row_json(&row, &ceilings, &graph).to_string());
             }
             rows.push((row, graph));
         }
     }
-    progress.finish_and_clear();
-    eprintln!("kernels: {}", kernel_loads_summary(&kernel_loads()));
+    ui.forwards_end();
+    ui.note(&format!("kernels: {}", kernel_loads_summary(&kernel_loads())));
     if rows.is_empty() {
-        bail!("no rows were selected");
+        return Err(BenchError::NoRows);
     }
     if !args.json {
-        print!("{}", table(&rows, &ceilings));
+        for line in table(&rows, &ceilings).lines() {
+            ui.print(line);
+        }
     }
     Ok(())
 }
@@ -506,7 +503,7 @@ pub(super) fn run(args: &BenchArgs, plans: &[Plan], ordinal: usize) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::preset::Preset;
+    use crate::preset::Preset;
 
     fn ceilings() -> DeviceCeilings {
         DeviceCeilings {

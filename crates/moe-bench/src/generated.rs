@@ -1,5 +1,5 @@
 //! Benchmark weights generated in memory, one tensor at a time as the layer asks for it: the
-//! values of the on-disk cache ([`super::cache`]) bit for bit, without the cache.
+//! values of the on-disk cache ([`crate::cache`]) bit for bit, without the cache.
 //!
 //! `--backend cuda` uses this instead of the cache: the GPU machine runs the bench once, far
 //! from the checkout, and DeepSeek-V3 in bf16 is 22.5 GB that need not be written to its disk
@@ -17,8 +17,8 @@ use moe_core::weights::{Proj, expert_tensor_name};
 use moe_core::{DType, MoeError, TensorView, WeightSource};
 use rayon::prelude::*;
 
-use super::cache::stream_seed;
-use super::preset::{FP8_BLOCK, Preset, WeightFormat};
+use crate::cache::stream_seed;
+use crate::preset::{FP8_BLOCK, Preset, WeightFormat};
 use moe_core::prng::{GAMMA, SplitMix64};
 
 /// Elements generated per parallel task.
@@ -268,7 +268,7 @@ pub fn fp8_block_parallel(w: &[f32], rows: usize, cols: usize) -> moe_core::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::cache::expert_tensors;
+    use crate::cache::expert_tensors;
     use moe_core::Tensor;
 
     #[test]

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::ceilings::Ceilings;
-use super::runner::Row;
+use crate::ceilings::Ceilings;
+use crate::runner::Row;
 
 /// Prefill rows (T at least this) are held to the GEMM ceiling.
 pub const PREFILL_MIN_TOKENS: usize = 512;
@@ -389,7 +389,7 @@ pub fn markdown(p: &Page<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::preset::Preset;
+    use crate::preset::Preset;
 
     fn row(tokens: usize, backend: &str, ms: f64, touched: usize) -> Row {
         let mut t = [ms / 1e3];

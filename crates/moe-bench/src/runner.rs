@@ -3,14 +3,14 @@
 
 use std::time::Instant;
 
-use anyhow::Context;
 use moe::ConfigurableMoe;
 use moe_core::{DType, MoeConfig, RoutingMethod, Tensor, WeightSource};
 use serde::{Deserialize, Serialize};
 
-use super::cache::Cache;
-use super::ceilings::{Ceilings, median};
-use super::preset::{Preset, WeightFormat, touched_experts};
+use crate::cache::Cache;
+use crate::ceilings::{Ceilings, median};
+use crate::error::{BenchError, Context, Result};
+use crate::preset::{Preset, WeightFormat, touched_experts};
 
 /// Routing of every preset: softmax over the logits, top-k, renormalized (Mixtral, Qwen3).
 /// DeepSeek-V3's sigmoid group routing is left out on purpose: the peer has none, and both
@@ -32,22 +32,22 @@ pub fn config(preset: &Preset, backend: &str) -> MoeConfig {
 }
 
 /// Builds the layer of `preset` on `backend` and loads the cached weights into it.
-pub fn build(preset: &Preset, backend: &str, cache: &Cache) -> anyhow::Result<ConfigurableMoe> {
+pub fn build(preset: &Preset, backend: &str, cache: &Cache) -> Result<ConfigurableMoe> {
     build_from(config(preset, backend), preset, &cache.weights()?)
 }
 
 /// Builds the layer `config` describes (the config of `preset` on some backend), checks that
 /// the factory honoured the pinned backend, and loads `weights` into it.
-pub fn build_from(config: MoeConfig, preset: &Preset, weights: &dyn WeightSource) -> anyhow::Result<ConfigurableMoe> {
+pub fn build_from(config: MoeConfig, preset: &Preset, weights: &dyn WeightSource) -> Result<ConfigurableMoe> {
     let backend = config.backend.clone().unwrap_or_default();
     let mut layer = moe::create_moe(config).with_context(|| format!("building the {} layer", preset.name))?;
     if layer.backend_name() != backend {
-        anyhow::bail!(
+        return Err(BenchError::Invalid(format!(
             "backend `{backend}` cannot run {} (the factory chose `{}`):\n{}",
             preset.name,
             layer.backend_name(),
             layer.report()
-        );
+        )));
     }
     layer
         .load_weights(weights)
@@ -118,7 +118,7 @@ impl Row {
 }
 
 /// Distinct experts the routing selects for `logits` `[T, E]`.
-pub fn touched(preset: &Preset, logits: &Tensor) -> anyhow::Result<usize> {
+pub fn touched(preset: &Preset, logits: &Tensor) -> Result<usize> {
     let (t, e) = (logits.rows(), logits.row_len());
     let out = routing(preset).apply_host(&logits.to_f32_vec("router logits")?, t, e)?;
     Ok(touched_experts(&out.ids, preset.experts))
@@ -132,7 +132,7 @@ pub fn time_forward(
     warmup: usize,
     repeats: usize,
     tick: &dyn Fn(),
-) -> anyhow::Result<Vec<f64>> {
+) -> Result<Vec<f64>> {
     for _ in 0..warmup {
         std::hint::black_box(layer.forward(x, logits)?);
         tick();
@@ -170,7 +170,6 @@ pub fn estimate_s(preset: &Preset, tokens: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::ceilings::Ceilings;
 
     #[test]
     fn row_metrics_by_hand() {

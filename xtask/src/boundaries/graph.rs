@@ -29,6 +29,7 @@ pub const TESTKIT: &str = "moe-testkit";
 const CLI: &str = "moe-cli";
 const XTASK: &str = "xtask";
 const FUZZ: &str = "moe-fuzz";
+const BENCH: &str = "moe-bench";
 
 /// The one-way graph of `ARCHITECTURE-BRIEF.md`, per crate, for normal dependencies.
 pub const ALLOWED: &[(&str, Allowed)] = &[
@@ -47,9 +48,12 @@ pub const ALLOWED: &[(&str, Allowed)] = &[
     // assembler and cannot bypass it.
     (HF, Allowed::Only(&[CORE, QUANT, MOE])),
     (TESTKIT, Allowed::Any),
-    // moe-quant: `moe bench` quantizes its cached DeepSeek-V3 weights with the real FP8-block
-    // quantizer rather than a copy of it.
-    (CLI, Allowed::Only(&[MOE, HF, EPLB, CORE, QUANT])),
+    // The benchmark harness behind `moe bench`: it builds the layer through `moe`, reads its
+    // weight cache back through moe-hf's checkpoint loader and quantizes the cached DeepSeek-V3
+    // weights with moe-quant's real FP8-block quantizer rather than a copy of it. Only the CLI
+    // depends on it; no library crate does.
+    (BENCH, Allowed::Only(&[CORE, QUANT, MOE, HF])),
+    (CLI, Allowed::Only(&[MOE, HF, EPLB, CORE, BENCH])),
     // The candle peer of `cargo xtask bench` (benches/candle-peer, not a default member): it
     // reads the bench cache files itself and shares no code with the runtime.
     ("candle-peer", Allowed::Only(&[])),
@@ -77,9 +81,10 @@ pub const EXTERNAL_OWNERS: &[(&str, &[&str], &str)] = &[
     ("mpi", &[COMM], "MPI is one ProcessGroup implementation of moe-comm"),
     (
         "safetensors",
-        // moe-cli writes `--output` tensors and moe-testkit reads the fixtures' io files; both
-        // only move whole tensors and leave checkpoint semantics to moe-hf/moe-quant.
-        &[HF, QUANT, CLI, TESTKIT],
+        // moe-cli writes `--output` tensors, moe-bench writes its weight cache and moe-testkit
+        // reads the fixtures' io files; they only move whole tensors and leave checkpoint
+        // semantics to moe-hf/moe-quant.
+        &[HF, QUANT, CLI, BENCH, TESTKIT],
         "checkpoint formats belong to the loaders (moe-hf, moe-quant)",
     ),
     ("clap", &[CLI, XTASK], "argument parsing belongs to binaries"),
