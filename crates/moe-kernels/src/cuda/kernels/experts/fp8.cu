@@ -350,8 +350,10 @@ __device__ void f8gemv_body(const GemmArgs& g, const WeightArgs& w, const ActArg
 // Code size matters here: the first version unrolled its epilogue into 449 KB of instructions
 // for gated FC1 (71 KB for FC2) and ran at 3-7 us per K block where the MMAs need 0.4
 // (Nsight Compute on an H100: Qwen3-30B-A3B T = 4096 FC1 1.27 ms, 15% SM throughput, DRAM and
-// L2 far from busy); the epilogue now runs once per row, activates in place and keeps each
-// entry point to one activation family (fc1g / fc1 / fc2: 65 / 36 / 33 KB).
+// L2 far from busy); the epilogue now activates in place, quantizes once per row and keeps
+// each entry point to one activation family (fc1g / fc1 / fc2: 65 / 36 / 33 KB then; the
+// activation of both rows before the per-row loop, which ended the epilogue's spills, added
+// 32 KB to the whole sm_90a module of 1.9 MB).
 
 #ifdef WGMMA
 
@@ -531,20 +533,28 @@ __device__ void f8tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs
             asm volatile("bar.sync 1, 256;" ::: "memory");
             if (c == 1) continue;
         }
-        if (two) {
-            // The gated activation of both rows, in place of their up sums: the gate half of d
-            // dies here, before the per-row quantization below. Activating one row per pass
-            // kept the other row's up and gate sums live through the first pass's amax and
-            // codes, 168 registers spilled 372 bytes a thread (ptxas -v, NVRTC 13.0, sm_90a),
-            // and an H100 counted 2.4 M local-memory requests in one Qwen3 T = 4096 FC1.
+        if (FC1) {
+            // The activation of both rows, in place of their sums (gated: of the up sums of the
+            // tile's 128 channels, n8-blocks j with gate j + 16, so the gate half of d dies
+            // here; plain: squared ReLU of every block this warpgroup holds), before the
+            // per-row quantization below. Activating one row per pass kept the other row's
+            // sums live through the first pass's amax and codes: 168 registers spilled 372
+            // bytes a thread gated and 316 plain (ptxas -v, NVRTC 13.0, sm_90a; now 0), and an
+            // H100 counted 2.4 M local-memory requests in one Qwen3 T = 4096 FC1.
 #pragma unroll
-            for (int j = 0; j < 16; ++j) {
+            for (int j = 0; j < 32; ++j) {
+                if (two ? j >= 16 : j >= blocks) break;
 #pragma unroll
                 for (int qq = 0; qq < 4; ++qq) {
                     const int ch = min(cbase + j * 8 + (lane & 3) * 2 + (qq & 1), g.units - 1);
-                    const float up = d[j * 4 + qq] * os + (bias ? bias[ch] : 0.0f);
-                    const float gate = d[(j + 16) * 4 + qq] * os + (bias ? bias[g.units + ch] : 0.0f);
-                    d[j * 4 + qq] = activate_gated(act, gate, up);
+                    const float x = d[j * 4 + qq] * os + (bias ? bias[ch] : 0.0f);
+                    if (two) {
+                        const float gate = d[(j + 16) * 4 + qq] * os + (bias ? bias[g.units + ch] : 0.0f);
+                        d[j * 4 + qq] = activate_gated(act, gate, x);
+                    } else {
+                        const float rl = fmaxf(x, 0.0f);
+                        d[j * 4 + qq] = rl * rl;
+                    }
                 }
             }
         }
@@ -579,19 +589,6 @@ __device__ void f8tma_body(const GemmArgs& g, const WeightArgs& w, const ActArgs
                 continue;
             }
             if (!FC1) continue;  // (unreachable; keeps the FC1-only code below out of FC2's instantiation)
-            // Plain FC1's activation (squared ReLU), in place of the row's sums of every block
-            // this warpgroup holds (a gated tile was activated above, both rows at once).
-#pragma unroll
-            for (int j = 0; j < 32; ++j) {
-                if (two || j >= blocks) break;
-#pragma unroll
-                for (int qq = 0; qq < 2; ++qq) {
-                    const int ch = min(cbase + j * 8 + (lane & 3) * 2 + qq, g.units - 1);
-                    const float y = d[j * 4 + qq] * os + (bias ? bias[ch] : 0.0f);
-                    const float rl = fmaxf(y, 0.0f);
-                    d[j * 4 + qq] = rl * rl;
-                }
-            }
             // Quantization groups of 128 channels: gated one, plain two (n-split: one).
 #pragma unroll
             for (int grp = 0; grp < 2; ++grp) {
