@@ -32,15 +32,22 @@ fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
     _mm256_fmadd_ps(a, b, c)
 }
 
-/// 16 bf16 at `p` as (even elements, odd elements) in f32.
+/// The even elements of the 16 bf16 at `p`, as f32 (AVX2's `micro_bf16_halves` widens one half at a time).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_bf16_pair(p: *const u16) -> (__m256, __m256) {
+unsafe fn load_bf16_even(p: *const u16) -> __m256 {
     // SAFETY: the caller guarantees 16 readable bf16 at `p`.
     let v = unsafe { _mm256_loadu_si256(p as *const __m256i) };
-    let even = _mm256_slli_epi32::<16>(v);
-    let odd = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
-    (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v))
+}
+
+/// The odd elements of the 16 bf16 at `p`, as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_bf16_odd(p: *const u16) -> __m256 {
+    // SAFETY: the caller guarantees 16 readable bf16 at `p`.
+    let v = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+    _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32)))
 }
 
 #[inline]
@@ -243,5 +250,6 @@ unsafe fn decode8(p: *const u8) -> [__m256; 2] {
 }
 
 super::float::float_kernels!("avx2,fma,f16c");
+super::float::bf16_halves_kernel!("avx2,fma,f16c");
 super::fp8::fp8_kernels!("avx2,fma,f16c");
 super::packed::packed_kernels!("avx2,fma,f16c", "avx2,fma,f16c");

@@ -37,7 +37,9 @@
 //!
 //! The micro-kernel is the dot-product form: an `MR x NR` tile of `C` (up to 4 x 4) keeps
 //! one vector accumulator per output, walks `k` with vectors of `A` rows and `B` rows, and
-//! reduces each accumulator horizontally at the end of the `k` block. Loop nest: `k` blocks
+//! reduces each accumulator horizontally at the end of the `k` block. AVX2 bf16 uses a
+//! 3 x 3 tile and widens the even then the odd half of each chunk (`micro_bf16_halves`), so
+//! tile and operands fit its 16 registers. Loop nest: `k` blocks
 //! of `kc` (so an `m x kc` block of `A` stays in L2 when `m` is large), then groups of `NR`
 //! weight rows (each read from memory once per `k` block), then groups of `MR` rows of `A`.
 //! With `threads > 1` the weight rows are split into contiguous ranges, one per worker.
@@ -85,6 +87,10 @@ mod x86;
 const MR: usize = 4;
 /// Rows of `B` per micro-tile.
 const NR: usize = 4;
+/// `MR x NR` of the AVX2 bf16 kernel (`micro_bf16_halves`): 9 accumulators, 3 widened
+/// weight vectors and one of `A` fit 16 registers with room for the mask constant. 4 x 3,
+/// 3 x 4, 4 x 2 and 2 x 4 were slower here (docs/bench-data/cpu-2026-12-06-avx2-bf16).
+const AVX2_BF16_TILE: (usize, usize) = (3, 3);
 /// `k` block when the whole `m x k` block of `A` would not stay in L2 (multiple of 128 so
 /// FP8 scale blocks never straddle two `k` blocks, and of every `2 x LANES`).
 const KC: usize = 1024;
@@ -295,6 +301,16 @@ fn all_finite(v: &[f32]) -> bool {
     v.iter().fold(true, |ok, x| ok & x.is_finite())
 }
 
+/// The `MR x NR` tile `run_range` walks for `src`. AVX2 bf16 takes [`AVX2_BF16_TILE`]: the
+/// 4 x 4 tile's 16 accumulators fill all 16 ymm registers, so the widened weights and `A`
+/// spilled to the stack on every step (a third of the 3 x 3 tile's rate, measured).
+fn tile_shape(isa: Isa, src: &Source<'_>) -> (usize, usize) {
+    match (isa, src) {
+        (Isa::Avx2, Source::Bf16(_)) => AVX2_BF16_TILE,
+        _ => (MR, NR),
+    }
+}
+
 /// Columns `lo..hi` of `C`, every row, every `k` block.
 ///
 /// # Safety
@@ -367,11 +383,12 @@ unsafe fn run_range(
         // SAFETY: the caller's contract.
         return unsafe { run_packed(isa, a_nat, acts, pk, rows, out, m, n, k, lo, hi, tile) };
     }
+    let (tile_m, tile_n) = tile_shape(isa, &src);
     for k0 in (0..k).step_by(kc) {
         let kb = kc.min(k - k0);
         let accumulate = k0 > 0;
-        for n0 in (lo..hi).step_by(NR) {
-            let nr = NR.min(hi - n0);
+        for n0 in (lo..hi).step_by(tile_n) {
+            let nr = tile_n.min(hi - n0);
             // Where the kernel reads the tile's weights: the stored rows, or a decoded tile.
             let (bptr, ldb, bf16_rows) = match src {
                 Source::F32(v) => (v.as_ptr().wrapping_add(n0 * k + k0) as *const u8, k, false),
@@ -396,8 +413,8 @@ unsafe fn run_range(
             // Few rows (decode) stream each weight row once: prefetch the next group of this
             // worker's rows (contiguous when `kc == k`) while this one computes.
             let next: &[u8] = match src {
-                Source::Bf16(v) if m <= FUSED_FP8_MAX_M && kb == k && n0 + NR < hi => {
-                    let rows = &v[(n0 + NR) * k..(n0 + NR + NR.min(hi - n0 - NR)) * k];
+                Source::Bf16(v) if m <= FUSED_FP8_MAX_M && kb == k && n0 + tile_n < hi => {
+                    let rows = &v[(n0 + tile_n) * k..(n0 + tile_n + tile_n.min(hi - n0 - tile_n)) * k];
                     // SAFETY: viewing initialized bf16 elements as their bytes.
                     unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const u8, rows.len() * 2) }
                 }
@@ -405,7 +422,7 @@ unsafe fn run_range(
             };
             let mut i0 = 0;
             while i0 < m {
-                let mr = MR.min(m - i0);
+                let mr = tile_m.min(m - i0);
                 let ap = a.as_ptr().wrapping_add(i0 * k + k0);
                 let cp = out.0.wrapping_add(i0 * n + n0);
                 // SAFETY: rows i0..i0+mr of `A` and of `C` exist; `bptr` points at `nr` rows of

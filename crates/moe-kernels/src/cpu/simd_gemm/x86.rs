@@ -69,7 +69,7 @@ pub(super) unsafe fn micro(
             (Isa::Avx512, false) => shapes!(avx512, micro_f32, f32),
             (Isa::Avx512, true) => shapes!(avx512, micro_bf16, u16, np, nl),
             (Isa::Avx2, false) => shapes!(avx2, micro_f32, f32),
-            (Isa::Avx2, true) => shapes!(avx2, micro_bf16, u16, np, nl),
+            (Isa::Avx2, true) => shapes!(avx2, micro_bf16_halves, u16, np, nl),
         }
     }
 }
