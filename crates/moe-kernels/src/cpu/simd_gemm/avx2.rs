@@ -250,6 +250,6 @@ unsafe fn decode8(p: *const u8) -> [__m256; 2] {
 }
 
 super::float::float_kernels!("avx2,fma,f16c");
-super::float::bf16_halves_kernel!("avx2,fma,f16c");
+super::float::bf16_kernel!("avx2,fma,f16c", micro_bf16_halves, halves);
 super::fp8::fp8_kernels!("avx2,fma,f16c");
 super::packed::packed_kernels!("avx2,fma,f16c", "avx2,fma,f16c");

@@ -245,6 +245,6 @@ unsafe fn decode8(p: *const u8) -> [__m512; 1] {
 }
 
 super::float::float_kernels!("avx512f");
-super::float::bf16_pair_kernel!("avx512f");
+super::float::bf16_kernel!("avx512f", micro_bf16, pair);
 super::fp8::fp8_kernels!("avx512f");
 super::packed::packed_kernels!("avx512f", "avx512f,avx512bw,avx512vnni");

@@ -60,10 +60,54 @@ macro_rules! float_kernels {
 }
 pub(super) use float_kernels;
 
-/// Emits `micro_bf16` for one ISA (AVX-512: its 32 registers hold the 4 x 4 tile and both
-/// halves' widened weights at once). It calls the ISA module's `load_bf16_pair` too.
-macro_rules! bf16_pair_kernel {
-    ($feat:literal) => {
+/// One `2 x LANES` chunk of a bf16 kernel: `pair` widens both halves of each weight row at
+/// once (AVX-512: its 32 registers hold the 4 x 4 tile and both halves' weights; the ISA
+/// module's `load_bf16_pair`), `halves` the even half, then the odd one reloaded from L1
+/// (AVX2: `NR` widened weights live at a time instead of `2 x NR`, so 16 registers hold a
+/// 3 x 3 tile without spilling, where the 4 x 4 tile needs 26; `load_bf16_even`/`_odd`).
+macro_rules! bf16_step {
+    (pair, $a:ident, $lda:ident, $b:ident, $ldb:ident, $p:ident, $acc:ident, $mr:ident, $nr:ident) => {
+        let mut be = [zero(); $nr];
+        let mut bo = [zero(); $nr];
+        for j in 0..$nr {
+            (be[j], bo[j]) = load_bf16_pair($b.add(j * $ldb + $p));
+        }
+        for i in 0..$mr {
+            let ae = load($a.add(i * $lda + $p));
+            let ao = load($a.add(i * $lda + $p + LANES));
+            for j in 0..$nr {
+                $acc[i][j] = fma(ae, be[j], $acc[i][j]);
+                $acc[i][j] = fma(ao, bo[j], $acc[i][j]);
+            }
+        }
+    };
+    (halves, $a:ident, $lda:ident, $b:ident, $ldb:ident, $p:ident, $acc:ident, $mr:ident, $nr:ident) => {
+        let mut bw = [zero(); $nr];
+        for j in 0..$nr {
+            bw[j] = load_bf16_even($b.add(j * $ldb + $p));
+        }
+        for i in 0..$mr {
+            let av = load($a.add(i * $lda + $p));
+            for j in 0..$nr {
+                $acc[i][j] = fma(av, bw[j], $acc[i][j]);
+            }
+        }
+        for j in 0..$nr {
+            bw[j] = load_bf16_odd($b.add(j * $ldb + $p));
+        }
+        for i in 0..$mr {
+            let av = load($a.add(i * $lda + $p + LANES));
+            for j in 0..$nr {
+                $acc[i][j] = fma(av, bw[j], $acc[i][j]);
+            }
+        }
+    };
+}
+pub(super) use bf16_step;
+
+/// Emits the bf16 kernel `$name` for one ISA, its chunks done as `bf16_step!($step)` says.
+macro_rules! bf16_kernel {
+    ($feat:literal, $name:ident, $step:ident) => {
         /// [`micro_f32`] over bf16 weight rows, widened in registers: each `2 x LANES` chunk
         /// of `A` must be in even/odd order (`permute_even_odd`); a partial last chunk is in
         /// natural order. `next..next + next_len` is prefetched along the way.
@@ -71,7 +115,7 @@ macro_rules! bf16_pair_kernel {
         /// # Safety
         /// As [`micro_f32`], with `b` pointing to bf16 bits; `next` may be anything.
         #[target_feature(enable = $feat)]
-        pub unsafe fn micro_bf16<const MR: usize, const NR: usize>(
+        pub unsafe fn $name<const MR: usize, const NR: usize>(
             a: *const f32,
             lda: usize,
             b: *const u16,
@@ -100,19 +144,7 @@ macro_rules! bf16_pair_kernel {
                             pf += 64;
                         }
                     }
-                    let mut be = [zero(); NR];
-                    let mut bo = [zero(); NR];
-                    for j in 0..NR {
-                        (be[j], bo[j]) = load_bf16_pair(b.add(j * ldb + p));
-                    }
-                    for i in 0..MR {
-                        let ae = load(a.add(i * lda + p));
-                        let ao = load(a.add(i * lda + p + LANES));
-                        for j in 0..NR {
-                            acc[i][j] = fma(ae, be[j], acc[i][j]);
-                            acc[i][j] = fma(ao, bo[j], acc[i][j]);
-                        }
-                    }
+                    super::float::bf16_step!($step, a, lda, b, ldb, p, acc, MR, NR);
                     p += step;
                 }
                 for i in 0..MR {
@@ -130,83 +162,4 @@ macro_rules! bf16_pair_kernel {
         }
     };
 }
-pub(super) use bf16_pair_kernel;
-
-/// Emits `micro_bf16_halves` for one ISA (AVX2 only: with 32 registers AVX-512 holds the
-/// 4 x 4 tile of `micro_bf16` and both halves' weights at once). It calls the ISA module's
-/// `load_bf16_even` and `load_bf16_odd` besides the helpers above.
-macro_rules! bf16_halves_kernel {
-    ($feat:literal) => {
-        /// `micro_bf16` (`bf16_pair_kernel`) with the even and odd halves of each chunk done one after the
-        /// other: `NR` widened weight vectors live at a time instead of `2 x NR`, so a
-        /// 16-register ISA (AVX2) holds a 4 x 3 or 3 x 4 tile of accumulators without
-        /// spilling (the 4 x 4 tile of `micro_bf16` needs 26 registers there). The raw
-        /// weights are loaded again for the odd half, from L1.
-        ///
-        /// # Safety
-        /// As `micro_bf16`.
-        #[target_feature(enable = $feat)]
-        pub unsafe fn micro_bf16_halves<const MR: usize, const NR: usize>(
-            a: *const f32,
-            lda: usize,
-            b: *const u16,
-            ldb: usize,
-            kc: usize,
-            c: *mut f32,
-            ldc: usize,
-            accumulate: bool,
-            next: *const u8,
-            next_len: usize,
-        ) {
-            let mut acc = [[zero(); NR]; MR];
-            let mut pf = 0;
-            let step = 2 * LANES;
-            let full = kc / step * step;
-            let mut p = 0;
-            // SAFETY: (whole body) every offset stays below `kc` within its row.
-            unsafe {
-                while p < full {
-                    // As in `micro_bf16`: the next row group toward L2, a line per row.
-                    for _ in 0..NR {
-                        if pf < next_len {
-                            prefetch_l2(next.wrapping_add(pf));
-                            pf += 64;
-                        }
-                    }
-                    let mut bw = [zero(); NR];
-                    for j in 0..NR {
-                        bw[j] = load_bf16_even(b.add(j * ldb + p));
-                    }
-                    for i in 0..MR {
-                        let av = load(a.add(i * lda + p));
-                        for j in 0..NR {
-                            acc[i][j] = fma(av, bw[j], acc[i][j]);
-                        }
-                    }
-                    for j in 0..NR {
-                        bw[j] = load_bf16_odd(b.add(j * ldb + p));
-                    }
-                    for i in 0..MR {
-                        let av = load(a.add(i * lda + p + LANES));
-                        for j in 0..NR {
-                            acc[i][j] = fma(av, bw[j], acc[i][j]);
-                        }
-                    }
-                    p += step;
-                }
-                for i in 0..MR {
-                    for j in 0..NR {
-                        let mut s = hsum(acc[i][j]);
-                        for q in full..kc {
-                            let w = f32::from_bits(u32::from(*b.add(j * ldb + q)) << 16);
-                            s += *a.add(i * lda + q) * w;
-                        }
-                        let dst = c.add(i * ldc + j);
-                        *dst = if accumulate { *dst + s } else { s };
-                    }
-                }
-            }
-        }
-    };
-}
-pub(super) use bf16_halves_kernel;
+pub(super) use bf16_kernel;
