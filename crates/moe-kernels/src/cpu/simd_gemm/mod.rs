@@ -87,10 +87,11 @@ mod x86;
 const MR: usize = 4;
 /// Rows of `B` per micro-tile.
 const NR: usize = 4;
-/// `MR x NR` of the AVX2 bf16 kernel (`micro_bf16_halves`): 9 accumulators, 3 widened
-/// weight vectors and one of `A` fit 16 registers with room for the mask constant. 4 x 3,
-/// 3 x 4, 4 x 2 and 2 x 4 were slower here (docs/bench-data/cpu-2026-12-06-avx2-bf16).
-const AVX2_BF16_TILE: (usize, usize) = (3, 3);
+/// `MR x NR` of the AVX2 kernels (`micro_bf16_halves`, `micro_f32`): 9 accumulators, 3
+/// weight vectors and one of `A` fit 16 registers (with room for the bf16 mask constant).
+/// 4 x 3, 3 x 4, 4 x 2 and 2 x 4 were slower for bf16 here
+/// (docs/bench-data/cpu-2026-12-06-avx2-bf16).
+const AVX2_TILE: (usize, usize) = (3, 3);
 /// `k` block when the whole `m x k` block of `A` would not stay in L2 (multiple of 128 so
 /// FP8 scale blocks never straddle two `k` blocks, and of every `2 x LANES`).
 const KC: usize = 1024;
@@ -301,13 +302,14 @@ fn all_finite(v: &[f32]) -> bool {
     v.iter().fold(true, |ok, x| ok & x.is_finite())
 }
 
-/// The `MR x NR` tile `run_range` walks for `src`. AVX2 bf16 takes [`AVX2_BF16_TILE`]: the
-/// 4 x 4 tile's 16 accumulators fill all 16 ymm registers, so the widened weights and `A`
-/// spilled to the stack on every step (a third of the 3 x 3 tile's rate, measured).
-fn tile_shape(isa: Isa, src: &Source<'_>) -> (usize, usize) {
-    match (isa, src) {
-        (Isa::Avx2, Source::Bf16(_)) => AVX2_BF16_TILE,
-        _ => (MR, NR),
+/// The `MR x NR` tile `run_range` walks. AVX2 takes [`AVX2_TILE`] for every source: the
+/// 4 x 4 tile's 16 accumulators fill all 16 ymm registers, so the weights and `A` spilled to
+/// the stack on every step (bf16: a third of the 3 x 3 tile's rate; f32 rows, which also
+/// carry the decoded FP8 and packed tiles of prefill, the same 21 live vectors).
+fn tile_shape(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Avx2 => AVX2_TILE,
+        Isa::Avx512 => (MR, NR),
     }
 }
 
@@ -383,7 +385,7 @@ unsafe fn run_range(
         // SAFETY: the caller's contract.
         return unsafe { run_packed(isa, a_nat, acts, pk, rows, out, m, n, k, lo, hi, tile) };
     }
-    let (tile_m, tile_n) = tile_shape(isa, &src);
+    let (tile_m, tile_n) = tile_shape(isa);
     for k0 in (0..k).step_by(kc) {
         let kb = kc.min(k - k0);
         let accumulate = k0 > 0;
